@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Pinned first and in the same pip call: any looser range makes pip fetch a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/inference_node)
+TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint format migrate
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH)
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH) ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput -v0
+
+## make run: install, migrate, print a demo key, serve on http://$(HOST):$(PORT)
+run: migrate
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	@echo "Demo API key (shown once):"
+	@$(BIN)/python manage.py seed_demo
+	$(BIN)/daphne -b $(HOST) -p $(PORT) console.asgi:application
+
+## make test: the whole suite against real PostgreSQL and Redis (127.0.0.1 by default)
+test: $(STAMP) lint
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

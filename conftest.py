@@ -1,0 +1,103 @@
+"""Shared fixtures. The suite runs against real PostgreSQL and Redis (see `make test`)."""
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+NEEDS = (
+    "The test suite needs a real PostgreSQL and Redis. `make test` points at 127.0.0.1 by "
+    "default; to run pytest directly, export DATABASE_URL=postgres://postgres@127.0.0.1:5432/"
+    "inference_node and REDIS_URL=redis://127.0.0.1:6379/9."
+)
+
+
+def _probe_services() -> str | None:
+    database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
+    if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
+        return f"DATABASE_URL (PostgreSQL) and REDIS_URL must be set. {NEEDS}"
+    import psycopg
+    import redis
+
+    parsed = urlparse(database_url)
+    try:
+        psycopg.connect(
+            host=parsed.hostname,
+            port=parsed.port or 5432,
+            user=parsed.username or "postgres",
+            password=parsed.password,
+            dbname="postgres",
+            connect_timeout=3,
+        ).close()
+    except Exception as exc:
+        return (
+            f"PostgreSQL at {parsed.hostname}:{parsed.port or 5432} is not reachable "
+            f"({type(exc).__name__}). {NEEDS}"
+        )
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"Redis at {redis_url} is not reachable ({type(exc).__name__}). {NEEDS}"
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problem = _probe_services()
+    if problem:
+        pytest.exit(problem, returncode=3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_database_pools(django_db_setup: None, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Close psycopg pools before pytest-django drops the test database."""
+    yield
+    from django.db import connection, connections
+
+    # Async tests leave connections open in asgiref's worker thread; end them so the
+    # test database can be dropped.
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        for conn in connections.all():
+            conn.close()
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()
+
+
+@pytest.fixture(autouse=True)
+def clean_redis() -> Iterator[None]:
+    """Each test starts with an empty test Redis database and an empty key cache."""
+    from console.redis import get_sync_redis
+    from tenants.keycache import key_cache
+
+    get_sync_redis().flushdb()
+    key_cache.clear()
+    yield
+    key_cache.clear()
+
+
+@pytest.fixture
+def tenant(db):  # type: ignore[no-untyped-def]
+    from tenants.services import tenant_create
+
+    return tenant_create(slug="acme", name="Acme", limits={"rpm": 600, "tpm": 100000}, actor="test")
+
+
+@pytest.fixture
+def issued(tenant):  # type: ignore[no-untyped-def]
+    from tenants.services import api_key_issue
+
+    return api_key_issue(tenant=tenant, name="primary", actor="test")
+
+
+def database_url_for_current_test_db() -> str:
+    """The DATABASE_URL of the database the running test uses (for child processes)."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"

@@ -1,0 +1,73 @@
+"""The one NinjaAPI, mounted at /v1, and the one place errors become OpenAI-shaped bodies."""
+
+import logging
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from console.errors import ApiError, AuthenticationFailed, error_body
+from inference.api import router as inference_router
+
+logger = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="Inference node API",
+    version="1",
+    description="OpenAI-compatible completions served by the node's own model, per-tenant keys "
+    "and rate limits. Authenticate with `Authorization: Bearer <token>` or `X-API-Key`.",
+    urls_namespace="v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+api.add_router("", inference_router)
+
+
+def error_response(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    response = api.create_response(request, exc.body(), status=exc.status)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+@api.exception_handler(ApiError)
+def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return error_response(request, exc)
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(request, AuthenticationFailed())
+
+
+def _describe_validation(errors: list[dict]) -> tuple[str, str | None]:
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
+    param = ".".join(location) or None
+    message = first.get("msg", "Invalid request.")
+    return (f"Invalid value for '{param}': {message}" if param else message), param
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    message, param = _describe_validation(list(exc.errors))
+    return api.create_response(
+        request, error_body(message, param=param, code="invalid_request"), status=400
+    )
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return api.create_response(request, error_body(str(exc), code=None), status=exc.status_code)
+
+
+@api.exception_handler(Exception)
+def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # The client gets no internals; the log gets the traceback (never request headers).
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    body = error_body(
+        "The server had an error processing your request.",
+        type="server_error",
+        code="internal_error",
+    )
+    return api.create_response(request, body, status=500)

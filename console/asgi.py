@@ -1,0 +1,25 @@
+"""ASGI entry point for daphne: Django for HTTP, channels' router for WebSockets."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+# Django must be set up before anything imports models (the routing module does).
+django_application = get_asgi_application()
+
+from inference.routing import websocket_urlpatterns  # noqa: E402
+
+http_application = django_application
+if settings.SERVE_STATIC:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    # Daphne serves no files; this serves collected /static/ for the console and the docs.
+    http_application = ASGIStaticFilesHandler(django_application)
+
+application = ProtocolTypeRouter(
+    {"http": http_application, "websocket": URLRouter(websocket_urlpatterns)}
+)

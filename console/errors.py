@@ -1,0 +1,97 @@
+"""Domain errors that reach API clients, and the one OpenAI-shaped body they render to.
+
+Plain Python (no Django imports) so every layer can raise them; console/api.py and the
+WebSocket consumer turn them into responses and frames in exactly one place each.
+"""
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error the client may see: HTTP status, OpenAI error type and code, extra headers."""
+
+    status: int = 400
+    type: str = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    code = "invalid_request"
+
+
+class AuthenticationFailed(ApiError):
+    status = 401
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Invalid or missing API key.", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExhausted(ApiError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class Overloaded(ApiError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+class ModelUnavailable(ApiError):
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """The OpenAI error object: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}

@@ -1,0 +1,233 @@
+"""Settings for the inference node.
+
+This is the only module that reads the environment. Every setting has a default that runs on
+one machine (SQLite, an in-process Redis emulation, the in-memory channel layer); the system
+checks in console/checks.py refuse the unsafe defaults when DEBUG is off. Every variable is
+documented in deploy/.env.example and README.md.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+# Marker values the system checks recognise as "never configured".
+INSECURE_SECRET_KEY = "insecure-dev-secret-key-change-me"  # noqa: S105
+INSECURE_API_KEY_PEPPER = "insecure-dev-pepper-change-me"
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY", INSECURE_SECRET_KEY)
+API_KEY_PEPPER = env_str("API_KEY_PEPPER", INSECURE_API_KEY_PEPPER)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "channels",
+    "console",
+    "tenants",
+    "ratelimit",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+ASGI_APPLICATION = "console.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+else:
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's own pool; persistent connections (CONN_MAX_AGE) must stay 0 with it.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN", 1),
+        "max_size": env_int("DATABASE_POOL_MAX", 10),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis ----------------------------------------------------------------------------------
+# Unset REDIS_URL means the in-process emulation (fakeredis running the real Lua via lupa):
+# fine for `make run` on a laptop, refused by a system check when DEBUG is off.
+REDIS_URL = env_str("REDIS_URL", "")
+REDIS_EMULATED = not REDIS_URL
+# The limiter's own pool: short timeouts so an outage costs milliseconds, not seconds.
+RATELIMIT_REDIS_URL = env_str("RATELIMIT_REDIS_URL", REDIS_URL)
+RATELIMIT_REDIS_TIMEOUT_MS = env_int("RATELIMIT_REDIS_TIMEOUT_MS", 50)
+RATELIMIT_FAILURE_MODE = env_choice("RATELIMIT_FAILURE_MODE", "local", ("open", "closed", "local"))
+
+if REDIS_EMULATED:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "cache",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "channels"},
+        }
+    }
+
+# --- API keys -------------------------------------------------------------------------------
+API_KEY_PREFIX = env_str("API_KEY_PREFIX", "sk")
+# Authenticated keys are cached per process for at most this long; revocations and limit
+# changes reach every process sooner through the Redis version counter (tenants/keycache.py).
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0)
+API_KEY_VERSION_POLL_SECONDS = env_float("API_KEY_VERSION_POLL_SECONDS", 0.5)
+API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60)
+API_KEY_DEFAULT_ROTATION_GRACE = env_str("API_KEY_DEFAULT_ROTATION_GRACE", "1h")
+
+# --- Inference ------------------------------------------------------------------------------
+INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
+INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")
+INFERENCE_QUANTIZATION = env_choice(
+    "INFERENCE_QUANTIZATION", "auto", ("auto", "bnb-int8", "torch-int8", "bf16", "none")
+)
+INFERENCE_DEVICE = env_choice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda"))
+INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16)
+INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
+INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
+INFERENCE_AUTOLOAD = env_bool("INFERENCE_AUTOLOAD", True)
+
+# --- Django basics --------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Daphne serves no files itself; the ASGI app serves /static/ (see console/asgi.py).
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
+
+LOGIN_URL = "/admin/login/"
+
+# --- Security -------------------------------------------------------------------------------
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+# Traefik terminates TLS (or cloudflared does); trust its scheme header only behind it.
+if env_bool("BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The only header we believe for the client address, set by our own Traefik.
+TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER", "")
+
+# Request body cap for the API (413 above it).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1_048_576)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # SQL logging would echo parameters; never turn it on (the reference leaked keys so).
+        "django.db.backends": {"level": "WARNING", "propagate": True},
+        "bitsandbytes": {"level": "ERROR", "propagate": True},
+    },
+}

@@ -1,0 +1,3 @@
+"""WebSocket routes, mounted by console/asgi.py."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,156 @@
+"""The per-process cache of API key records, and how changes reach every process.
+
+A hot key costs no query: its record (hashes, state, limits) stays in process memory for at most
+API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits, tenant state)
+increments one Redis counter after its transaction commits; each process reads that counter at
+most every API_KEY_VERSION_POLL_SECONDS and drops its whole cache when it moved. So a change is
+seen everywhere within about half a second, and within the cache TTL even if Redis is down.
+"""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from console.redis import get_redis, get_sync_redis
+from tenants.models import ApiKey
+
+logger = logging.getLogger(__name__)
+
+VERSION_KEY = "auth:v1:version"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What a process needs to verify a key and admit its requests, cached per key_id."""
+
+    api_key_pk: int
+    key_id: str
+    tenant_id: int
+    tenant_slug: str
+    tenant_active: bool
+    scopes: frozenset[str]
+    tenant_limits: dict[str, int | None]
+    key_limits: dict[str, int | None]
+    burst_percent: int
+    expires_at: datetime | None
+    revoked: bool
+    last_used_at: datetime | None
+    secret_hash: str = field(repr=False)
+    previous_hash: str = field(repr=False)
+    previous_valid_until: datetime | None = None
+
+    @classmethod
+    def from_row(cls, key: ApiKey) -> "KeyRecord":
+        tenant = key.tenant
+        return cls(
+            api_key_pk=key.pk,
+            key_id=key.key_id,
+            tenant_id=tenant.pk,
+            tenant_slug=tenant.slug,
+            tenant_active=tenant.active,
+            scopes=frozenset(key.scopes or ()),
+            tenant_limits=tenant.limits(),
+            key_limits=key.limit_overrides(),
+            burst_percent=tenant.burst_percent,
+            expires_at=key.expires_at,
+            revoked=key.revoked_at is not None,
+            last_used_at=key.last_used_at,
+            secret_hash=key.secret_hash,
+            previous_hash=key.previous_hash,
+            previous_valid_until=key.previous_valid_until,
+        )
+
+    def usable_at(self, now: datetime) -> bool:
+        if self.revoked or not self.tenant_active:
+            return False
+        return self.expires_at is None or self.expires_at > now
+
+    def valid_hashes(self, now: datetime) -> tuple[str, ...]:
+        """The current hash, plus the previous one while its rotation grace lasts."""
+        if self.previous_hash and self.previous_valid_until and self.previous_valid_until > now:
+            return (self.secret_hash, self.previous_hash)
+        return (self.secret_hash,)
+
+
+class KeyCache:
+    """key_id -> (record or None for unknown ids, time fetched), invalidated by version."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._version: bytes | None = None
+        self._checked_at = float("-inf")
+
+    def clear(self) -> None:
+        """Forget everything, the last seen version included."""
+        self._entries.clear()
+        self._version = None
+        self._checked_at = float("-inf")
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        await self._sync_version()
+        entry = self._entries.get(key_id)
+        now = time.monotonic()
+        if entry is not None and now - entry[1] < settings.API_KEY_CACHE_SECONDS:
+            return entry[0]
+        record = await _load_record(key_id)
+        self._entries[key_id] = (record, now)
+        return record
+
+    async def _sync_version(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < settings.API_KEY_VERSION_POLL_SECONDS:
+            return
+        # Mark first: concurrent requests in this loop then skip the poll instead of piling up.
+        self._checked_at = now
+        try:
+            version = await get_redis().get(VERSION_KEY)
+        except Exception as exc:  # Redis down: the cache TTL still bounds staleness.
+            logger.warning("key cache: cannot read the version counter (%s)", type(exc).__name__)
+            return
+        if version != self._version:
+            self._version = version
+            self._entries.clear()
+
+
+@sync_to_async
+def _load_record(key_id: str) -> KeyRecord | None:
+    key = ApiKey.objects.select_related("tenant").filter(key_id=key_id).first()
+    return KeyRecord.from_row(key) if key is not None else None
+
+
+key_cache = KeyCache()
+
+
+def bump_version() -> None:
+    """Tell every process to drop its cached key records (call after commit)."""
+    try:
+        # A random value, not a counter: a Redis restart can never replay an old version.
+        get_sync_redis().set(VERSION_KEY, uuid.uuid4().hex)
+    except Exception as exc:  # Redis down: caches still expire after API_KEY_CACHE_SECONDS.
+        logger.warning("key cache: cannot bump the version counter (%s)", type(exc).__name__)
+
+
+_last_used_marks: dict[str, datetime] = {}
+
+
+async def touch_last_used(record: KeyRecord) -> None:
+    """Record use coarsely: at most one UPDATE per key per resolution window per process."""
+    now = timezone.now()
+    resolution = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
+    seen = _last_used_marks.get(record.key_id) or record.last_used_at
+    if seen is not None and (now - seen).total_seconds() < resolution:
+        return
+    _last_used_marks[record.key_id] = now
+    cutoff = now - timedelta(seconds=resolution)
+    # The filter makes concurrent processes write at most once per window between them.
+    await (
+        ApiKey.objects.filter(pk=record.api_key_pk)
+        .exclude(last_used_at__gte=cutoff)
+        .aupdate(last_used_at=now)
+    )

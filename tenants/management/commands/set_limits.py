@@ -1,0 +1,31 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tenants.management.commands._options import (
+    actor,
+    add_limit_arguments,
+    get_tenant,
+    limits_from_options,
+)
+from tenants.services import TENANT_SETTINGS, TenantError, tenant_set_limits
+
+
+class Command(BaseCommand):
+    help = "Change a tenant's limits ('none' removes one); prints the resulting limits."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug")
+        add_limit_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        changes = limits_from_options(options)
+        if not changes:
+            raise CommandError("nothing to change: give at least one limit option")
+        tenant = get_tenant(options["slug"])
+        try:
+            tenant = tenant_set_limits(tenant=tenant, changes=changes, actor=actor())
+        except TenantError as exc:
+            raise CommandError(str(exc)) from exc
+        values = (f"{name}={getattr(tenant, name) or 'none'}" for name in TENANT_SETTINGS)
+        self.stdout.write(" ".join(values))

@@ -1,0 +1,200 @@
+"""Tenants, their API keys, usage, the 429 audit and the audit of admin actions."""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+# Limit fields shared by Tenant (the limits) and ApiKey (optional per-key overrides).
+# None means "no limit at this scope".
+LIMIT_FIELDS = ("rpm", "tpm", "max_inflight", "tokens_per_day", "tokens_per_month")
+
+SCOPES = ("completions", "models", "usage")
+
+
+def _limit_field(verbose_name: str, help_text: str) -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(verbose_name, null=True, blank=True, help_text=help_text)
+
+
+def _positive_limits(prefix: str) -> list[models.CheckConstraint]:
+    return [
+        models.CheckConstraint(
+            condition=Q(**{f"{name}__isnull": True}) | Q(**{f"{name}__gt": 0}),
+            name=f"{prefix}_{name}_positive",
+        )
+        for name in LIMIT_FIELDS
+    ]
+
+
+class Tenant(models.Model):
+    """A customer of the node: its limits apply to all its keys together."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    active = models.BooleanField(default=True)
+    rpm = _limit_field("requests per minute", "Requests per minute across all keys.")
+    tpm = _limit_field("tokens per minute", "Prompt + completion tokens per minute.")
+    max_inflight = _limit_field("max in-flight", "Requests running at the same time.")
+    tokens_per_day = _limit_field("tokens per day", "Quota per UTC calendar day.")
+    tokens_per_month = _limit_field("tokens per month", "Quota per UTC calendar month.")
+    burst_percent = models.PositiveSmallIntegerField(
+        default=20,
+        help_text="Share of the per-minute limits that may arrive at once (1-100). "
+        "In any trailing minute a client gets at most limit x (1 + burst%).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            *_positive_limits("tenant"),
+            models.CheckConstraint(
+                condition=Q(burst_percent__gte=1) & Q(burst_percent__lte=100),
+                name="tenant_burst_percent_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def limits(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self) -> "ApiKeyQuerySet":
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True, tenant__active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """An API key: a public key_id (stable through rotation) and the HMAC of its secret."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="keys")
+    key_id = models.CharField(max_length=32, unique=True, editable=False)
+    name = models.CharField(max_length=200, blank=True)
+    # HMAC-SHA256(API_KEY_PEPPER, secret) as hex; the secret itself is never stored.
+    secret_hash = models.CharField(max_length=64, editable=False)
+    previous_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    scopes = models.JSONField(default=list)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rpm = _limit_field("requests per minute", "Override for this key (empty: none).")
+    tpm = _limit_field("tokens per minute", "Override for this key (empty: none).")
+    max_inflight = _limit_field("max in-flight", "Override for this key (empty: none).")
+    tokens_per_day = _limit_field("tokens per day", "Override for this key (empty: none).")
+    tokens_per_month = _limit_field("tokens per month", "Override for this key (empty: none).")
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = _positive_limits("apikey")
+
+    def __str__(self) -> str:
+        return f"{self.key_id} (…{self.last4})"
+
+    @property
+    def state(self) -> str:
+        now = timezone.now()
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        if self.previous_valid_until is not None and self.previous_valid_until > now:
+            return "rotating"
+        return "active"
+
+    def limit_overrides(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+class AdminAction(models.Model):
+    """Who changed what and when: key issued/rotated/revoked, tenant created, limits changed."""
+
+    class Action(models.TextChoices):
+        TENANT_CREATED = "tenant.created"
+        TENANT_UPDATED = "tenant.updated"
+        LIMITS_CHANGED = "tenant.limits_changed"
+        KEY_ISSUED = "key.issued"
+        KEY_ROTATED = "key.rotated"
+        KEY_REVOKED = "key.revoked"
+        KEY_LIMITS_CHANGED = "key.limits_changed"
+
+    actor = models.CharField(max_length=200)
+    action = models.CharField(max_length=40, choices=Action.choices)
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.SET_NULL)
+    key_id = models.CharField(max_length=32, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor} {self.action}"
+
+
+class UsageMinute(models.Model):
+    """Accepted requests and tokens per key per UTC minute, moved here from Redis in batches."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
+    minute = models.DateTimeField()
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "minute"], name="usage_key_minute")
+        ]
+        indexes = [models.Index(fields=["tenant", "minute"])]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}@{self.minute:%Y-%m-%d %H:%M}"
+
+
+class UsageBatch(models.Model):
+    """A batch of Redis usage counters already applied; makes the move exactly-once."""
+
+    batch_id = models.CharField(max_length=80, unique=True)
+    applied_at = models.DateTimeField(default=timezone.now)
+    rows = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.batch_id
+
+
+class ThrottleEvent(models.Model):
+    """The 429 audit: refusals aggregated per key, reason and UTC minute."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="throttles")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="throttles")
+    reason = models.CharField(max_length=40)
+    minute = models.DateTimeField()
+    count = models.PositiveBigIntegerField(default=0)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    sample_addresses = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "reason", "minute"], name="throttle_key_reason_minute"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "minute"])]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} {self.reason} x{self.count} @{self.minute:%Y-%m-%d %H:%M}"

@@ -1,0 +1,240 @@
+"""Writes for tenants and keys: each one atomic, audited with its actor, and announced to every
+process's key cache after commit."""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants import keycache, tokens
+from tenants.models import LIMIT_FIELDS, SCOPES, AdminAction, ApiKey, Tenant
+
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TENANT_SETTINGS = (*LIMIT_FIELDS, "burst_percent")
+
+
+class TenantError(ValueError):
+    """A tenant or key operation that cannot be done as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly issued or rotated key; `token` exists only here and is never stored."""
+
+    api_key: ApiKey
+    token: str
+
+
+def _validate_settings(changes: Mapping[str, int | None], allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    for name, value in changes.items():
+        if name not in allowed:
+            raise TenantError(f"unknown limit {name!r}; expected one of {', '.join(allowed)}")
+        if name == "burst_percent":
+            if not isinstance(value, int) or not 1 <= value <= 100:
+                raise TenantError("burst_percent must be an integer from 1 to 100")
+        elif value is not None and (not isinstance(value, int) or value <= 0):
+            raise TenantError(f"{name} must be a positive integer, or empty for no limit")
+
+
+def _audit(action: str, *, actor: str, tenant: Tenant, key_id: str = "", **data: object) -> None:
+    AdminAction.objects.create(
+        actor=actor,
+        action=action,
+        tenant=tenant,
+        key_id=key_id,
+        before=data.get("before"),
+        after=data.get("after"),
+    )
+
+
+def _announce() -> None:
+    # After commit only: a process that reloads on the signal must see the committed row.
+    transaction.on_commit(keycache.bump_version)
+
+
+def tenant_create(
+    *, slug: str, name: str = "", limits: Mapping[str, int | None] | None = None, actor: str
+) -> Tenant:
+    """Create a tenant with its limits (None or missing: unlimited)."""
+    if not SLUG_PATTERN.match(slug or ""):
+        raise TenantError("slug must be 1-64 lowercase letters, digits or hyphens")
+    limits = dict(limits or {})
+    _validate_settings(limits, TENANT_SETTINGS)
+    try:
+        with transaction.atomic():
+            tenant = Tenant.objects.create(slug=slug, name=name or slug, **limits)
+            _audit(
+                AdminAction.Action.TENANT_CREATED,
+                actor=actor,
+                tenant=tenant,
+                after=_settings_of(tenant),
+            )
+    except IntegrityError as exc:
+        raise TenantError(f"tenant {slug!r} already exists") from exc
+    return tenant
+
+
+def _settings_of(obj: Tenant | ApiKey) -> dict[str, int | None]:
+    names = TENANT_SETTINGS if isinstance(obj, Tenant) else LIMIT_FIELDS
+    return {name: getattr(obj, name) for name in names}
+
+
+def tenant_set_limits(*, tenant: Tenant, changes: Mapping[str, int | None], actor: str) -> Tenant:
+    """Change some of a tenant's limits; audited with before and after."""
+    _validate_settings(changes, TENANT_SETTINGS)
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = _settings_of(tenant)
+        for name, value in changes.items():
+            setattr(tenant, name, value)
+        tenant.save(update_fields=[*changes.keys(), "updated_at"])
+        _audit(
+            AdminAction.Action.LIMITS_CHANGED,
+            actor=actor,
+            tenant=tenant,
+            before=before,
+            after=_settings_of(tenant),
+        )
+        _announce()
+    return tenant
+
+
+def tenant_set_active(
+    *, tenant: Tenant, active: bool, name: str | None = None, actor: str
+) -> Tenant:
+    """Activate or deactivate a tenant (an inactive tenant's keys all get 401)."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = {"active": tenant.active, "name": tenant.name}
+        tenant.active = active
+        tenant.name = name if name is not None else tenant.name
+        tenant.save(update_fields=["active", "name", "updated_at"])
+        _audit(
+            AdminAction.Action.TENANT_UPDATED,
+            actor=actor,
+            tenant=tenant,
+            before=before,
+            after={"active": tenant.active, "name": tenant.name},
+        )
+        _announce()
+    return tenant
+
+
+def _new_secret() -> tuple[str, str]:
+    secret = tokens.new_secret()
+    return secret, tokens.hash_secret(secret, settings.API_KEY_PEPPER)
+
+
+def api_key_issue(
+    *,
+    tenant: Tenant,
+    name: str = "",
+    expires_in: timedelta | None = None,
+    scopes: Iterable[str] | None = None,
+    actor: str,
+) -> IssuedKey:
+    """Issue a key for a tenant; the returned token is the only copy of its secret."""
+    scopes = list(scopes) if scopes is not None else list(SCOPES)
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise TenantError(f"unknown scope(s) {sorted(unknown)}; expected {', '.join(SCOPES)}")
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise TenantError("expiry must be in the future")
+    secret, secret_hash = _new_secret()
+    expires_at = timezone.now() + expires_in if expires_in is not None else None
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            tenant=tenant,
+            key_id=tokens.new_key_id(),
+            name=name,
+            secret_hash=secret_hash,
+            last4=secret[-4:],
+            scopes=scopes,
+            expires_at=expires_at,
+        )
+        _audit(
+            AdminAction.Action.KEY_ISSUED,
+            actor=actor,
+            tenant=tenant,
+            key_id=key.key_id,
+            after={
+                "name": name,
+                "scopes": scopes,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
+        _announce()
+    return IssuedKey(key, tokens.format_token(settings.API_KEY_PREFIX, key.key_id, secret))
+
+
+def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor: str) -> IssuedKey:
+    """Give a key a new secret; the old one keeps working for `grace` (0: stops at once)."""
+    if grace < timedelta(0):
+        raise TenantError("grace must not be negative")
+    secret, secret_hash = _new_secret()
+    now = timezone.now()
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+        if key.revoked_at is not None:
+            raise TenantError(f"key {key.key_id} is revoked and cannot be rotated")
+        # A second rotation inside a grace period ends the older secret's grace right away.
+        key.previous_hash = key.secret_hash if grace > timedelta(0) else ""
+        key.previous_valid_until = now + grace if grace > timedelta(0) else None
+        key.secret_hash, key.last4, key.rotated_at = secret_hash, secret[-4:], now
+        key.save(
+            update_fields=[
+                "previous_hash",
+                "previous_valid_until",
+                "secret_hash",
+                "last4",
+                "rotated_at",
+            ]
+        )
+        _audit(
+            AdminAction.Action.KEY_ROTATED,
+            actor=actor,
+            tenant=key.tenant,
+            key_id=key.key_id,
+            after={"grace_seconds": int(grace.total_seconds())},
+        )
+        _announce()
+    return IssuedKey(key, tokens.format_token(settings.API_KEY_PREFIX, key.key_id, secret))
+
+
+def api_key_revoke(*, api_key: ApiKey, actor: str) -> ApiKey:
+    """Revoke a key at once, including any secret still in its rotation grace."""
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+        if key.revoked_at is not None:
+            raise TenantError(f"key {key.key_id} is already revoked")
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        _audit(AdminAction.Action.KEY_REVOKED, actor=actor, tenant=key.tenant, key_id=key.key_id)
+        _announce()
+    return key
+
+
+def api_key_set_limits(*, api_key: ApiKey, changes: Mapping[str, int | None], actor: str) -> ApiKey:
+    """Set or clear a key's own limits (checked together with its tenant's)."""
+    _validate_settings(changes, LIMIT_FIELDS)
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+        before = _settings_of(key)
+        for name, value in changes.items():
+            setattr(key, name, value)
+        key.save(update_fields=list(changes.keys()))
+        _audit(
+            AdminAction.Action.KEY_LIMITS_CHANGED,
+            actor=actor,
+            tenant=key.tenant,
+            key_id=key.key_id,
+            before=before,
+            after=_settings_of(key),
+        )
+        _announce()
+    return key
