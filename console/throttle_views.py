@@ -3,6 +3,7 @@
 import csv
 
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -28,10 +29,14 @@ CSV_COLUMNS = (
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _filtered(request: HttpRequest, tenant: Tenant) -> tuple[ThrottleFilterForm, object]:
+def _filtered(
+    request: HttpRequest, tenant: Tenant
+) -> tuple[ThrottleFilterForm, QuerySet[ThrottleEvent]]:
     reasons = selectors.throttle_reasons(tenant)
     form = ThrottleFilterForm(request.GET or None, tenant=tenant, reasons=reasons)
-    return form, selectors.throttle_events(tenant, form.filters())
+    rows = selectors.throttle_events(tenant, form.filters())
+    # Bad filters show (and export) nothing rather than everything.
+    return form, rows.none() if form.is_bound and not form.is_valid() else rows
 
 
 @require_GET
