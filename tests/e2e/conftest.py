@@ -48,15 +48,20 @@ def screenshots_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def browser_ready() -> None:
+    """Skip (or, under .ci/run, fail) before any server starts when Chromium is missing."""
+    missing = browser_missing()
+    if missing and os.environ.get("REQUIRE_BROWSER"):
+        pytest.fail(missing)
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture
 def console(
-    daphne_server: LiveDaphne, screenshots_dir: Path, tmp_path: Path
+    browser_ready: None, daphne_server: LiveDaphne, screenshots_dir: Path, tmp_path: Path
 ) -> Iterator[ConsoleBrowser]:
     """Headless Chromium on the live server's console."""
-    missing = browser_missing()
-    if missing:
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(missing)
-        pytest.skip(missing)
     driver = make_driver(tmp_path / "chromium-profile")
     try:
         yield ConsoleBrowser(driver, daphne_server.url, screenshots_dir)
