@@ -49,7 +49,7 @@ screenshots: $(STAMP)
 	rm -rf $(SHOTS) && mkdir -p $(SHOTS)
 	CONSOLE_SCREENSHOTS=$(abspath $(SHOTS)) REQUIRE_BROWSER=1 \
 	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_console_browser.py
+	  $(BIN)/pytest -q -p no:cacheprovider tests/e2e/console/test_console_browser.py
 	# Optional (apt-get install pngquant): palette PNGs, a third of the size.
 	if command -v pngquant >/dev/null; then \
 	  pngquant --force --ext .png --quality 70-95 --skip-if-larger $(SHOTS)/*.png || true; fi

@@ -34,9 +34,10 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" and is_console_user(request.user):
         return redirect(_next_url(request))
     form = ConsoleLoginForm(request, data=request.POST if request.method == "POST" else None)
-    # Login-attempt limiting (per client address and per username, with the rate limiter's Lua)
-    # plugs in here, before the password is checked: one call to
-    # ratelimit's check_login_attempt(address, username), answering 429 with Retry-After.
+    # Login-attempt limiting (per client address and per username, on the rate limiter's Lua)
+    # plugs in here, before the password is checked, once the ratelimit branch is merged: one
+    # call, ratelimit.login.check_login_sync(address=request_address(request), username=...),
+    # answering 429 with Retry-After when the decision is not allowed.
     if request.method == "POST" and form.is_valid():
         login(request, form.get_user())
         return redirect(_next_url(request))

@@ -15,9 +15,8 @@ from tenants.auth import authenticate_token
 from tenants.keycache import KeyRecord, key_cache
 from tenants.models import AdminAction, ApiKey, Tenant
 from tenants.services import api_key_issue, tenant_create
-from tests.e2e.browser import TOKEN, ConsoleBrowser
-from tests.e2e.conftest import STAFF_PASSWORD, STAFF_USERNAME
-from tests.e2e.seed import seed_throttles, seed_usage
+from tests.e2e.console.browser import STAFF_PASSWORD, STAFF_USERNAME, TOKEN, ConsoleBrowser
+from tests.e2e.console.seed import seed_throttles, seed_usage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 
 from conftest import database_url_for_current_test_db
-from tests.e2e.browser import ConsoleBrowser, browser_missing, make_driver
-from tests.e2e.live_daphne import LiveDaphne, start_daphne
-
-STAFF_USERNAME, STAFF_PASSWORD = "ada", "console e2e password 7351"
+from tests.e2e.console.browser import (
+    STAFF_PASSWORD,
+    STAFF_USERNAME,
+    ConsoleBrowser,
+    browser_missing,
+    make_driver,
+)
+from tests.e2e.console.live_daphne import LiveDaphne, start_daphne
 
 
 @pytest.fixture
