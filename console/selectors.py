@@ -4,17 +4,7 @@ usage and audit rows); Python only places the aggregated buckets on a time grid.
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from django.db.models import (
-    BigIntegerField,
-    Count,
-    F,
-    OuterRef,
-    Q,
-    QuerySet,
-    Subquery,
-    Sum,
-    Value,
-)
+from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncHour, TruncMinute
 from django.utils import timezone
 
@@ -163,38 +153,50 @@ def key_buckets(win: Window, tenant: Tenant) -> tuple[list[dict], list[dict]]:
     return list(usage), list(throttled)
 
 
-def _sum_since(model: type, value: object, since: datetime, outer: str) -> Coalesce:
-    # A correlated subquery per column: joining usage and throttles in one query would
-    # multiply their rows and inflate both sums.
-    inner = (
-        model.objects.filter(**{outer: OuterRef("pk")}, minute__gte=since)
-        .values(outer)
-        .annotate(total=Sum(value))
-        .values("total")[:1]
+def _sums(rows: QuerySet, by: str, **sums: Aggregate) -> dict[int, dict]:
+    """One GROUP BY query: {group id: {name: sum}}."""
+    return {row.pop(by): row for row in rows.order_by().values(by).annotate(**sums)}
+
+
+def _attach(objects: list, by: str, *tables: dict[int, dict]) -> list:
+    # Separate grouped queries rather than one join: joining usage to throttles would multiply
+    # their rows and inflate both sums, and correlated subqueries ran once per joined row.
+    for obj in objects:
+        for table in tables:
+            for name, value in table.get(getattr(obj, by), {}).items():
+                setattr(obj, name, value)
+    return objects
+
+
+def _usage_columns(since: datetime, by: str, **where: object) -> tuple[dict, dict]:
+    usage = _sums(
+        UsageMinute.objects.filter(minute__gte=since, **where),
+        by,
+        requests=Sum("requests"),
+        tokens=Sum(_tokens()),
     )
-    return Coalesce(Subquery(inner, output_field=BigIntegerField()), Value(0))
+    throttles = ThrottleEvent.objects.filter(minute__gte=since, **where)
+    return usage, _sums(throttles, by, throttled=Sum("count"))
 
 
-def tenants_with_usage(since: datetime) -> QuerySet[Tenant]:
-    """All tenants with their keys, requests, tokens and 429s since `since`."""
-    active = Q(keys__revoked_at__isnull=True) & (
-        Q(keys__expires_at__isnull=True) | Q(keys__expires_at__gt=timezone.now())
+def tenants_with_usage(since: datetime) -> list[Tenant]:
+    """All tenants with their active keys, requests, tokens and 429s since `since`."""
+    live = ApiKey.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
-    return Tenant.objects.annotate(
-        active_keys=Count("keys", filter=active, distinct=True),
-        requests=_sum_since(UsageMinute, "requests", since, "tenant"),
-        tokens=_sum_since(UsageMinute, _tokens(), since, "tenant"),
-        throttled=_sum_since(ThrottleEvent, "count", since, "tenant"),
-    ).order_by("slug")
+    active = _sums(live, "tenant_id", active_keys=Count("id"))
+    tenants = list(Tenant.objects.order_by("slug"))
+    for tenant in tenants:
+        tenant.active_keys, tenant.requests, tenant.tokens, tenant.throttled = 0, 0, 0, 0
+    return _attach(tenants, "id", active, *_usage_columns(since, "tenant_id"))
 
 
-def tenant_keys(tenant: Tenant, since: datetime) -> QuerySet[ApiKey]:
+def tenant_keys(tenant: Tenant, since: datetime) -> list[ApiKey]:
     """A tenant's keys, newest first, with requests, tokens and 429s since `since`."""
-    return tenant.keys.annotate(
-        requests=_sum_since(UsageMinute, "requests", since, "api_key"),
-        tokens=_sum_since(UsageMinute, _tokens(), since, "api_key"),
-        throttled=_sum_since(ThrottleEvent, "count", since, "api_key"),
-    ).order_by("-created_at", "-id")
+    keys = list(tenant.keys.order_by("-created_at", "-id"))
+    for key in keys:
+        key.requests, key.tokens, key.throttled = 0, 0, 0
+    return _attach(keys, "pk", *_usage_columns(since, "api_key_id", tenant=tenant))
 
 
 @dataclass(frozen=True)
