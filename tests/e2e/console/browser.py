@@ -10,6 +10,7 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
@@ -192,6 +193,15 @@ class ConsoleBrowser:
         """A chart's series totals as its legend states them (label -> total)."""
         items = self.find_all(f"#{chart_id} .legend-item")
         return {i.get_attribute("data-label"): int(i.get_attribute("data-total")) for i in items}
+
+    def hover_chart(self, chart_id: str, fraction: float) -> str:
+        """Point at a chart `fraction` of the way across its plot; returns the read-out shown."""
+        svg = self.find(f"#{chart_id} svg")
+        offset = int(svg.size["width"] * (fraction - 0.5))
+        ActionChains(self.driver).move_to_element_with_offset(svg, offset, 0).perform()
+        tip = self.find(f"#{chart_id} .chart-tip")
+        WebDriverWait(self.driver, 5).until(lambda d: tip.is_displayed())
+        return tip.text
 
     def fetch_text(self, path: str) -> str:
         """GET a URL with the browser's session (e.g. the CSV export) and return its body."""

@@ -7,6 +7,7 @@ need the API (call it with the key, rotation seen through the API, limit headers
 
 import csv
 import io
+import re
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -81,6 +82,8 @@ def see_key_usage(console: ConsoleBrowser, key: ApiKey) -> dict[str, int]:
     totals = console.chart_totals(f"chart-key-{key.key_id}")
     assert totals == {"accepted": usage["requests"], "429s": sum(throttled.values())}
     console.step("key-usage-chart", focus="#usage")
+    readout = console.hover_chart(f"chart-key-{key.key_id}", 0.97)
+    assert re.fullmatch(r"\d\d:\d\d UTC · accepted \d+ · 429s \d+", readout), readout
     return {**usage, **throttled}
 
 
