@@ -9,6 +9,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("console/", include("console.pages_urls")),
     # /metrics; Traefik never routes it from the public entrypoint.
     path("", include("django_prometheus.urls")),
 ]
