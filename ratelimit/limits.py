@@ -20,7 +20,9 @@ KINDS = {
     "tokens_per_day": ("d", "tokens-per-day"),
     "tokens_per_month": ("m", "tokens-per-month"),
 }
-LIMIT_NAMES = tuple(f"{scope}-{label}" for scope in ("key", "tenant") for _, label in KINDS.values())
+LIMIT_NAMES = tuple(
+    f"{scope}-{label}" for scope in ("key", "tenant") for _, label in KINDS.values()
+)
 DESCRIPTIONS = {
     "rpm": "requests per minute",
     "tpm": "tokens per minute",

@@ -29,7 +29,9 @@ class _Held:
 class LocalLimiter:
     """In-memory GCRA buckets and lease sets keyed like their Redis twins."""
 
-    def __init__(self, divisor: int, lease_ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, divisor: int, lease_ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.divisor = max(1, divisor)
         self.lease_ttl_us = int(lease_ttl_s * 1_000_000)
         self._clock = clock

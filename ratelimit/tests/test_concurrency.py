@@ -5,6 +5,7 @@ GCRA bound over the span t between the first and last admission of a group, with
 rate R per second: B + floor(R t) - 1 <= admitted <= B + ceil(R t) + 1.
 """
 
+import asyncio
 import json
 import math
 import os
@@ -22,7 +23,12 @@ from ratelimit.tests.helpers import make_record
 PROCESSES = 4
 SECONDS = 2.0
 KEY_BOUND = {"tenant_id": 101, "key_id": "KEYaaaaaaaaa", "key": {"rpm": 600}, "burst_percent": 10}
-TENANT_B1 = {"tenant_id": 102, "key_id": "KEYbbbbbbbb1", "key": {"rpm": 120}, "tenant": {"rpm": 300}}
+TENANT_B1 = {
+    "tenant_id": 102,
+    "key_id": "KEYbbbbbbbb1",
+    "key": {"rpm": 120},
+    "tenant": {"rpm": 300},
+}
 TENANT_B2 = {"tenant_id": 102, "key_id": "KEYbbbbbbbb2", "tenant": {"rpm": 300}}
 TOKENS = {"tenant_id": 103, "key_id": "KEYcccccccc1", "tenant": {"tpm": 3000}}
 INFLIGHT = {"tenant_id": 104, "key_id": "KEYdddddddd1", "key": {"max_inflight": 3}}
@@ -104,7 +110,9 @@ def test_four_processes_never_exceed_any_bound() -> None:
 
 async def test_a_crashed_holders_slots_come_back_after_the_lease_ttl() -> None:
     record = {"tenant_id": 105, "key_id": "KEYeeeeeeee1", "key": {"max_inflight": 3}}
-    child = _start({"groups": [{"record": record}], "hold": 3}, {"RATELIMIT_LEASE_TTL_SECONDS": "1"})
+    child = _start(
+        {"groups": [{"record": record}], "hold": 3}, {"RATELIMIT_LEASE_TTL_SECONDS": "1"}
+    )
     child.stdin.write("go\n")
     child.stdin.flush()
     word, admitted_at = child.stdout.readline().split()
@@ -119,7 +127,7 @@ async def test_a_crashed_holders_slots_come_back_after_the_lease_ttl() -> None:
             admission = await limiter.admit(make_record(**record), tokens=1)
             break
         except RateLimited:
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
     else:
         pytest.fail("the crashed holder's slot never came back")
     waited = (admission.decision.now_us - int(admitted_at)) / 1_000_000

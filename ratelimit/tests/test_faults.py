@@ -141,7 +141,9 @@ async def test_local_applies_a_conservative_per_process_share(own_redis, setting
     assert list(backlog.take_usage().values()) == [[1, 2, 3]]
 
 
-async def test_the_breaker_opens_after_repeated_errors_and_closes_on_recovery(own_redis, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_the_breaker_opens_after_repeated_errors_and_closes_on_recovery(
+    own_redis, settings
+) -> None:  # type: ignore[no-untyped-def]
     settings.RATELIMIT_FAILURE_MODE = "open"
     await limiter.admit(RECORD, tokens=1)
     own_redis.signal(signal.SIGSTOP)
@@ -167,7 +169,9 @@ async def test_client_pause_costs_one_timeout(own_redis, settings) -> None:  # t
     assert admission.failed_open and elapsed <= TIMEOUT_MS / 1000 + SLACK
 
 
-async def test_a_killed_and_restarted_redis_is_used_again_after_noscript(own_redis, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_a_killed_and_restarted_redis_is_used_again_after_noscript(
+    own_redis, settings
+) -> None:  # type: ignore[no-untyped-def]
     settings.RATELIMIT_FAILURE_MODE = "open"
     await limiter.admit(RECORD, tokens=1)
     own_redis.kill()

@@ -2,6 +2,7 @@
 the 429 audit buffer, hygiene, NOSCRIPT recovery and metrics."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -191,10 +192,8 @@ async def test_every_key_has_a_ttl_after_a_mixed_run() -> None:
     )
     held = []
     for i in range(12):
-        try:
+        with contextlib.suppress(RateLimited):
             held.append(await limiter.admit(record, tokens=150, client_addr=f"192.0.2.{i}"))
-        except RateLimited:
-            pass
     await limiter.settle(held[0], prompt_tokens=10, completion_tokens=5)
     await limiter.heartbeat(held[1])
     client = get_sync_redis()

@@ -119,7 +119,13 @@ class LupaRun:
         reply = self.fake.admit(keys, args)
         now = self.fake.now_us
         expected = self.model.admit(
-            now, self.specs, tokens, lease, lease_ms=LEASE_MS, record_ms=RECORD_MS, retry_us=RETRY_US
+            now,
+            self.specs,
+            tokens,
+            lease,
+            lease_ms=LEASE_MS,
+            record_ms=RECORD_MS,
+            retry_us=RETRY_US,
         )
         assert reply == expected
         assert all(v >= 0 for v in reply)
@@ -138,7 +144,9 @@ class LupaRun:
         assert reply == self.model.settle(self.fake.now_us, lease, prompt, completion)
         counted = {k: self._usage()[k] - before[k] for k in before}
         # Usage is counted in the same script, exactly when the settle applied.
-        assert counted == ({"r": 1, "p": prompt, "c": completion} if reply[0] else dict.fromkeys("rpc", 0))
+        assert counted == (
+            {"r": 1, "p": prompt, "c": completion} if reply[0] else dict.fromkeys("rpc", 0)
+        )
         if reply[0] == 1:
             again = self.fake.settle(*settle_call(self.record, lease, prompt, completion))
             assert again[:2] == [0, 0]
