@@ -16,7 +16,6 @@ from tenants.keycache import KeyRecord
 
 REQUEST_LABELS = frozenset({"rpm"})
 TOKEN_LABELS = frozenset({"tpm", "tokens-per-day", "tokens-per-month"})
-MONTH_WINDOW = None  # calendar months have no fixed length: the policy carries no w
 
 
 def _ceil_div(value: int, unit: int) -> int:

@@ -67,6 +67,8 @@ class _Runtime:
         self.local = LocalLimiter(
             settings.RATELIMIT_LOCAL_DIVISOR, settings.RATELIMIT_LEASE_TTL_SECONDS
         )
+        # Login throttling's fallback keeps the full per-minute numbers (see login.py).
+        self.login_local = LocalLimiter(divisor=1, lease_ttl_s=1)
 
 
 _runtime: _Runtime | None = None
@@ -92,13 +94,13 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _timeout() -> float:
+def call_timeout() -> float:
     # redis-py's socket timeout bounds each read; this outer bound also covers a stalled
     # connect-and-handshake, and is generous so the socket timeout is what normally fires.
     return settings.RATELIMIT_REDIS_TIMEOUT_MS / 1000 * 4 + 0.05
 
 
-def _backend_error(operation: str, exc: BaseException) -> None:
+def record_backend_error(operation: str, exc: BaseException) -> None:
     metrics.backend_errors.labels(operation).inc()
     runtime().breaker.failure()
     logger.warning("rate limiter: Redis %s failed (%s)", operation, type(exc).__name__)
@@ -131,7 +133,7 @@ async def _admit_redis(
     keys += [limit.key for limit in limits]
     args = _admit_args(record, limits, reserve, lease_id, addr)
     started = time.perf_counter()
-    async with asyncio.timeout(_timeout()):
+    async with asyncio.timeout(call_timeout()):
         reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
     metrics.admission_seconds.observe(time.perf_counter() - started)
     return parse_reply(limits, reply)
@@ -195,7 +197,7 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
         try:
             decision = await _admit_redis(record, limits, reserve, lease_id, client_addr)
         except BACKEND_ERRORS as exc:
-            _backend_error("admit", exc)
+            record_backend_error("admit", exc)
         else:
             runtime().breaker.success()
             if not decision.allowed:
@@ -230,10 +232,10 @@ async def settle(admission: Admission, *, prompt_tokens: int, completion_tokens:
         backlog.defer(call)
         return False
     try:
-        async with asyncio.timeout(_timeout()):
+        async with asyncio.timeout(call_timeout()):
             reply = await SETTLE.run(get_redis("ratelimit"), call.keys, call.args)
     except BACKEND_ERRORS as exc:
-        _backend_error("settle", exc)
+        record_backend_error("settle", exc)
         backlog.defer(call)
         return False
     except asyncio.CancelledError:
@@ -269,10 +271,10 @@ async def heartbeat(admission: Admission) -> bool:
     if not runtime().breaker.allow():
         return True
     try:
-        async with asyncio.timeout(_timeout()):
+        async with asyncio.timeout(call_timeout()):
             reply = await HEARTBEAT.run(get_redis("ratelimit"), keys, args)
     except BACKEND_ERRORS as exc:
-        _backend_error("heartbeat", exc)
+        record_backend_error("heartbeat", exc)
         return True
     runtime().breaker.success()
     return int(reply[0]) == 1
@@ -305,7 +307,7 @@ async def health() -> dict:
         return {**state, "ok": False, "error": "circuit open"}
     probe = lease_key(0, "readyz-probe")
     try:
-        async with asyncio.timeout(_timeout()):
+        async with asyncio.timeout(call_timeout()):
             # A heartbeat of a lease that never exists: reads only, but loads the script.
             await HEARTBEAT.run(get_redis("ratelimit"), [probe], ["readyz-probe", 1, 1])
     except BACKEND_ERRORS as exc:
