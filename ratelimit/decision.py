@@ -2,14 +2,15 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ratelimit.limits import Limit
 
 
-@dataclass(frozen=True)
-class LimitState:
+class LimitState(NamedTuple):
     """One limit after a decision: units left and microseconds until it is back to full
-    (GCRA), until its period ends (quotas) or until the earliest lease expires (in-flight)."""
+    (GCRA), until its period ends (quotas) or until the earliest lease expires (in-flight).
+    A NamedTuple: one is built per limit per request, several times cheaper than a dataclass."""
 
     limit: Limit
     remaining: int
@@ -31,9 +32,15 @@ class Decision:
         return self.binding.limit.name if self.binding else "none"
 
 
-def parse_reply(limits: Sequence[Limit], reply: Sequence[int]) -> Decision:
-    """ADMIT's flat reply {allowed, binding, retry, now, (remaining, reset) per limit}."""
-    values = [int(v) for v in reply]
+def decode_reply(reply: bytes | str) -> list[int]:
+    """ADMIT's reply string: integers separated by spaces."""
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    return [int(v) for v in text.split()]
+
+
+def parse_reply(limits: Sequence[Limit], reply: bytes | str) -> Decision:
+    """ADMIT's reply {allowed, binding, retry, now, (remaining, reset) per limit}."""
+    values = decode_reply(reply)
     states = tuple(
         LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
     )

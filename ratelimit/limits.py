@@ -7,6 +7,7 @@ of one admission carries the tenant's hash tag, so a Redis Cluster keeps them in
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 
@@ -73,28 +74,63 @@ def burst_of(limit: int, burst_percent: int) -> int:
     return max(1, math.ceil(limit * burst_percent / 100))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The limits of one key, their state keys, and ADMIT's packed limits argument."""
+
+    limits: tuple[Limit, ...]
+    keys: tuple[str, ...]
+    packed: str
+
+
 def _scope_limits(
-    values: dict[str, int | None], scope: str, prefix: str, burst_percent: int
+    values: tuple[tuple[str, int | None], ...], scope: str, prefix: str, burst_percent: int
 ) -> list[Limit]:
     found = []
-    for field, (kind, label) in KINDS.items():
-        value = values.get(field)
-        if value is None:
+    for field, value in values:
+        if value is None or field not in KINDS:
             continue
+        kind, label = KINDS[field]
         burst = burst_of(value, burst_percent) if kind in ("r", "t") else 0
         found.append(Limit(f"{scope}-{label}", kind, int(value), burst, f"{prefix}:{label}"))
     return found
 
 
-def plan_limits(record: KeyRecord) -> tuple[Limit, ...]:
-    """The limits one request of this key is checked against, key scope first."""
-    tag = tenant_tag(record.tenant_id)
-    key_prefix = f"rl:v1:{tag}:k:{record.key_id}"
-    tenant_prefix = f"rl:v1:{tag}:t:{record.tenant_id}"
-    return (
-        *_scope_limits(record.key_limits, "key", key_prefix, record.burst_percent),
-        *_scope_limits(record.tenant_limits, "tenant", tenant_prefix, record.burst_percent),
+def pack_limits(limits: tuple[Limit, ...]) -> str:
+    """ADMIT's ARGV[5]: "kind limit burst name" per limit, joined by ";"."""
+    return ";".join(f"{x.kind} {x.limit} {x.burst} {x.name}" for x in limits)
+
+
+@lru_cache(maxsize=4096)
+def _plan(
+    tenant_id: int,
+    key_id: str,
+    burst_percent: int,
+    key_values: tuple[tuple[str, int | None], ...],
+    tenant_values: tuple[tuple[str, int | None], ...],
+) -> Plan:
+    tag = tenant_tag(tenant_id)
+    limits = (
+        *_scope_limits(key_values, "key", f"rl:v1:{tag}:k:{key_id}", burst_percent),
+        *_scope_limits(tenant_values, "tenant", f"rl:v1:{tag}:t:{tenant_id}", burst_percent),
     )
+    return Plan(limits, tuple(x.key for x in limits), pack_limits(limits))
+
+
+def plan_for(record: KeyRecord) -> Plan:
+    """The limits one request of this key is checked against, key scope first (memoized:
+    the same limits give the same plan, so the hot path builds no strings)."""
+    return _plan(
+        record.tenant_id,
+        record.key_id,
+        record.burst_percent,
+        tuple(record.key_limits.items()),
+        tuple(record.tenant_limits.items()),
+    )
+
+
+def plan_limits(record: KeyRecord) -> tuple[Limit, ...]:
+    return plan_for(record).limits
 
 
 def clamp_reservation(tokens: int) -> int:

@@ -19,7 +19,7 @@ from django.conf import settings
 from console.redis import get_redis
 from ratelimit.decision import Decision, parse_reply
 from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
-from ratelimit.limits import Limit
+from ratelimit.limits import Limit, pack_limits
 from ratelimit.local import INFLIGHT_RETRY_US
 from ratelimit.scripts import ADMIT
 
@@ -55,9 +55,7 @@ def _limits(address: str | None, username: str) -> tuple[Limit, ...]:
 
 async def _check_redis(limits: tuple[Limit, ...]) -> Decision:
     # A pure check: no lease ("" id), no audit (""), so only the two buckets are written.
-    args: list[str | int] = ["", 0, 1, 1, "", "", 0, 1, INFLIGHT_RETRY_US, len(limits)]
-    for limit in limits:
-        args += [limit.kind, limit.limit, limit.burst, limit.name]
+    args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits(limits)]
     keys = [UNUSED_KEY, UNUSED_KEY, *(limit.key for limit in limits)]
     async with asyncio.timeout(call_timeout()):
         reply = await ADMIT.run(get_redis("ratelimit"), keys, args)

@@ -3,31 +3,37 @@
 -- and its tenant together. Nothing is written unless every limit allows; a denial only counts
 -- the 429 in the audit buffer (KEYS[2], outside the rl:* limiter state).
 -- Time comes only from Redis TIME, in integer microseconds (exact in a double up to 2^53).
+-- Arguments and reply are packed into few strings: redis-py spends far more time encoding
+-- and decoding many small values than Redis spends running this script.
 --
--- KEYS[1]    lease record hash  rl:v1:{t:<tenant>}:lease:<lease id>  (unused when ARGV[1] is "")
--- KEYS[2]    429 audit buffer   rlbuf:v1:{t:<tenant>}:throttle         (unused when ARGV[5] is "")
--- KEYS[2+i]  the state key of limit i, i = 1..n, in the order of the limit tuples in ARGV
+-- KEYS[1]    lease record       rl:v1:{t:<tenant>}:lease:<lease id>  (unused when ARGV[1] is "")
+-- KEYS[2]    429 audit buffer   rlbuf:v1:{t:<tenant>}:throttle         (unused when ARGV[2] is "")
+-- KEYS[2+i]  the state key of limit i, i = 1..n, in the order of the limits in ARGV[5]
 --
--- ARGV[1]   lease id ("" = a pure check: no lease record, nothing to settle; login throttling)
--- ARGV[2]   tokens to reserve (the caller has clamped them by policy)
--- ARGV[3]   lease TTL, ms: an in-flight slot whose holder never settles frees after this
--- ARGV[4]   lease record TTL, ms: how long SETTLE can still find the reservation (>= ARGV[3])
--- ARGV[5]   audit field prefix, "<api key pk>|" ("" = no audit)
--- ARGV[6]   client address sampled into the audit row ("" = none)
--- ARGV[7]   most sample addresses kept per audit row
--- ARGV[8]   audit buffer TTL, ms
--- ARGV[9]   longest retry-after given for an in-flight denial, us
--- ARGV[10]  n, the number of limits; then 4 values for limit i from ARGV[11 + 4 * (i - 1)]:
---           kind: "r" requests (GCRA, cost 1), "t" tokens (GCRA, cost = reservation),
---                 "d" tokens per UTC day, "m" tokens per UTC month (calendar counters),
---                 "c" requests in flight (lease sorted set scored by expiry)
---           limit (per minute, per period or concurrent), burst (GCRA bucket depth in units;
---           0 for other kinds), name (the audit reason, e.g. "key-rpm")
+-- ARGV[1]  lease id ("" = a pure check: no lease record, nothing to settle; login throttling)
+-- ARGV[2]  audit field prefix, "<api key pk>|" ("" = no audit)
+-- ARGV[3]  client address sampled into the audit row ("" = none)
+-- ARGV[4]  six integers separated by spaces:
+--          tokens to reserve (the caller clamped them by policy),
+--          lease TTL ms (an in-flight slot whose holder never settles frees after this),
+--          lease record TTL ms (how long SETTLE can still find the reservation, >= lease TTL),
+--          most sample addresses kept per audit row, audit buffer TTL ms,
+--          longest retry-after given for an in-flight denial, us
+-- ARGV[5]  the limits, "kind limit burst name" each, separated by ";":
+--          kind: "r" requests (GCRA, cost 1), "t" tokens (GCRA, cost = reservation),
+--                "d" tokens per UTC day, "m" tokens per UTC month (calendar counters),
+--                "c" requests in flight (lease sorted set scored by expiry)
+--          limit: per minute, per period or concurrent; burst: GCRA bucket depth in units
+--          (0 for other kinds); name: the audit reason, e.g. "key-rpm"
 --
--- Returns {allowed (1|0), binding limit index (0 when allowed), retry after us, now us,
---          then for each limit i: remaining, reset us}
--- remaining: units left after this decision; reset: us until the limit is back to full
--- (GCRA), until the period ends (quotas), or until the earliest lease expires (in-flight).
+-- Returns one string of integers separated by spaces:
+--   allowed (1|0), binding limit index (0 when allowed), retry after us, now us,
+--   then for each limit i: remaining, reset us
+-- remaining: units left after this decision (allowed) or now (denied); reset: us until the
+-- limit is back to full (GCRA), until the period ends (quotas), or until the earliest lease
+-- expires (in-flight).
+-- The lease record (a string, "reserve;kind cost x;...", x the GCRA interval or the quota
+-- period index) is what SETTLE and HEARTBEAT read back.
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -80,9 +86,17 @@ local function period(kind)
   return index, first_day(year, month) * DAY
 end
 
-local reserve = tonumber(ARGV[2])
-local lease_ttl = tonumber(ARGV[3]) * 1000
-local n = tonumber(ARGV[10])
+local numbers = {}
+for v in string.gmatch(ARGV[4], '%S+') do numbers[#numbers + 1] = tonumber(v) end
+local reserve, lease_ttl_ms, record_ttl_ms = numbers[1], numbers[2], numbers[3]
+local sample_max, audit_ttl_ms, inflight_retry = numbers[4], numbers[5], numbers[6]
+local lease_ttl = lease_ttl_ms * 1000
+
+local specs = {}
+for kind, limit, burst, name in string.gmatch(ARGV[5], '(%a) (%d+) (%d+) ([^;]+)') do
+  specs[#specs + 1] = {kind, tonumber(limit), tonumber(burst), name}
+end
+local n = #specs
 local plans = {}
 local allowed, binding, retry, binding_is_quota = true, 0, 0, false
 
@@ -110,7 +124,7 @@ local function quota(p, key, kind, limit)
   -- A counter from an earlier period is spent history: the new period starts from zero.
   if tonumber(stored[1]) == index then used = tonumber(stored[2]) or 0 end
   local cost = math.min(reserve, limit)
-  p.cost, p.x, p.used = cost, index, used
+  p.cost, p.x, p.used, p.fresh = cost, index, used, tonumber(stored[1]) ~= index
   p.now_left, p.left, p.now_reset, p.reset = limit - used, limit - used - cost, ends - now, ends - now
   if used + cost <= limit then return true, 0 end
   return false, ends - now
@@ -118,18 +132,18 @@ end
 
 local function inflight(p, key, limit)
   -- Leases are scored by expiry: those at or before now are dead and do not count.
-  local live = redis.call('ZCOUNT', key, '(' .. int(now), '+inf')
+  -- Both reads are O(log n), however many requests are in flight.
+  local count = redis.call('ZCOUNT', key, '(' .. int(now), '+inf')
   local first = redis.call('ZRANGEBYSCORE', key, '(' .. int(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   local reset = lease_ttl
   if first[2] then reset = tonumber(first[2]) - now end
-  p.now_left, p.left, p.now_reset, p.reset = limit - live, limit - live - 1, reset, reset
-  if live < limit then return true, 0 end
-  return false, math.min(reset, tonumber(ARGV[9]))
+  p.now_left, p.left, p.now_reset, p.reset = limit - count, limit - count - 1, reset, reset
+  if count < limit then return true, 0 end
+  return false, math.min(reset, inflight_retry)
 end
 
 for i = 1, n do
-  local at = 11 + 4 * (i - 1)
-  local kind, limit, burst = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local kind, limit, burst = specs[i][1], specs[i][2], specs[i][3]
   local key = KEYS[2 + i]
   local p = {kind = kind, key = key, cost = 0, x = 0}
   local ok, wait
@@ -152,8 +166,8 @@ for i = 1, n do
   plans[i] = p
 end
 
--- The reply: {allowed, binding, retry, now, then remaining and reset per limit}, describing the
--- state after this admission when allowed and the untouched state when denied.
+-- The reply describes the state after this admission when allowed, the untouched state when
+-- denied. Integers are formatted explicitly: tostring() would print 1.79e+15 for a timestamp.
 local function reply(ok)
   local r = {ok and 1 or 0, binding, retry, now}
   for i = 1, n do
@@ -163,45 +177,47 @@ local function reply(ok)
     r[3 + 2 * i] = math.max(left, 0)
     r[4 + 2 * i] = math.max(reset, 0)
   end
-  return r
+  for j = 1, #r do r[j] = int(r[j]) end
+  return table.concat(r, ' ')
 end
 
 local function audit(name)
-  local prefix = ARGV[5]
+  local prefix = ARGV[2]
   if prefix == '' then return end
   local field = prefix .. name .. '|' .. int(math.floor(now / MINUTE) * 60) .. '|'
   redis.call('HINCRBY', KEYS[2], field .. 'n', 1)
   redis.call('HSETNX', KEYS[2], field .. 'f', int(now))
   redis.call('HSET', KEYS[2], field .. 'l', int(now))
-  local addr = ARGV[6]
+  local addr = ARGV[3]
   if addr ~= '' then
     local seen = redis.call('HGET', KEYS[2], field .. 'a')
     if not seen then
       redis.call('HSET', KEYS[2], field .. 'a', addr)
     elseif not string.find(',' .. seen .. ',', ',' .. addr .. ',', 1, true) then
       local _, commas = string.gsub(seen, ',', '')
-      if commas + 1 < tonumber(ARGV[7]) then
+      if commas + 1 < sample_max then
         redis.call('HSET', KEYS[2], field .. 'a', seen .. ',' .. addr)
       end
     end
   end
-  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  redis.call('PEXPIRE', KEYS[2], audit_ttl_ms)
 end
 
 if not allowed then
-  audit(ARGV[11 + 4 * (binding - 1) + 3])
+  audit(specs[binding][4])
   return reply(false)
 end
 
 local lease = ARGV[1]
-local record = {}
+local record = {int(reserve)}
 for i = 1, n do
   local p = plans[i]
   if p.kind == 'r' or p.kind == 't' then
     redis.call('SET', p.key, int(p.new_tat), 'PX', ms(p.new_tat - now, 1))
   elseif p.kind == 'd' or p.kind == 'm' then
     redis.call('HSET', p.key, 'p', int(p.x), 'u', int(p.used + p.cost))
-    redis.call('PEXPIRE', p.key, ms(p.reset, 1000))
+    -- The TTL is set when a period's counter starts; it ends with the period.
+    if p.fresh then redis.call('PEXPIRE', p.key, ms(p.reset, 1000)) end
   elseif lease ~= '' then
     redis.call('ZREMRANGEBYSCORE', p.key, '-inf', int(now))
     redis.call('ZADD', p.key, int(now + lease_ttl), lease)
@@ -209,18 +225,11 @@ for i = 1, n do
     local set_ttl = ms(lease_ttl, 1000)
     if redis.call('PTTL', p.key) < set_ttl then redis.call('PEXPIRE', p.key, set_ttl) end
   end
-  local s = tostring(i)
-  record[#record + 1] = 'k' .. s
-  record[#record + 1] = p.kind
-  record[#record + 1] = 'c' .. s
-  record[#record + 1] = int(p.cost)
-  record[#record + 1] = 'x' .. s
-  record[#record + 1] = int(p.x)
+  record[i + 1] = p.kind .. ' ' .. int(p.cost) .. ' ' .. int(p.x)
 end
 
 if lease ~= '' then
-  redis.call('HSET', KEYS[1], 'r', int(reserve), 'n', int(n), (unpack or table.unpack)(record))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('SET', KEYS[1], table.concat(record, ';'), 'PX', record_ttl_ms)
 end
 
 return reply(true)

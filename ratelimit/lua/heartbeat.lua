@@ -1,7 +1,7 @@
 -- HEARTBEAT: keep a long request's in-flight leases alive by moving their expiry to now + TTL.
 -- A lease that is gone or already expired is never re-added: its slot may be someone else's.
 --
--- KEYS[1]    lease record hash  rl:v1:{t:<tenant>}:lease:<lease id>
+-- KEYS[1]    lease record       rl:v1:{t:<tenant>}:lease:<lease id> (see settle.lua)
 -- KEYS[1+i]  the state key of limit i, exactly as passed to ADMIT
 --
 -- ARGV[1]  lease id
@@ -14,13 +14,15 @@
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
-local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
-if not n then return {0, now} end
+local record = redis.call('GET', KEYS[1])
+if not record then return {0, now} end
 
 local alive = 1
 local expires = now + tonumber(ARGV[2]) * 1000
-for i = 1, n do
-  if redis.call('HGET', KEYS[1], 'k' .. tostring(i)) == 'c' then
+local i = 0
+for kind in string.gmatch(record, ';(%a)') do
+  i = i + 1
+  if kind == 'c' then
     local key = KEYS[1 + i]
     local score = tonumber(redis.call('ZSCORE', key, ARGV[1]))
     if score and score > now then

@@ -5,7 +5,8 @@
 -- counter; an overage pushes them forward (debt). In-flight slots are released. Usage is
 -- counted in the per-tenant buffer, per key and UTC minute, only when the record was found.
 --
--- KEYS[1]    lease record hash  rl:v1:{t:<tenant>}:lease:<lease id>
+-- KEYS[1]    lease record       rl:v1:{t:<tenant>}:lease:<lease id>
+--            (a string ADMIT wrote: "reserve;kind cost x;..." per limit, in KEYS order)
 -- KEYS[2]    usage buffer hash  rlbuf:v1:{t:<tenant>}:usage
 -- KEYS[2+i]  the state key of limit i, exactly as passed to ADMIT
 --
@@ -22,23 +23,30 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
 local function int(x) return string.format('%d', x) end
 
-local flat = redis.call('HGETALL', KEYS[1])
-if #flat == 0 then return {0, 0, now} end
-local record = {}
-for j = 1, #flat, 2 do record[flat[j]] = flat[j + 1] end
+local record = redis.call('GET', KEYS[1])
+if not record then return {0, 0, now} end
+local reserve
+local items = {}
+for part in string.gmatch(record, '[^;]+') do
+  if not reserve then
+    reserve = tonumber(part)
+  else
+    local kind, cost, x = string.match(part, '(%a) (%d+) (%d+)')
+    items[#items + 1] = {kind, tonumber(cost), tonumber(x)}
+  end
+end
 
 local prompt, completion = tonumber(ARGV[2]), tonumber(ARGV[3])
 local actual = prompt + completion
 
-for i = 1, tonumber(record.n) do
-  local s = tostring(i)
-  local kind, key = record['k' .. s], KEYS[2 + i]
-  local delta = actual - tonumber(record['c' .. s])
+for i = 1, #items do
+  local kind, cost, x = items[i][1], items[i][2], items[i][3]
+  local key = KEYS[2 + i]
+  local delta = actual - cost
   if kind == 't' and delta ~= 0 then
-    local T = tonumber(record['x' .. s])
     local tat = tonumber(redis.call('GET', key)) or now
     if tat < now then tat = now end
-    local new_tat = tat + delta * T
+    local new_tat = tat + delta * x
     -- A bucket is never fuller than full: a refund past now just empties the state.
     if new_tat <= now then
       redis.call('DEL', key)
@@ -50,7 +58,7 @@ for i = 1, tonumber(record.n) do
     local stored = redis.call('HMGET', key, 'p', 'u')
     -- Only the period that was charged is corrected; once it has rolled over it is history.
     -- The counter exists (with its TTL) whenever its period matches, so HSET keeps that TTL.
-    if tonumber(stored[1]) == tonumber(record['x' .. s]) then
+    if tonumber(stored[1]) == x then
       redis.call('HSET', key, 'u', int(math.max((tonumber(stored[2]) or 0) + delta, 0)))
     end
   elseif kind == 'c' then
@@ -68,4 +76,4 @@ if ARGV[4] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 
-return {1, actual - tonumber(record.r), now}
+return {1, actual - reserve, now}

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ratelimit import limiter
-from ratelimit.limits import lease_key, plan_limits, throttle_key
+from ratelimit.limits import lease_key, plan_for, plan_limits, throttle_key
 from ratelimit.tests.model import Spec
 from tenants.keycache import KeyRecord
 from tenants.models import LIMIT_FIELDS
@@ -51,10 +51,9 @@ def specs(record: KeyRecord) -> list[Spec]:
 def admit_call(
     record: KeyRecord, reserve: int, lease: str, addr: str | None = None
 ) -> tuple[list[str], list[Any]]:
-    limits = plan_limits(record)
-    keys = [lease_key(record.tenant_id, lease), throttle_key(record.tenant_id)]
-    keys += [x.key for x in limits]
-    return keys, limiter._admit_args(record, limits, reserve, lease, addr)
+    plan = plan_for(record)
+    keys = [lease_key(record.tenant_id, lease), throttle_key(record.tenant_id), *plan.keys]
+    return keys, limiter._admit_args(record, plan, reserve, lease, addr)
 
 
 def admission_for(record: KeyRecord, lease: str, reserve: int = 0) -> limiter.Admission:

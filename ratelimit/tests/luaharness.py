@@ -11,6 +11,7 @@ from typing import Any
 
 import lupa.lua51 as lua51
 
+from ratelimit.decision import decode_reply
 from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE, Script
 
 
@@ -237,7 +238,7 @@ class FakeRedis:
         return self._reply(function(lua_keys, lua_args, self._redis_table))
 
     def admit(self, keys: Sequence[str], args: Sequence[Any]) -> list[int]:
-        return self.run(ADMIT, keys, args)
+        return decode_reply(self.run(ADMIT, keys, args))
 
     def settle(self, keys: Sequence[str], args: Sequence[Any]) -> list[int]:
         return self.run(SETTLE, keys, args)

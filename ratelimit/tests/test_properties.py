@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from console.redis import get_sync_redis
+from ratelimit.decision import decode_reply
 from ratelimit.limits import usage_key
 from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE
 from ratelimit.tests.helpers import (
@@ -206,7 +207,7 @@ class RedisRun:
 
     def admit(self, tokens: int) -> None:
         lease = uuid.uuid4().hex
-        reply = ADMIT.run_sync(self.client, *admit_call(self.record, tokens, lease))
+        reply = decode_reply(ADMIT.run_sync(self.client, *admit_call(self.record, tokens, lease)))
         expected = self.model.admit(
             reply[3],
             self.specs,
