@@ -139,7 +139,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL", "")
 REDIS_EMULATED = not REDIS_URL
 # The limiter's own pool: short timeouts so an outage costs milliseconds, not seconds.
-RATELIMIT_REDIS_URL = env_str("RATELIMIT_REDIS_URL", REDIS_URL)
+RATELIMIT_REDIS_URL = env_str("RATELIMIT_REDIS_URL") or REDIS_URL  # empty: the same Redis
 RATELIMIT_REDIS_TIMEOUT_MS = env_int("RATELIMIT_REDIS_TIMEOUT_MS", 50)
 RATELIMIT_FAILURE_MODE = env_choice("RATELIMIT_FAILURE_MODE", "local", ("open", "closed", "local"))
 # Rate limiter tuning (docs/ratelimit.md explains each one).
