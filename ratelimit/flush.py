@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from console.redis import get_sync_redis
 from ratelimit import backlog
+from ratelimit.scripts import preload_sync
 from tenants.models import ApiKey, ThrottleEvent, UsageBatch, UsageMinute
 
 logger = logging.getLogger(__name__)
@@ -262,6 +263,11 @@ _thread: threading.Thread | None = None
 
 
 def _loop(interval: float) -> None:
+    try:
+        # A worker's first requests then find the scripts loaded (no NOSCRIPT round trip).
+        preload_sync(get_sync_redis("ratelimit"))
+    except Exception as exc:  # Redis down at start: EVALSHA reloads on NOSCRIPT anyway
+        logger.warning("ratelimit: cannot preload scripts (%s)", type(exc).__name__)
     while not _stop.wait(interval):
         try:
             report = flush()

@@ -62,3 +62,9 @@ async def preload(client: aredis.Redis) -> None:
     """Load every script now so the first request pays no NOSCRIPT round trip."""
     for script in ALL:
         await client.script_load(script.source)
+
+
+def preload_sync(client: redis.Redis) -> None:
+    """preload() for blocking clients (the flusher thread runs it when a worker starts)."""
+    for script in ALL:
+        client.script_load(script.source)
