@@ -111,7 +111,8 @@ async def test_open_admits_unchecked_within_the_timeout_and_counts_it(own_redis,
     own_redis.signal(signal.SIGSTOP)
     admission, elapsed = await _timed(limiter.admit(RECORD, tokens=1))
     assert admission.failed_open and admission.source == "open" and admission.headers == {}
-    assert TIMEOUT_MS / 1000 * 0.8 <= elapsed <= TIMEOUT_MS / 1000 + SLACK
+    # One timeout, never a retried one: a second attempt would take at least twice as long.
+    assert TIMEOUT_MS / 1000 * 0.8 <= elapsed < 2 * TIMEOUT_MS / 1000
     assert _metric("ratelimit_fail_open_total") == fail_open + 1
     assert _metric("ratelimit_backend_errors_total", operation="admit") == errors + 1
 
