@@ -7,6 +7,7 @@ makes an outage cost one timeout per probe instead of one per request.
 """
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -107,6 +108,17 @@ def record_backend_error(operation: str, exc: BaseException) -> None:
     logger.warning("rate limiter: Redis %s failed (%s)", operation, type(exc).__name__)
 
 
+def _audit_address(addr: str | None) -> str:
+    """The caller's address as a normalized IP; anything else is not sampled (the audit
+    buffer stores addresses comma-separated under |-separated fields)."""
+    if not addr:
+        return ""
+    try:
+        return str(ipaddress.ip_address(addr.strip()))
+    except ValueError:
+        return ""
+
+
 def _admit_args(
     record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
 ) -> list[str]:
@@ -118,7 +130,8 @@ def _admit_args(
         _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
         INFLIGHT_RETRY_US,
     )
-    return [lease_id, f"{record.api_key_pk}|", addr or "", " ".join(map(str, numbers)), plan.packed]
+    address = _audit_address(addr)
+    return [lease_id, f"{record.api_key_pk}|", address, " ".join(map(str, numbers)), plan.packed]
 
 
 async def _admit_redis(

@@ -137,6 +137,8 @@ async def test_a_denial_changes_no_limiter_state_and_is_audited() -> None:
 async def test_the_audit_keeps_a_few_distinct_sample_addresses() -> None:
     record = make_record(key={"rpm": 1}, burst_percent=1)
     await limiter.admit(record, tokens=0)
+    with pytest.raises(RateLimited):  # not an address: counted, not sampled
+        await limiter.admit(record, tokens=0, client_addr="1.2.3.4,evil|x")
     with override_settings(RATELIMIT_AUDIT_SAMPLE_ADDRESSES=3):
         for i in range(6):
             for _ in range(2):
@@ -145,7 +147,7 @@ async def test_the_audit_keeps_a_few_distinct_sample_addresses() -> None:
     audit = get_sync_redis().hgetall(throttle_key(record.tenant_id))
     [count] = [v for k, v in audit.items() if k.endswith(b"|n")]
     [addresses] = [v for k, v in audit.items() if k.endswith(b"|a")]
-    assert count == b"12"
+    assert count == b"13"
     assert addresses == b"203.0.113.0,203.0.113.1,203.0.113.2"
 
 
