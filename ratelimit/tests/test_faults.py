@@ -19,8 +19,9 @@ from prometheus_client import REGISTRY
 
 from console.errors import Overloaded, RateLimited
 from console.redis import get_sync_redis, reset_clients
-from ratelimit import backlog, limiter
+from ratelimit import backlog, flush, limiter
 from ratelimit.limits import usage_key
+from ratelimit.scripts import ALL
 from ratelimit.tests.helpers import make_record, usage_totals
 
 TIMEOUT_MS = 50
@@ -218,3 +219,31 @@ async def test_readyz_reports_limiter_trouble(own_redis, settings) -> None:  # t
     check = response.json()["checks"]["ratelimit"]
     assert check["ok"] is False and check["error"] == "TimeoutError"
     assert response.status_code == 503 and time.perf_counter() - started < 2
+
+
+async def test_it_recovers_from_script_flush_mid_run(own_redis, settings) -> None:  # type: ignore[no-untyped-def]
+    # On this test's own server: SCRIPT FLUSH empties every database's script cache.
+    record = make_record(tenant={"rpm": 600})
+    first = await limiter.admit(record, tokens=1)
+    reloads = _metric("ratelimit_noscript_reloads_total")
+    redis.Redis(port=own_redis.port).script_flush()
+    second = await limiter.admit(record, tokens=1)
+    assert second.source == "redis"
+    assert await limiter.settle(first, prompt_tokens=1, completion_tokens=1) is True
+    assert await limiter.settle(second, prompt_tokens=1, completion_tokens=1) is True
+    assert _metric("ratelimit_noscript_reloads_total") == reloads + 2  # ADMIT, then SETTLE
+
+
+def test_the_flusher_thread_preloads_the_scripts_on_a_fresh_redis(own_redis, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.RATELIMIT_FLUSH_SECONDS = 60  # only the start-up work runs during this test
+    fresh = redis.Redis(port=own_redis.port)
+    shas = [script.sha for script in ALL]
+    assert fresh.script_exists(*shas) == [False] * 3
+    flush.start_flusher()
+    try:
+        deadline = time.monotonic() + 3
+        while fresh.script_exists(*shas) != [True] * 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fresh.script_exists(*shas) == [True] * 3
+    finally:
+        flush.stop_flusher()

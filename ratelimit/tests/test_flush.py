@@ -19,7 +19,6 @@ from conftest import database_url_for_current_test_db
 from console.errors import RateLimited
 from console.redis import get_sync_redis
 from ratelimit import backlog, flush, limiter
-from ratelimit.scripts import ALL
 from ratelimit.tests.helpers import make_record
 from tenants.models import ThrottleEvent, UsageBatch, UsageMinute
 
@@ -198,7 +197,6 @@ def test_usage_admitted_without_redis_is_written_from_the_process(issued) -> Non
 
 @override_settings(RATELIMIT_FLUSH_SECONDS=0.1)
 def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:  # type: ignore[no-untyped-def]
-    get_sync_redis().script_flush()
     thread = flush.start_flusher()
     try:
         assert thread is not None and thread.daemon and flush.start_flusher() is thread
@@ -207,8 +205,6 @@ def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:  # ty
         while _totals()["r"] != 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _totals()["r"] == 2
-        # The thread loaded the scripts at start: the admissions met no NOSCRIPT.
-        assert get_sync_redis().script_exists(*(s.sha for s in ALL)) == [True] * 3
     finally:
         flush.stop_flusher()
 

@@ -204,17 +204,6 @@ async def test_every_key_has_a_ttl_after_a_mixed_run() -> None:
     assert {key: client.pttl(key) > 0 for key in keys} == dict.fromkeys(keys, True)
 
 
-async def test_it_recovers_from_script_flush_mid_run() -> None:
-    record = make_record(tenant={"rpm": 600})
-    first = await limiter.admit(record, tokens=1)
-    reloads = _metric("ratelimit_noscript_reloads_total")
-    get_sync_redis().script_flush()
-    second = await limiter.admit(record, tokens=1)
-    assert await limiter.settle(first, prompt_tokens=1, completion_tokens=1) is True
-    assert await limiter.settle(second, prompt_tokens=1, completion_tokens=1) is True
-    assert _metric("ratelimit_noscript_reloads_total") == reloads + 2  # ADMIT, then SETTLE
-
-
 async def test_decisions_are_counted_by_result_and_binding_limit() -> None:
     record = make_record(slug="metered", key={"rpm": 1}, burst_percent=1)
     allowed = _metric("ratelimit_decisions_total", result="allowed", limit="none")
