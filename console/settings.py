@@ -215,6 +215,9 @@ if env_bool("BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The only header we believe for the client address, set by our own Traefik.
 TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER", "")
+# ...and only when the TCP peer is one of these addresses/CIDRs (our Traefik, cloudflared);
+# console/clientaddr.py. Empty: never believe a header, use the peer address.
+TRUSTED_PROXY_ADDRESSES = env_list("TRUSTED_PROXY_ADDRESSES", [])
 
 # Request body cap for the API (413 above it).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1_048_576)
