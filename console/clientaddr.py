@@ -74,7 +74,7 @@ def _peer_and_header(request_or_scope: Any, header: str) -> tuple[str, list[str]
 
 
 def client_address(request_or_scope: Any) -> str:
-    """The client's IP address: the proxy's header when the peer is a trusted proxy, else the peer."""
+    """The client's IP: the proxy's header when the peer is a trusted proxy, else the peer."""
     header = settings.TRUSTED_PROXY_HEADER
     peer_text, values = _peer_and_header(request_or_scope, header)
     peer = _ip(peer_text)
