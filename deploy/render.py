@@ -37,7 +37,8 @@ def compose_values(app_replicas: int) -> dict[str, Any]:
     replicas = [f"{COMPOSE_PROJECT}-app-{n}:{APP_PORT}" for n in range(1, app_replicas + 1)]
     return {
         "TRAEFIK_PUBLIC_ADDRESS": ":8080",
-        "TRAEFIK_INTERNAL_ADDRESS": ":8081",
+        # Only on the metrics network: neither cloudflared nor the host can reach it.
+        "TRAEFIK_INTERNAL_ADDRESS": "172.30.2.2:8081",
         # cloudflared's fixed address on the edge network: its X-Forwarded-For is kept.
         "TRAEFIK_TRUSTED_FORWARDERS": ["172.30.0.3"],
         "TRAEFIK_DYNAMIC_DIR": "/etc/node-config/traefik/dynamic",
