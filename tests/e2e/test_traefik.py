@@ -86,8 +86,9 @@ def test_metrics_are_served_on_the_internal_entrypoint(stack: Stack) -> None:
 
 def test_bodies_over_the_limit_get_413_before_the_app(stack: Stack) -> None:
     headers = {"Content-Type": "application/json"}
-    status, _ = call(stack.public, "POST", "/v1/models", headers, b"x" * (2 * 1024 * 1024))
-    assert status == 413
+    status, body = call(stack.public, "POST", "/v1/models", headers, b"x" * (2 * 1024 * 1024))
+    # Traefik's own 413 (plain text), not the app's JSON one: the app never saw the body.
+    assert status == 413 and b"request_too_large" not in body
     status, _ = call(stack.public, "POST", "/v1/models", headers, b"x" * (256 * 1024))
     assert status not in (413, 502, 503)  # reached the app, which answers for itself
 
@@ -144,3 +145,12 @@ def test_requests_are_balanced_over_the_healthy_replicas_only(stack: Stack) -> N
     for replica in stack.replicas:
         assert f'traefik_service_server_up{{service="app@file",url="{replica.url}"}} 1' in text
     assert f'traefik_service_server_up{{service="app@file",url="{stack.dead_server}"}} 0' in text
+
+
+def test_the_streaming_paths_skip_traefiks_buffer_but_the_app_still_says_413(
+    stack: Stack,
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    big = b"x" * (2 * 1024 * 1024)
+    status, body = call(stack.public, "POST", "/v1/completions", headers, big)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
