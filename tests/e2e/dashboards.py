@@ -46,8 +46,23 @@ def panels(board: dict) -> list[dict]:
     return [panel for panel in board["panels"] if panel.get("type") != "row"]
 
 
+def targets(board: dict, datasource_type: str) -> list[dict]:
+    return [
+        target
+        for panel in panels(board)
+        for target in panel["targets"]
+        if target["datasource"]["type"] == datasource_type
+    ]
+
+
 def expressions(board: dict) -> list[str]:
-    return [target["expr"] for panel in panels(board) for target in panel["targets"]]
+    """The PromQL of every Prometheus query."""
+    return [target["expr"] for target in targets(board, "prometheus")]
+
+
+def sql_queries(board: dict) -> list[str]:
+    """The SQL of every query on the usage (PostgreSQL) datasource."""
+    return [target["rawSql"] for target in targets(board, "grafana-postgresql-datasource")]
 
 
 def all_expressions() -> list[str]:

@@ -20,7 +20,7 @@ SCHEMA = json.loads((Path(__file__).parent / "schemas" / "compose-spec.json").re
 VALIDATOR = jsonschema.Draft7Validator(SCHEMA)  # the draft its $schema names
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
-SECRETS |= {"CLOUDFLARE_TUNNEL_TOKEN"}
+SECRETS |= {"CLOUDFLARE_TUNNEL_TOKEN", "GRAFANA_DB_PASSWORD"}
 
 
 def raw(name: str) -> dict:
@@ -81,9 +81,15 @@ def test_postgres_and_redis_publish_nothing_and_sit_on_the_internal_network_only
     for name in ("postgres", "redis"):
         service = compose["services"][name]
         assert "ports" not in service and "expose" not in service
-        assert service["networks"] == ["backend"]
-    assert compose["networks"]["backend"]["internal"] is True
-    assert compose["networks"]["metrics"]["internal"] is True
+    assert compose["services"]["redis"]["networks"] == ["backend"]
+    # Postgres is also on `reporting`, shared only with Grafana and its grant job.
+    assert compose["services"]["postgres"]["networks"] == ["backend", "reporting"]
+    on_reporting = {
+        name for name, svc in compose["services"].items() if "reporting" in svc.get("networks", [])
+    }
+    assert on_reporting == {"postgres", "grafana", "grafana-db-grant"}
+    for network in ("backend", "metrics", "reporting"):
+        assert compose["networks"][network]["internal"] is True
 
 
 def test_the_operator_override_publishes_grafana_on_loopback_only() -> None:

@@ -12,6 +12,7 @@ from tests.e2e.dashboards import (
     load,
     metric_names,
     panels,
+    sql_queries,
 )
 from tests.e2e.servers import REPO
 
@@ -28,13 +29,21 @@ def test_the_metric_name_parser_finds_series_and_skips_functions_and_labels() ->
     assert metric_names(expr) == {"api_completion_seconds_bucket", "up"}
 
 
-def test_every_panel_uses_the_provisioned_datasource() -> None:
-    config = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
-    uids = {source["uid"] for source in config["datasources"]}
+def test_every_panel_uses_a_provisioned_datasource_of_its_type() -> None:
+    config = yaml.safe_load((PROVISIONING / "datasources" / "datasources.yml").read_text())
+    provisioned = {(source["uid"], source["type"]) for source in config["datasources"]}
     for path in DASHBOARDS:
         for panel in panels(load(path)):
-            assert panel["datasource"]["uid"] in uids, (path.name, panel["title"])
-            assert all(target["datasource"]["uid"] in uids for target in panel["targets"])
+            used = [panel["datasource"], *(target["datasource"] for target in panel["targets"])]
+            for source in used:
+                assert (source["uid"], source["type"]) in provisioned, (path.name, panel["title"])
+
+
+def test_the_usage_datasource_reads_its_credentials_from_the_environment() -> None:
+    config = yaml.safe_load((PROVISIONING / "datasources" / "datasources.yml").read_text())
+    usage = next(source for source in config["datasources"] if source["uid"] == "usage")
+    assert usage["user"] == "$GRAFANA_DB_USER"
+    assert usage["secureJsonData"]["password"] == "$GRAFANA_DB_PASSWORD"
 
 
 def test_the_three_dashboards_exist_with_unique_uids() -> None:
@@ -56,9 +65,10 @@ def test_completion_latency_is_never_mixed_with_rejections() -> None:
 def test_the_tenant_dashboard_filters_every_query_by_its_variable() -> None:
     board = load(next(path for path in DASHBOARDS if path.stem == "tenant"))
     variables = {item["name"]: item for item in board["templating"]["list"]}
-    assert "tenant" in variables
-    assert "ratelimit_throttled_total" in variables["tenant"]["definition"]
-    assert all('tenant="$tenant"' in expr for expr in expressions(board))
+    assert variables["tenant"]["query"] == "SELECT slug FROM tenants_tenant ORDER BY slug"
+    assert expressions(board) and all('tenant="$tenant"' in expr for expr in expressions(board))
+    queries = sql_queries(board)
+    assert queries and all("t.slug = '$tenant'" in sql for sql in queries)
 
 
 def test_dashboards_use_only_agreed_or_django_metric_names() -> None:
@@ -71,3 +81,10 @@ def test_the_rate_limit_dashboard_shows_decisions_tenants_and_fail_opens() -> No
     names = {name for expr in expressions(board) for name in metric_names(expr)}
     assert {"ratelimit_decisions_total", "ratelimit_throttled_total"} <= names
     assert "ratelimit_fail_open_total" in names
+
+
+def test_the_json_files_are_what_the_build_script_writes() -> None:
+    from deploy.grafana.build import render
+
+    written = {path.name: path.read_text() for path in DASHBOARDS}
+    assert written == render(), "run `python deploy/grafana/build.py` after editing it"

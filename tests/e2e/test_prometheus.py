@@ -115,8 +115,8 @@ def test_prometheus_holds_the_app_metrics_of_every_replica_after_traffic(
         return bool(result) and float(result[0]["value"][1]) == direct
 
     wait_until(caught_up, "Prometheus to scrape both replicas after the traffic", timeout=30)
-    traefik = query(stack, 'traefik_entrypoint_requests_total{entrypoint="public",code="401"}')
-    assert traefik["result"]
+    traefik = 'traefik_entrypoint_requests_total{entrypoint="public",code="401"}'
+    wait_until(lambda: bool(query(stack, traefik)["result"]), "Traefik's 401s in Prometheus")
 
 
 def test_every_dashboard_query_is_valid_promql_on_the_real_prometheus(

@@ -40,9 +40,11 @@ def event_arrival_times(base: str, path: str) -> list[tuple[float, str]]:
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_completion_streams_pass_through_traefik_event_by_event(stack: Stack, path: str) -> None:
     events = event_arrival_times(stack.public, path)
-    assert [text for _, text in events][-1] == "data: [DONE]" and len(events) == SSE_EVENTS + 1
-    # The first event arrives long before the stream ends: nothing held it back.
-    assert events[-1][0] - events[0][0] >= (SSE_EVENTS - 1) * SSE_GAP_SECONDS
+    assert [text for _, text in events][-1] == "data: [DONE]", events
+    assert len(events) == SSE_EVENTS + 1, events
+    # The first event arrives long before the stream ends (it takes SSE_EVENTS gaps): nothing
+    # held it back. Half the stream's length leaves room for a loaded machine.
+    assert events[-1][0] - events[0][0] >= SSE_EVENTS * SSE_GAP_SECONDS / 2, events
 
 
 def test_the_buffered_routes_would_hold_a_stream_which_is_why_completions_skip_them(
@@ -53,7 +55,7 @@ def test_the_buffered_routes_would_hold_a_stream_which_is_why_completions_skip_t
     # the split can go (see docs/deploy.md).
     events = event_arrival_times(stack.public, "/v1/models")
     assert len(events) == SSE_EVENTS + 1
-    assert events[-1][0] - events[0][0] < SSE_GAP_SECONDS
+    assert events[-1][0] - events[0][0] < SSE_GAP_SECONDS / 2, events
 
 
 def test_websockets_are_upgraded_and_relayed_through_traefik(stack: Stack) -> None:
