@@ -21,6 +21,10 @@ if settings.SERVE_STATIC:
     http_application = ASGIStaticFilesHandler(django_application)
 
 from console.bodylimit import BodyLimitMiddleware  # noqa: E402
+from console.metrics import MetricsEndpoint  # noqa: E402
+
+# /metrics before Django: Prometheus scrapes by IP, which ALLOWED_HOSTS would refuse.
+http_application = MetricsEndpoint(http_application)
 
 # 413 past MAX_BODY_BYTES while the body arrives (Traefik does not cap the streaming paths).
 http_application = BodyLimitMiddleware(http_application, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import path
 
 from console import health
 from console.api import api
@@ -9,6 +9,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
-    # /metrics; Traefik never routes it from the public entrypoint.
-    path("", include("django_prometheus.urls")),
+    # /metrics is served before Django by console.metrics.MetricsEndpoint (console/asgi.py);
+    # Traefik never routes it from the public entrypoint.
 ]

@@ -1,12 +1,13 @@
 """The app's own /metrics: bounded labels, and database and cache wrappers that really count."""
 
+import asyncio
 import re
 import uuid
 
 import pytest
 from django.core.cache import cache
 from django.db import connection
-from django.test import AsyncClient
+from django.test import AsyncClient, override_settings
 from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,10 +26,31 @@ def label_values(text: str, label: str) -> set[str]:
     }
 
 
-async def scrape(client: AsyncClient) -> str:
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    return response.content.decode()
+async def asgi_get(app: object, path: str, host: bytes) -> tuple[int, bytes]:
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client stays connected until the response is sent
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [(b"host", host)]}
+    await app(scope, receive, send)  # type: ignore[operator]
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def scrape(client: AsyncClient | None = None) -> str:
+    """/metrics as Prometheus gets it: from the ASGI endpoint in front of Django."""
+    from console.asgi import application
+
+    status, body = await asgi_get(application, "/metrics", b"172.30.2.7:8000")
+    assert status == 200
+    return body.decode()
 
 
 async def request_unknown_paths(client: AsyncClient) -> str:
@@ -86,3 +108,13 @@ def test_cache_reads_are_counted_as_hits_and_misses() -> None:
     assert cache.get("metrics-test-absent") is None
     assert REGISTRY.get_sample_value("django_cache_get_hits_total", labels) == hits + 1
     assert REGISTRY.get_sample_value("django_cache_get_misses_total", labels) == misses + 1
+
+
+async def test_metrics_answer_a_scrape_by_address_while_django_refuses_that_host() -> None:
+    from console.asgi import application
+
+    with override_settings(ALLOWED_HOSTS=["api.example.com"]):
+        status, body = await asgi_get(application, "/metrics", b"172.30.2.7:8000")
+        assert status == 200 and b"django_http_requests_before_middlewares_total" in body
+        # The same Host anywhere else is Django's, and refused.
+        assert (await asgi_get(application, "/healthz", b"172.30.2.7:8000"))[0] == 400

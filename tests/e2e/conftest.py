@@ -25,6 +25,9 @@ PROMETHEUS = "prometheus"
 HEALTH_PATH = "/healthz"
 # The queue bound the rules are rendered with (deploy/prometheus/tests/alerts.test.yml needs 10).
 INFERENCE_MAX_QUEUE = 10
+# The replicas listen here, an address Django's ALLOWED_HOSTS does not list: as in compose,
+# where Prometheus and Traefik reach each replica by an address no one lists.
+REPLICA_HOST = "127.0.0.2"
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Replica:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{REPLICA_HOST}:{self.port}"
 
 
 @dataclass
@@ -87,6 +90,7 @@ def app_env(django_db_setup: None, e2e_dir: Path) -> dict[str, str]:
         "DEBUG": "false",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "API_KEY_PEPPER": secrets.token_urlsafe(48),
+        # The public host (tests reach Traefik at 127.0.0.1) and localhost for health checks.
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         # Traefik reaches the replicas from 127.0.0.1; tests play clients from 127.0.0.5.
         "TRUSTED_PROXY_HEADER": "X-Forwarded-For",
@@ -114,7 +118,7 @@ def api_token(app_env: dict[str, str], django_db_blocker) -> Iterator[str]:  # t
 def start_replica(n: int, app_env: dict[str, str], e2e_dir: Path) -> Replica:
     port, metrics_dir = free_port(), e2e_dir / f"metrics-{n}"
     metrics_dir.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    argv = [sys.executable, "-m", "daphne", "-b", REPLICA_HOST, "-p", str(port)]
     server = start(
         f"daphne-{n}",
         [*argv, "tests.e2e.probe_asgi:application"],
@@ -130,7 +134,7 @@ def replicas(app_env: dict[str, str], e2e_dir: Path) -> Iterator[list[Replica]]:
     started = [start_replica(n, app_env, e2e_dir) for n in (1, 2)]
     try:
         for replica in started:
-            wait_http(replica.server, f"{replica.url}/healthz")
+            wait_http(replica.server, f"{replica.url}/healthz", Host="localhost")
         yield started
     finally:
         for replica in started:
@@ -147,13 +151,11 @@ def stack_values(replicas: list[Replica], ports: dict[str, int], e2e_dir: Path) 
         "TRAEFIK_DYNAMIC_DIR": str(config / "traefik" / "dynamic"),
         "TRAEFIK_ACCESS_LOG": str(e2e_dir / "access.log"),
         # A third server that never answers: the health check must keep traffic off it.
-        "APP_SERVERS": [
-            {"url": f"http://127.0.0.1:{port}"}
-            for port in [*(replica.port for replica in replicas), ports["dead"]]
-        ],
+        "APP_SERVERS": [{"url": replica.url} for replica in replicas]
+        + [{"url": f"http://127.0.0.1:{ports['dead']}"}],
         "APP_HEALTH_PATH": HEALTH_PATH,
         "APP_DNS_SD": [],
-        "APP_STATIC_TARGETS": [{"targets": [f"127.0.0.1:{r.port}" for r in replicas]}],
+        "APP_STATIC_TARGETS": [{"targets": [f"{REPLICA_HOST}:{r.port}" for r in replicas]}],
         "TRAEFIK_METRICS_TARGETS": [f"127.0.0.1:{ports['internal']}"],
         "PROMETHEUS_SELF_TARGETS": [f"127.0.0.1:{ports['prometheus']}"],
         "INFERENCE_MAX_QUEUE": INFERENCE_MAX_QUEUE,

@@ -83,9 +83,11 @@ def start(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None 
     return Server(name, process, log)
 
 
-def wait_http(server: Server, url: str, status: int = 200, timeout: float = 60.0) -> None:
+def wait_http(
+    server: Server, url: str, status: int = 200, timeout: float = 60.0, **headers: str
+) -> None:
     def ready() -> bool:
         server.assert_running()
-        return http_get(url, timeout=2)[0] == status
+        return http_get(url, timeout=2, **headers)[0] == status
 
     wait_until(ready, f"{server.name} at {url}", timeout)

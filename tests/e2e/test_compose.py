@@ -202,7 +202,17 @@ def test_traefik_gets_one_server_per_replica_by_container_name() -> None:
 
 def test_the_app_is_health_checked_on_readyz_and_the_gpu_variant_reserves_a_gpu() -> None:
     app = effective("compose.yaml")["services"]["app"]
-    assert "/readyz" in " ".join(app["healthcheck"]["test"])
+    check = " ".join(app["healthcheck"]["test"])
+    assert "/readyz" in check
+    # Django refuses hosts it does not list (400): the checks send one it always lists.
+    assert "localhost" in app["environment"]["ALLOWED_HOSTS"].split(",")
+    assert "'Host': 'localhost'" in check
+    dynamic = yaml.safe_load(
+        (DEPLOY / "traefik" / "dynamic" / "app.yml").read_text().replace("${APP_SERVERS}", "[]")
+    )
+    assert dynamic["http"]["services"]["app"]["loadBalancer"]["healthCheck"]["hostname"] == (
+        "localhost"
+    )
     gpu = effective("compose.gpu.yaml")["services"]["app"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]

@@ -56,6 +56,13 @@ def test_the_app_requests_a_gpu_and_is_ready_only_on_readyz() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The kubelet would send the pod IP as Host, which Django refuses: every probe says
+    # localhost, which the ConfigMap's ALLOWED_HOSTS lists.
+    config = by_kind(build(TARGETS["base"]))[("ConfigMap", "inference-node-config")]
+    assert "localhost" in config["data"]["ALLOWED_HOSTS"].split(",")
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        headers = container[probe]["httpGet"]["httpHeaders"]
+        assert headers == [{"name": "Host", "value": "localhost"}]
     assert container["image"] == "registry.example.com/inference-node:cuda"
 
 

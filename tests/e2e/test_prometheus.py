@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.render import compose_values, render_tree
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import REPLICA_HOST, Stack
 from tests.e2e.dashboards import (
     all_expressions,
     dashboard_metric_names,
@@ -75,7 +75,7 @@ def targets_up(stack: Stack) -> dict[str, str]:
 def test_prometheus_scrapes_every_replica_traefik_and_itself(
     stack: Stack, prometheus: Server
 ) -> None:
-    expected = {f"app/127.0.0.1:{replica.port}" for replica in stack.replicas}
+    expected = {f"app/{REPLICA_HOST}:{replica.port}" for replica in stack.replicas}
     expected |= {f"traefik/{stack.internal.removeprefix('http://')}"}
     expected |= {f"prometheus/{stack.prometheus.removeprefix('http://')}"}
     wait_until(
