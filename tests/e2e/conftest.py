@@ -6,6 +6,7 @@ started once per session, on ports the OS hands out, and stopped by pid at the e
 """
 
 import secrets
+import socket
 import subprocess
 import sys
 import uuid
@@ -171,7 +172,12 @@ def dead_server_marked_down(internal: str, dead: str) -> bool:
 @pytest.fixture(scope="session")
 def stack(replicas: list[Replica], e2e_dir: Path) -> Iterator[Stack]:
     """Traefik on the rendered project files, in front of the replicas."""
-    ports = {name: free_port() for name in ("public", "internal", "prometheus", "dead")}
+    # The dead server's port stays bound (never listening) for the whole session, so that no
+    # server started later can take it and come alive behind Traefik.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    ports = {name: free_port() for name in ("public", "internal", "prometheus")}
+    ports["dead"] = dead.getsockname()[1]
     config = e2e_dir / "config"
     render_tree(config, stack_values(replicas, ports, e2e_dir))
     traefik = start(
@@ -197,6 +203,7 @@ def stack(replicas: list[Replica], e2e_dir: Path) -> Iterator[Stack]:
         yield running
     finally:
         traefik.stop()
+        dead.close()
 
 
 @pytest.fixture(scope="session")
