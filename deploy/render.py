@@ -73,22 +73,34 @@ def render_text(text: str, values: dict[str, Any], *, source: str = "") -> str:
 
 def render_tree(out_dir: Path, values: dict[str, Any], deploy_dir: Path = DEPLOY_DIR) -> None:
     """Render every template of TEMPLATE_DIRS into out_dir; every value must be used."""
+    rendered: dict[Path, tuple[Path, str | None]] = {}  # target -> (source, text or None: copy)
     used: set[str] = set()
     for name in TEMPLATE_DIRS:
-        for path in sorted((deploy_dir / name).rglob("*")):
-            if not path.is_file():
-                continue
-            target = out_dir / path.relative_to(deploy_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix not in TEMPLATE_SUFFIXES:
-                shutil.copyfile(path, target)
-                continue
-            text = path.read_text()
-            used |= placeholders(text)
-            target.write_text(render_text(text, values, source=str(path)))
+        for path in sorted(p for p in (deploy_dir / name).rglob("*") if p.is_file()):
+            text = path.read_text() if path.suffix in TEMPLATE_SUFFIXES else None
+            if text is not None:
+                used |= placeholders(text)
+                text = render_text(text, values, source=str(path))
+            rendered[out_dir / path.relative_to(deploy_dir)] = (path, text)
     unused = sorted(values.keys() - used)
     if unused:
         raise ValueError(f"values that no template uses: {', '.join(unused)}")
+    # Only now, with every template filled, touch the output (Traefik watches it).
+    for target, (source, text) in rendered.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(text)
+    _remove_stale(out_dir, set(rendered))
+
+
+def _remove_stale(out_dir: Path, rendered: set[Path]) -> None:
+    """Delete files an earlier render left that no template makes now (Traefik would load them)."""
+    for name in TEMPLATE_DIRS:
+        for path in (out_dir / name).rglob("*"):
+            if path.is_file() and path not in rendered:
+                path.unlink()
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
