@@ -17,10 +17,17 @@ from pathlib import Path
 import pytest
 
 from deploy.render import render_tree
-from tests.e2e.servers import REPO, Server, free_port, http_get, start, wait_http, wait_until
+from tests.e2e.servers import (
+    REPO,
+    Server,
+    free_port,
+    http_get,
+    require_binary,
+    start,
+    wait_http,
+    wait_until,
+)
 
-TRAEFIK = Path(sys.executable).parent / "traefik"
-PROMETHEUS = "prometheus"
 # Traefik health-checks the replicas here. compose uses /readyz, which stays 503 until a model
 # is loaded; switch to "/readyz" once the engine is merged and app_env loads the tiny model.
 HEALTH_PATH = "/healthz"
@@ -181,7 +188,9 @@ def stack(replicas: list[Replica], e2e_dir: Path) -> Iterator[Stack]:
     config = e2e_dir / "config"
     render_tree(config, stack_values(replicas, ports, e2e_dir))
     traefik = start(
-        "traefik", [str(TRAEFIK), f"--configFile={config / 'traefik' / 'traefik.yml'}"], e2e_dir
+        "traefik",
+        [require_binary("traefik"), f"--configFile={config / 'traefik' / 'traefik.yml'}"],
+        e2e_dir,
     )
     running = Stack(
         replicas=replicas,
@@ -213,7 +222,7 @@ def prometheus(stack: Stack, e2e_dir: Path) -> Iterator[Server]:
     server = start(
         "prometheus",
         [
-            PROMETHEUS,
+            require_binary("prometheus"),
             f"--config.file={stack.config_dir / 'prometheus' / 'prometheus.yml'}",
             f"--storage.tsdb.path={e2e_dir / 'tsdb'}",
             f"--web.listen-address={address}",

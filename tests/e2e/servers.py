@@ -1,6 +1,7 @@
 """Start and stop the real servers the end-to-end tests run (daphne, Traefik, Prometheus)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+def require_binary(name: str) -> str:
+    """The path of a program the tests run, or a failure that says how to get it."""
+    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    if path is None:
+        hint = (
+            "apt-get install prometheus"
+            if name in ("prometheus", "promtool")
+            else ("pip install the test extra: .venv/bin/pip install torch==2.13.0 '.[test]'")
+        )
+        raise RuntimeError(f"{name} is not installed ({hint}; .ci/run does it)")
+    return path
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from deploy.render import COMPOSE_PROJECT, compose_values
-from tests.e2e.servers import BIN, REPO
+from tests.e2e.servers import REPO, require_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -226,7 +226,7 @@ def dockerfile_lines() -> list[str]:
 
 def test_the_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
-        [str(BIN / "hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True
+        [require_binary("hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -16,7 +16,7 @@ from tests.e2e.dashboards import (
     exposed_names,
     with_variables,
 )
-from tests.e2e.servers import Server, http_get, wait_until
+from tests.e2e.servers import Server, http_get, require_binary, wait_until
 
 # django_db: makes pytest-django create the test database the replicas use.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -33,7 +33,7 @@ AWAITING_MERGE = {
 
 def promtool(*args: str, cwd: Path) -> str:
     result = subprocess.run(
-        ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        [require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
