@@ -88,3 +88,13 @@ def test_the_json_files_are_what_the_build_script_writes() -> None:
 
     written = {path.name: path.read_text() for path in DASHBOARDS}
     assert written == render(), "run `python deploy/grafana/build.py` after editing it"
+
+
+def test_the_alert_rules_use_agreed_names_or_traefiks_own() -> None:
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules" / "alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    names = {name for e in exprs for name in metric_names(e.replace("${INFERENCE_MAX_QUEUE}", "9"))}
+    app_names = {name for name in names if not name.startswith("traefik_") and name != "up"}
+    assert app_names and {base_name(name) for name in app_names} <= AGREED
+    # Traefik's names are checked against the real Traefik in test_prometheus.py.
+    assert names - app_names == {"traefik_entrypoint_requests_total", "up"}
