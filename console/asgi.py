@@ -24,6 +24,15 @@ if settings.SERVE_STATIC:
     # Daphne serves no files; this serves collected /static/ for the console and the docs.
     http_application = ASGIStaticFilesHandler(django_application)
 
+from console.bodylimit import BodyLimitMiddleware  # noqa: E402
+from console.metrics import MetricsEndpoint  # noqa: E402
+
+# /metrics before Django: Prometheus scrapes by IP, which ALLOWED_HOSTS would refuse.
+http_application = MetricsEndpoint(http_application)
+
+# 413 past MAX_BODY_BYTES while the body arrives (Traefik does not cap the streaming paths).
+http_application = BodyLimitMiddleware(http_application, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+
 application = ProtocolTypeRouter(
     {"http": http_application, "websocket": URLRouter(websocket_urlpatterns)}
 )

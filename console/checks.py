@@ -1,7 +1,7 @@
 """System checks that refuse unsafe configurations when DEBUG is off."""
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 MIN_SECRET_LENGTH = 32
 
@@ -47,3 +47,23 @@ def check_production_settings(app_configs: object = None, **kwargs: object) -> l
             )
         )
     return errors
+
+
+@register(Tags.security)
+def check_trusted_proxies(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
+    from console.clientaddr import parse_trusted_addresses
+
+    try:
+        parse_trusted_addresses(settings.TRUSTED_PROXY_ADDRESSES)
+    except ValueError as exc:
+        return [Error(f"TRUSTED_PROXY_ADDRESSES: {exc}.", id="console.E005")]
+    if settings.TRUSTED_PROXY_HEADER and not settings.TRUSTED_PROXY_ADDRESSES:
+        return [
+            Warning(
+                "TRUSTED_PROXY_HEADER is set but TRUSTED_PROXY_ADDRESSES is empty: the header "
+                "is never believed and every client shows as the proxy's address.",
+                hint="Set TRUSTED_PROXY_ADDRESSES to the proxy's address or network.",
+                id="console.W006",
+            )
+        ]
+    return []

@@ -94,7 +94,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "console.metrics.BoundedPrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -131,6 +131,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env_int("DATABASE_POOL_MAX", 10),
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
     }
+# django-prometheus's wrappers of the same backends count connections, queries, errors and
+# query time (labels: alias and vendor only). They work with psycopg 3 and its pool.
+DATABASES["default"]["ENGINE"] = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ----------------------------------------------------------------------------------
@@ -158,12 +164,13 @@ RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = env_int("RATELIMIT_LOGIN_ADDRESS_PER_MINUTE
 RATELIMIT_LOGIN_USERNAME_PER_MINUTE = env_int("RATELIMIT_LOGIN_USERNAME_PER_MINUTE", 5)
 
 if REDIS_EMULATED:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            # django-redis's RedisCache, counting gets, hits, misses and failures.
+            "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "cache",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
@@ -198,6 +205,13 @@ INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 INFERENCE_AUTOLOAD = env_bool("INFERENCE_AUTOLOAD", True)
 
+# --- Serving and metrics --------------------------------------------------------------------
+# `manage.py serve` runs this many daphne processes on one socket (one model each: a process
+# per GPU). Above 1, PROMETHEUS_MULTIPROC_DIR must name a directory private to this container
+# so /metrics adds up every process; prometheus_client reads that variable itself.
+WEB_PROCESSES = env_int("WEB_PROCESSES", 1)
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+
 # --- Django basics --------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -229,6 +243,9 @@ if env_bool("BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # The only header we believe for the client address, set by our own Traefik.
 TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER", "")
+# ...and only when the TCP peer is one of these addresses/CIDRs (our Traefik, cloudflared);
+# console/clientaddr.py. Empty: never believe a header, use the peer address.
+TRUSTED_PROXY_ADDRESSES = env_list("TRUSTED_PROXY_ADDRESSES", [])
 
 # Request body cap for the API (413 above it).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1_048_576)

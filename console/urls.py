@@ -13,6 +13,6 @@ urlpatterns = [
     path("admin/login/", admin_login_redirect, name="admin-login"),
     path("admin/", admin.site.urls),
     path("console/", include("console.pages_urls")),
-    # /metrics; Traefik never routes it from the public entrypoint.
-    path("", include("django_prometheus.urls")),
+    # /metrics is served before Django by console.metrics.MetricsEndpoint (console/asgi.py);
+    # Traefik never routes it from the public entrypoint.
 ]

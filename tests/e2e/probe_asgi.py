@@ -1,0 +1,69 @@
+"""The real ASGI application plus one test-only route that reports what the app derives.
+
+daphne serves this module in the end-to-end tests so that a test can see, through the real
+Traefik, which client address console/clientaddr.py settles on and which process answered.
+Every other request goes to console.asgi.application untouched.
+"""
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from console.asgi import application as node_application
+from console.clientaddr import client_address
+
+PROBE_PATH = "/v1/__e2e__/client"
+# A request carrying this header gets a slow Server-Sent Events stream on any path: how the
+# tests see whether Traefik passes events on as they come (on /v1/completions) or holds them.
+SSE_PROBE_HEADER = b"x-e2e-probe-sse"
+SSE_EVENTS, SSE_GAP_SECONDS = 3, 0.5
+WS_ECHO_PATH = "/ws/__e2e__/echo"
+
+
+async def sse_stream(send: Any) -> None:
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for n in range(SSE_EVENTS):
+        body = f"data: {n}\n\n".encode()
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await asyncio.sleep(SSE_GAP_SECONDS)
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def websocket_echo(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif message["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": f"echo:{message.get('text')}"})
+        else:
+            return
+
+
+async def application(scope: dict, receive: Any, send: Any) -> None:
+    if scope["type"] == "websocket" and scope["path"] == WS_ECHO_PATH:
+        return await websocket_echo(receive, send)
+    if scope["type"] == "http" and any(name == SSE_PROBE_HEADER for name, _ in scope["headers"]):
+        return await sse_stream(send)
+    if scope["type"] != "http" or scope["path"] != PROBE_PATH:
+        return await node_application(scope, receive, send)
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    body = json.dumps(
+        {
+            "client_address": client_address(scope),
+            "pid": os.getpid(),
+            "x_forwarded_for": headers.get("x-forwarded-for"),
+            "x_real_ip": headers.get("x-real-ip"),
+            "header_names": sorted(headers),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,71 @@
+"""Streams through the real Traefik: SSE passed on as it comes, WebSockets upgraded.
+
+The probe streams here are test-only responses (tests/e2e/probe_asgi.py) on the real routes;
+the completions API's own SSE and WebSocket tests join them after the API merge.
+"""
+
+import asyncio
+import http.client
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import websockets
+
+from tests.e2e.conftest import Stack
+from tests.e2e.probe_asgi import SSE_EVENTS, SSE_GAP_SECONDS, WS_ECHO_PATH
+
+# django_db: makes pytest-django create the test database the replicas use.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
+
+
+def event_arrival_times(base: str, path: str) -> list[tuple[float, str]]:
+    """Each `data:` line of a probe SSE stream with the second it arrived."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
+    try:
+        conn.request("POST", path, body=b"{}", headers={"X-E2E-Probe-Sse": "1"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type") == "text/event-stream"
+        start, events = time.monotonic(), []
+        while line := response.readline():
+            if line.startswith(b"data:"):
+                events.append((time.monotonic() - start, line.decode().strip()))
+        return events
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_completion_streams_pass_through_traefik_event_by_event(stack: Stack, path: str) -> None:
+    events = event_arrival_times(stack.public, path)
+    assert [text for _, text in events][-1] == "data: [DONE]", events
+    assert len(events) == SSE_EVENTS + 1, events
+    # The first event arrives long before the stream ends (it takes SSE_EVENTS gaps): nothing
+    # held it back. Half the stream's length leaves room for a loaded machine.
+    assert events[-1][0] - events[0][0] >= SSE_EVENTS * SSE_GAP_SECONDS / 2, events
+
+
+def test_the_buffered_routes_would_hold_a_stream_which_is_why_completions_skip_them(
+    stack: Stack,
+) -> None:
+    # Evidence for the route split in deploy/traefik/dynamic/app.yml: through the buffering
+    # middleware every event arrives at once, at the end. If a Traefik upgrade changes this,
+    # the split can go (see docs/deploy.md).
+    events = event_arrival_times(stack.public, "/v1/models")
+    assert len(events) == SSE_EVENTS + 1
+    assert events[-1][0] - events[0][0] < SSE_GAP_SECONDS / 2, events
+
+
+def test_websockets_are_upgraded_and_relayed_through_traefik(stack: Stack) -> None:
+    async def talk() -> list[str]:
+        url = stack.public.replace("http://", "ws://") + WS_ECHO_PATH
+        async with websockets.connect(url, open_timeout=10) as socket:
+            replies = []
+            for text in ("one", "two"):
+                await socket.send(text)
+                replies.append(await asyncio.wait_for(socket.recv(), timeout=10))
+            return replies
+
+    assert asyncio.run(talk()) == ["echo:one", "echo:two"]

@@ -1,0 +1,156 @@
+"""Through the real Traefik on the project's files: routes, limits, logs, client addresses."""
+
+import http.client
+import json
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.e2e.probe_asgi import PROBE_PATH
+from tests.e2e.servers import http_get
+
+# django_db: makes pytest-django create the test database the replicas use.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
+
+# Tests play a client on another loopback address than Traefik's own (127.0.0.1).
+CLIENT = "127.0.0.5"
+SPOOF = "6.6.6.6"
+
+
+def call(
+    base: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One request sent as written (no path normalisation) from the CLIENT address."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(
+        url.hostname, url.port, timeout=15, source_address=(CLIENT, 0)
+    )
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_the_api_answers_through_traefik_with_a_key(stack: Stack, api_token: str) -> None:
+    status, body = call(stack.public, "GET", "/v1/models", {"Authorization": f"Bearer {api_token}"})
+    assert status == 200 and json.loads(body)["object"] == "list"
+    status, _ = call(stack.public, "GET", "/v1/models", {"X-API-Key": api_token})
+    assert status == 200
+    status, body = call(stack.public, "GET", "/v1/models")
+    assert status == 401 and json.loads(body)["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/healthz", 200), ("/static/admin/css/base.css", 200), ("/admin/login/", 200)],
+)
+def test_the_public_routes_reach_the_app(stack: Stack, path: str, expected: int) -> None:
+    assert call(stack.public, "GET", path)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/metrics/",
+        "/readyz",
+        "/traefik/metrics",
+        "/ping",
+        "/v1/../metrics",
+        "/static/../metrics",
+        "/v1/%2e%2e/metrics",
+        "/v1/..%2fmetrics",
+        "//metrics",
+    ],
+)
+def test_metrics_and_internals_are_refused_on_the_public_entrypoint(
+    stack: Stack, path: str
+) -> None:
+    status, body = call(stack.public, "GET", path)
+    assert status in (400, 404), (path, status)
+    assert b"django_http" not in body and b"traefik_" not in body
+
+
+def test_metrics_are_served_on_the_internal_entrypoint(stack: Stack) -> None:
+    call(stack.public, "GET", "/healthz")
+    status, body = http_get(f"{stack.internal}/metrics")
+    assert status == 200 and b"django_http_requests_total_by_view_transport_method_total{" in body
+    status, body = http_get(f"{stack.internal}/traefik/metrics")
+    assert status == 200 and b'traefik_entrypoint_requests_total{code="200"' in body
+
+
+def test_bodies_over_the_limit_get_413_before_the_app(stack: Stack) -> None:
+    headers = {"Content-Type": "application/json"}
+    status, body = call(stack.public, "POST", "/v1/models", headers, b"x" * (2 * 1024 * 1024))
+    # Traefik's own 413 (plain text), not the app's JSON one: the app never saw the body.
+    assert status == 413 and b"request_too_large" not in body
+    status, _ = call(stack.public, "POST", "/v1/models", headers, b"x" * (256 * 1024))
+    assert status not in (413, 502, 503)  # reached the app, which answers for itself
+
+
+def test_credentials_never_reach_the_access_log(stack: Stack, api_token: str) -> None:
+    agent = f"e2e-agent-{uuid.uuid4().hex}"
+    for headers in (
+        {"Authorization": f"Bearer {api_token}", "User-Agent": agent},
+        {"X-API-Key": api_token, "User-Agent": agent, "Cookie": "sessionid=e2e-cookie-secret"},
+    ):
+        assert call(stack.public, "GET", "/v1/models", headers)[0] == 200
+
+    def logged() -> str:
+        return stack.access_log.read_text() if stack.access_log.exists() else ""
+
+    deadline = time.monotonic() + 10
+    while logged().count(agent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = logged()
+    # Request headers are logged (the agent is there), just never the credentials.
+    assert text.count(agent) == 2
+    secret = api_token.rsplit("_", 1)[-1]
+    assert secret not in text and "Bearer" not in text and "e2e-cookie-secret" not in text
+    lines = [json.loads(line) for line in text.splitlines() if agent in line]
+    assert all("request_Authorization" not in line for line in lines)
+
+
+def probe(base: str, headers: dict | None = None) -> dict:
+    status, body = call(base, "GET", PROBE_PATH, headers)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_traefik_overwrites_forwarded_headers_a_client_sends(stack: Stack) -> None:
+    spoofed = {"X-Forwarded-For": SPOOF, "X-Real-Ip": SPOOF, "X_Forwarded_For": SPOOF}
+    seen = probe(stack.public, spoofed)
+    assert seen["client_address"] == CLIENT
+    assert seen["x_forwarded_for"] == CLIENT and seen["x_real_ip"] == CLIENT
+    # The alias would read as X-Forwarded-For to Django. Traefik deletes it
+    # (aliasHeadersStrategy) and daphne drops underscored names as well: two locks, one check.
+    assert "x_forwarded_for" not in seen["header_names"]
+
+
+def test_the_app_ignores_forwarded_headers_from_anyone_but_the_proxy(stack: Stack) -> None:
+    direct = probe(stack.replicas[0].url, {"X-Forwarded-For": SPOOF})
+    assert direct["client_address"] == CLIENT
+
+
+def test_requests_are_balanced_over_the_healthy_replicas_only(stack: Stack) -> None:
+    pids = {probe(stack.public)["pid"] for _ in range(12)}  # a 502 would fail inside probe()
+    assert pids == {replica.server.process.pid for replica in stack.replicas}
+    _, body = http_get(f"{stack.internal}/traefik/metrics")
+    text = body.decode()
+    for replica in stack.replicas:
+        assert f'traefik_service_server_up{{service="app@file",url="{replica.url}"}} 1' in text
+    assert f'traefik_service_server_up{{service="app@file",url="{stack.dead_server}"}} 0' in text
+
+
+def test_the_streaming_paths_skip_traefiks_buffer_but_the_app_still_says_413(
+    stack: Stack,
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    big = b"x" * (2 * 1024 * 1024)
+    status, body = call(stack.public, "POST", "/v1/completions", headers, big)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
