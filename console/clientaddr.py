@@ -93,3 +93,9 @@ def client_address(request_or_scope: Any) -> str:
         if not _trusted(address):
             return str(address)
     return str(nearest)
+
+
+def client_ip(request_or_scope: Any) -> str | None:
+    """client_address(), or None when there is no valid address (for audit samples)."""
+    address = client_address(request_or_scope)
+    return None if address == UNKNOWN else address

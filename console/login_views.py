@@ -18,7 +18,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.access import console_headers, is_console_user
-from ratelimit.clientaddr import request_address
+from console.clientaddr import client_ip
 from ratelimit.login import check_login_sync
 
 
@@ -58,7 +58,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
 def _throttled(request: HttpRequest, form: ConsoleLoginForm) -> HttpResponse | None:
     """A 429 page when this address or username has used up its login attempts."""
     username = request.POST.get("username", "")
-    decision = check_login_sync(address=request_address(request), username=username)
+    decision = check_login_sync(address=client_ip(request), username=username)
     if decision.allowed:
         return None
     wait = max(1, math.ceil(decision.retry_after))
