@@ -104,6 +104,8 @@ def app_env(django_db_setup: None, e2e_dir: Path) -> dict[str, str]:
         "TRUSTED_PROXY_HEADER": "X-Forwarded-For",
         "TRUSTED_PROXY_ADDRESSES": "127.0.0.1",
         "STATIC_ROOT": str(e2e_dir / "static"),
+        # No flusher thread: these servers outlive many tests that inspect Redis's buffers.
+        "RATELIMIT_FLUSH_SECONDS": "0",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     manage(env, "collectstatic", "--noinput", "-v0")

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 AWAITING_MERGE = {
     name
     for name in dashboard_metric_names()
-    if name.startswith(("inference_", "ratelimit_", "api_"))
+    if name.startswith(("inference_", "api_"))
 }
 
 

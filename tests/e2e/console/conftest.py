@@ -20,7 +20,7 @@ from tests.e2e.console.live_daphne import LiveDaphne, start_daphne
 @pytest.fixture
 def daphne_server_env() -> dict[str, str]:
     """Environment of the live server beyond the test process's own (override to add to it)."""
-    return {"DEBUG": "true", "INFERENCE_AUTOLOAD": "false"}
+    return {"DEBUG": "true", "INFERENCE_AUTOLOAD": "false", "RATELIMIT_FLUSH_SECONDS": "0"}
 
 
 @pytest.fixture
