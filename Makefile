@@ -11,7 +11,7 @@ TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint format migrate
+.PHONY: install run test lint format migrate screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## make screenshots: rerun the console's browser journey and refresh docs/img/console/*.png
+SHOTS := docs/img/console
+screenshots: $(STAMP)
+	rm -rf $(SHOTS) && mkdir -p $(SHOTS)
+	CONSOLE_SCREENSHOTS=$(abspath $(SHOTS)) REQUIRE_BROWSER=1 \
+	  DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/e2e/console/test_console_browser.py
+	# Optional (apt-get install pngquant): palette PNGs, a third of the size.
+	if command -v pngquant >/dev/null; then \
+	  pngquant --force --ext .png --quality 70-95 --skip-if-larger $(SHOTS)/*.png || true; fi

@@ -49,23 +49,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def close_database_pools(django_db_setup: None, django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def close_database_pools(django_db_setup: None) -> Iterator[None]:
     """Close psycopg pools before pytest-django drops the test database."""
     yield
+    import psycopg
     from django.db import connection, connections
 
-    # Async tests leave connections open in asgiref's worker thread; end them so the
-    # test database can be dropped.
-    with django_db_blocker.unblock():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        for conn in connections.all():
-            conn.close()
-            if hasattr(conn, "close_pool"):
-                conn.close_pool()
+    for conn in connections.all():
+        conn.close()
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()
+    # Async tests leave connections open in asgiref's worker thread; end them (from the
+    # maintenance database, not through Django's pool) so the test database can be dropped.
+    s = connection.settings_dict
+    with psycopg.connect(
+        host=s["HOST"] or "127.0.0.1",
+        port=s["PORT"] or 5432,
+        user=s["USER"],
+        password=s.get("PASSWORD") or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as maintenance:
+        maintenance.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [s["NAME"]],
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,10 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_application = get_asgi_application()
 
 from inference.routing import websocket_urlpatterns  # noqa: E402
+from ratelimit.flush import start_flusher  # noqa: E402
+
+# Usage counters and the 429 audit go from Redis to Postgres in batches, from a daemon thread.
+start_flusher()
 
 http_application = django_application
 if settings.SERVE_STATIC:

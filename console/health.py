@@ -8,6 +8,7 @@ from django.http import HttpRequest, JsonResponse
 
 from console.redis import get_redis
 from inference.services import model_status
+from ratelimit.limiter import health as ratelimit_health
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -39,6 +40,8 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         "database": await _check_database(),
         "redis": await _check_redis(),
         "model": model_status(),
+        # The limiter's own pool and scripts: a PING alone stayed green through NOSCRIPT outages.
+        "ratelimit": await ratelimit_health(),
     }
     ready = all(check["ok"] for check in checks.values())
     return JsonResponse({"ready": ready, "checks": checks}, status=200 if ready else 503)

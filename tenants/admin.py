@@ -1,12 +1,18 @@
-"""Django admin for raw records. Secrets and hashes are never shown; keys are issued and
-rotated through the console or the commands, which show the token once."""
+"""Django admin for raw records. Secrets and hashes are never shown. Keys are issued in the
+console or by the commands; the rotate action here shows the new tokens once, on the page that
+answers its POST (never in a message, which would persist them in the session)."""
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
+from console.forms import RotateKeyForm
+from console.services import submission_claim
 from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
-from tenants.services import TenantError, api_key_revoke
+from tenants.services import TenantError, api_key_revoke, api_key_rotate
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -55,16 +61,53 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     search_fields = ("key_id", "name", "tenant__slug")
     # Hash fields are never listed, shown or editable.
     exclude = ("secret_hash", "previous_hash")
-    actions = ("revoke_selected",)
+    list_select_related = ("tenant",)
+    date_hierarchy = "created_at"
+    actions = ("rotate_selected", "revoke_selected")
+
+    def _action_page(self, request: HttpRequest, template: str, **context: object) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            **context,
+        }
+        return TemplateResponse(request, f"admin/tenants/apikey/{template}", context)
+
+    @admin.action(description="Rotate selected keys (shows the new tokens once)")
+    def rotate_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
+        form = RotateKeyForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return self._action_page(request, "rotate_confirm.html", form=form, keys=queryset)
+        if not submission_claim(once=form.cleaned_data["once"]):
+            self.message_user(request, "Already rotated; tokens are shown once.", messages.WARNING)
+            return None
+        actor, rotated = f"admin:{request.user.get_username()}", []
+        for key in queryset.select_related("tenant"):
+            try:
+                issued = api_key_rotate(
+                    api_key=key, grace=form.cleaned_data["grace_delta"], actor=actor
+                )
+            except TenantError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                rotated.append(issued)
+        response = self._action_page(request, "rotated.html", rotated=rotated)
+        # The tokens exist only in this response: no cache may keep it.
+        add_never_cache_headers(response)
+        return response
 
     @admin.action(description="Revoke selected keys")
-    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
+        if "apply" not in request.POST:
+            return self._action_page(request, "revoke_confirm.html", keys=queryset)
         actor = f"admin:{request.user.get_username()}"
         for key in queryset:
             try:
                 api_key_revoke(api_key=key, actor=actor)
             except TenantError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
+        return None
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Needed for actions to show; the form itself has every field read-only.
@@ -84,7 +127,9 @@ class AdminActionAdmin(ReadOnlyAdmin):
 @admin.register(UsageMinute)
 class UsageMinuteAdmin(ReadOnlyAdmin):
     list_display = ("minute", "tenant", "api_key", "requests", "prompt_tokens", "completion_tokens")
-    list_filter = ("tenant",)
+    list_filter = ("tenant", "api_key")
+    list_select_related = ("tenant", "api_key")
+    search_fields = ("api_key__key_id", "tenant__slug")
     date_hierarchy = "minute"
 
 
@@ -92,4 +137,6 @@ class UsageMinuteAdmin(ReadOnlyAdmin):
 class ThrottleEventAdmin(ReadOnlyAdmin):
     list_display = ("minute", "tenant", "api_key", "reason", "count", "first_seen", "last_seen")
     list_filter = ("tenant", "reason", "api_key")
+    list_select_related = ("tenant", "api_key")
+    search_fields = ("api_key__key_id", "tenant__slug")
     date_hierarchy = "minute"

@@ -158,7 +158,11 @@ class UsageMinute(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["api_key", "minute"], name="usage_key_minute")
         ]
-        indexes = [models.Index(fields=["tenant", "minute"])]
+        # minute alone: the console's node-wide reads of recent hours (loadtest/console_queries.py)
+        indexes = [
+            models.Index(fields=["tenant", "minute"]),
+            models.Index(fields=["minute"], name="usage_minute_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.api_key_id}@{self.minute:%Y-%m-%d %H:%M}"
@@ -194,7 +198,10 @@ class ThrottleEvent(models.Model):
                 fields=["api_key", "reason", "minute"], name="throttle_key_reason_minute"
             )
         ]
-        indexes = [models.Index(fields=["tenant", "minute"])]
+        indexes = [
+            models.Index(fields=["tenant", "minute"]),
+            models.Index(fields=["minute"], name="throttle_minute_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.api_key_id} {self.reason} x{self.count} @{self.minute:%Y-%m-%d %H:%M}"

@@ -14,5 +14,6 @@ async def test_readyz_reports_each_dependency_and_is_503_until_the_model_is_read
     body = response.json()
     assert body["checks"]["database"] == {"ok": True}
     assert body["checks"]["redis"] == {"ok": True}
+    assert body["checks"]["ratelimit"]["ok"] is True
     assert body["checks"]["model"]["ok"] is False
     assert response.status_code == 503 and body["ready"] is False

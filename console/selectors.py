@@ -1,0 +1,254 @@
+"""Reads for the console pages. Every sum and count happens in the database (GROUP BY over the
+usage and audit rows); Python only places the aggregated buckets on a time grid."""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncHour, TruncMinute
+from django.utils import timezone
+
+from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
+
+# Window choices for the charts: how far back, and the bucket each point sums.
+WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
+    "1h": (timedelta(hours=1), timedelta(minutes=1)),
+    "6h": (timedelta(hours=6), timedelta(minutes=1)),
+    "24h": (timedelta(hours=24), timedelta(minutes=1)),
+    "7d": (timedelta(days=7), timedelta(hours=1)),
+}
+DEFAULT_WINDOW = "24h"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A chart window: [start, end) in UTC, cut into buckets of `step`."""
+
+    name: str
+    start: datetime
+    end: datetime
+    step: timedelta
+
+    @property
+    def buckets(self) -> int:
+        return int((self.end - self.start) / self.step)
+
+    @property
+    def per_minute(self) -> bool:
+        return self.step == timedelta(minutes=1)
+
+
+def window(name: str | None, *, now: datetime | None = None) -> Window:
+    """The named window (unknown names fall back to 24 h), ending after the current bucket."""
+    name = name if name in WINDOWS else DEFAULT_WINDOW
+    span, step = WINDOWS[name]
+    now = (now or timezone.now()).astimezone(UTC)
+    # Align to the bucket so each point covers whole minutes (or hours) of rows.
+    floor = datetime.fromtimestamp(
+        now.timestamp() // step.total_seconds() * step.total_seconds(), tz=UTC
+    )
+    end = floor + step
+    return Window(name=name, start=end - span, end=end, step=step)
+
+
+def _trunc(win: Window, field: str = "minute") -> TruncMinute | TruncHour:
+    cls = TruncMinute if win.per_minute else TruncHour
+    return cls(field, tzinfo=UTC)
+
+
+def _tokens() -> F:
+    return F("prompt_tokens") + F("completion_tokens")
+
+
+def _usage(win: Window) -> QuerySet[UsageMinute]:
+    return UsageMinute.objects.filter(minute__gte=win.start, minute__lt=win.end)
+
+
+def _throttles(win: Window) -> QuerySet[ThrottleEvent]:
+    return ThrottleEvent.objects.filter(minute__gte=win.start, minute__lt=win.end)
+
+
+def node_totals(win: Window) -> dict[str, int]:
+    """Requests, tokens and 429s of the whole node inside the window."""
+    usage = _usage(win).aggregate(
+        requests=Coalesce(Sum("requests"), 0),
+        prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+        completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+    )
+    throttled = _throttles(win).aggregate(n=Coalesce(Sum("count"), 0))["n"]
+    counts = {
+        "tenants": Tenant.objects.count(),
+        "active_keys": ApiKey.objects.active().count(),
+    }
+    tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {**usage, **counts, "tokens": tokens, "throttled": throttled}
+
+
+def busiest_tenants(win: Window, limit: int = 5) -> list[dict]:
+    """Tenants with the most accepted requests in the window."""
+    rows = (
+        _usage(win)
+        .values("tenant__slug", "tenant__name")
+        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()))
+        .order_by("-requests", "tenant__slug")
+    )
+    return list(rows[:limit])
+
+
+def most_throttled_tenants(win: Window, limit: int = 5) -> list[dict]:
+    """Tenants with the most 429s in the window, and how many of their keys were refused."""
+    rows = (
+        _throttles(win)
+        .values("tenant__slug", "tenant__name")
+        .annotate(throttled=Sum("count"), keys=Count("api_key", distinct=True))
+        .order_by("-throttled", "tenant__slug")
+    )
+    return list(rows[:limit])
+
+
+def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
+    """Per-bucket sums of requests and tokens (only buckets that have rows)."""
+    rows = _usage(win)
+    if tenant is not None:
+        rows = rows.filter(tenant=tenant)
+    return list(
+        rows.annotate(bucket=_trunc(win))
+        .values("bucket")
+        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()))
+        .order_by("bucket")
+    )
+
+
+def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
+    """Per-bucket sums of 429s (only buckets that have rows)."""
+    rows = _throttles(win)
+    if tenant is not None:
+        rows = rows.filter(tenant=tenant)
+    return list(
+        rows.annotate(bucket=_trunc(win))
+        .values("bucket")
+        .annotate(throttled=Sum("count"))
+        .order_by("bucket")
+    )
+
+
+def key_buckets(win: Window, tenant: Tenant) -> tuple[list[dict], list[dict]]:
+    """Per-key, per-bucket requests and 429s of one tenant's keys."""
+    usage = (
+        _usage(win)
+        .filter(tenant=tenant)
+        .annotate(bucket=_trunc(win))
+        .values("api_key_id", "bucket")
+        .annotate(requests=Sum("requests"))
+        .order_by("api_key_id", "bucket")
+    )
+    throttled = (
+        _throttles(win)
+        .filter(tenant=tenant)
+        .annotate(bucket=_trunc(win))
+        .values("api_key_id", "bucket")
+        .annotate(throttled=Sum("count"))
+        .order_by("api_key_id", "bucket")
+    )
+    return list(usage), list(throttled)
+
+
+def _sums(rows: QuerySet, by: str, **sums: Aggregate) -> dict[int, dict]:
+    """One GROUP BY query: {group id: {name: sum}}."""
+    return {row.pop(by): row for row in rows.order_by().values(by).annotate(**sums)}
+
+
+def _attach(objects: list, by: str, *tables: dict[int, dict]) -> list:
+    # Separate grouped queries rather than one join: joining usage to throttles would multiply
+    # their rows and inflate both sums, and correlated subqueries ran once per joined row.
+    for obj in objects:
+        for table in tables:
+            for name, value in table.get(getattr(obj, by), {}).items():
+                setattr(obj, name, value)
+    return objects
+
+
+def _usage_columns(since: datetime, by: str, **where: object) -> tuple[dict, dict]:
+    usage = _sums(
+        UsageMinute.objects.filter(minute__gte=since, **where),
+        by,
+        requests=Sum("requests"),
+        tokens=Sum(_tokens()),
+    )
+    throttles = ThrottleEvent.objects.filter(minute__gte=since, **where)
+    return usage, _sums(throttles, by, throttled=Sum("count"))
+
+
+def tenants_with_usage(since: datetime) -> list[Tenant]:
+    """All tenants with their active keys, requests, tokens and 429s since `since`."""
+    live = ApiKey.objects.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
+    active = _sums(live, "tenant_id", active_keys=Count("id"))
+    tenants = list(Tenant.objects.order_by("slug"))
+    for tenant in tenants:
+        tenant.active_keys, tenant.requests, tenant.tokens, tenant.throttled = 0, 0, 0, 0
+    return _attach(tenants, "id", active, *_usage_columns(since, "tenant_id"))
+
+
+def tenant_keys(tenant: Tenant, since: datetime) -> list[ApiKey]:
+    """A tenant's keys, newest first, with requests, tokens and 429s since `since`."""
+    keys = list(tenant.keys.order_by("-created_at", "-id"))
+    for key in keys:
+        key.requests, key.tokens, key.throttled = 0, 0, 0
+    return _attach(keys, "pk", *_usage_columns(since, "api_key_id", tenant=tenant))
+
+
+@dataclass(frozen=True)
+class ThrottleFilter:
+    """The 429 audit filters; None means 'any'. `until` is inclusive (a whole UTC day)."""
+
+    key_id: str | None = None
+    reason: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def throttle_events(tenant: Tenant, filters: ThrottleFilter) -> QuerySet[ThrottleEvent]:
+    """A tenant's 429 audit rows (newest minute first) matching the filters."""
+    rows = tenant.throttles.select_related("api_key")
+    if filters.key_id:
+        rows = rows.filter(api_key__key_id=filters.key_id)
+    if filters.reason:
+        rows = rows.filter(reason=filters.reason)
+    if filters.since:
+        rows = rows.filter(minute__gte=_day_start(filters.since))
+    if filters.until:
+        rows = rows.filter(minute__lt=_day_start(filters.until) + timedelta(days=1))
+    return rows.order_by("-minute", "api_key__key_id", "reason")
+
+
+def throttle_summary(rows: QuerySet[ThrottleEvent]) -> list[dict]:
+    """429 counts per reason for a filtered audit query, biggest first."""
+    return list(
+        rows.order_by().values("reason").annotate(total=Sum("count")).order_by("-total", "reason")
+    )
+
+
+def throttle_reasons(tenant: Tenant) -> list[str]:
+    """The reasons that occur in a tenant's 429 audit (for the filter's choices)."""
+    reasons = tenant.throttles.order_by("reason").values_list("reason", flat=True).distinct()
+    return list(reasons)
+
+
+def admin_actions(
+    *, tenant_slug: str | None = None, action: str | None = None, actor: str | None = None
+) -> QuerySet[AdminAction]:
+    """Audited admin actions, newest first, optionally filtered."""
+    rows = AdminAction.objects.select_related("tenant")
+    if tenant_slug:
+        rows = rows.filter(tenant__slug=tenant_slug)
+    if action:
+        rows = rows.filter(action=action)
+    if actor:
+        rows = rows.filter(actor__icontains=actor)
+    return rows.order_by("-created_at", "-id")

@@ -1,0 +1,74 @@
+"""Fixtures of the console tests: signed-in staff and non-staff clients, and usage rows."""
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from tenants.models import ApiKey, ThrottleEvent, UsageMinute
+
+PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture
+def staff_user(db, django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("ada", password=PASSWORD, is_staff=True)
+
+
+@pytest.fixture
+def plain_user(db, django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("bob", password=PASSWORD, is_staff=False)
+
+
+@pytest.fixture
+def staff(staff_user) -> Client:  # type: ignore[no-untyped-def]
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def csrf_staff(staff_user) -> Client:  # type: ignore[no-untyped-def]
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    return client
+
+
+def minute_ago(minutes: int) -> datetime:
+    now = timezone.now().replace(second=0, microsecond=0)
+    return now - timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def add_usage() -> Callable[..., UsageMinute]:
+    def add(key: ApiKey, minutes_ago: int, requests: int, prompt: int = 0, completion: int = 0):
+        return UsageMinute.objects.create(
+            tenant=key.tenant,
+            api_key=key,
+            minute=minute_ago(minutes_ago),
+            requests=requests,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
+
+    return add
+
+
+@pytest.fixture
+def add_throttle() -> Callable[..., ThrottleEvent]:
+    def add(key: ApiKey, minutes_ago: int, count: int, reason: str = "key-rpm", addresses=()):
+        minute = minute_ago(minutes_ago)
+        return ThrottleEvent.objects.create(
+            tenant=key.tenant,
+            api_key=key,
+            reason=reason,
+            minute=minute,
+            count=count,
+            first_seen=minute + timedelta(seconds=3),
+            last_seen=minute + timedelta(seconds=57),
+            sample_addresses=list(addresses),
+        )
+
+    return add

@@ -1,0 +1,92 @@
+"""Work the limiter could not finish in Redis, kept in this process until it can be.
+
+- Settles that met a Redis error (or a cancellation mid-call) are queued and retried by the
+  flusher thread. SETTLE is idempotent per lease id, so a retry of one that did run is a no-op.
+- Usage of requests admitted without Redis (failure modes open and local) is summed here per
+  key and minute and written to Postgres by the flusher (ratelimit/flush.py). It is lost if the
+  process dies first: the price of an outage, next to the unchecked admissions themselves.
+"""
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import redis
+
+from ratelimit.scripts import SETTLE
+
+MAX_PENDING = 10_000
+
+UsageKey = tuple[int, int, int]  # tenant id, api key pk, minute (epoch seconds)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One SETTLE call: its KEYS and ARGV."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+_pending: deque[Call] = deque(maxlen=MAX_PENDING)
+_usage: dict[UsageKey, list[int]] = {}
+# The event loop adds while the flusher thread takes.
+_lock = threading.Lock()
+
+
+def defer(call: Call) -> None:
+    with _lock:
+        _pending.append(call)
+
+
+def pending_count() -> int:
+    return len(_pending)
+
+
+def retry_settles(client: redis.Redis) -> int:
+    """Run queued settles in order; stop at the first error (it stays queued). Returns done."""
+    done = 0
+    while True:
+        with _lock:
+            if not _pending:
+                return done
+            call = _pending[0]
+        SETTLE.run_sync(client, call.keys, call.args)
+        with _lock:
+            # Only this thread removes from the left; the loop may have appended meanwhile.
+            if _pending and _pending[0] is call:
+                _pending.popleft()
+        done += 1
+
+
+def count_usage(tenant_id: int, api_key_pk: int, prompt: int, completion: int) -> None:
+    minute = int(time.time()) // 60 * 60
+    with _lock:
+        row = _usage.setdefault((tenant_id, api_key_pk, minute), [0, 0, 0])
+        row[0] += 1
+        row[1] += prompt
+        row[2] += completion
+
+
+def take_usage() -> dict[UsageKey, list[int]]:
+    """Everything counted so far; the caller writes it or gives it back with restore_usage()."""
+    global _usage
+    with _lock:
+        taken, _usage = _usage, {}
+    return taken
+
+
+def restore_usage(rows: dict[UsageKey, list[int]]) -> None:
+    with _lock:
+        for key, (requests, prompt, completion) in rows.items():
+            row = _usage.setdefault(key, [0, 0, 0])
+            row[0] += requests
+            row[1] += prompt
+            row[2] += completion
+
+
+def clear() -> None:
+    with _lock:
+        _pending.clear()
+        _usage.clear()

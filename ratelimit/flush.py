@@ -1,0 +1,305 @@
+"""Moves the usage counters and the 429 audit buffer from Redis to Postgres, exactly once.
+
+Per tenant, SETTLE counts usage in `rlbuf:v1:{t:<id>}:usage` and ADMIT counts refusals in
+`rlbuf:v1:{t:<id>}:throttle`. A flush, for each such live hash:
+
+1. RENAME it to `<live>:batch:<uuid>`: atomic, so the requests that settle afterwards start a
+   new live hash and nothing is counted twice or lost between the read and the delete;
+2. in ONE Postgres transaction, insert UsageBatch("<kind>:<uuid>") and add the batch's rows
+   to UsageMinute / ThrottleEvent (upserts that add to what is there);
+3. DEL the batch key.
+
+A process that dies after 1 leaves the batch key: the next flush (any process) applies it. One
+that dies after 2 leaves a batch key whose id is already in UsageBatch: the next flush only
+deletes it. Two flushers on one batch: UsageBatch.batch_id is unique, so the second's
+transaction inserts nothing. See docs/usage-accounting.md.
+"""
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from console.redis import get_sync_redis
+from ratelimit import backlog
+from ratelimit.scripts import preload_sync
+from tenants.models import ApiKey, ThrottleEvent, UsageBatch, UsageMinute
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("usage", "throttle")
+
+
+@dataclass
+class FlushReport:
+    """What one flush moved."""
+
+    usage_batches: int = 0
+    usage_rows: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    throttle_batches: int = 0
+    throttle_rows: int = 0
+    refusals: int = 0
+    already_applied: int = 0
+    dropped_rows: int = 0
+    local_rows: int = 0
+    settles_retried: int = 0
+
+    def add(self, other: "FlushReport") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> str:
+        return (
+            f"usage: {self.usage_rows} rows from {self.usage_batches} batches "
+            f"({self.requests} requests, {self.prompt_tokens} prompt tokens, "
+            f"{self.completion_tokens} completion tokens); "
+            f"throttles: {self.throttle_rows} rows from {self.throttle_batches} batches "
+            f"({self.refusals} refusals); already applied: {self.already_applied}; "
+            f"dropped (unknown keys): {self.dropped_rows}; from this process's fallback: "
+            f"{self.local_rows} rows; settles retried: {self.settles_retried}"
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def claim_batches(client: redis.Redis, kind: str) -> list[str]:
+    """Batch keys to apply: leftovers of interrupted flushes, then every live buffer renamed."""
+    pattern = f"rlbuf:v1:{{t:*}}:{kind}"
+    batches = [_text(k) for k in client.scan_iter(match=f"{pattern}:batch:*", count=500)]
+    for live in client.scan_iter(match=pattern, count=500):
+        batch_key = f"{_text(live)}:batch:{uuid.uuid4().hex}"
+        try:
+            # Atomic: a settle after this creates a new live hash; none is lost or doubled.
+            client.rename(live, batch_key)
+        except redis.ResponseError:
+            continue  # expired, or another flusher renamed it first
+        batches.append(batch_key)
+    return batches
+
+
+def batch_id_of(batch_key: str) -> str:
+    kind = "throttle" if ":throttle:batch:" in batch_key else "usage"
+    return f"{kind}:{batch_key.rsplit(':', 1)[1]}"
+
+
+def _minute(epoch_seconds: str) -> datetime:
+    return datetime.fromtimestamp(int(epoch_seconds), tz=UTC)
+
+
+def _tenants_of(api_key_pks: set[int]) -> dict[int, int]:
+    return dict(ApiKey.objects.filter(pk__in=api_key_pks).values_list("pk", "tenant_id"))
+
+
+def _usage_rows(flat: dict) -> dict[tuple[int, str], list[int]]:
+    rows: dict[tuple[int, str], list[int]] = {}
+    for name, value in flat.items():
+        pk, minute, letter = _text(name).split("|")
+        rows.setdefault((int(pk), minute), [0, 0, 0])["rpc".index(letter)] += int(value)
+    return rows
+
+
+UPSERT_USAGE = (
+    "INSERT INTO {table} (tenant_id, api_key_id, minute, requests, prompt_tokens, "
+    "completion_tokens) VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (api_key_id, minute) DO UPDATE SET "
+    "requests = {table}.requests + excluded.requests, "
+    "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens"
+)
+
+
+def upsert_usage(rows: dict[tuple[int, int, datetime], list[int]]) -> None:
+    """Add requests and tokens to UsageMinute rows (tenant, key, minute), creating them."""
+    # The only interpolation is our own model's table name; every value is a parameter.
+    sql = UPSERT_USAGE.format(table=UsageMinute._meta.db_table)  # noqa: S608
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [(t, k, adapt(m), *values) for (t, k, m), values in sorted(rows.items())]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _write_usage(flat: dict, report: FlushReport) -> None:
+    parsed = _usage_rows(flat)
+    tenants = _tenants_of({pk for pk, _ in parsed})
+    rows = {}
+    for (pk, minute), values in parsed.items():
+        if pk not in tenants:
+            report.dropped_rows += 1
+            continue
+        rows[(tenants[pk], pk, _minute(minute))] = values
+        report.requests += values[0]
+        report.prompt_tokens += values[1]
+        report.completion_tokens += values[2]
+    upsert_usage(rows)
+    report.usage_rows += len(rows)
+    report.usage_batches += 1
+
+
+def _throttle_rows(flat: dict) -> dict[tuple[int, str, str], dict]:
+    rows: dict[tuple[int, str, str], dict] = {}
+    for name, value in flat.items():
+        pk, reason, minute, letter = _text(name).split("|")
+        row = rows.setdefault((int(pk), reason, minute), {"n": 0, "a": []})
+        if letter == "n":
+            row["n"] += int(value)
+        elif letter == "a":
+            row["a"] = _text(value).split(",")
+        else:
+            row[letter] = datetime.fromtimestamp(int(value) / 1_000_000, tz=UTC)
+    return rows
+
+
+def _upsert_throttle(tenant_id: int, pk: int, reason: str, minute: datetime, row: dict) -> None:
+    # First and last seen only ever widen; counts add up; a few distinct addresses are kept.
+    keep = settings.RATELIMIT_AUDIT_SAMPLE_ADDRESSES
+    event, created = ThrottleEvent.objects.select_for_update().get_or_create(
+        api_key_id=pk,
+        reason=reason,
+        minute=minute,
+        defaults={
+            "tenant_id": tenant_id,
+            "count": row["n"],
+            "first_seen": row["f"],
+            "last_seen": row["l"],
+            "sample_addresses": row["a"][:keep],
+        },
+    )
+    if created:
+        return
+    event.count += row["n"]
+    event.first_seen = min(event.first_seen, row["f"])
+    event.last_seen = max(event.last_seen, row["l"])
+    new = [a for a in row["a"] if a not in event.sample_addresses]
+    event.sample_addresses = (event.sample_addresses + new)[:keep]
+    event.save(update_fields=["count", "first_seen", "last_seen", "sample_addresses"])
+
+
+def _write_throttles(flat: dict, report: FlushReport) -> None:
+    parsed = _throttle_rows(flat)
+    tenants = _tenants_of({pk for pk, _, _ in parsed})
+    for (pk, reason, minute), row in sorted(parsed.items()):
+        if pk not in tenants:
+            report.dropped_rows += 1
+            continue
+        _upsert_throttle(tenants[pk], pk, reason, _minute(minute), row)
+        report.throttle_rows += 1
+        report.refusals += row["n"]
+    report.throttle_batches += 1
+
+
+def write_batch(client: redis.Redis, batch_key: str, report: FlushReport) -> bool:
+    """Step 2: apply one batch in one transaction; False if its id was already applied."""
+    batch_id = batch_id_of(batch_key)
+    flat = client.hgetall(batch_key)
+    with transaction.atomic():
+        # Unique batch_id: a second flusher of the same batch blocks here, then finds it.
+        marker, created = UsageBatch.objects.get_or_create(
+            batch_id=batch_id, defaults={"rows": len(flat)}
+        )
+        if not created:
+            report.already_applied += 1
+            return False
+        if batch_id.startswith("usage:"):
+            _write_usage(flat, report)
+        else:
+            _write_throttles(flat, report)
+    return True
+
+
+def apply_batch(client: redis.Redis, batch_key: str, report: FlushReport) -> None:
+    """Steps 2 and 3: write the batch to Postgres (once), then drop it from Redis."""
+    write_batch(client, batch_key, report)
+    client.delete(batch_key)
+
+
+def _flush_local_usage(report: FlushReport) -> None:
+    taken = backlog.take_usage()
+    if not taken:
+        return
+    try:
+        tenants = _tenants_of({pk for _, pk, _ in taken})
+        rows = {(t, pk, _minute(str(m))): v for (t, pk, m), v in taken.items() if pk in tenants}
+        with transaction.atomic():
+            upsert_usage(rows)
+    except Exception:
+        backlog.restore_usage(taken)  # written next time instead
+        raise
+    report.local_rows += len(rows)
+    report.dropped_rows += len(taken) - len(rows)
+
+
+def _prune_markers() -> None:
+    # A batch key lives at most RATELIMIT_BUFFER_TTL_SECONDS; its marker is useless after.
+    cutoff = timezone.now() - timedelta(seconds=2 * settings.RATELIMIT_BUFFER_TTL_SECONDS)
+    UsageBatch.objects.filter(applied_at__lt=cutoff).delete()
+
+
+def flush(client: redis.Redis | None = None) -> FlushReport:
+    """Move every usage and throttle buffer to Postgres; retry queued settles first."""
+    client = client or get_sync_redis("ratelimit")
+    report = FlushReport()
+    _flush_local_usage(report)  # Postgres only: done even while Redis is down
+    report.settles_retried = backlog.retry_settles(client)
+    for kind in KINDS:
+        for batch_key in claim_batches(client, kind):
+            apply_batch(client, batch_key, report)
+    _prune_markers()
+    return report
+
+
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def _loop(interval: float) -> None:
+    try:
+        # A worker's first requests then find the scripts loaded (no NOSCRIPT round trip).
+        preload_sync(get_sync_redis("ratelimit"))
+    except Exception as exc:  # Redis down at start: EVALSHA reloads on NOSCRIPT anyway
+        logger.warning("ratelimit: cannot preload scripts (%s)", type(exc).__name__)
+    while not _stop.wait(interval):
+        try:
+            report = flush()
+            if report.usage_batches or report.throttle_batches or report.local_rows:
+                logger.info("ratelimit flush: %s", report.summary())
+        except Exception as exc:  # Redis or Postgres down: try again next interval
+            logger.warning("ratelimit flush failed (%s)", type(exc).__name__)
+        finally:
+            # This thread's own database connection goes back after every run.
+            close_old_connections()
+            connection.close()
+
+
+def start_flusher() -> threading.Thread | None:
+    """Start the daemon thread that flushes every RATELIMIT_FLUSH_SECONDS (0: never)."""
+    global _thread
+    interval = settings.RATELIMIT_FLUSH_SECONDS
+    if interval <= 0:
+        return None
+    if _thread is None or not _thread.is_alive():
+        _stop.clear()
+        _thread = threading.Thread(
+            target=_loop, args=(interval,), name="ratelimit-flusher", daemon=True
+        )
+        _thread.start()
+    return _thread
+
+
+def stop_flusher(timeout: float = 5.0) -> None:
+    """Stop the thread after its current run (tests, shutdown)."""
+    global _thread
+    _stop.set()
+    if _thread is not None:
+        _thread.join(timeout)
+    _thread = None

@@ -1,0 +1,321 @@
+"""admit / settle / heartbeat: the rate limiter's Python API.
+
+One admission is one EVALSHA of ADMIT (ratelimit/lua/admit.lua) on the limiter's own Redis pool
+(short timeouts, no retries). When Redis cannot answer, RATELIMIT_FAILURE_MODE decides: open
+(admit, counted), closed (503) or local (a conservative per-process limiter); a circuit breaker
+makes an outage cost one timeout per probe instead of one per request.
+"""
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from console.errors import Overloaded
+from console.redis import get_redis
+from ratelimit import backlog, metrics
+from ratelimit.breaker import CircuitBreaker
+from ratelimit.decision import Decision, parse_reply
+from ratelimit.headers import denial_error, rate_headers
+from ratelimit.limits import (
+    Limit,
+    Plan,
+    clamp_reservation,
+    lease_key,
+    plan_for,
+    throttle_key,
+    usage_key,
+)
+from ratelimit.local import INFLIGHT_RETRY_US, LocalLimiter
+from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE
+from tenants.keycache import KeyRecord
+
+logger = logging.getLogger(__name__)
+
+# What "Redis cannot answer" looks like: refused, reset, timed out, OOM, loading, read-only.
+BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+@dataclass
+class Admission:
+    """An admitted request: settle it exactly once (in a `finally`), heartbeat long ones."""
+
+    lease_id: str
+    reserved_tokens: int
+    headers: dict[str, str]
+    failed_open: bool
+    source: str  # "redis", "local" (fallback limiter) or "open" (unchecked)
+    tenant_id: int
+    api_key_pk: int
+    keys: tuple[str, ...] = ()
+    decision: Decision | None = None
+    settled: bool = field(default=False, compare=False)
+
+
+class _Runtime:
+    """Per-process limiter state built from settings (rebuilt by reset_state())."""
+
+    def __init__(self) -> None:
+        self.breaker = CircuitBreaker(
+            settings.RATELIMIT_BREAKER_ERRORS, settings.RATELIMIT_BREAKER_SECONDS
+        )
+        self.local = LocalLimiter(
+            settings.RATELIMIT_LOCAL_DIVISOR, settings.RATELIMIT_LEASE_TTL_SECONDS
+        )
+        # Login throttling's fallback keeps the full per-minute numbers (see login.py).
+        self.login_local = LocalLimiter(divisor=1, lease_ttl_s=1)
+
+
+_runtime: _Runtime | None = None
+
+
+def runtime() -> _Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = _Runtime()
+    return _runtime
+
+
+def reset_state() -> None:
+    """Forget the breaker, the local limiter and queued work (tests, settings changes)."""
+    global _runtime
+    if _runtime is not None:
+        _runtime.breaker.reset()
+    _runtime = None
+    backlog.clear()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def call_timeout() -> float:
+    # redis-py's socket timeout bounds each read; this outer bound also covers a stalled
+    # connect-and-handshake, and is generous so the socket timeout is what normally fires.
+    return settings.RATELIMIT_REDIS_TIMEOUT_MS / 1000 * 4 + 0.05
+
+
+def record_backend_error(operation: str, exc: BaseException) -> None:
+    metrics.backend_errors.labels(operation).inc()
+    runtime().breaker.failure()
+    logger.warning("rate limiter: Redis %s failed (%s)", operation, type(exc).__name__)
+
+
+def _audit_address(addr: str | None) -> str:
+    """The caller's address as a normalized IP; anything else is not sampled (the audit
+    buffer stores addresses comma-separated under |-separated fields)."""
+    if not addr:
+        return ""
+    try:
+        return str(ipaddress.ip_address(addr.strip()))
+    except ValueError:
+        return ""
+
+
+def _admit_args(
+    record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
+) -> list[str]:
+    numbers = (
+        reserve,
+        _ms(settings.RATELIMIT_LEASE_TTL_SECONDS),
+        _ms(settings.RATELIMIT_LEASE_RECORD_TTL_SECONDS),
+        settings.RATELIMIT_AUDIT_SAMPLE_ADDRESSES,
+        _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
+        INFLIGHT_RETRY_US,
+    )
+    address = _audit_address(addr)
+    return [lease_id, f"{record.api_key_pk}|", address, " ".join(map(str, numbers)), plan.packed]
+
+
+async def _admit_redis(
+    record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
+) -> Decision:
+    keys = [lease_key(record.tenant_id, lease_id), throttle_key(record.tenant_id), *plan.keys]
+    args = _admit_args(record, plan, reserve, lease_id, addr)
+    started = time.perf_counter()
+    async with asyncio.timeout(call_timeout()):
+        reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
+    metrics.admission_seconds.observe(time.perf_counter() - started)
+    return parse_reply(plan.limits, reply)
+
+
+def _deny(record: KeyRecord, decision: Decision, result: str) -> Exception:
+    metrics.decisions.labels(result, decision.binding_name).inc()
+    metrics.throttled.labels(record.tenant_slug).inc()
+    return denial_error(decision, record)
+
+
+def _admission(
+    record: KeyRecord,
+    lease_id: str,
+    reserve: int,
+    source: str,
+    decision: Decision | None = None,
+    keys: tuple[str, ...] = (),
+) -> Admission:
+    return Admission(
+        lease_id=lease_id,
+        reserved_tokens=reserve,
+        headers=rate_headers(decision) if decision is not None else {},
+        failed_open=source == "open",
+        source=source,
+        tenant_id=record.tenant_id,
+        api_key_pk=record.api_key_pk,
+        keys=keys,
+        decision=decision,
+    )
+
+
+def _fallback(
+    record: KeyRecord, limits: tuple[Limit, ...], reserve: int, lease_id: str
+) -> Admission:
+    mode = settings.RATELIMIT_FAILURE_MODE
+    if mode == "open":
+        metrics.fail_open.inc()
+        metrics.decisions.labels("failed_open", "none").inc()
+        return _admission(record, lease_id, reserve, "open")
+    if mode == "closed":
+        metrics.decisions.labels("failed_closed", "none").inc()
+        raise Overloaded(
+            "Rate limiting is unavailable right now; please retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    decision = runtime().local.admit(limits, reserve, lease_id)
+    if not decision.allowed:
+        raise _deny(record, decision, "local_denied")
+    metrics.decisions.labels("local_allowed", "none").inc()
+    return _admission(record, lease_id, reserve, "local", decision)
+
+
+async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = None) -> Admission:
+    """Admit one request of this key reserving `tokens` (prompt + max_tokens), or raise
+    RateLimited / QuotaExhausted (429, headers on the exception, audited) or Overloaded."""
+    plan = plan_for(record)
+    reserve = clamp_reservation(tokens)
+    lease_id = os.urandom(16).hex()  # 128 random bits, as a uuid4 has, at a tenth the cost
+    if runtime().breaker.allow():
+        try:
+            decision = await _admit_redis(record, plan, reserve, lease_id, client_addr)
+        except BACKEND_ERRORS as exc:
+            record_backend_error("admit", exc)
+        else:
+            runtime().breaker.success()
+            if not decision.allowed:
+                raise _deny(record, decision, "denied")
+            metrics.decisions.labels("allowed", "none").inc()
+            return _admission(record, lease_id, reserve, "redis", decision, plan.keys)
+    return _fallback(record, plan.limits, reserve, lease_id)
+
+
+def _settle_call(admission: Admission, prompt: int, completion: int) -> backlog.Call:
+    keys = [lease_key(admission.tenant_id, admission.lease_id), usage_key(admission.tenant_id)]
+    args = [
+        admission.lease_id,
+        prompt,
+        completion,
+        f"{admission.api_key_pk}|",
+        _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
+    ]
+    return backlog.Call([*keys, *admission.keys], args)
+
+
+async def settle(admission: Admission, *, prompt_tokens: int, completion_tokens: int) -> bool:
+    """Apply the real token count and release the lease, exactly once per lease (a second call
+    does nothing). True when this call applied it; False when it was already settled or Redis
+    could not answer (then it is queued and retried by the flusher: SETTLE is idempotent)."""
+    prompt, completion = max(0, int(prompt_tokens)), max(0, int(completion_tokens))
+    if admission.source != "redis":
+        return _settle_locally(admission, prompt, completion)
+    call = _settle_call(admission, prompt, completion)
+    if not runtime().breaker.allow():
+        backlog.defer(call)
+        return False
+    try:
+        async with asyncio.timeout(call_timeout()):
+            reply = await SETTLE.run(get_redis("ratelimit"), call.keys, call.args)
+    except BACKEND_ERRORS as exc:
+        record_backend_error("settle", exc)
+        backlog.defer(call)
+        return False
+    except asyncio.CancelledError:
+        # Cancelled mid-call, the script may or may not have run: a retry is safe either way.
+        backlog.defer(call)
+        raise
+    runtime().breaker.success()
+    admission.settled = True
+    return int(reply[0]) == 1
+
+
+def _settle_locally(admission: Admission, prompt: int, completion: int) -> bool:
+    if admission.settled:
+        return False
+    admission.settled = True
+    if admission.source == "local":
+        runtime().local.settle(admission.lease_id, prompt + completion)
+    backlog.count_usage(admission.tenant_id, admission.api_key_pk, prompt, completion)
+    return True
+
+
+async def heartbeat(admission: Admission) -> bool:
+    """Extend the lease of a long request. False only when Redis says the lease is gone
+    (settled, or expired and reclaimed); an unreachable Redis is not proof of loss."""
+    if admission.source != "redis":
+        return True
+    keys = [lease_key(admission.tenant_id, admission.lease_id), *admission.keys]
+    args = [
+        admission.lease_id,
+        _ms(settings.RATELIMIT_LEASE_TTL_SECONDS),
+        _ms(settings.RATELIMIT_LEASE_RECORD_TTL_SECONDS),
+    ]
+    if not runtime().breaker.allow():
+        return True
+    try:
+        async with asyncio.timeout(call_timeout()):
+            reply = await HEARTBEAT.run(get_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        record_backend_error("heartbeat", exc)
+        return True
+    runtime().breaker.success()
+    return int(reply[0]) == 1
+
+
+async def _beat(admission: Admission, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if not await heartbeat(admission):
+            logger.warning("rate limiter: lease %s was lost", admission.lease_id[:8])
+            return
+
+
+@asynccontextmanager
+async def keep_alive(admission: Admission, interval: float | None = None) -> AsyncIterator[None]:
+    """Heartbeat the admission every RATELIMIT_HEARTBEAT_SECONDS while the block runs."""
+    task = asyncio.create_task(_beat(admission, interval or settings.RATELIMIT_HEARTBEAT_SECONDS))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+async def health() -> dict:
+    """For /readyz: the breaker's state and one real script call on the limiter's pool."""
+    state: dict = {"ok": True, "mode": settings.RATELIMIT_FAILURE_MODE}
+    if runtime().breaker.is_open:
+        return {**state, "ok": False, "error": "circuit open"}
+    probe = lease_key(0, "readyz-probe")
+    try:
+        async with asyncio.timeout(call_timeout()):
+            # A heartbeat of a lease that never exists: reads only, but loads the script.
+            await HEARTBEAT.run(get_redis("ratelimit"), [probe], ["readyz-probe", 1, 1])
+    except BACKEND_ERRORS as exc:
+        return {**state, "ok": False, "error": type(exc).__name__}
+    return state

@@ -1,0 +1,142 @@
+"""Which limits a request is subject to, their Redis keys, and the reservation policy.
+
+Limits come from the KeyRecord the auth layer already holds (no query per request): the key's
+overrides (None: not checked at key scope) and its tenant's limits (None: unlimited). Every key
+of one admission carries the tenant's hash tag, so a Redis Cluster keeps them in one slot.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+
+from tenants.keycache import KeyRecord
+
+# Record field -> (Lua kind, the name used in headers, metrics, audit rows and messages).
+KINDS = {
+    "rpm": ("r", "rpm"),
+    "tpm": ("t", "tpm"),
+    "max_inflight": ("c", "inflight"),
+    "tokens_per_day": ("d", "tokens-per-day"),
+    "tokens_per_month": ("m", "tokens-per-month"),
+}
+LIMIT_NAMES = tuple(
+    f"{scope}-{label}" for scope in ("key", "tenant") for _, label in KINDS.values()
+)
+DESCRIPTIONS = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "inflight": "requests in flight",
+    "tokens-per-day": "tokens per day (UTC)",
+    "tokens-per-month": "tokens per month (UTC)",
+}
+QUOTA_KINDS = frozenset({"d", "m"})
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One checked limit: its name (e.g. key-rpm), Lua kind, value, burst and state key."""
+
+    name: str
+    kind: str
+    limit: int
+    burst: int
+    key: str
+
+    @property
+    def label(self) -> str:
+        return self.name.split("-", 1)[1]
+
+    @property
+    def is_quota(self) -> bool:
+        return self.kind in QUOTA_KINDS
+
+
+def tenant_tag(tenant_id: int) -> str:
+    return f"{{t:{tenant_id}}}"
+
+
+def lease_key(tenant_id: int, lease_id: str) -> str:
+    return f"rl:v1:{tenant_tag(tenant_id)}:lease:{lease_id}"
+
+
+def usage_key(tenant_id: int) -> str:
+    return f"rlbuf:v1:{tenant_tag(tenant_id)}:usage"
+
+
+def throttle_key(tenant_id: int) -> str:
+    return f"rlbuf:v1:{tenant_tag(tenant_id)}:throttle"
+
+
+def burst_of(limit: int, burst_percent: int) -> int:
+    """Bucket depth B = ceil(limit x burst% / 100), at least 1."""
+    return max(1, math.ceil(limit * burst_percent / 100))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The limits of one key, their state keys, and ADMIT's packed limits argument."""
+
+    limits: tuple[Limit, ...]
+    keys: tuple[str, ...]
+    packed: str
+
+
+def _scope_limits(
+    values: tuple[tuple[str, int | None], ...], scope: str, prefix: str, burst_percent: int
+) -> list[Limit]:
+    found = []
+    for field, value in values:
+        if value is None or field not in KINDS:
+            continue
+        kind, label = KINDS[field]
+        burst = burst_of(value, burst_percent) if kind in ("r", "t") else 0
+        found.append(Limit(f"{scope}-{label}", kind, int(value), burst, f"{prefix}:{label}"))
+    return found
+
+
+def pack_limits(limits: tuple[Limit, ...]) -> str:
+    """ADMIT's ARGV[5]: "kind limit burst name" per limit, joined by ";"."""
+    return ";".join(f"{x.kind} {x.limit} {x.burst} {x.name}" for x in limits)
+
+
+@lru_cache(maxsize=4096)
+def _plan(
+    tenant_id: int,
+    key_id: str,
+    burst_percent: int,
+    key_values: tuple[tuple[str, int | None], ...],
+    tenant_values: tuple[tuple[str, int | None], ...],
+) -> Plan:
+    tag = tenant_tag(tenant_id)
+    limits = (
+        *_scope_limits(key_values, "key", f"rl:v1:{tag}:k:{key_id}", burst_percent),
+        *_scope_limits(tenant_values, "tenant", f"rl:v1:{tag}:t:{tenant_id}", burst_percent),
+    )
+    return Plan(limits, tuple(x.key for x in limits), pack_limits(limits))
+
+
+def plan_for(record: KeyRecord) -> Plan:
+    """The limits one request of this key is checked against, key scope first (memoized:
+    the same limits give the same plan, so the hot path builds no strings)."""
+    return _plan(
+        record.tenant_id,
+        record.key_id,
+        record.burst_percent,
+        tuple(record.key_limits.items()),
+        tuple(record.tenant_limits.items()),
+    )
+
+
+def plan_limits(record: KeyRecord) -> tuple[Limit, ...]:
+    return plan_for(record).limits
+
+
+def clamp_reservation(tokens: int) -> int:
+    """Tokens ADMIT reserves: the caller's prompt + max_tokens, within 0..the policy maximum.
+
+    Each limit is further charged at most its own per-period value (see docs/ratelimit.md), so
+    an oversized request is never locked out; the real count is settled as debt afterwards.
+    """
+    return max(0, min(int(tokens), settings.RATELIMIT_MAX_RESERVATION_TOKENS))

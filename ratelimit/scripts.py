@@ -1,0 +1,70 @@
+"""The limiter's Lua scripts: read once at import, run by EVALSHA, reloaded on NOSCRIPT.
+
+Redis empties its script cache on restart, on failover and on SCRIPT FLUSH, so any EVALSHA
+may answer NOSCRIPT; each reload is counted (ratelimit_noscript_reloads_total).
+"""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
+
+from ratelimit.metrics import noscript_reloads
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+Arg = str | int
+
+
+@dataclass(frozen=True)
+class Script:
+    """One Lua file and its SHA1, callable on a sync or an asyncio client."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def read(cls, name: str) -> "Script":
+        source = (LUA_DIR / f"{name}.lua").read_text()
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
+
+    async def run(self, client: aredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> list:
+        """EVALSHA; on NOSCRIPT load the source once and call again."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            noscript_reloads.inc()
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def run_sync(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> list:
+        """The same as run() for blocking clients (threads, commands)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            noscript_reloads.inc()
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+ADMIT = Script.read("admit")
+SETTLE = Script.read("settle")
+HEARTBEAT = Script.read("heartbeat")
+ALL = (ADMIT, SETTLE, HEARTBEAT)
+
+
+async def preload(client: aredis.Redis) -> None:
+    """Load every script now so the first request pays no NOSCRIPT round trip."""
+    for script in ALL:
+        await client.script_load(script.source)
+
+
+def preload_sync(client: redis.Redis) -> None:
+    """preload() for blocking clients (the flusher thread runs it when a worker starts)."""
+    for script in ALL:
+        client.script_load(script.source)

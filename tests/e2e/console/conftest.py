@@ -1,0 +1,76 @@
+"""Fixtures of the end-to-end tests: a live daphne on the test database, and a browser."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import database_url_for_current_test_db
+from tests.e2e.console.browser import (
+    STAFF_PASSWORD,
+    STAFF_USERNAME,
+    ConsoleBrowser,
+    browser_missing,
+    make_driver,
+)
+from tests.e2e.console.live_daphne import LiveDaphne, start_daphne
+
+
+@pytest.fixture
+def daphne_server_env() -> dict[str, str]:
+    """Environment of the live server beyond the test process's own (override to add to it)."""
+    return {"DEBUG": "true", "INFERENCE_AUTOLOAD": "false"}
+
+
+@pytest.fixture
+def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterator[LiveDaphne]:  # type: ignore[no-untyped-def]
+    """A daphne serving the whole project against this test's database and Redis."""
+    env = {
+        "DATABASE_URL": database_url_for_current_test_db(),
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "PYTHONUNBUFFERED": "1",
+        **daphne_server_env,
+    }
+    server = start_daphne(env, tmp_path / "daphne.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def staff_account(transactional_db, django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user(
+        STAFF_USERNAME, password=STAFF_PASSWORD, is_staff=True
+    )
+
+
+@pytest.fixture
+def screenshots_dir(tmp_path: Path) -> Path:
+    """Where steps save screenshots: CONSOLE_SCREENSHOTS (make screenshots) or a temp dir."""
+    chosen = os.environ.get("CONSOLE_SCREENSHOTS")
+    return Path(chosen) if chosen else tmp_path / "screenshots"
+
+
+@pytest.fixture
+def browser_ready() -> None:
+    """Skip (or, under .ci/run, fail) before any server starts when Chromium is missing."""
+    missing = browser_missing()
+    if missing and os.environ.get("REQUIRE_BROWSER"):
+        pytest.fail(missing)
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture
+def console(
+    browser_ready: None, daphne_server: LiveDaphne, screenshots_dir: Path, tmp_path: Path
+) -> Iterator[ConsoleBrowser]:
+    """Headless Chromium on the live server's console."""
+    driver = make_driver(tmp_path / "chromium-profile")
+    try:
+        yield ConsoleBrowser(driver, daphne_server.url, screenshots_dir)
+    finally:
+        # The last page, for a failed run (kept with the test's temp files, never in docs).
+        driver.save_screenshot(str(tmp_path / "last-page.png"))
+        (tmp_path / "last-page.html").write_text(driver.page_source)
+        driver.quit()
