@@ -32,7 +32,7 @@ class Row:
         self.request = job.request
         self.eos_id = model.eos_id
         self.started_at = started_at
-        self.detokenizer = IncrementalDetokenizer(model.decode)
+        self.detokenizer = IncrementalDetokenizer(model.decode, model.byte_ids, model.special_ids)
         self.stops = StopStringFilter(job.request.stop)
         self.generator = _generator(job.request)
         self.first_token_at: float | None = None
@@ -67,13 +67,13 @@ class Row:
         if piece:
             self.job.send("delta", piece)
         result = self._result(reason, now)
-        self.job.finished = True
-        self.job.send("done", result)
-        if self.job.record:
+        if self.job.record:  # before "done": whoever sees the result sees it counted
             metrics.GENERATION_SECONDS.observe(result.generation_seconds)
             metrics.TOKENS_GENERATED.inc(result.completion_tokens)
             outcome = "cancelled" if reason == FINISH_CANCELLED else "completed"
             metrics.REQUESTS.labels(result=outcome).inc()
+        self.job.finished = True
+        self.job.send("done", result)
 
     def _result(self, reason: str, now: float) -> GenerationResult:
         submitted = self.job.submitted_at

@@ -6,9 +6,12 @@ token" wrong for sentencepiece models: the decoder drops the space of the first 
 string, and byte-fallback pieces (<0xE2> <0x82> <0xAC>) only form a character together.
 """
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 REPLACEMENT = "\ufffd"  # what a decoder yields for bytes that are not (yet) a whole character
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -19,11 +22,18 @@ class IncrementalDetokenizer:
     The algorithm TGI and vLLM use: decode a short window of ids twice, once without and once
     with the new ids, and emit the difference. Both decodes start at the same token, so the
     decoder's first-word space handling cancels out; a delta ending in U+FFFD is held back
-    until the character is complete.
+    until the character is complete. Byte pieces are held until a non-byte piece follows:
+    the ByteFallback decoder turns a whole run of bytes into U+FFFDs when any byte of the run
+    is invalid, which would change text already sent.
     """
 
-    def __init__(self, decode: Decode) -> None:
+    def __init__(
+        self, decode: Decode, byte_ids: Collection[int] = (), special_ids: Collection[int] = ()
+    ) -> None:
         self._decode = decode
+        self._byte_ids = byte_ids
+        self._special_ids = special_ids  # skipped when decoding: they do not close a byte run
+        self._in_byte_run = False
         self.ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
@@ -31,6 +41,12 @@ class IncrementalDetokenizer:
     def push(self, token_id: int) -> str:
         """Add one id; returns the text it completes (often '', never a partial character)."""
         self.ids.append(token_id)
+        if token_id in self._byte_ids:
+            self._in_byte_run = True
+        elif token_id not in self._special_ids:
+            self._in_byte_run = False
+        if self._in_byte_run:
+            return ""
         prefix_text = self._decode(self.ids[self._prefix_offset : self._read_offset])
         new_text = self._decode(self.ids[self._prefix_offset :])
         if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT):
@@ -44,6 +60,17 @@ class IncrementalDetokenizer:
         new_text = self._decode(self.ids[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self.ids)
         return new_text[len(prefix_text) :]
+
+
+def byte_piece_ids(vocab: Mapping[str, int]) -> frozenset[int]:
+    """Ids of byte-fallback pieces (<0x00> ... <0xFF>) in a tokenizer's vocabulary."""
+    return frozenset(index for piece, index in vocab.items() if BYTE_PIECE.fullmatch(piece))
+
+
+def special_ids(backend: Any) -> frozenset[int]:
+    """Ids a `tokenizers.Tokenizer` drops when decoding with skip_special_tokens."""
+    added = backend.get_added_tokens_decoder()
+    return frozenset(index for index, token in added.items() if token.special)
 
 
 class StopStringFilter:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from inference.detokenize import byte_piece_ids, special_ids
 from inference.generation import EngineError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class LoadedModel:
     pad_id: int
     max_input_tokens: int
     load_seconds: float
+    byte_ids: frozenset[int] = frozenset()  # byte-fallback pieces, held back while streaming
+    special_ids: frozenset[int] = frozenset()  # skipped when decoding
 
     @property
     def max_prompt_chars(self) -> int:
@@ -191,6 +194,8 @@ def load_model(
         pad_id=int(config.pad_token_id),
         max_input_tokens=max_input_tokens or _tokenizer_limit(tokenizer),
         load_seconds=time.perf_counter() - started,
+        byte_ids=byte_piece_ids(tokenizer.get_vocab()),
+        special_ids=special_ids(tokenizer.backend_tokenizer),
     )
 
 
