@@ -6,6 +6,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+# Tests never reach a model hub: a hub id that is not in the local cache fails at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 NEEDS = (
     "The test suite needs a real PostgreSQL and Redis. `make test` points at 127.0.0.1 by "
     "default; to run pytest directly, export DATABASE_URL=postgres://postgres@127.0.0.1:5432/"

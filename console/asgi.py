@@ -27,3 +27,10 @@ if settings.SERVE_STATIC:
 application = ProtocolTypeRouter(
     {"http": http_application, "websocket": URLRouter(websocket_urlpatterns)}
 )
+
+if settings.INFERENCE_AUTOLOAD:
+    from inference.services import start_engine
+
+    # Here, not in AppConfig.ready() (which also runs for migrate and tests): the model loads
+    # on its own thread while the server starts; /readyz says 503 until it is ready.
+    start_engine()
