@@ -92,6 +92,16 @@ def clean_redis() -> Iterator[None]:
     key_cache.clear()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny random T5 with its tokenizer (and an adapter in ./adapter), built once."""
+    from inference.loading import quiet_libraries
+    from inference.tiny_model import make_tiny_model
+
+    quiet_libraries()
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
 @pytest.fixture
 def tenant(db):  # type: ignore[no-untyped-def]
     from tenants.services import tenant_create

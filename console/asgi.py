@@ -11,6 +11,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 # Django must be set up before anything imports models (the routing module does).
 django_application = get_asgi_application()
 
+from inference.delivery import DeliveryProbe  # noqa: E402
 from inference.routing import websocket_urlpatterns  # noqa: E402
 from ratelimit.flush import start_flusher  # noqa: E402
 
@@ -24,8 +25,9 @@ if settings.SERVE_STATIC:
     # Daphne serves no files; this serves collected /static/ for the console and the docs.
     http_application = ASGIStaticFilesHandler(django_application)
 
-application = ProtocolTypeRouter(
-    {"http": http_application, "websocket": URLRouter(websocket_urlpatterns)}
+# Outermost, so it sees the server's own send(): streams bill only what reached the client.
+application = DeliveryProbe(
+    ProtocolTypeRouter({"http": http_application, "websocket": URLRouter(websocket_urlpatterns)})
 )
 
 if settings.INFERENCE_AUTOLOAD:

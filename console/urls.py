@@ -16,3 +16,5 @@ urlpatterns = [
     # /metrics; Traefik never routes it from the public entrypoint.
     path("", include("django_prometheus.urls")),
 ]
+
+handler404 = "console.api.not_found"

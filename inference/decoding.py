@@ -57,7 +57,7 @@ class Row:
         if len(self.detokenizer.ids) >= self.request.max_tokens:
             return self.finish(FINISH_LENGTH, now, piece)
         if piece:
-            self.job.send("delta", piece)
+            self.job.send("delta", (piece, len(self.detokenizer.ids)))
 
     def finish(self, reason: str, now: float, piece: str = "") -> None:
         """End the row: send the rest of its text, then its result."""
@@ -65,7 +65,7 @@ class Row:
         piece += self.stops.feed(self.detokenizer.flush())
         piece += self.stops.finish()
         if piece:
-            self.job.send("delta", piece)
+            self.job.send("delta", (piece, len(self.detokenizer.ids)))
         result = self._result(reason, now)
         if self.job.record:  # before "done": whoever sees the result sees it counted
             metrics.GENERATION_SECONDS.observe(result.generation_seconds)

@@ -75,6 +75,8 @@ class GenerationStream:
         self._engine = engine
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.result: GenerationResult | None = None
+        # Completion tokens covered by the deltas yielded so far (what a cut stream is billed).
+        self.tokens_streamed = 0
         self._job = Job(request, prompt_ids, loop=asyncio.get_running_loop(), deliver=self._deliver)
 
     @property
@@ -99,7 +101,8 @@ class GenerationStream:
             while self.result is None:
                 kind, payload = await self._events.get()
                 if kind == "delta":
-                    yield payload
+                    text, self.tokens_streamed = payload
+                    yield text
                 elif kind == "done":
                     self.result = payload
                 else:

@@ -91,8 +91,12 @@ class CompletionIn(_GenerationParams):
             return Unsupported("prompt", "Token-id prompts are not supported; send text.")
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             return Unsupported("prompt", "This node accepts exactly one prompt per request.")
-        checks = (("best_of", self.best_of in (None, 1)), ("echo", not self.echo),
-                  ("logprobs", not self.logprobs), ("suffix", not self.suffix))
+        checks = (
+            ("best_of", self.best_of in (None, 1)),
+            ("echo", not self.echo),
+            ("logprobs", not self.logprobs),
+            ("suffix", not self.suffix),
+        )
         for name, ok in checks:
             if not ok:
                 return Unsupported(name, f"{name} is not supported by this node.")
@@ -100,7 +104,9 @@ class CompletionIn(_GenerationParams):
 
     @property
     def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt  # type: ignore[return-value]
+        """The one text prompt (empty for shapes unsupported() refuses)."""
+        first = self.prompt[0] if isinstance(self.prompt, list) and self.prompt else self.prompt
+        return first if isinstance(first, str) else ""
 
 
 class TextPart(BaseModel):
@@ -206,3 +212,28 @@ class ChatCompletionOut(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+
+
+class WsAuth(BaseModel):
+    """{"type": "auth", "api_key": ...}: the first message when no header carried the key."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["auth"]
+    api_key: str = Field(min_length=1, max_length=200)
+
+
+class WsCancel(BaseModel):
+    """{"type": "completion.cancel", "id": ...}."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["completion.cancel"]
+    id: str = Field(min_length=1, max_length=64)
+
+
+class WsCompletionCreate(_GenerationParams):
+    """{"type": "completion.create", "id": ..., "prompt": ..., ...}: `model` may be left out."""
+
+    type: Literal["completion.create"]
+    id: str = Field(min_length=1, max_length=64)
+    prompt: str
+    model: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]

@@ -10,11 +10,18 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from console.errors import ApiError, InvalidRequest, ModelUnavailable, Overloaded
+from console.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+)
 from inference.engine import (
     Engine,
     EngineConfig,
@@ -131,12 +138,26 @@ async def engine_submit(request: GenerationRequest) -> GenerationStream:
         raise api_error(exc) from exc
 
 
+def served_model_id() -> str:
+    """The model id clients see and send: INFERENCE_MODEL_NAME, or the hub id, or for a local
+    folder its name (never a filesystem path)."""
+    if settings.INFERENCE_MODEL_NAME:
+        return settings.INFERENCE_MODEL_NAME
+    model = settings.INFERENCE_MODEL
+    return Path(model).name if Path(model).is_dir() else model
+
+
+def served_model_names() -> set[str]:
+    """Every name a request may use for the served model."""
+    return {served_model_id(), settings.INFERENCE_MODEL, Path(settings.INFERENCE_MODEL).name}
+
+
 def api_error(exc: EngineError) -> ApiError:
     """The client-facing error for an engine exception."""
     if isinstance(exc, QueueFull):
         return Overloaded("The model is at capacity; retry shortly.", headers={"Retry-After": "1"})
     if isinstance(exc, PromptTooLong):
-        return InvalidRequest(str(exc), param="prompt", code="context_length_exceeded")
+        return PayloadTooLarge(str(exc), param="prompt", code="context_length_exceeded")
     if isinstance(exc, InvalidGeneration):
         return InvalidRequest(str(exc), param=exc.param)
     if isinstance(exc, ModelNotReady):

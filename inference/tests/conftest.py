@@ -10,16 +10,6 @@ from inference.testing import start_ready, tiny_config
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random T5 with its tokenizer (and an adapter in ./adapter), built once."""
-    from inference.loading import quiet_libraries
-    from inference.tiny_model import make_tiny_model
-
-    quiet_libraries()
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
-
-
-@pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
