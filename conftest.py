@@ -6,6 +6,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+# Tests never reach a model hub: a hub id that is not in the local cache fails at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 NEEDS = (
     "The test suite needs a real PostgreSQL and Redis. `make test` points at 127.0.0.1 by "
     "default; to run pytest directly, export DATABASE_URL=postgres://postgres@127.0.0.1:5432/"
@@ -87,6 +90,16 @@ def clean_redis() -> Iterator[None]:
     key_cache.clear()
     yield
     key_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny random T5 with its tokenizer (and an adapter in ./adapter), built once."""
+    from inference.loading import quiet_libraries
+    from inference.tiny_model import make_tiny_model
+
+    quiet_libraries()
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 import logging
 
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from console.errors import ApiError, AuthenticationFailed, error_body
+from console.errors import ApiError, AuthenticationFailed, PayloadTooLarge, error_body
 from inference.api import router as inference_router
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ def _describe_validation(errors: list[dict]) -> tuple[str, str | None]:
     first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
     param = ".".join(location) or None
+    if first.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    if first.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and not param:
+        return "The request body must be a JSON object.", None
     message = first.get("msg", "Invalid request.")
     return (f"Invalid value for '{param}': {message}" if param else message), param
 
@@ -54,6 +62,13 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
     return api.create_response(
         request, error_body(message, param=param, code="invalid_request"), status=400
     )
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    message = f"The request body is larger than this node accepts ({limit} bytes)."
+    return error_response(request, PayloadTooLarge(message))
 
 
 @api.exception_handler(HttpError)
@@ -71,3 +86,13 @@ def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
         code="internal_error",
     )
     return api.create_response(request, body, status=500)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for every path: the OpenAI error object under /v1/, Django's page elsewhere."""
+    if request.path.startswith("/v1/"):
+        body = error_body(f"Unknown API path {request.method} {request.path}.", code="not_found")
+        return JsonResponse(body, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception())

@@ -11,6 +11,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 # Django must be set up before anything imports models (the routing module does).
 django_application = get_asgi_application()
 
+from inference.delivery import DeliveryProbe  # noqa: E402
 from inference.routing import websocket_urlpatterns  # noqa: E402
 from ratelimit.flush import start_flusher  # noqa: E402
 
@@ -33,6 +34,14 @@ http_application = MetricsEndpoint(http_application)
 # 413 past MAX_BODY_BYTES while the body arrives (Traefik does not cap the streaming paths).
 http_application = BodyLimitMiddleware(http_application, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
-application = ProtocolTypeRouter(
-    {"http": http_application, "websocket": URLRouter(websocket_urlpatterns)}
+# Outermost, so it sees the server's own send(): streams bill only what reached the client.
+application = DeliveryProbe(
+    ProtocolTypeRouter({"http": http_application, "websocket": URLRouter(websocket_urlpatterns)})
 )
+
+if settings.INFERENCE_AUTOLOAD:
+    from inference.services import start_engine
+
+    # Here, not in AppConfig.ready() (which also runs for migrate and tests): the model loads
+    # on its own thread while the server starts; /readyz says 503 until it is ready.
+    start_engine()

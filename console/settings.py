@@ -87,6 +87,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "console.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -204,6 +205,19 @@ INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 INFERENCE_AUTOLOAD = env_bool("INFERENCE_AUTOLOAD", True)
+INFERENCE_MAX_INPUT_TOKENS = env_int("INFERENCE_MAX_INPUT_TOKENS", 0)  # 0: the tokenizer's (512)
+INFERENCE_MAX_OUTPUT_TOKENS = env_int("INFERENCE_MAX_OUTPUT_TOKENS", 512)
+INFERENCE_ALLOW_DOWNLOAD = env_bool("INFERENCE_ALLOW_DOWNLOAD", True)
+INFERENCE_DRAIN_SECONDS = env_float("INFERENCE_DRAIN_SECONDS", 30.0)
+# The model id clients see in /v1/models and send as `model` (default: hub id or folder name).
+INFERENCE_MODEL_NAME = env_str("INFERENCE_MODEL_NAME", "")
+
+# --- API ------------------------------------------------------------------------------------
+API_MAX_PROMPT_CHARS = env_int("API_MAX_PROMPT_CHARS", 16_000)  # 413 above it
+API_DEFAULT_MAX_TOKENS = env_int("API_DEFAULT_MAX_TOKENS", 256)  # when a request gives none
+WS_MAX_CONCURRENT = env_int("WS_MAX_CONCURRENT", 4)  # requests running at once per socket
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65_536)
+WS_AUTH_TIMEOUT_SECONDS = env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0)
 
 # --- Serving and metrics --------------------------------------------------------------------
 # `manage.py serve` runs this many daphne processes on one socket (one model each: a process

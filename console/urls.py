@@ -16,3 +16,5 @@ urlpatterns = [
     # /metrics is served before Django by console.metrics.MetricsEndpoint (console/asgi.py);
     # Traefik never routes it from the public entrypoint.
 ]
+
+handler404 = "console.api.not_found"

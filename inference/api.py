@@ -1,12 +1,20 @@
-"""/v1 routes for models and completions."""
+"""/v1 routes: models, completions, chat completions, usage. Thin: schema in, one flow call,
+response out; errors are ApiErrors mapped once in console/api.py."""
 
-from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 
+from console.clientaddr import client_ip
+from inference.flow import Run, plan_completion
+from inference.prompting import render_chat
+from inference.responses import json_response, stream_response
+from inference.schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut
+from inference.services import served_model_id
+from inference.sse import Shape
 from tenants.auth import ApiKeyAuth, require_scope
+from tenants.selectors import tenant_usage_summary
 
-router = Router(auth=ApiKeyAuth(), tags=["models"])
+router = Router(auth=ApiKeyAuth())
 
 
 class ModelOut(Schema):
@@ -21,7 +29,60 @@ class ModelListOut(Schema):
     data: list[ModelOut]
 
 
-@router.get("/models", response=ModelListOut, summary="List the served model")
+class UsagePeriodOut(Schema):
+    start: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageOut(Schema):
+    object: str = "usage"
+    tenant: str
+    today: UsagePeriodOut
+    this_month: UsagePeriodOut
+    as_of: str
+    flush_interval_seconds: float
+
+
+@router.get("/models", response=ModelListOut, tags=["models"], summary="List the served model")
 async def list_models(request: HttpRequest) -> ModelListOut:
     require_scope(request.auth, "models")
-    return ModelListOut(data=[ModelOut(id=settings.INFERENCE_MODEL)])
+    return ModelListOut(data=[ModelOut(id=served_model_id())])
+
+
+async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bool) -> HttpResponse:  # type: ignore[no-untyped-def]
+    plan = plan_completion(request.auth, body, prompt, max_tokens)
+    run = await Run.start(plan, client_addr=client_ip(request))
+    shape = Shape(chat=chat, model=plan.model, include_usage=body.include_usage)
+    if body.stream:
+        return stream_response(request, run, shape)
+    return await json_response(run, shape)
+
+
+@router.post(
+    "/completions",
+    response=CompletionOut,
+    tags=["completions"],
+    summary="Create a completion (stream: true for Server-Sent Events)",
+)
+async def create_completion(request: HttpRequest, body: CompletionIn) -> HttpResponse:
+    return await _respond(request, body, body.prompt_text, body.max_tokens, chat=False)
+
+
+@router.post(
+    "/chat/completions",
+    response=ChatCompletionOut,
+    tags=["completions"],
+    summary="Create a chat completion (messages become one flan-style prompt)",
+)
+async def create_chat_completion(request: HttpRequest, body: ChatCompletionIn) -> HttpResponse:
+    prompt = render_chat(body.messages)
+    return await _respond(request, body, prompt, body.max_new_tokens, chat=True)
+
+
+@router.get("/usage", response=UsageOut, tags=["usage"], summary="The caller's tenant usage")
+async def get_usage(request: HttpRequest) -> UsageOut:
+    require_scope(request.auth, "usage")
+    return UsageOut(**await tenant_usage_summary(request.auth.tenant_id))

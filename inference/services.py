@@ -1,13 +1,222 @@
-"""Glue between the API and the engine."""
+"""Glue between Django and the engine: the process's one engine, its lifecycle, error mapping.
+
+The API layer calls `engine_count_tokens()` and `engine_submit()`; both raise console.errors
+ApiErrors (Overloaded, ModelUnavailable, InvalidRequest) instead of engine exceptions.
+"""
+
+import atexit
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
+from console.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+)
+from inference.engine import (
+    Engine,
+    EngineConfig,
+    EngineError,
+    GenerationRequest,
+    GenerationStream,
+    InvalidGeneration,
+    ModelNotReady,
+    PromptTooLong,
+    QueueFull,
+)
 
-def model_status() -> dict:
+logger = logging.getLogger(__name__)
+
+MODEL_FIX = (
+    "To fix it, set INFERENCE_MODEL to a local folder holding the model (config.json, "
+    "weights and tokenizer files), or put the hub model into this machine's Hugging Face "
+    "cache (`huggingface-cli download google/flan-t5-base` where there is internet, then copy "
+    "the cache folder over); for an offline try-out, `make run-tiny` serves a tiny random model."
+)
+
+_engine: Engine | None = None
+_started = False
+# Guards creating and starting the process's engine (asgi import and tests may race).
+_engine_lock = threading.Lock()
+
+
+def engine_config() -> EngineConfig:
+    """The engine's configuration from Django settings."""
+    return EngineConfig(
+        model=settings.INFERENCE_MODEL,
+        adapter=settings.INFERENCE_ADAPTER,
+        quantization=settings.INFERENCE_QUANTIZATION,
+        device=settings.INFERENCE_DEVICE,
+        max_batch=settings.INFERENCE_MAX_BATCH,
+        max_wait_ms=settings.INFERENCE_MAX_WAIT_MS,
+        max_queue=settings.INFERENCE_MAX_QUEUE,
+        threads=settings.INFERENCE_THREADS,
+        max_input_tokens=settings.INFERENCE_MAX_INPUT_TOKENS,
+        max_output_tokens=settings.INFERENCE_MAX_OUTPUT_TOKENS,
+        allow_download=settings.INFERENCE_ALLOW_DOWNLOAD,
+    )
+
+
+def get_engine() -> Engine:
+    """The process's one engine (created from settings on first use, not started)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = Engine(engine_config())
+        return _engine
+
+
+def set_engine(engine: Engine | None) -> Engine | None:
+    """Install another engine as the process's one (tests); returns the previous one."""
+    global _engine, _started
+    with _engine_lock:
+        previous, _engine, _started = _engine, engine, engine is not None
+        return previous
+
+
+def start_engine() -> Engine:
+    """Start loading the model in the background (once) and drain it on shutdown."""
+    global _started
+    engine = get_engine()
+    with _engine_lock:
+        if _started:
+            return engine
+        _started = True
+    engine.start()
+    _install_drain(engine, settings.INFERENCE_DRAIN_SECONDS)
+    return engine
+
+
+def model_status() -> dict[str, Any]:
     """The model's readiness for /readyz: ok, state and a human reason."""
-    return {
-        "ok": False,
-        "state": "not_loaded",
-        "model": settings.INFERENCE_MODEL,
-        "detail": "the inference engine is not started in this process",
-    }
+    if _engine is None or not _started:
+        return {
+            "ok": False,
+            "state": "not_loaded",
+            "model": settings.INFERENCE_MODEL,
+            "detail": "the inference engine is not started in this process "
+            "(it starts with the ASGI server unless INFERENCE_AUTOLOAD is off)",
+        }
+    status = _engine.status()
+    if status["state"] == "failed":
+        status["detail"] = f"{status['detail']} {MODEL_FIX}"
+    return status
+
+
+def require_engine() -> Engine:
+    """The ready engine, or ModelUnavailable whose message says why and how to fix it."""
+    status = model_status()
+    if not status["ok"] or _engine is None:
+        raise _unavailable(status)
+    return _engine
+
+
+def engine_count_tokens(text: str) -> int:
+    """Prompt tokens as the model sees them (for admission); raises ApiErrors."""
+    engine = require_engine()
+    try:
+        return engine.count_tokens(text)
+    except EngineError as exc:
+        raise api_error(exc) from exc
+
+
+async def engine_submit(request: GenerationRequest) -> GenerationStream:
+    """Queue a generation; raises Overloaded, ModelUnavailable or InvalidRequest."""
+    engine = require_engine()
+    try:
+        return await engine.submit(request)
+    except EngineError as exc:
+        raise api_error(exc) from exc
+
+
+def served_model_id() -> str:
+    """The model id clients see and send: INFERENCE_MODEL_NAME, or the hub id, or for a local
+    folder its name (never a filesystem path)."""
+    if settings.INFERENCE_MODEL_NAME:
+        return settings.INFERENCE_MODEL_NAME
+    model = settings.INFERENCE_MODEL
+    return Path(model).name if Path(model).is_dir() else model
+
+
+def served_model_names() -> set[str]:
+    """Every name a request may use for the served model."""
+    return {served_model_id(), settings.INFERENCE_MODEL, Path(settings.INFERENCE_MODEL).name}
+
+
+def api_error(exc: EngineError) -> ApiError:
+    """The client-facing error for an engine exception."""
+    if isinstance(exc, QueueFull):
+        return Overloaded("The model is at capacity; retry shortly.", headers={"Retry-After": "1"})
+    if isinstance(exc, PromptTooLong):
+        return PayloadTooLarge(str(exc), param="prompt", code="context_length_exceeded")
+    if isinstance(exc, InvalidGeneration):
+        return InvalidRequest(str(exc), param=exc.param)
+    if isinstance(exc, ModelNotReady):
+        return _unavailable(model_status())
+    return ModelUnavailable("The model failed on this request; retry it.")
+
+
+def _unavailable(status: dict[str, Any]) -> ModelUnavailable:
+    state = status.get("state")
+    if state == "loading":
+        return ModelUnavailable(
+            "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"}
+        )
+    if state == "failed":
+        return ModelUnavailable(f"The model could not be loaded: {status['detail']}")
+    if state == "stopped":
+        return ModelUnavailable("This node is shutting down; retry the request.")
+    return ModelUnavailable(
+        "The model is not loaded in this process (INFERENCE_AUTOLOAD is off). " + MODEL_FIX
+    )
+
+
+def _install_drain(engine: Engine, timeout: float) -> None:
+    # Best effort for any server: drain when the interpreter exits normally.
+    atexit.register(engine.stop, timeout)
+    reactor = _running_twisted_reactor()
+    if reactor is not None:
+        # Twisted installs its SIGTERM/SIGINT handlers while starting; wrap them once it runs.
+        reactor.callWhenRunning(_wrap_signal_handlers, engine, timeout)
+
+
+def _running_twisted_reactor() -> Any | None:
+    # Daphne installs the asyncio Twisted reactor before it imports the application.
+    if "twisted.internet.reactor" not in sys.modules:
+        return None
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _wrap_signal_handlers(engine: Engine, timeout: float) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            signal.signal(signum, drain_then(engine, previous, timeout))
+
+
+def drain_then(engine: Engine, previous: Callable[..., Any], timeout: float) -> Callable:
+    """A signal handler: refuse new work, finish running rows, then run `previous`."""
+
+    def handler(signum: int, frame: Any) -> None:
+        logger.info("signal %s: draining the inference engine (at most %.0fs)", signum, timeout)
+
+        def drain() -> None:
+            engine.stop(timeout)
+            # Daphne's own handler stops the reactor only after the drain, so the event loop
+            # keeps delivering the finishing rows to their clients meanwhile.
+            previous(signum, frame)
+
+        threading.Thread(target=drain, name="inference-drain", daemon=True).start()
+
+    return handler

@@ -214,26 +214,31 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
     return _fallback(record, plan.limits, reserve, lease_id)
 
 
-def _settle_call(admission: Admission, prompt: int, completion: int) -> backlog.Call:
+def _settle_call(
+    admission: Admission, prompt: int, completion: int, count_usage: bool = True
+) -> backlog.Call:
     keys = [lease_key(admission.tenant_id, admission.lease_id), usage_key(admission.tenant_id)]
     args = [
         admission.lease_id,
         prompt,
         completion,
-        f"{admission.api_key_pk}|",
+        f"{admission.api_key_pk}|" if count_usage else "",
         _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
     ]
     return backlog.Call([*keys, *admission.keys], args)
 
 
-async def settle(admission: Admission, *, prompt_tokens: int, completion_tokens: int) -> bool:
+async def settle(
+    admission: Admission, *, prompt_tokens: int, completion_tokens: int, count_usage: bool = True
+) -> bool:
     """Apply the real token count and release the lease, exactly once per lease (a second call
     does nothing). True when this call applied it; False when it was already settled or Redis
-    could not answer (then it is queued and retried by the flusher: SETTLE is idempotent)."""
+    could not answer (then it is queued and retried by the flusher: SETTLE is idempotent).
+    count_usage=False releases a request that never ran (refunded, not counted as usage)."""
     prompt, completion = max(0, int(prompt_tokens)), max(0, int(completion_tokens))
     if admission.source != "redis":
-        return _settle_locally(admission, prompt, completion)
-    call = _settle_call(admission, prompt, completion)
+        return _settle_locally(admission, prompt, completion, count_usage)
+    call = _settle_call(admission, prompt, completion, count_usage)
     if not runtime().breaker.allow():
         backlog.defer(call)
         return False
@@ -253,13 +258,16 @@ async def settle(admission: Admission, *, prompt_tokens: int, completion_tokens:
     return int(reply[0]) == 1
 
 
-def _settle_locally(admission: Admission, prompt: int, completion: int) -> bool:
+def _settle_locally(
+    admission: Admission, prompt: int, completion: int, count_usage: bool = True
+) -> bool:
     if admission.settled:
         return False
     admission.settled = True
     if admission.source == "local":
         runtime().local.settle(admission.lease_id, prompt + completion)
-    backlog.count_usage(admission.tenant_id, admission.api_key_pk, prompt, completion)
+    if count_usage:
+        backlog.count_usage(admission.tenant_id, admission.api_key_pk, prompt, completion)
     return True
 
 

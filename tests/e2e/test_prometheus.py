@@ -25,9 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 # these are expected to be missing from /metrics (strict: a name that appears fails the run,
 # so this set must shrink with each merge and be empty at the end).
 AWAITING_MERGE = {
-    name
-    for name in dashboard_metric_names()
-    if name.startswith(("inference_", "api_"))
+    name for name in dashboard_metric_names() if name.startswith(("inference_", "api_"))
 }
 
 

@@ -47,7 +47,12 @@ def test_the_api_answers_through_traefik_with_a_key(stack: Stack, api_token: str
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("/healthz", 200), ("/static/admin/css/base.css", 200), ("/console/login/", 200), ("/admin/login/", 302)],
+    [
+        ("/healthz", 200),
+        ("/static/admin/css/base.css", 200),
+        ("/console/login/", 200),
+        ("/admin/login/", 302),
+    ],
 )
 def test_the_public_routes_reach_the_app(stack: Stack, path: str, expected: int) -> None:
     assert call(stack.public, "GET", path)[0] == expected

@@ -14,7 +14,7 @@ from tests.e2e.console.browser import (
     browser_missing,
     make_driver,
 )
-from tests.e2e.console.live_daphne import LiveDaphne, start_daphne
+from tests.e2e.live_daphne import LiveDaphne, start_daphne
 
 
 @pytest.fixture

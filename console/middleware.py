@@ -1,0 +1,33 @@
+"""Request ids: every response carries x-request-id (the client's, if well-formed, or a new one)."""
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from asgiref.sync import markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+_VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_for(request: HttpRequest) -> str:
+    supplied = request.headers.get("X-Request-Id", "")
+    return supplied if _VALID.match(supplied) else f"req_{uuid.uuid4().hex}"
+
+
+class RequestIdMiddleware:
+    """Async middleware: sets request.request_id and the x-request-id response header."""
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        request.request_id = request_id_for(request)  # type: ignore[attr-defined]
+        response = await self.get_response(request)
+        # Set before the response starts, so streams carry it ahead of their first byte too.
+        response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
+        return response

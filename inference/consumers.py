@@ -1,0 +1,200 @@
+"""The WebSocket API at /ws/v1/completions.
+
+Protocol (every frame JSON, every answer carrying the client's `id`):
+- auth: `Authorization: Bearer` / `X-API-Key` on the upgrade request, or a first message
+  `{"type": "auth", "api_key": ...}`; a bad key gets an `error` frame and close code 4401;
+- `{"type": "completion.create", "id", "prompt", "max_tokens", "temperature", "top_p", "stop",
+  "seed", "model"?}` → `completion.started` (with the rate-limit state), `completion.delta`
+  (`text`, `completion_tokens` so far), `completion.done` (`usage`, `finish_reason`), or
+  `error` (the API's error object);
+- `{"type": "completion.cancel", "id"}` stops one request (its `completion.done` says
+  `cancelled` and bills what was sent);
+- several requests run at once (at most WS_MAX_CONCURRENT); a bad message gets an `error`
+  frame and the socket stays open; every running request is settled when the socket drops.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from pydantic import ValidationError
+
+from console.clientaddr import client_ip
+from console.errors import ApiError, AuthenticationFailed, InvalidRequest, RateLimited
+from inference.delivery import Delivery
+from inference.engine import EngineError
+from inference.flow import Run, plan_completion
+from inference.schemas import WsAuth, WsCancel, WsCompletionCreate
+from inference.services import api_error
+from inference.sse import usage_of
+from tenants.auth import authenticate_token, token_from_headers
+from tenants.keycache import KeyRecord
+
+logger = logging.getLogger(__name__)
+
+CLOSE_AUTH_FAILED = 4401
+CLOSE_AUTH_TIMEOUT = 4408
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first.get("loc", ())) or None
+    if first.get("type") == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized argument supplied: {param}", param=param)
+    return InvalidRequest(f"Invalid value for '{param}': {first.get('msg')}", param=param)
+
+
+class CompletionConsumer(AsyncWebsocketConsumer):
+    """One socket: authenticate, then run several completions at once."""
+
+    async def connect(self) -> None:
+        self.record: KeyRecord | None = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.runs: dict[str, Run] = {}
+        self.delivery = Delivery(self.scope)
+        await self.accept()
+        token = token_from_headers(
+            _header(self.scope, b"authorization"), _header(self.scope, b"x-api-key")
+        )
+        if token is not None:
+            await self._authenticate(token)
+        else:
+            self.auth_timer = asyncio.get_running_loop().call_later(
+                settings.WS_AUTH_TIMEOUT_SECONDS, self._auth_timeout
+            )
+
+    def _auth_timeout(self) -> None:
+        if self.record is None:
+            asyncio.ensure_future(self.close(code=CLOSE_AUTH_TIMEOUT))
+
+    async def _authenticate(self, token: str | None) -> None:
+        self.record = await authenticate_token(token)
+        if self.record is None:
+            await self._send_error(None, AuthenticationFailed())
+            await self.close(code=CLOSE_AUTH_FAILED)
+
+    async def disconnect(self, code: int) -> None:
+        timer = getattr(self, "auth_timer", None)
+        if timer is not None:
+            timer.cancel()
+        # Each task settles in its own finally (shielded), so cancelling cannot lose usage.
+        for task in list(getattr(self, "tasks", {}).values()):
+            task.cancel()
+        if getattr(self, "tasks", None):
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        try:
+            if len(raw.encode()) > settings.WS_MAX_MESSAGE_BYTES:
+                raise InvalidRequest("The message is too large.", code="message_too_large")
+            message = json.loads(raw)
+            if not isinstance(message, dict):
+                raise InvalidRequest("Each message must be a JSON object.")
+        except (ValueError, ApiError) as exc:
+            error = exc if isinstance(exc, ApiError) else InvalidRequest("Invalid JSON.")
+            await self._send_error(None, error)
+            return
+        await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, request_id = message.get("type"), message.get("id")
+        request_id = request_id if isinstance(request_id, str) else None
+        try:
+            if kind == "auth":
+                await self._on_auth(message)
+            elif self.record is None:
+                raise AuthenticationFailed('Authenticate first: send {"type": "auth", ...}.')
+            elif kind == "completion.create":
+                await self._on_create(message)
+            elif kind == "completion.cancel":
+                self._on_cancel(message)
+            else:
+                raise InvalidRequest(f"Unknown message type {kind!r}.", param="type")
+        except ValidationError as exc:
+            await self._send_error(request_id, _validation_error(exc))
+        except ApiError as exc:
+            await self._send_error(request_id, exc)
+
+    async def _on_auth(self, message: dict[str, Any]) -> None:
+        if self.record is not None:
+            raise InvalidRequest("This socket is already authenticated.")
+        await self._authenticate(WsAuth.model_validate(message).api_key)
+
+    async def _on_create(self, message: dict[str, Any]) -> None:
+        create = WsCompletionCreate.model_validate(message)
+        if create.id in self.tasks:
+            raise InvalidRequest(f"A request with id {create.id!r} is already running.", param="id")
+        if len(self.tasks) >= settings.WS_MAX_CONCURRENT:
+            raise RateLimited(
+                f"At most {settings.WS_MAX_CONCURRENT} requests may run at once on one socket.",
+                code="too_many_concurrent_requests",
+            )
+        plan = plan_completion(self.record, create, create.prompt, create.max_tokens)
+        run = await Run.start(plan, client_addr=client_ip(self.scope))
+        self.runs[create.id] = run
+        self.tasks[create.id] = asyncio.create_task(self._stream(create.id, run))
+
+    def _on_cancel(self, message: dict[str, Any]) -> None:
+        cancel = WsCancel.model_validate(message)
+        run = self.runs.get(cancel.id)
+        if run is None:
+            raise InvalidRequest(f"No running request with id {cancel.id!r}.", param="id")
+        run.stream.cancel()
+
+    async def _stream(self, request_id: str, run: Run) -> None:
+        completed = False
+        try:
+            await self._send(
+                {"type": "completion.started", "id": request_id, "ratelimit": run.headers}
+            )
+            async for text in run.pieces(self.delivery):
+                await self._send(
+                    {
+                        "type": "completion.delta",
+                        "id": request_id,
+                        "text": text,
+                        "completion_tokens": run.stream.tokens_streamed,
+                    }
+                )
+            completed = await self._done(request_id, run)
+        except EngineError as exc:
+            await self._send_error(request_id, api_error(exc))
+        finally:
+            await run.finish(completed=completed)
+            self.tasks.pop(request_id, None)
+            self.runs.pop(request_id, None)
+
+    async def _done(self, request_id: str, run: Run) -> bool:
+        result = run.result
+        cancelled = result is None or result.finish_reason == "cancelled"
+        tokens = run.billed_tokens if cancelled else result.completion_tokens
+        await self._send(
+            {
+                "type": "completion.done",
+                "id": request_id,
+                "finish_reason": "cancelled" if cancelled else result.finish_reason,
+                "usage": usage_of(run.plan.prompt_tokens, tokens),
+            }
+        )
+        # A cancelled request bills the deltas that were sent, a finished one all its tokens.
+        return not cancelled and await self.delivery.sent()
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+
+    async def _send_error(self, request_id: str | None, error: ApiError) -> None:
+        frame = {"type": "error", "id": request_id, **error.body()}
+        if error.headers:
+            frame["headers"] = error.headers
+        await self._send(frame)

@@ -1,0 +1,319 @@
+"""The inference engine: one model thread per process, dynamic batching, per-request streams.
+
+No Django imports. `Engine(config).start()` loads the model on its own thread, warms it up and
+then serves batches there; `await engine.submit(request)` returns a GenerationStream whose
+`async for` yields text deltas. The event loop only ever queues jobs and receives events
+(through loop.call_soon_threadsafe); it never runs model code.
+"""
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from inference import metrics
+from inference.batcher import Job, Scheduler
+from inference.decoding import run_batch
+from inference.generation import (
+    EngineError,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationResult,
+    InvalidGeneration,
+    ModelNotReady,
+    PromptTooLong,
+    QueueFull,
+)
+from inference.loading import LoadedModel, configure_threads, load_model
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "GenerationFailed",
+    "GenerationRequest",
+    "GenerationResult",
+    "GenerationStream",
+    "InvalidGeneration",
+    "ModelNotReady",
+    "PromptTooLong",
+    "QueueFull",
+]
+
+logger = logging.getLogger(__name__)
+
+LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+WARMUP = GenerationRequest(prompt="Warm up.", max_tokens=2, temperature=0.0)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs; inference/services.py fills it from Django settings."""
+
+    model: str
+    adapter: str = ""
+    quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch: int = 16
+    max_wait_ms: int = 10
+    max_queue: int = 256
+    threads: int = 0  # torch intra-op threads; 0: one per available core
+    max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
+    max_output_tokens: int = 512
+    allow_download: bool = True  # a hub id missing from the cache may be fetched
+    warmup: bool = True
+
+
+class GenerationStream:
+    """`async for delta in stream` yields text; then `stream.result` is the GenerationResult."""
+
+    def __init__(self, engine: "Engine", request: GenerationRequest, prompt_ids: list[int]):
+        self._engine = engine
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.result: GenerationResult | None = None
+        # Completion tokens covered by the deltas yielded so far (what a cut stream is billed).
+        self.tokens_streamed = 0
+        self._job = Job(request, prompt_ids, loop=asyncio.get_running_loop(), deliver=self._deliver)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._job.prompt_ids)
+
+    def _deliver(self, kind: str, payload: Any) -> None:
+        self._events.put_nowait((kind, payload))
+
+    def cancel(self) -> None:
+        """Stop the request (idempotent); a queued one leaves the queue at once."""
+        if self._job.cancelled or self._job.finished:
+            return
+        self._job.cancelled = True
+        self._engine._withdraw(self._job)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            while self.result is None:
+                kind, payload = await self._events.get()
+                if kind == "delta":
+                    text, self.tokens_streamed = payload
+                    yield text
+                elif kind == "done":
+                    self.result = payload
+                else:
+                    raise payload
+        finally:
+            # Reached on a break, an exception or the consuming task's cancellation (a client
+            # that went away): the row must stop costing model time.
+            if self.result is None:
+                self.cancel()
+
+    async def complete(self) -> GenerationResult:
+        """Consume the whole stream and return the result (for non-streaming callers)."""
+        async for _ in self:
+            pass
+        assert self.result is not None  # noqa: S101 - _iterate only ends with a result
+        return self.result
+
+
+class Engine:
+    """Loads one model and serves batches on one model thread; see the module docstring."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._scheduler = Scheduler(
+            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue
+        )
+        self._model: LoadedModel | None = None
+        self._state, self._detail = STOPPED, "not started"
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._abort = False  # set by stop() past its deadline; read by the model thread
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the model on a new thread, warm up, then serve there (returns at once)."""
+        if self._thread is not None:
+            return
+        self._set_state(LOADING, f"loading {self.config.model}")
+        self._thread = threading.Thread(target=self._main, name="inference-model", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is ready (True) or loading ended otherwise/timed out."""
+        self._ready.wait(timeout)
+        return self._state == READY
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Refuse new work, finish queued and running rows; past timeout cancel them."""
+        self._scheduler.close()
+        if self._state in (READY, LOADING):
+            self._set_state(STOPPED, "shutting down")
+        if self._thread is None:
+            return True
+        self._finished.wait(timeout)
+        if not self._finished.is_set():
+            logger.warning("inference drain exceeded %.1fs; cancelling the rest", timeout)
+            self._abort = True
+            self._fail_jobs(self._scheduler.drop_all(), ModelNotReady("The engine stopped."))
+            self._finished.wait(10.0)
+        return self._finished.is_set()
+
+    def status(self) -> dict[str, Any]:
+        """ok, state (loading|ready|failed|stopped), detail, plus model facts once loaded."""
+        status: dict[str, Any] = {
+            "ok": self._state == READY,
+            "state": self._state,
+            "detail": self._detail,
+            "model": self.config.model,
+            "queue_depth": len(self._scheduler),
+        }
+        if self._model is not None:
+            status["device"] = self._model.device.type
+            status["quantization"] = self._model.quantization
+            status["load_seconds"] = round(self._model.load_seconds, 3)
+        return status
+
+    def _set_state(self, state: str, detail: str) -> None:
+        self._state, self._detail = state, detail
+        metrics.MODEL_READY.set(1 if state == READY else 0)
+
+    # --- requests ----------------------------------------------------------------------------
+    @property
+    def max_input_tokens(self) -> int:
+        return self._loaded().max_input_tokens
+
+    @property
+    def max_output_tokens(self) -> int:
+        return self.config.max_output_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens incl. end-of-sequence; PromptTooLong for a prompt that cannot fit."""
+        model = self._loaded()
+        if len(text) > model.max_prompt_chars:
+            raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
+        return len(model.encode(text))
+
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration."""
+        try:
+            model = self._loaded()
+            request.validate(self.config.max_output_tokens)
+            prompt_ids = self._prompt_ids(model, request.prompt)
+            stream = GenerationStream(self, request, prompt_ids)
+            self._scheduler.put(stream._job)
+        except EngineError:
+            metrics.REQUESTS.labels(result="rejected").inc()
+            raise
+        return stream
+
+    def _prompt_ids(self, model: LoadedModel, prompt: str) -> list[int]:
+        if len(prompt) > model.max_prompt_chars:
+            raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
+        ids = model.encode(prompt)
+        if len(ids) > model.max_input_tokens:
+            raise PromptTooLong(model.max_input_tokens, tokens=len(ids))
+        return ids
+
+    def _loaded(self) -> LoadedModel:
+        if self._state != READY or self._model is None:
+            raise ModelNotReady(self._reason())
+        return self._model
+
+    def _reason(self) -> str:
+        if self._state == LOADING:
+            return "The model is still loading."
+        if self._state == FAILED:
+            return f"The model could not be loaded: {self._detail}"
+        return f"The engine is not running ({self._detail})."
+
+    def _withdraw(self, job: Job) -> None:
+        # Called on the event loop by cancel(): a job still queued leaves the queue now (its
+        # capacity is free at once); one in a batch is dropped by the model thread next step.
+        if self._scheduler.remove(job):
+            job.finished = True
+            job.send("done", _cancelled_result(job))
+            metrics.REQUESTS.labels(result="cancelled").inc()
+
+    # --- the model thread --------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            configure_threads(self.config.threads)
+            self._model = self._load()
+        except Exception as exc:
+            logger.error("inference model failed to load: %s", exc)
+            self._set_state(FAILED, str(exc))
+            self._scheduler.close()
+            self._ready.set()
+            self._finished.set()
+            return
+        if self._state == LOADING:  # not when stop() came during the load
+            self._set_state(READY, f"{self.config.model} ({self._model.quantization})")
+        self._ready.set()
+        self._serve(self._model)
+        self._set_state(STOPPED, "stopped")
+        self._finished.set()
+
+    def _load(self) -> LoadedModel:
+        config, started = self.config, time.perf_counter()
+        model = load_model(
+            config.model,
+            adapter=config.adapter,
+            quantization=config.quantization,
+            device=config.device,
+            max_input_tokens=config.max_input_tokens,
+            allow_download=config.allow_download,
+        )
+        if config.warmup:
+            # One tiny generation through the real path: first-call allocations and kernel
+            # selection happen here, not in the first client's latency.
+            run_batch(
+                model, [Job(WARMUP, model.encode(WARMUP.prompt), record=False)], lambda: False
+            )
+        model.load_seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
+        logger.info("inference model ready in %.1fs: %s", model.load_seconds, config.model)
+        return model
+
+    def _serve(self, model: LoadedModel) -> None:
+        while jobs := self._scheduler.take_batch():
+            try:
+                run_batch(model, jobs, lambda: self._abort)
+            except Exception as exc:
+                logger.exception("inference batch of %d failed", len(jobs))
+                failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")
+                self._fail_jobs([job for job in jobs if not job.finished], failure)
+            _record_cuda_memory(model)
+
+    def _fail_jobs(self, jobs: list[Job], error: EngineError) -> None:
+        for job in jobs:
+            job.finished = True
+            job.send("error", error)
+            metrics.REQUESTS.labels(result="failed").inc()
+
+
+def _cancelled_result(job: Job) -> GenerationResult:
+    waited = time.perf_counter() - job.submitted_at
+    return GenerationResult(
+        text="",
+        prompt_tokens=len(job.prompt_ids),
+        completion_tokens=0,
+        finish_reason="cancelled",
+        queue_seconds=waited,
+        first_token_seconds=None,
+        generation_seconds=0.0,
+    )
+
+
+def _record_cuda_memory(model: LoadedModel) -> None:
+    if model.device.type == "cuda":
+        import torch
+
+        with contextlib.suppress(RuntimeError):
+            metrics.CUDA_MEMORY_BYTES.set(torch.cuda.memory_allocated(model.device))

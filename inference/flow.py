@@ -1,0 +1,159 @@
+"""One completion from validated input to settled usage: plan → admit → engine → settle.
+
+Shared by the REST views (plain and SSE) and the WebSocket consumer, so every path admits,
+bills and releases the same way:
+
+- `plan_completion()` checks everything that needs no limit (scope, parameters, model, prompt
+  size, readiness) so a bad request costs the caller no quota;
+- `Run.start()` reserves prompt + max_tokens in one ADMIT, then queues the generation; a queue
+  that is full releases the admission without counting usage;
+- `Run.finish()` settles exactly once with the tokens that reached the client (all of them for
+  a finished request, those in delivered pieces for a cut stream).
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from console.errors import InvalidRequest, NotFound, PayloadTooLarge
+from inference.delivery import Delivery
+from inference.engine import GenerationRequest, GenerationResult, GenerationStream
+from inference.schemas import _GenerationParams
+from inference.services import (
+    engine_count_tokens,
+    engine_submit,
+    served_model_id,
+    served_model_names,
+)
+from ratelimit.limiter import Admission, admit, keep_alive, settle
+from tenants.auth import require_scope
+from tenants.keycache import KeyRecord
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request, ready for admission."""
+
+    record: KeyRecord
+    request: GenerationRequest
+    prompt_tokens: int
+    model: str
+
+    @property
+    def reservation(self) -> int:
+        return self.prompt_tokens + self.request.max_tokens
+
+
+def _check_parameters(params: _GenerationParams) -> None:
+    unsupported = params.unsupported()
+    if unsupported is not None:
+        raise InvalidRequest(str(unsupported), param=unsupported.param, code="unsupported_value")
+    if params.model is not None and params.model not in served_model_names():
+        raise NotFound(
+            f"The model '{params.model}' does not exist; GET /v1/models lists the served one.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def plan_completion(
+    record: KeyRecord, params: _GenerationParams, prompt: str, max_tokens: int | None
+) -> Plan:
+    """Validate a request before any limit is touched; raises ApiErrors (4xx, 503)."""
+    require_scope(record, "completions")
+    _check_parameters(params)
+    if len(prompt) > settings.API_MAX_PROMPT_CHARS:
+        raise PayloadTooLarge(
+            f"The prompt has {len(prompt)} characters; this node accepts at most "
+            f"{settings.API_MAX_PROMPT_CHARS}.",
+            param="prompt",
+            code="prompt_too_large",
+        )
+    prompt_tokens = engine_count_tokens(prompt)
+    request = GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens or settings.API_DEFAULT_MAX_TOKENS,
+        temperature=1.0 if params.temperature is None else params.temperature,
+        top_p=1.0 if params.top_p is None else params.top_p,
+        stop=tuple(params.stop or ()),
+        seed=params.seed,
+    )
+    return Plan(record, request, prompt_tokens, params.model or served_model_id())
+
+
+@dataclass
+class Run:
+    """An admitted, queued generation; `finish()` settles it exactly once."""
+
+    plan: Plan
+    admission: Admission
+    stream: GenerationStream
+    started_at: float = field(default_factory=time.monotonic)
+    billed_tokens: int = 0  # completion tokens that reached the client so far
+    settled: bool = False
+
+    @classmethod
+    async def start(cls, plan: Plan, *, client_addr: str | None) -> "Run":
+        """ADMIT (429s raise here), then queue; a refused queue releases the admission."""
+        admission = await admit(plan.record, tokens=plan.reservation, client_addr=client_addr)
+        try:
+            stream = await engine_submit(plan.request)
+        except BaseException:
+            # Never ran: refund everything, count nothing (the request slot stays spent).
+            await settle(admission, prompt_tokens=0, completion_tokens=0, count_usage=False)
+            raise
+        return cls(plan, admission, stream)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.admission.headers
+
+    async def pieces(self, delivery: Delivery) -> AsyncIterator[str]:
+        """The text deltas; after the caller has sent one on, `delivery` says whether it
+        reached the client, and only then are its tokens billed."""
+        async with keep_alive(self.admission):
+            async for text in self.stream:
+                yield text
+                try:
+                    sent = await delivery.sent()
+                except asyncio.CancelledError:
+                    # The client left while we waited: the bytes may still have made it out.
+                    if delivery.sent_so_far():
+                        self.billed_tokens = self.stream.tokens_streamed
+                    raise
+                if sent:
+                    self.billed_tokens = self.stream.tokens_streamed
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self.stream.result
+
+    async def finish(self, *, completed: bool) -> None:
+        """Settle once: the whole completion if the client got it all, else what it got."""
+        if self.settled:
+            return
+        self.settled = True
+        self.stream.cancel()
+        result = self.stream.result
+        if completed and result is not None:
+            self.billed_tokens = result.completion_tokens
+        # Shielded: a client that goes away must not cancel its own settlement.
+        await asyncio.shield(
+            settle(
+                self.admission,
+                prompt_tokens=self.plan.prompt_tokens,
+                completion_tokens=self.billed_tokens,
+            )
+        )
+
+    def timing_headers(self) -> dict[str, str]:
+        result = self.stream.result
+        if result is None:
+            return {}
+        return {
+            "x-queue-time-ms": f"{result.queue_seconds * 1000:.1f}",
+            "x-inference-time-ms": f"{result.generation_seconds * 1000:.1f}",
+        }

@@ -1,0 +1,96 @@
+"""What a caller hands the engine, what it gets back, and the engine's exceptions.
+
+Plain Python (no Django, no torch) so the API layer can import it cheaply;
+inference/services.py maps the exceptions to console.errors.
+"""
+
+from dataclasses import dataclass, field
+
+FINISH_STOP = "stop"  # end of sequence or a stop string
+FINISH_LENGTH = "length"  # max_tokens reached
+FINISH_CANCELLED = "cancelled"  # the consumer went away, cancel() or shutdown
+
+
+class EngineError(Exception):
+    """Base class of everything the engine raises to callers."""
+
+
+class QueueFull(EngineError):
+    """The bounded queue is full; nothing was done for the request."""
+
+
+class ModelNotReady(EngineError):
+    """The model is loading, failed to load, or the engine is shutting down."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PromptTooLong(EngineError):
+    """The prompt has more tokens than the model accepts (it is refused, never truncated)."""
+
+    def __init__(self, limit: int, *, tokens: int | None = None, char_limit: int = 0) -> None:
+        if tokens is not None:
+            counted = f"this prompt has {tokens}"
+        else:
+            counted = f"prompts over {char_limit} characters are refused without counting"
+        super().__init__(
+            f"The prompt is too long: the model accepts at most {limit} tokens "
+            f"(end-of-sequence token included) and {counted}."
+        )
+        self.limit = limit
+        self.tokens = tokens
+
+
+class InvalidGeneration(EngineError):
+    """A generation parameter is out of range; `param` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class GenerationFailed(EngineError):
+    """The model raised while running the request's batch (the engine keeps serving)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion: temperature 0 is greedy; a seed makes sampling reproducible."""
+
+    prompt: str
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # Keep generating past the end-of-sequence token (benchmarks, like vLLM's ignore_eos).
+    ignore_eos: bool = False
+
+    def validate(self, max_output_tokens: int) -> None:
+        """Raise InvalidGeneration for out-of-range parameters."""
+        if not 1 <= self.max_tokens <= max_output_tokens:
+            raise InvalidGeneration(
+                "max_tokens", f"max_tokens must be between 1 and {max_output_tokens}."
+            )
+        if not 0.0 <= self.temperature <= 2.0:
+            raise InvalidGeneration("temperature", "temperature must be between 0 and 2.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidGeneration("top_p", "top_p must be greater than 0 and at most 1.")
+        if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidGeneration("stop", "stop takes up to 4 non-empty strings.")
+
+
+@dataclass
+class GenerationResult:
+    """The finished request: text, exact token counts and where the time went."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    queue_seconds: float
+    first_token_seconds: float | None
+    generation_seconds: float
+    token_ids: list[int] = field(default_factory=list, repr=False)

@@ -1,0 +1,29 @@
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = (
+        "Write a small random-weight T5, a tokenizer trained on the spot and a LoRA adapter "
+        "(in DIR/adapter) for offline tests and try-outs; prints the folder."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("dir", help="folder to write (created; existing files are replaced)")
+        parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from inference.loading import quiet_libraries
+        from inference.tiny_model import make_tiny_model
+
+        quiet_libraries()
+        folder = Path(options["dir"]).expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise CommandError(f"{folder} exists and is not a folder.")
+        try:
+            make_tiny_model(folder, seed=options["seed"])
+        except OSError as exc:
+            raise CommandError(f"Cannot write {folder}: {exc.strerror or exc}") from exc
+        self.stdout.write(str(folder))

@@ -1,0 +1,88 @@
+"""Turning a started Run into an HTTP response: one JSON body, or a Server-Sent Event stream.
+
+Both settle in a `finally`: the JSON path after the generation ends (or the client leaves),
+the stream path when its generator ends — normally, on an engine error, or with
+CancelledError when the client drops the connection (Django cancels the response task).
+"""
+
+import time
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+
+from console.errors import ApiError, ModelUnavailable
+from inference.delivery import Delivery, NotStreamed
+from inference.engine import EngineError, GenerationResult
+from inference.flow import Run
+from inference.services import api_error
+from inference.sse import DONE, Shape
+
+FINISH_CANCELLED = "cancelled"
+
+
+def _common_headers(run: Run) -> dict[str, str]:
+    return {**run.headers, **run.timing_headers()}
+
+
+async def _generate(run: Run) -> GenerationResult:
+    try:
+        async for _ in run.pieces(NotStreamed()):
+            pass
+    except EngineError as exc:
+        raise api_error(exc) from exc
+    result = run.result
+    if result is None or result.finish_reason == FINISH_CANCELLED:
+        raise ModelUnavailable("The node stopped this request while shutting down; retry it.")
+    return result
+
+
+async def json_response(run: Run, shape: Shape) -> JsonResponse:
+    """Generate the whole completion, settle, answer with one JSON object."""
+    started = time.monotonic()
+    completed = False
+    try:
+        result = await _generate(run)
+        completed = True
+    finally:
+        await run.finish(completed=completed)
+    response = JsonResponse(shape.response(result, run.plan.prompt_tokens))
+    for name, value in _common_headers(run).items():
+        response[name] = value
+    response["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
+    return response
+
+
+def stream_response(request: HttpRequest, run: Run, shape: Shape) -> StreamingHttpResponse:
+    """An SSE response; the rate-limit headers go out before the first byte."""
+    response = StreamingHttpResponse(
+        _events(run, shape, Delivery(request.scope)), content_type="text/event-stream"
+    )
+    for name, value in run.headers.items():
+        response[name] = value
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[bytes]:
+    completed = False
+    try:
+        opening = shape.opening()
+        if opening:
+            yield opening
+        async for text in run.pieces(delivery):
+            yield shape.delta(text, run.stream.tokens_streamed)
+        result = run.result
+        if result is None or result.finish_reason == FINISH_CANCELLED:
+            raise ModelUnavailable("The node stopped this request while shutting down.")
+        yield shape.closing(result.finish_reason)
+        if shape.include_usage:
+            yield shape.usage_chunk(run.plan.prompt_tokens, result.completion_tokens)
+        yield DONE
+        completed = await delivery.sent()
+    except (ApiError, EngineError) as exc:
+        error = exc if isinstance(exc, ApiError) else api_error(exc)
+        yield shape.error(error.body())
+        yield DONE
+    finally:
+        await run.finish(completed=completed)

@@ -1,0 +1,37 @@
+"""Fixtures for the engine tests: the tiny model is built once per session, engines per test."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inference.engine import Engine
+from inference.testing import start_ready, tiny_config
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def make_engine(tiny_model_dir: Path) -> Iterator[Callable[..., Engine]]:
+    """Start ready engines on the tiny model (fp32, CPU unless overridden); stopped after."""
+    engines: list[Engine] = []
+
+    def make(**overrides: object) -> Engine:
+        engine = start_ready(tiny_config(tiny_model_dir, **overrides))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop(10)
+
+
+@pytest.fixture
+def engine(make_engine: Callable[..., Engine]) -> Engine:
+    """A ready fp32 engine on the tiny model with default batching."""
+    return make_engine()

@@ -1,0 +1,55 @@
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from inference.testing import running_engine, tiny_config
+
+
+def make(folder: Path, *args: str) -> str:
+    out = StringIO()
+    call_command("make_tiny_model", str(folder), *args, stdout=out)
+    return out.getvalue()
+
+
+def test_it_writes_a_small_model_tokenizer_and_adapter_and_prints_the_folder(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "tiny"
+    assert make(folder).strip() == str(folder.resolve())
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "adapter"} <= names
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 5_000_000
+    config = (folder / "config.json").read_text()
+    # Untied like flan-t5 (transformers 5 would otherwise re-tie lm_head to the embeddings).
+    assert '"tie_word_embeddings": false' in config and '"scale_decoder_outputs": false' in config
+
+
+def test_the_same_seed_gives_the_same_files_and_another_seed_does_not(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    make(tmp_path / "again", "--seed", "0")
+    make(tmp_path / "other", "--seed", "1")
+    for name in ("model.safetensors", "tokenizer.json", "adapter/adapter_model.safetensors"):
+        same = (tmp_path / "again" / name).read_bytes()
+        assert same == (tiny_model_dir / name).read_bytes()
+        assert (tmp_path / "other" / name).read_bytes() != same
+
+
+async def test_the_tiny_model_serves_with_its_adapter(tiny_model_dir: Path) -> None:
+    from inference.testing import generate
+
+    config = tiny_config(tiny_model_dir, adapter=str(tiny_model_dir / "adapter"))
+    with running_engine(config) as engine:
+        result = await generate(engine, "naïve café 🙂", max_tokens=5)
+    assert result.completion_tokens > 0 and result.prompt_tokens > 5
+
+
+def test_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CommandError, match="not a folder"):
+        make(blocker)

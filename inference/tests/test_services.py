@@ -1,0 +1,120 @@
+"""Django glue: the process's engine, /readyz, error mapping, start-up and draining."""
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.test import AsyncClient, override_settings
+
+from console.errors import InvalidRequest, ModelUnavailable, Overloaded
+from inference import services
+from inference.engine import Engine, GenerationRequest
+from inference.testing import tiny_config
+
+
+@pytest.fixture
+def installed() -> Iterator[Callable[[Engine], Engine]]:
+    """Install an engine as the process's one for a test; restore the previous after."""
+    previous = services.set_engine(None)
+
+    def install(engine: Engine) -> Engine:
+        services.set_engine(engine)
+        return engine
+
+    yield install
+    services.set_engine(previous)
+
+
+def failed_engine(tiny_model_dir: Path) -> Engine:
+    engine = Engine(tiny_config(tiny_model_dir, model="/nonexistent/flan-t5-base"))
+    engine.start()
+    engine.wait_ready(30)
+    return engine
+
+
+def test_a_failed_model_names_the_reason_and_the_fix(installed, tiny_model_dir: Path) -> None:
+    installed(failed_engine(tiny_model_dir))
+    status = services.model_status()
+    assert status["state"] == "failed" and "does not exist" in status["detail"]
+    with pytest.raises(ModelUnavailable) as unavailable:
+        services.require_engine()
+    message = unavailable.value.message
+    assert "/nonexistent/flan-t5-base" in message and "INFERENCE_MODEL" in message
+    assert "make run-tiny" in message and unavailable.value.status == 503
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_readyz_is_503_with_the_reason_until_the_model_is_ready(
+    installed, tiny_model_dir: Path, make_engine
+) -> None:
+    installed(failed_engine(tiny_model_dir))
+    response = await AsyncClient().get("/readyz")
+    model = response.json()["checks"]["model"]
+    assert response.status_code == 503 and model["state"] == "failed"
+    assert "does not exist" in model["detail"]
+    installed(make_engine())
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 200 and response.json()["checks"]["model"]["ok"] is True
+
+
+async def test_engine_errors_become_client_errors(installed, make_engine) -> None:
+    engine = installed(make_engine(max_batch=1, max_queue=1, max_wait_ms=0, max_input_tokens=8))
+    with pytest.raises(InvalidRequest) as too_long:
+        await services.engine_submit(GenerationRequest("the model runs " * 10))
+    assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as invalid:
+        await services.engine_submit(GenerationRequest("hi", top_p=2.0))
+    assert invalid.value.param == "top_p"
+    long = GenerationRequest("hi", max_tokens=400, ignore_eos=True)
+    running = await services.engine_submit(long)
+    iterator = aiter(running)
+    await anext(iterator)  # running: it has left the queue for its batch
+    queued = await services.engine_submit(long)
+    with pytest.raises(Overloaded) as overloaded:
+        await services.engine_submit(long)
+    assert overloaded.value.headers == {"Retry-After": "1"} and overloaded.value.status == 503
+    for stream in (running, queued):
+        stream.cancel()
+    await iterator.aclose()
+    assert services.engine_count_tokens("the model") == engine.count_tokens("the model")
+
+
+async def test_a_loading_model_asks_clients_to_retry(installed, tiny_model_dir: Path) -> None:
+    engine = installed(Engine(tiny_config(tiny_model_dir)))
+    engine._set_state("loading", "loading")
+    with pytest.raises(ModelUnavailable) as unavailable:
+        await services.engine_submit(GenerationRequest("hi"))
+    assert "still loading" in unavailable.value.message
+    assert unavailable.value.headers == {"Retry-After": "5"}
+
+
+def test_start_engine_builds_the_engine_from_settings_once(installed, tiny_model_dir: Path) -> None:
+    with override_settings(
+        INFERENCE_MODEL=str(tiny_model_dir), INFERENCE_QUANTIZATION="none", INFERENCE_MAX_BATCH=3
+    ):
+        engine = services.start_engine()
+        assert services.start_engine() is engine is services.get_engine()
+    try:
+        assert engine.wait_ready(60) and services.model_status()["ok"] is True
+        assert engine.config.max_batch == 3 and engine.status()["quantization"] == "none"
+    finally:
+        engine.stop(10)
+
+
+async def test_the_signal_handler_drains_then_hands_over(installed, make_engine) -> None:
+    engine = installed(make_engine())
+    request = GenerationRequest("the model runs", max_tokens=40, ignore_eos=True, temperature=0)
+    stream = await engine.submit(request)
+    handed_over = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def previous(signum: int, frame: object) -> None:
+        assert engine.status()["state"] == "stopped"  # only after the drain
+        loop.call_soon_threadsafe(handed_over.set)
+
+    services.drain_then(engine, previous, 30)(signal.SIGTERM, None)
+    result = await stream.complete()
+    await asyncio.wait_for(handed_over.wait(), 30)
+    assert result.finish_reason == "length" and result.completion_tokens == 40

@@ -1,0 +1,85 @@
+"""A live daphne serving the tiny model on the test database and Redis, for the API tests."""
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import database_url_for_current_test_db
+from tests.e2e.live_daphne import LiveDaphne, start_daphne
+
+
+def _wait_ready(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
+                if json.load(response)["ready"]:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} never became ready")
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    django_db_setup: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveDaphne]:
+    """One daphne for the session: tiny model (with its adapter), production-like settings."""
+    env = {
+        "DATABASE_URL": database_url_for_current_test_db(),
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "PYTHONUNBUFFERED": "1",
+        "DEBUG": "false",
+        "INFERENCE_MODEL": str(tiny_model_dir),
+        "INFERENCE_ADAPTER": str(tiny_model_dir / "adapter"),
+        "INFERENCE_QUANTIZATION": "none",
+        "INFERENCE_THREADS": "1",
+        "INFERENCE_MAX_QUEUE": "64",
+        # The tests move usage to Postgres themselves, at known moments.
+        "RATELIMIT_FLUSH_SECONDS": "3600",
+        "WS_MAX_CONCURRENT": "4",
+        # This machine's 2 cores are shared with the test process: a busy event loop must not
+        # trip the limiter's short timeout into its fallback (that path has its own tests).
+        "RATELIMIT_REDIS_TIMEOUT_MS": "1000",
+    }
+    server = start_daphne(env, tmp_path_factory.mktemp("api-server") / "daphne.log")
+    try:
+        _wait_ready(server.url)
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Customer:
+    """A tenant with one key, as a client of the live server sees it."""
+
+    slug: str
+    token: str
+    key_id: str
+    tenant_id: int
+
+
+@pytest.fixture
+def customer(transactional_db, api_server) -> Customer:  # type: ignore[no-untyped-def]
+    """A tenant with room for the tests' traffic, and one key."""
+    from tenants.services import api_key_issue, tenant_create
+
+    tenant = tenant_create(
+        slug="globex",
+        limits={"rpm": 6000, "tpm": 2_000_000, "max_inflight": 40, "burst_percent": 100},
+        actor="test",
+    )
+    issued = api_key_issue(tenant=tenant, name="e2e", actor="test")
+    return Customer(tenant.slug, issued.token, issued.api_key.key_id, tenant.pk)
+
+
+def model_name(server: LiveDaphne) -> str:
+    with urllib.request.urlopen(f"{server.url}/readyz", timeout=5) as response:  # noqa: S310
+        return Path(json.load(response)["checks"]["model"]["model"]).name

@@ -1,0 +1,102 @@
+"""Streams cut mid-way: every lease released, every reservation settled, and usage equal to
+what the clients received."""
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from console.redis import get_sync_redis
+from ratelimit.flush import flush
+from tenants.models import UsageMinute
+from tests.e2e.api.conftest import Customer, model_name
+from tests.e2e.api.rawclients import Received, sse_cut, ws_cut
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+STREAMS = 20
+
+
+def _payload(api_server) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "model": model_name(api_server),
+        "prompt": "Tell me a very long story.",
+        "max_tokens": 400,
+        "temperature": 0,
+        "stream": True,
+    }
+
+
+def _prompt_tokens(api_server, customer: Customer) -> int:  # type: ignore[no-untyped-def]
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=customer.token, max_retries=0)
+    payload = {**_payload(api_server), "stream": False, "max_tokens": 1}
+    return sdk.completions.create(**payload).usage.prompt_tokens
+
+
+def _wait_for_release(tenant_id: int, timeout: float = 20.0) -> list[str]:
+    redis = get_sync_redis()
+    deadline = time.monotonic() + timeout
+    while True:
+        held = [
+            key.decode()
+            for key in redis.scan_iter(match=f"rl:v1:{{t:{tenant_id}}}:*")
+            if b":lease:" in key or (key.endswith(b":inflight") and redis.zcard(key))
+        ]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.2)
+
+
+def _usage() -> tuple[int, int, int]:
+    flush()
+    rows = UsageMinute.objects.all()
+    return (
+        sum(r.requests for r in rows),
+        sum(r.prompt_tokens for r in rows),
+        sum(r.completion_tokens for r in rows),
+    )
+
+
+def _check(received: list[Received], customer: Customer, prompt_tokens: int, before) -> None:  # type: ignore[no-untyped-def]
+    assert _wait_for_release(customer.tenant_id) == []
+    assert sum(not got.finished for got in received) >= STREAMS // 2  # really cut mid-way
+    requests, prompt, completion = (now - then for now, then in zip(_usage(), before, strict=True))
+    assert requests == STREAMS
+    assert prompt == STREAMS * prompt_tokens
+    assert completion == sum(got.completion_tokens for got in received)
+
+
+def test_sse_streams_cut_mid_way_bill_exactly_what_arrived(api_server, customer: Customer) -> None:
+    prompt_tokens = _prompt_tokens(api_server, customer)
+    before = _usage()
+    payload = _payload(api_server)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        received = list(
+            pool.map(
+                lambda n: sse_cut(api_server.url, customer.token, payload, cut_after=1 + n % 7),
+                range(STREAMS),
+            )
+        )
+    _check(received, customer, prompt_tokens, before)
+
+
+def test_websocket_streams_cut_mid_way_bill_exactly_what_arrived(
+    api_server, customer: Customer
+) -> None:
+    prompt_tokens = _prompt_tokens(api_server, customer)
+    before = _usage()
+    payload = {k: v for k, v in _payload(api_server).items() if k != "stream"}
+    url = api_server.url.replace("http://", "ws://") + "/ws/v1/completions"
+
+    async def run_all() -> list[Received]:
+        return list(
+            await asyncio.gather(
+                *(ws_cut(url, customer.token, payload, cut_after=1 + n % 7) for n in range(STREAMS))
+            )
+        )
+
+    received = asyncio.run(run_all())
+    _check(received, customer, prompt_tokens, before)
