@@ -8,8 +8,15 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from console.errors import ApiError, AuthenticationFailed, PayloadTooLarge, error_body
+from console.errors import (
+    ApiError,
+    AuthenticationFailed,
+    InvalidRequest,
+    PayloadTooLarge,
+    error_body,
+)
 from inference.api import router as inference_router
+from inference.metrics import API_REJECTIONS, endpoint_of
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,7 @@ api.add_router("", inference_router)
 
 
 def error_response(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    API_REJECTIONS.labels(endpoint_of(request.path), exc.code or "error").inc()
     response = api.create_response(request, exc.body(), status=exc.status)
     for name, value in exc.headers.items():
         response[name] = value
@@ -59,9 +67,7 @@ def _describe_validation(errors: list[dict]) -> tuple[str, str | None]:
 @api.exception_handler(ValidationError)
 def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     message, param = _describe_validation(list(exc.errors))
-    return api.create_response(
-        request, error_body(message, param=param, code="invalid_request"), status=400
-    )
+    return error_response(request, InvalidRequest(message, param=param))
 
 
 @api.exception_handler(RequestDataTooBig)

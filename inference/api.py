@@ -53,7 +53,10 @@ async def list_models(request: HttpRequest) -> ModelListOut:
 
 
 async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bool) -> HttpResponse:  # type: ignore[no-untyped-def]
-    plan = plan_completion(request.auth, body, prompt, max_tokens)
+    endpoint = "chat.completions" if chat else "completions"
+    plan = plan_completion(
+        request.auth, body, prompt, max_tokens, endpoint=endpoint, stream=body.stream
+    )
     run = await Run.start(plan, client_addr=client_ip(request))
     shape = Shape(chat=chat, model=plan.model, include_usage=body.include_usage)
     if body.stream:

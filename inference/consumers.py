@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from console.clientaddr import client_ip
 from console.errors import ApiError, AuthenticationFailed, InvalidRequest, RateLimited
+from inference import metrics
 from inference.delivery import Delivery
 from inference.engine import EngineError
 from inference.flow import Run, plan_completion
@@ -140,7 +141,9 @@ class CompletionConsumer(AsyncWebsocketConsumer):
                 f"At most {settings.WS_MAX_CONCURRENT} requests may run at once on one socket.",
                 code="too_many_concurrent_requests",
             )
-        plan = plan_completion(self.record, create, create.prompt, create.max_tokens)
+        plan = plan_completion(
+            self.record, create, create.prompt, create.max_tokens, endpoint="ws", stream=True
+        )
         run = await Run.start(plan, client_addr=client_ip(self.scope))
         self.runs[create.id] = run
         self.tasks[create.id] = asyncio.create_task(self._stream(create.id, run))
@@ -194,6 +197,7 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
 
     async def _send_error(self, request_id: str | None, error: ApiError) -> None:
+        metrics.API_REJECTIONS.labels("ws", error.code or "error").inc()
         frame = {"type": "error", "id": request_id, **error.body()}
         if error.headers:
             frame["headers"] = error.headers

@@ -15,10 +15,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
 from console.errors import InvalidRequest, NotFound, PayloadTooLarge
+from inference import metrics
 from inference.delivery import Delivery
 from inference.engine import GenerationRequest, GenerationResult, GenerationStream
 from inference.schemas import _GenerationParams
@@ -41,6 +43,9 @@ class Plan:
     request: GenerationRequest
     prompt_tokens: int
     model: str
+    endpoint: str  # a bounded metrics label: completions | chat.completions | ws
+    stream: bool
+    received_at: float  # time.monotonic() when the request was taken in
 
     @property
     def reservation(self) -> int:
@@ -60,9 +65,16 @@ def _check_parameters(params: _GenerationParams) -> None:
 
 
 def plan_completion(
-    record: KeyRecord, params: _GenerationParams, prompt: str, max_tokens: int | None
+    record: KeyRecord,
+    params: _GenerationParams,
+    prompt: str,
+    max_tokens: int | None,
+    *,
+    endpoint: str,
+    stream: bool,
 ) -> Plan:
     """Validate a request before any limit is touched; raises ApiErrors (4xx, 503)."""
+    received_at = time.monotonic()
     require_scope(record, "completions")
     _check_parameters(params)
     if len(prompt) > settings.API_MAX_PROMPT_CHARS:
@@ -81,7 +93,8 @@ def plan_completion(
         stop=tuple(params.stop or ()),
         seed=params.seed,
     )
-    return Plan(record, request, prompt_tokens, params.model or served_model_id())
+    model = params.model or served_model_id()
+    return Plan(record, request, prompt_tokens, model, endpoint, stream, received_at)
 
 
 @dataclass
@@ -125,6 +138,8 @@ class Run:
                         self.billed_tokens = self.stream.tokens_streamed
                     raise
                 if sent:
+                    if not self.billed_tokens:
+                        self._observe(metrics.API_TIME_TO_FIRST_BYTE.labels(self.plan.endpoint))
                     self.billed_tokens = self.stream.tokens_streamed
 
     @property
@@ -140,6 +155,10 @@ class Run:
         result = self.stream.result
         if completed and result is not None:
             self.billed_tokens = result.completion_tokens
+            stream = "true" if self.plan.stream else "false"
+            self._observe(metrics.API_COMPLETION_SECONDS.labels(self.plan.endpoint, stream))
+            if not self.plan.stream:  # a whole response: its first byte is its last
+                self._observe(metrics.API_TIME_TO_FIRST_BYTE.labels(self.plan.endpoint))
         # Shielded: a client that goes away must not cancel its own settlement.
         await asyncio.shield(
             settle(
@@ -148,6 +167,9 @@ class Run:
                 completion_tokens=self.billed_tokens,
             )
         )
+
+    def _observe(self, histogram: Any) -> None:
+        histogram.observe(time.monotonic() - self.plan.received_at)
 
     def timing_headers(self) -> dict[str, str]:
         result = self.stream.result

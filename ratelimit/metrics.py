@@ -36,3 +36,12 @@ circuit_open = Gauge(
     "1 while this process's circuit breaker skips Redis, else 0.",
     multiprocess_mode="livemax",
 )
+
+
+# Every bounded label set starts at 0, so dashboards and alerts see the series before the first
+# event (a counter that appears only after its first error reads as "no data", not 0).
+OPERATIONS = ("admit", "settle", "heartbeat", "login")
+for _operation in OPERATIONS:
+    backend_errors.labels(_operation)
+for _result in RESULTS:
+    decisions.labels(_result, "none")

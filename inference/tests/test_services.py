@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.test import AsyncClient, override_settings
 
-from console.errors import InvalidRequest, ModelUnavailable, Overloaded
+from console.errors import InvalidRequest, ModelUnavailable, Overloaded, PayloadTooLarge
 from inference import services
 from inference.engine import Engine, GenerationRequest
 from inference.testing import tiny_config
@@ -61,9 +61,10 @@ async def test_readyz_is_503_with_the_reason_until_the_model_is_ready(
 
 async def test_engine_errors_become_client_errors(installed, make_engine) -> None:
     engine = installed(make_engine(max_batch=1, max_queue=1, max_wait_ms=0, max_input_tokens=8))
-    with pytest.raises(InvalidRequest) as too_long:
+    with pytest.raises(PayloadTooLarge) as too_long:
         await services.engine_submit(GenerationRequest("the model runs " * 10))
     assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
+    assert too_long.value.status == 413
     with pytest.raises(InvalidRequest) as invalid:
         await services.engine_submit(GenerationRequest("hi", top_p=2.0))
     assert invalid.value.param == "top_p"

@@ -5,10 +5,13 @@ with loopback addresses as the only difference from compose (see docs/deploy.md)
 started once per session, on ports the OS hands out, and stopped by pid at the end.
 """
 
+import json
 import secrets
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +31,8 @@ from tests.e2e.servers import (
     wait_until,
 )
 
-# Traefik health-checks the replicas here. compose uses /readyz, which stays 503 until a model
-# is loaded; switch to "/readyz" once the engine is merged and app_env loads the tiny model.
-HEALTH_PATH = "/healthz"
+# Traefik health-checks the replicas here, as compose does: 503 until the model is loaded.
+HEALTH_PATH = "/readyz"
 # The queue bound the rules are rendered with (deploy/prometheus/tests/alerts.test.yml needs 10).
 INFERENCE_MAX_QUEUE = 10
 # The replicas listen here, an address Django's ALLOWED_HOSTS does not list: as in compose,
@@ -85,7 +87,7 @@ def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_env(django_db_setup: None, e2e_dir: Path) -> dict[str, str]:
+def app_env(django_db_setup: None, e2e_dir: Path, tiny_model_dir: Path) -> dict[str, str]:
     """The environment of every app process: production settings on the test database."""
     import os
 
@@ -106,6 +108,14 @@ def app_env(django_db_setup: None, e2e_dir: Path) -> dict[str, str]:
         "STATIC_ROOT": str(e2e_dir / "static"),
         # No flusher thread: these servers outlive many tests that inspect Redis's buffers.
         "RATELIMIT_FLUSH_SECONDS": "0",
+        # The tiny random T5 stands in for flan-t5-base (same code path, a few MB).
+        "INFERENCE_MODEL": str(tiny_model_dir),
+        "INFERENCE_ADAPTER": str(tiny_model_dir / "adapter"),
+        "INFERENCE_MODEL_NAME": "tiny-t5",
+        "INFERENCE_QUANTIZATION": "none",
+        "INFERENCE_THREADS": "1",
+        # Two replicas and the tests share 2 cores: a slow event loop is not a Redis outage.
+        "RATELIMIT_REDIS_TIMEOUT_MS": "1000",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     manage(env, "collectstatic", "--noinput", "-v0")
@@ -123,6 +133,31 @@ def api_token(app_env: dict[str, str], django_db_blocker) -> Iterator[str]:  # t
     # The commands committed their rows; empty the test database as a transactional test would.
     with django_db_blocker.unblock():
         call_command("flush", interactive=False, verbosity=0)
+
+
+@pytest.fixture(scope="module")
+def limited_token(app_env: dict[str, str], api_token: str) -> str:
+    """A key of a tenant allowed one request at a time per minute (its second gets 429)."""
+    slug = f"e2e-tight-{uuid.uuid4().hex[:8]}"
+    manage(app_env, "create_tenant", slug, "--rpm", "1", "--burst", "1")
+    return manage(app_env, "issue_key", slug, "--name", "tight")
+
+
+def completion(base: str, token: str, host: str = "", **params: object) -> tuple[int, bytes]:
+    """POST /v1/completions to the tiny model; (status, body). `host`: a Host header to send
+    (a replica is reached by an address ALLOWED_HOSTS does not list, as in compose)."""
+    body = json.dumps({"model": "tiny-t5", "prompt": "Say something.", "max_tokens": 8, **params})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if host:
+        headers["Host"] = host
+    request = urllib.request.Request(  # noqa: S310 (test URLs)
+        f"{base}/v1/completions", data=body.encode(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def start_replica(n: int, app_env: dict[str, str], e2e_dir: Path) -> Replica:
@@ -144,7 +179,7 @@ def replicas(app_env: dict[str, str], e2e_dir: Path) -> Iterator[list[Replica]]:
     started = [start_replica(n, app_env, e2e_dir) for n in (1, 2)]
     try:
         for replica in started:
-            wait_http(replica.server, f"{replica.url}/healthz", Host="localhost")
+            wait_http(replica.server, f"{replica.url}{HEALTH_PATH}", Host="localhost")
         yield started
     finally:
         for replica in started:

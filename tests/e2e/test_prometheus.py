@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.render import compose_values, render_tree
-from tests.e2e.conftest import REPLICA_HOST, Stack
+from tests.e2e.conftest import REPLICA_HOST, Stack, completion
 from tests.e2e.dashboards import (
     all_expressions,
     dashboard_metric_names,
@@ -20,13 +20,6 @@ from tests.e2e.servers import Server, http_get, require_binary, wait_until
 
 # django_db: makes pytest-django create the test database the replicas use.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
-
-# Dashboard names that the engine, rate-limiter and API branches add. Until they are merged
-# these are expected to be missing from /metrics (strict: a name that appears fails the run,
-# so this set must shrink with each merge and be empty at the end).
-AWAITING_MERGE = {
-    name for name in dashboard_metric_names() if name.startswith(("inference_", "api_"))
-}
 
 
 def promtool(*args: str, cwd: Path) -> str:
@@ -125,8 +118,16 @@ def test_every_dashboard_query_is_valid_promql_on_the_real_prometheus(
 
 
 @pytest.fixture(scope="module")
-def exposed_after_traffic(stack: Stack, api_token: str) -> set[str]:
+def exposed_after_traffic(stack: Stack, api_token: str, limited_token: str) -> set[str]:
     """Every sample name one replica's /metrics shows after traffic through Traefik."""
+    # Straight to the replica whose metrics are read: completions (plain and streamed), a 401,
+    # and a 429; then some traffic through Traefik.
+    replica, host = stack.replicas[0].url, "localhost"
+    assert completion(replica, api_token, host)[0] == 200
+    assert completion(replica, api_token, host, stream=True)[0] == 200
+    assert completion(replica, "sk_not_a_key", host)[0] == 401
+    statuses = {completion(replica, limited_token, host)[0] for _ in range(3)}
+    assert 429 in statuses
     for _ in range(4):
         http_get(f"{stack.public}/v1/models", Authorization=f"Bearer {api_token}")
         http_get(f"{stack.public}/healthz")
@@ -134,18 +135,7 @@ def exposed_after_traffic(stack: Stack, api_token: str) -> set[str]:
     return exposed_names(http_get(f"{stack.replicas[0].url}/metrics")[1].decode())
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason="added by another branch")]
-            if name in AWAITING_MERGE
-            else [],
-        )
-        for name in dashboard_metric_names()
-    ],
-)
+@pytest.mark.parametrize("name", dashboard_metric_names())
 def test_every_dashboard_metric_exists_in_the_app_metrics(
     name: str, exposed_after_traffic: set[str]
 ) -> None:

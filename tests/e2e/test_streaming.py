@@ -6,6 +6,7 @@ the completions API's own SSE and WebSocket tests join them after the API merge.
 
 import asyncio
 import http.client
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -69,3 +70,55 @@ def test_websockets_are_upgraded_and_relayed_through_traefik(stack: Stack) -> No
             return replies
 
     assert asyncio.run(talk()) == ["echo:one", "echo:two"]
+
+
+def test_a_real_completion_streams_through_traefik(stack: Stack, api_token: str) -> None:
+    url = urlsplit(stack.public)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    body = json.dumps(
+        {
+            "model": "tiny-t5",
+            "prompt": "Tell a story.",
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    try:
+        conn.request(
+            "POST",
+            "/v1/completions",
+            body=body,
+            headers={"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("x-ratelimit-limit-requests") == "6000"
+        lines = [line.decode().strip() for line in iter(response.readline, b"")]
+    finally:
+        conn.close()
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert any(chunk["choices"] and chunk["choices"][0]["finish_reason"] for chunk in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_a_websocket_completion_runs_through_traefik(stack: Stack, api_token: str) -> None:
+    async def talk() -> list[dict]:
+        url = stack.public.replace("http://", "ws://") + "/ws/v1/completions"
+        async with websockets.connect(url, open_timeout=10) as socket:
+            await socket.send(json.dumps({"type": "auth", "api_key": api_token}))
+            await socket.send(
+                json.dumps(
+                    {"type": "completion.create", "id": "t", "prompt": "Hello", "max_tokens": 8}
+                )
+            )
+            frames = []
+            while not frames or frames[-1]["type"] not in ("completion.done", "error"):
+                frames.append(json.loads(await asyncio.wait_for(socket.recv(), timeout=30)))
+            return frames
+
+    frames = asyncio.run(talk())
+    assert frames[0]["type"] == "completion.started"
+    assert frames[-1]["type"] == "completion.done" and frames[-1]["usage"]["total_tokens"] > 0

@@ -159,3 +159,23 @@ def test_the_streaming_paths_skip_traefiks_buffer_but_the_app_still_says_413(
     big = b"x" * (2 * 1024 * 1024)
     status, body = call(stack.public, "POST", "/v1/completions", headers, big)
     assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_a_429_through_traefik_is_audited_with_the_address_traefik_saw(
+    stack: Stack, limited_token: str
+) -> None:
+    from ratelimit.flush import flush
+    from tenants.models import ThrottleEvent
+
+    headers = {
+        "Authorization": f"Bearer {limited_token}",
+        "Content-Type": "application/json",
+        "X-Forwarded-For": SPOOF,
+        "X-Real-Ip": SPOOF,
+    }
+    body = json.dumps({"model": "tiny-t5", "prompt": "hi", "max_tokens": 2}).encode()
+    statuses = [call(stack.public, "POST", "/v1/completions", headers, body)[0] for _ in range(3)]
+    assert 429 in statuses
+    flush()
+    events = list(ThrottleEvent.objects.all())
+    assert events and all(event.sample_addresses == [CLIENT] for event in events)
