@@ -1,6 +1,7 @@
 """The one NinjaAPI, mounted at /v1, and the one place errors become OpenAI-shaped bodies."""
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -17,10 +18,25 @@ from console.errors import (
 )
 from inference.api import router as inference_router
 from inference.metrics import API_REJECTIONS, endpoint_of
+from inference.services import served_model_id
 
 logger = logging.getLogger(__name__)
 
-api = NinjaAPI(
+
+class NodeAPI(NinjaAPI):
+    """The NinjaAPI whose schema names the model this node serves (known only at run time)."""
+
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(**kwargs)
+        served = served_model_id()
+        for component in schema.get("components", {}).get("schemas", {}).values():
+            model = component.get("properties", {}).get("model")
+            if model is not None:
+                model["enum"] = [served]
+        return schema
+
+
+api = NodeAPI(
     title="Inference node API",
     version="1",
     description="OpenAI-compatible completions served by the node's own model, per-tenant keys "

@@ -110,11 +110,17 @@ def choose_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
 def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
     """Temperature, then nucleus (top_p) sampling of one row, on the CPU for reproducibility."""
     probs = torch.softmax(logits.float().cpu() / request.temperature, dim=-1)
+    if not torch.isfinite(probs).all():
+        # A temperature so small that logits/temperature overflows: that is greedy decoding.
+        return int(logits.argmax())
     if request.top_p >= 1.0:
         return int(torch.multinomial(probs, 1, generator=generator))
     sorted_probs, order = probs.sort(descending=True)
-    # Keep the smallest head whose mass reaches top_p; the most likely token always stays.
-    sorted_probs[(sorted_probs.cumsum(0) - sorted_probs) >= request.top_p] = 0.0
+    # Keep the smallest head whose mass reaches top_p; the most likely token always stays,
+    # however small top_p is (in float32 a tiny top_p is 0, which would drop every token).
+    drop = (sorted_probs.cumsum(0) - sorted_probs) >= request.top_p
+    drop[0] = False
+    sorted_probs[drop] = 0.0
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 

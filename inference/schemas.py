@@ -37,14 +37,15 @@ class _GenerationParams(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1)
+    # The schema states what the node can do; the checks in unsupported() say it in words.
+    n: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
     user: str | None = Field(None, max_length=256)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2, json_schema_extra={"enum": [0]})
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, json_schema_extra={"enum": [0]})
+    logit_bias: dict[str, float] | None = Field(None, json_schema_extra={"maxProperties": 0})
 
     @field_validator("stop")
     @classmethod
@@ -78,10 +79,10 @@ class CompletionIn(_GenerationParams):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    best_of: int | None = Field(None, ge=1)
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0)
-    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
+    echo: bool = Field(False, json_schema_extra={"enum": [False]})
+    logprobs: int | None = Field(None, ge=0, json_schema_extra={"maximum": 0})
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
 
     def unsupported(self) -> Unsupported | None:
         found = super().unsupported()

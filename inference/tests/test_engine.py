@@ -106,6 +106,15 @@ async def test_a_tiny_top_p_keeps_only_the_most_likely_token(engine: Engine) -> 
     greedy = await generate(engine, PROMPTS[4], max_tokens=20)
     nucleus = await generate(engine, PROMPTS[4], max_tokens=20, temperature=1.5, top_p=1e-6)
     assert nucleus.token_ids == greedy.token_ids
+    # Found by schemathesis: a top_p that float32 rounds to 0 once dropped every token.
+    denormal = await generate(engine, PROMPTS[4], max_tokens=20, temperature=1.0, top_p=5e-324)
+    assert denormal.token_ids == greedy.token_ids
+
+
+async def test_a_vanishing_temperature_decodes_greedily(engine: Engine) -> None:
+    greedy = await generate(engine, PROMPTS[4], max_tokens=20)
+    tiny = await generate(engine, PROMPTS[4], max_tokens=20, temperature=1e-300)
+    assert tiny.token_ids == greedy.token_ids
 
 
 async def started(stream: GenerationStream) -> AsyncIterator[str]:

@@ -83,3 +83,20 @@ def customer(transactional_db, api_server) -> Customer:  # type: ignore[no-untyp
 def model_name(server: LiveDaphne) -> str:
     with urllib.request.urlopen(f"{server.url}/readyz", timeout=5) as response:  # noqa: S310
         return Path(json.load(response)["checks"]["model"]["model"]).name
+
+
+def wait_for_release(tenant_id: int, timeout: float = 20.0) -> list[str]:
+    """Wait until the tenant holds no lease (every request settled); what is still held."""
+    from console.redis import get_sync_redis
+
+    redis = get_sync_redis()
+    deadline = time.monotonic() + timeout
+    while True:
+        held = [
+            key.decode()
+            for key in redis.scan_iter(match=f"rl:v1:{{t:{tenant_id}}}:*")
+            if b":lease:" in key or (key.endswith(b":inflight") and redis.zcard(key))
+        ]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.2)

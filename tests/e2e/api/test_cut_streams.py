@@ -2,15 +2,13 @@
 what the clients received."""
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from console.redis import get_sync_redis
 from ratelimit.flush import flush
 from tenants.models import UsageMinute
-from tests.e2e.api.conftest import Customer, model_name
+from tests.e2e.api.conftest import Customer, model_name, wait_for_release
 from tests.e2e.api.rawclients import Received, sse_cut, ws_cut
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -36,20 +34,6 @@ def _prompt_tokens(api_server, customer: Customer) -> int:  # type: ignore[no-un
     return sdk.completions.create(**payload).usage.prompt_tokens
 
 
-def _wait_for_release(tenant_id: int, timeout: float = 20.0) -> list[str]:
-    redis = get_sync_redis()
-    deadline = time.monotonic() + timeout
-    while True:
-        held = [
-            key.decode()
-            for key in redis.scan_iter(match=f"rl:v1:{{t:{tenant_id}}}:*")
-            if b":lease:" in key or (key.endswith(b":inflight") and redis.zcard(key))
-        ]
-        if not held or time.monotonic() > deadline:
-            return held
-        time.sleep(0.2)
-
-
 def _usage() -> tuple[int, int, int]:
     flush()
     rows = UsageMinute.objects.all()
@@ -61,7 +45,7 @@ def _usage() -> tuple[int, int, int]:
 
 
 def _check(received: list[Received], customer: Customer, prompt_tokens: int, before) -> None:  # type: ignore[no-untyped-def]
-    assert _wait_for_release(customer.tenant_id) == []
+    assert wait_for_release(customer.tenant_id) == []
     assert sum(not got.finished for got in received) >= STREAMS // 2  # really cut mid-way
     requests, prompt, completion = (now - then for now, then in zip(_usage(), before, strict=True))
     assert requests == STREAMS
