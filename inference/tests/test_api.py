@@ -1,0 +1,73 @@
+"""The completions API in-process: what a client gets when the model cannot serve it."""
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.test import AsyncClient
+
+from console.redis import get_sync_redis
+from inference import services
+from inference.engine import Engine, GenerationRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def installed() -> Iterator[Callable[[Engine], Engine]]:
+    previous = services.set_engine(None)
+    yield lambda engine: services.set_engine(engine) or engine
+    services.set_engine(previous)
+
+
+def _rl_state(tenant_id: int) -> list[bytes]:
+    redis = get_sync_redis()
+    return sorted(redis.scan_iter(match=f"rl*:v1:{{t:{tenant_id}}}:*"))
+
+
+async def _complete(token: str, **params: object):  # type: ignore[no-untyped-def]
+    body = {"model": services.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
+    return await AsyncClient().post(
+        "/v1/completions",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def test_a_model_that_failed_to_load_gets_503_with_the_fix_and_costs_nothing(
+    installed, tiny_model_dir, issued
+) -> None:
+    from inference.testing import tiny_config
+
+    engine = Engine(tiny_config(tiny_model_dir, model="/nonexistent/model"))
+    engine.start()
+    engine.wait_ready(30)
+    installed(engine)
+    response = await _complete(issued.token)
+    error = response.json()["error"]
+    assert response.status_code == 503 and error["code"] == "model_unavailable"
+    assert "INFERENCE_MODEL" in error["message"]
+    assert _rl_state(issued.api_key.tenant_id) == []  # refused before admission
+
+
+async def test_a_full_queue_gets_503_overloaded_and_releases_its_admission(
+    installed, make_engine, issued
+) -> None:
+    engine = installed(make_engine(max_batch=1, max_queue=1, max_wait_ms=0))
+    long = GenerationRequest("busy", max_tokens=400, ignore_eos=True)
+    running = await engine.submit(long)
+    iterator = aiter(running)
+    await anext(iterator)  # in its batch now
+    queued = await engine.submit(long)
+    try:
+        response = await _complete(issued.token)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "overloaded"
+        assert response["Retry-After"] == "1"
+        state = _rl_state(issued.api_key.tenant_id)
+        assert not [key for key in state if b":lease:" in key]  # released at once
+        assert not [key for key in state if key.endswith(b":usage")]  # not counted as usage
+    finally:
+        running.cancel()
+        queued.cancel()
+        await iterator.aclose()
