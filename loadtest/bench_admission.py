@@ -15,36 +15,17 @@ import asyncio
 import math
 import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import own_redis  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-
-
-def _own_redis() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(  # noqa: S603 - the redis-server binary, fixed arguments
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind"]
-        + ["127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir()],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return server, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.02)
-    server.kill()
-    raise SystemExit("redis-server did not start")
 
 
 PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,7 +41,7 @@ PARSER.add_argument(
 ARGS = PARSER.parse_args()
 SERVER = None
 if not ARGS.redis_url:
-    SERVER, ARGS.redis_url = _own_redis()
+    SERVER, ARGS.redis_url = own_redis()
 # Settings read the environment once, at setup.
 os.environ["REDIS_URL"] = os.environ["RATELIMIT_REDIS_URL"] = ARGS.redis_url
 os.environ["RATELIMIT_REDIS_TIMEOUT_MS"] = ARGS.timeout_ms

@@ -1,0 +1,301 @@
+"""The HTTP gateway's own cost: the 429 path against a trivial endpoint on the same server, and
+the admitted path's overhead around the engine.
+
+    .venv/bin/python loadtest/bench_http.py [--seconds 5] [--rounds 3] [--workers 8]
+                                            [--requests 300]
+
+It starts everything it measures and stops it at the end: its own redis-server on a free port,
+a scratch PostgreSQL database (`inference_node_bench` on DATABASE_URL's server, default
+127.0.0.1), the tiny random T5 (built into a temp dir), and one daphne serving the project.
+
+- Throughput: `--workers` keep-alive clients hammer for `--seconds` each, in `--rounds`
+  interleaved rounds: GET /healthz (no key, no limiter: the trivial endpoint) and
+  POST /v1/completions with a key whose limit is spent (auth from cache, validation, prompt
+  token count, one ADMIT that denies, the 429 body and headers). Goal: 429 rps >= 0.8x.
+- Overhead: `--requests` sequential admitted completions of one token; overhead = the client's
+  time to the whole response minus the engine's own time for it (x-queue-time-ms +
+  x-inference-time-ms: submit to first token, which for one token is also the last). What is
+  left is auth, admission, settlement, the view and HTTP. Goal: p99 <= 5 ms.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "loadtest"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+from harness import own_redis  # noqa: E402
+
+PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+PARSER.add_argument("--seconds", type=float, default=5.0)
+PARSER.add_argument("--rounds", type=int, default=3)
+PARSER.add_argument("--workers", type=int, default=8)
+PARSER.add_argument("--requests", type=int, default=300)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def scratch_database() -> str:
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    url = base.rsplit("/", 1)[0] + "/inference_node_bench"
+    host = url.split("@")[-1].split("/")[0]
+    subprocess.run(
+        [
+            "dropdb",
+            "--if-exists",
+            "-h",
+            host.split(":")[0],
+            "-U",
+            "postgres",  # noqa: S607
+            "inference_node_bench",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "createdb",
+            "-h",
+            host.split(":")[0],
+            "-U",
+            "postgres",  # noqa: S607
+            "inference_node_bench",
+        ],
+        check=True,
+    )
+    return url
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,  # noqa: S603
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    daphne = Path(sys.executable).with_name("daphne")
+    sink = log.open("wb")
+    process = subprocess.Popen(
+        [
+            str(daphne),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "0",  # noqa: S603
+            "console.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(600):
+        text = log.read_text(errors="replace")
+        if "Listening on TCP address" in text:
+            port = text.split("Listening on TCP address 127.0.0.1:")[1].split()[0]
+            url = f"http://127.0.0.1:{port}"
+            if asyncio.run(one_request(url, "GET", "/readyz"))[0] == 200:
+                return process, url
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"daphne did not become ready:\n{log.read_text()[-3000:]}")
+
+
+def prepare(workdir: Path) -> tuple[dict[str, str], str, str]:
+    """Environment for the server, a key with a spent limit, a key with room."""
+    from inference.loading import quiet_libraries
+    from inference.tiny_model import make_tiny_model
+
+    quiet_libraries()
+    model = make_tiny_model(workdir / "tiny", seed=0)
+    redis_server, redis_url = own_redis()
+    env = {
+        **os.environ,
+        "DATABASE_URL": scratch_database(),
+        "REDIS_URL": redis_url,
+        "DEBUG": "false",
+        "INFERENCE_MODEL": str(model),
+        "INFERENCE_MODEL_NAME": "tiny",
+        "INFERENCE_QUANTIZATION": "none",
+        "INFERENCE_THREADS": "1",
+        "INFERENCE_MAX_WAIT_MS": "0",
+        "RATELIMIT_FLUSH_SECONDS": "0",
+    }
+    env["BENCH_REDIS_PID"] = str(redis_server.pid)
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "create_tenant", "spent", "--rpm", "1", "--burst", "1")
+    manage(env, "create_tenant", "roomy", "--rpm", "100000", "--tpm", "100000000")
+    return env, manage(env, "issue_key", "spent"), manage(env, "issue_key", "roomy")
+
+
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client: cheap enough not to be what is measured."""
+
+    def __init__(self, url: str) -> None:
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict, body: bytes | None):  # type: ignore[no-untyped-def]
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(body or b'')}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status = int(head.split(" ", 2)[1])
+        fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        fields = {name.lower(): value for name, value in fields.items()}
+        payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        return status, fields, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def one_request(
+    url: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None
+):  # type: ignore[no-untyped-def]
+    connection = Connection(url)
+    try:
+        return await connection.request(method, path, headers or {}, body)
+    except OSError:
+        return 0, {}, b""
+    finally:
+        connection.close()
+
+
+async def hammer(
+    url: str,
+    method: str,
+    path: str,
+    seconds: float,
+    workers: int,
+    headers: dict,
+    body: bytes | None,
+) -> tuple[float, list[float], set[int]]:
+    latencies: list[float] = []
+    statuses: set[int] = set()
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        connection = Connection(url)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                status, _, _ = await connection.request(method, path, headers, body)
+                latencies.append(time.perf_counter() - started)
+                statuses.add(status)
+        finally:
+            connection.close()
+
+    begun = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return len(latencies) / (time.perf_counter() - begun), latencies, statuses
+
+
+async def throughput(url: str, spent: str, args: argparse.Namespace) -> dict[str, list]:
+    body = json.dumps({"model": "tiny", "prompt": "Hello there", "max_tokens": 8}).encode()
+    paths = {
+        "trivial": ("GET", "/healthz", {}, None),
+        "429": (
+            "POST",
+            "/v1/completions",
+            {"Authorization": f"Bearer {spent}", "Content-Type": "application/json"},
+            body,
+        ),
+    }
+    runs: dict[str, list] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, (method, path, headers, payload) in paths.items():
+            rps, latencies, statuses = await hammer(
+                url, method, path, args.seconds, args.workers, headers, payload
+            )
+            runs[name].append((rps, latencies, statuses))
+    return runs
+
+
+async def overhead(url: str, roomy: str, count: int) -> list[float]:
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 1}).encode()
+    headers = {"Authorization": f"Bearer {roomy}", "Content-Type": "application/json"}
+    gaps = []
+    connection = Connection(url)
+    try:
+        for n in range(count + 20):
+            started = time.perf_counter()
+            status, fields, payload = await connection.request(
+                "POST", "/v1/completions", headers, body
+            )
+            total = time.perf_counter() - started
+            assert status == 200, payload
+            engine = float(fields["x-queue-time-ms"]) + float(fields["x-inference-time-ms"])
+            if n >= 20:  # the first ones warm caches and the connection
+                gaps.append(total - engine / 1000)
+    finally:
+        connection.close()
+    return gaps
+
+
+def report(runs: dict[str, list], gaps: list[float], args: argparse.Namespace) -> None:
+    print(
+        f"load: {os.getloadavg()}, workers {args.workers}, {args.rounds} rounds x "
+        f"{args.seconds:.0f} s per path"
+    )
+    for name, rows in runs.items():
+        rps = statistics.median(row[0] for row in rows)
+        latencies = [value for row in rows for value in row[1]]
+        statuses = sorted(set().union(*(row[2] for row in rows)))
+        print(
+            f"{name:8s} {rps:8.0f} req/s  p50 {pct(latencies, 0.5) * 1000:6.2f} ms  "
+            f"p99 {pct(latencies, 0.99) * 1000:6.2f} ms  statuses {statuses}"
+        )
+    ratio = statistics.median(r[0] for r in runs["429"]) / statistics.median(
+        r[0] for r in runs["trivial"]
+    )
+    print(f"429 path / trivial endpoint, req/s: {ratio:.2f}x (goal >= 0.80x)")
+    print(
+        f"admitted path overhead around the engine ({len(gaps)} sequential one-token "
+        f"completions): p50 {pct(gaps, 0.5) * 1000:.2f} ms  p99 {pct(gaps, 0.99) * 1000:.2f} "
+        "ms (goal p99 <= 5 ms)"
+    )
+
+
+def main() -> None:
+    args = PARSER.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env, spent, roomy = prepare(Path(tmp))
+        server, url = start_server(env, Path(tmp) / "daphne.log")
+        try:
+            runs = asyncio.run(throughput(url, spent, args))
+            gaps = asyncio.run(overhead(url, roomy, args.requests))
+        finally:
+            server.terminate()
+            server.wait(20)
+            os.kill(int(env["BENCH_REDIS_PID"]), 15)
+        report(runs, gaps, args)
+
+
+if __name__ == "__main__":
+    main()
