@@ -21,6 +21,7 @@ from inference.generation import (
     GenerationRequest,
     GenerationResult,
 )
+from inference.kvcache import buffered_cache
 from inference.loading import LoadedModel
 
 
@@ -137,7 +138,9 @@ class Batch:
         self.rows = [Row(job, model, started) for job in jobs]
         ids, self.mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
         self.encoded = model.model.get_encoder()(input_ids=ids, attention_mask=self.mask)[0]
-        self.cache = None
+        # Sized for the longest row: no row feeds more than max_tokens inputs to the decoder.
+        capacity = max(job.request.max_tokens for job in jobs)
+        self.cache = buffered_cache(model.model.config, capacity)
         self.next_ids = torch.full(
             (len(jobs), 1), model.decoder_start_id, dtype=torch.long, device=model.device
         )
@@ -151,7 +154,6 @@ class Batch:
             cache=self.cache,
             use_cache=True,
         )
-        self.cache = out.cache
         return choose_tokens(out.logits[:, -1, :], self.rows)
 
     def keep_running(self, tokens: list[int] | None = None) -> None:
@@ -167,8 +169,7 @@ class Batch:
         self.encoded, self.mask = self.encoded[index], self.mask[index]
         if tokens is None:
             self.next_ids = self.next_ids[index]
-        if self.cache is not None:
-            self.cache.batch_select_indices(index)
+        self.cache.batch_select_indices(index)
 
 
 def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bool]) -> None:

@@ -177,8 +177,10 @@ def build_t5(folder: Path, shape: T5Shape, tokenizer, seed: int = 0) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_adapter(base_folder: Path, adapter_folder: Path, seed: int = 0, rank: int = 8) -> None:
-    """Write a LoRA adapter (q and v projections) with non-zero random weights."""
+def build_adapter(
+    base_folder: Path, adapter_folder: Path, seed: int = 0, rank: int = 8, strength: float = 0.05
+) -> None:
+    """Write a LoRA adapter (q and v) whose update is `strength` times each weight's norm."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM
 
@@ -199,17 +201,21 @@ def build_adapter(base_folder: Path, adapter_folder: Path, seed: int = 0, rank: 
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
         )
         peft_model = get_peft_model(base, config)
-    _scale_lora(peft_model, 0.5)
+    _set_strength(peft_model, strength)
     peft_model.save_pretrained(adapter_folder)
 
 
-def _scale_lora(peft_model, factor: float) -> None:
-    # Random B makes deltas larger than the base weights; halve them so outputs change but
-    # the adapted model is not pure noise.
+def _set_strength(peft_model, strength: float) -> None:  # type: ignore[no-untyped-def]
+    # Random A and B give updates several times larger than the weights they adapt, which
+    # a trained adapter never has (and which floods bitsandbytes with activation outliers).
+    from peft.tuners.lora import LoraLayer
+
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(factor)
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                delta = (b @ a) * module.scaling["default"]
+                b.mul_(strength * module.base_layer.weight.norm() / delta.norm())
 
 
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:
@@ -217,5 +223,6 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer = build_tokenizer(seed)
     build_t5(folder, T5Shape(), tokenizer, seed)
-    build_adapter(folder, folder / "adapter", seed, rank=4)
+    # A strong adapter, so tests see it change what the tiny model writes.
+    build_adapter(folder, folder / "adapter", seed, rank=4, strength=1.0)
     return folder
