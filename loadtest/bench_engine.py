@@ -2,13 +2,17 @@
 
 A random-weight model with flan-t5-base's exact shape (247,577,856 parameters, untied lm_head)
 and a LoRA adapter are built under --workdir (never committed). Every request has a 64-token
-prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Compared in one process:
+prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Measured in one process:
 
-- our engine per backend at 1, 4, 16 and 32 concurrent requests;
-- the baseline, the reference implementation's way: bitsandbytes int8 with the adapter
-  unmerged (peft), one generate() at a time;
-- CTranslate2 int8 on the same weights, each level as one batch (when it is installed:
-  `pip install torch==2.13.0 '.[bench]'`); converted with the fix from docs/engine.md.
+- our engine, per backend, at 1, 4, 16 and 32 concurrent requests (best of --repeat runs),
+  and for the CPU default backend CTranslate2's batch of the same size right after each run;
+- at 16 concurrent requests, in interleaved rounds (so all see the same machine load):
+  our engine with the CPU default backend; transformers' generate() on the same loaded model
+  with the 16 prompts as one batch; CTranslate2 int8 on the same (merged) weights with the 16
+  prompts as one batch (when installed: `pip install torch==2.13.0 '.[bench]'`; converted with
+  the fix from docs/engine.md); and the baseline, the reference implementation's way:
+  bitsandbytes int8, the adapter unmerged (peft), one generate() at a time;
+- time to first token of one request, engine and bare generate() alternating.
 
     .venv/bin/python loadtest/bench_engine.py [--backends torch-int8,bf16] [--concurrency 1,16]
 """
@@ -16,14 +20,14 @@ prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Compared in
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import random
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,9 @@ from inference.loading import quiet_libraries  # noqa: E402
 
 PROMPT_TOKENS = NEW_TOKENS = 64
 BACKENDS = ("torch-int8", "bnb-int8", "bf16", "none")
-HEADLINE = "torch-int8"  # the CPU default, used for the ratios
+HEADLINE = "torch-int8"  # the CPU default: the ratios are about it
+RATIO_LEVEL = 16
+Figures = dict[str, float]
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,10 +49,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--repeat", type=int, default=2, help="runs per level; the best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 16")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
-    parser.add_argument("--baseline-requests", type=int, default=4)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ct2", action="store_true")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
@@ -90,63 +96,15 @@ def make_prompts(base: Path, count: int) -> list[str]:
     return prompts
 
 
-# --- our engine ---------------------------------------------------------------------------------
-async def one_request(engine: Engine, prompt: str) -> dict[str, float]:
-    started = time.perf_counter()
-    request = GenerationRequest(prompt, max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
-    result = await (await engine.submit(request)).complete()
-    return {
-        "latency": time.perf_counter() - started,
-        "ttft": result.first_token_seconds or 0.0,
-        "tokens": result.completion_tokens,
-    }
+def batch_figures(tokens: int, wall: float) -> Figures:
+    return {"tokens_per_s": tokens / wall, "latency_mean": wall, "latency_max": wall}
 
 
-async def run_level(engine: Engine, prompts: list[str], level: int) -> dict[str, float]:
-    started = time.perf_counter()
-    rows = await asyncio.gather(*(one_request(engine, p) for p in prompts[:level]))
-    wall = time.perf_counter() - started
-    return summarize(rows, wall)
-
-
-def summarize(rows: list[dict[str, float]], wall: float) -> dict[str, float]:
-    latencies = [row["latency"] for row in rows]
-    return {
-        "tokens_per_s": sum(row["tokens"] for row in rows) / wall,
-        "latency_mean": statistics.mean(latencies),
-        "latency_max": max(latencies),
-        "ttft_mean": statistics.mean(row.get("ttft", 0.0) for row in rows),
-    }
-
-
-def best(runs: list[dict[str, float]]) -> dict[str, float]:
+def best(runs: list[Figures]) -> Figures:
     return max(runs, key=lambda run: run["tokens_per_s"])
 
 
-def bench_backend(args: argparse.Namespace, backend: str, base: Path, adapter: Path, prompts, ct2):
-    """Figures for one backend at every level, plus TTFT against a bare generate(). When ct2
-    is given, its batch at the same level runs right after ours, so both see the same load."""
-    engine = start_engine(args, backend, base, adapter)
-    try:
-        figures: dict[Any, Any] = {"load_s": engine.status()["load_seconds"]}
-        anchor: dict[int, list] = {level: [] for level in args.levels}
-        for level in args.levels:
-            runs = []
-            for _ in range(args.repeat):
-                runs.append(asyncio.run(run_level(engine, prompts, level)))
-                if ct2 is not None:
-                    anchor[level].append(ct2(level))
-            figures[level] = best(runs)
-            print(f"  {backend:<10} c={level:<3} {fmt(figures[level])}", flush=True)
-            if ct2 is not None:
-                print(f"  {'ct2-int8':<10} c={level:<3} {fmt(best(anchor[level]))}", flush=True)
-        figures["ttft"] = ttft_against_generate(engine, prompts[0])
-        anchors = {level: best(runs) for level, runs in anchor.items()} if ct2 else None
-        return figures, anchors
-    finally:
-        engine.stop(60)
-
-
+# --- our engine ---------------------------------------------------------------------------------
 def start_engine(args: argparse.Namespace, backend: str, base: Path, adapter: Path) -> Engine:
     config = EngineConfig(
         model=str(base),
@@ -165,29 +123,91 @@ def start_engine(args: argparse.Namespace, backend: str, base: Path, adapter: Pa
     return engine
 
 
-def ttft_against_generate(engine: Engine, prompt: str, runs: int = 5) -> dict[str, float]:
-    """Median time to first token: one request through the engine vs a bare generate()."""
+async def one_request(engine: Engine, prompt: str) -> Figures:
+    started = time.perf_counter()
+    request = GenerationRequest(prompt, max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    result = await (await engine.submit(request)).complete()
+    return {
+        "latency": time.perf_counter() - started,
+        "ttft": result.first_token_seconds or 0.0,
+        "tokens": result.completion_tokens,
+    }
+
+
+async def concurrent(engine: Engine, prompts: list[str]) -> Figures:
+    """All prompts submitted at once; aggregate tokens/s and per-request latency."""
+    started = time.perf_counter()
+    rows = await asyncio.gather(*(one_request(engine, p) for p in prompts))
+    wall = time.perf_counter() - started
+    latencies = [row["latency"] for row in rows]
+    return {
+        "tokens_per_s": sum(row["tokens"] for row in rows) / wall,
+        "latency_mean": statistics.mean(latencies),
+        "latency_max": max(latencies),
+        "ttft_mean": statistics.mean(row["ttft"] for row in rows),
+    }
+
+
+def bench_levels(args, engine: Engine, backend: str, prompts, ct2=None) -> dict:  # noqa: ANN001
+    """Best of --repeat runs at each level; CTranslate2's batch of the same size right after."""
+    figures: dict[Any, Any] = {"load_s": engine.status()["load_seconds"]}
+    for level in args.levels:
+        ours, theirs = [], []
+        for _ in range(args.repeat):
+            ours.append(asyncio.run(concurrent(engine, prompts[:level])))
+            if ct2 is not None:
+                theirs.append(ct2(level))
+        figures[level] = best(ours)
+        print(f"  {backend:<12} c={level:<3} {fmt(figures[level])}", flush=True)
+        if theirs:
+            print(f"  {'ct2-int8':<12} c={level:<3} {fmt(best(theirs))}", flush=True)
+    figures["ttft"] = ttft_pair(engine, prompts[0])
+    return figures
+
+
+def ttft_pair(engine: Engine, prompt: str, runs: int = 5) -> Figures:
+    """Median time to first token of one request: engine and bare generate(), alternating."""
     import torch
 
-    async def first_token() -> float:
-        request = GenerationRequest(prompt, max_tokens=1, temperature=0.0)
-        return (await (await engine.submit(request)).complete()).first_token_seconds or 0.0
-
-    ours = statistics.median(asyncio.run(first_token()) for _ in range(runs))
     loaded = engine._loaded()
     inputs = loaded.tokenizer(prompt, return_tensors="pt")
-    bare = []
-    with torch.inference_mode():
-        for _ in range(runs):
+    request = GenerationRequest(prompt, max_tokens=1, temperature=0.0)
+    ours, bare = [], []
+    for _ in range(runs):
+        result = asyncio.run(_complete(engine, request))
+        ours.append(result.first_token_seconds or 0.0)
+        with torch.inference_mode():
             started = time.perf_counter()
             loaded.model.generate(**inputs, max_new_tokens=1, do_sample=False)
             bare.append(time.perf_counter() - started)
-    return {"engine": ours, "generate": statistics.median(bare)}
+    return {"engine": statistics.median(ours), "generate": statistics.median(bare)}
+
+
+async def _complete(engine: Engine, request: GenerationRequest):  # noqa: ANN202
+    return await (await engine.submit(request)).complete()
+
+
+def generate_runner(engine: Engine, prompts: list[str]) -> Callable[[], Figures]:
+    """transformers' generate() on the engine's own model, the prompts as one batch."""
+    import torch
+
+    loaded = engine._loaded()
+    inputs = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
+    options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
+
+    def run() -> Figures:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            out = loaded.model.generate(**inputs, **options)
+        return batch_figures((out.shape[1] - 1) * len(prompts), time.perf_counter() - started)
+
+    return run
 
 
 # --- the reference implementation's way ----------------------------------------------------------
-def bench_baseline(base: Path, adapter: Path, prompts: list[str], requests: int) -> dict:
-    """bitsandbytes int8, the adapter unmerged, one generate() at a time (any concurrency)."""
+def baseline_runner(base: Path, adapter: Path, prompt: str) -> Callable[[], Figures]:
+    """bitsandbytes int8, adapter unmerged, one generate() at a time: its tokens/s is one
+    request's at any concurrency (the n-th of n concurrent requests waits n-1 whole runs)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BitsAndBytesConfig
@@ -196,16 +216,20 @@ def bench_baseline(base: Path, adapter: Path, prompts: list[str], requests: int)
     model = AutoModelForSeq2SeqLM.from_pretrained(
         base, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
     )
-    model = PeftModel.from_pretrained(model, adapter).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft on transformers 5 deprecations
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    inputs = tokenizer(prompt, return_tensors="pt")
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
-    rows, started = [], time.perf_counter()
-    with torch.inference_mode():
-        model.generate(**tokenizer(prompts[0], return_tensors="pt"), max_new_tokens=2)
-        started = time.perf_counter()
-        for prompt in prompts[:requests]:
-            out = model.generate(**tokenizer(prompt, return_tensors="pt"), **options)
-            rows.append({"latency": time.perf_counter() - started, "tokens": out.shape[1] - 1})
-    return summarize(rows, time.perf_counter() - started)
+
+    def run() -> Figures:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            out = model.generate(**inputs, **options)
+        return batch_figures(out.shape[1] - 1, time.perf_counter() - started)
+
+    run()  # warm-up
+    return run
 
 
 # --- CTranslate2 ---------------------------------------------------------------------------------
@@ -239,16 +263,15 @@ def ct2_model(base: Path, adapter: Path, workdir: Path) -> Path:
 
     merged, output = workdir / "merged", workdir / "ct2-int8"
     if not (output / "model.bin").is_file():
-        load_model(str(base), adapter=str(adapter), quantization="none").model.save_pretrained(
-            merged
-        )
+        model = load_model(str(base), adapter=str(adapter), quantization="none").model
+        model.save_pretrained(merged)
         with ct2_scale_fix():
             TransformersConverter(str(merged)).convert(str(output), quantization="int8", force=True)
     return output
 
 
 def ct2_runner(args: argparse.Namespace, base: Path, adapter: Path, prompts: list[str]):
-    """A function that runs CTranslate2 int8 on `level` prompts as one batch."""
+    """A function that runs CTranslate2 int8 on the first `level` prompts as one batch."""
     import ctranslate2
     from transformers import AutoTokenizer
 
@@ -261,18 +284,51 @@ def ct2_runner(args: argparse.Namespace, base: Path, adapter: Path, prompts: lis
     options = {"beam_size": 1, "max_decoding_length": NEW_TOKENS, "min_decoding_length": NEW_TOKENS}
     translator.translate_batch(sources[:1], **options)  # warm-up
 
-    def run(level: int) -> dict[str, float]:
+    def run(level: int) -> Figures:
         started = time.perf_counter()
         out = translator.translate_batch(sources[:level], max_batch_size=level, **options)
-        wall = time.perf_counter() - started
         tokens = sum(len(result.hypotheses[0]) for result in out)
-        return {"tokens_per_s": tokens / wall, "latency_mean": wall, "latency_max": wall}
+        return batch_figures(tokens, time.perf_counter() - started)
 
     return run
 
 
+# --- interleaved rounds at 16 --------------------------------------------------------------------
+def ratio_rounds(args, engine: Engine, prompts: list[str], anchors: dict) -> dict[str, Figures]:
+    """Engine, generate(), CTranslate2 and the baseline at 16, taking turns, best of rounds."""
+    batch = prompts[:RATIO_LEVEL]
+    runners: dict[str, Callable[[], Figures]] = {
+        HEADLINE: lambda: asyncio.run(concurrent(engine, batch)),
+        "generate()": generate_runner(engine, batch),
+    }
+    if "ct2" in anchors:
+        runners["ct2-int8"] = lambda: anchors["ct2"](RATIO_LEVEL)
+    if "baseline" in anchors:
+        runners["baseline"] = anchors["baseline"]
+    runs: dict[str, list[Figures]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            runs[name].append(run())
+    figures = {name: best(found) for name, found in runs.items()}
+    for name, found in figures.items():
+        print(f"  {name:<12} c={RATIO_LEVEL:<3} {fmt(found)}", flush=True)
+    return figures
+
+
+def load_anchors(args: argparse.Namespace, base: Path, adapter: Path, prompts) -> dict:
+    anchors: dict[str, Any] = {}
+    if not args.no_baseline:
+        anchors["baseline"] = baseline_runner(base, adapter, prompts[0])
+    if not args.no_ct2:
+        try:
+            anchors["ct2"] = ct2_runner(args, base, adapter, prompts)
+        except ImportError:
+            print("  ct2-int8 not installed (pip install torch==2.13.0 '.[bench]')", flush=True)
+    return anchors
+
+
 # --- report --------------------------------------------------------------------------------------
-def fmt(row: dict[str, float]) -> str:
+def fmt(row: Figures) -> str:
     ttft = f"  ttft {row['ttft_mean'] * 1000:7.1f} ms" if row.get("ttft_mean") else ""
     return (
         f"{row['tokens_per_s']:7.1f} tok/s  latency mean {row['latency_mean']:6.2f} s  "
@@ -280,27 +336,22 @@ def fmt(row: dict[str, float]) -> str:
     )
 
 
-def print_ratios(results: dict[str, Any], levels: list[int]) -> None:
-    head = results.get(HEADLINE)
-    if head is None:
-        return
-    at = 16 if 16 in levels else max(levels)
-    print("\nratios")
-    if "baseline" in results:
-        ratio = head[at]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
-        print(f"  {HEADLINE} tokens/s at {at} concurrent / baseline: {ratio:5.1f}x (goal >= 10x)")
-    if "ct2-int8" in results:
-        ratio = head[at]["tokens_per_s"] / results["ct2-int8"][at]["tokens_per_s"]
-        print(
-            f"  {HEADLINE} tokens/s at {at} concurrent / CTranslate2 int8: {ratio:5.2f}x (>= 1.0)"
-        )
+def print_ratios(rounds: dict[str, Figures], results: dict[str, Any]) -> None:
+    print(f"\nratios at {RATIO_LEVEL} concurrent requests (same rounds)")
+    ours = rounds.get(HEADLINE, {}).get("tokens_per_s")
+    goals = {"baseline": ">= 10x", "ct2-int8": ">= 1.0x", "generate()": ">= 1.0x"}
+    for name, goal in goals.items():
+        if ours and name in rounds:
+            ratio = ours / rounds[name]["tokens_per_s"]
+            print(f"  {HEADLINE} / {name:<10} tokens/s: {ratio:6.2f}x (goal {goal})")
+    print("time to first token, one request (medians of 5, alternating)")
     for backend in BACKENDS:
         if backend in results:
             ttft = results[backend]["ttft"]
-            ratio = ttft["engine"] / ttft["generate"]
             print(
-                f"  {backend} TTFT at 1 request {ttft['engine'] * 1000:6.1f} ms / bare generate() "
-                f"{ttft['generate'] * 1000:6.1f} ms: {ratio:4.2f}x (goal <= 1.3x)"
+                f"  {backend:<10} engine {ttft['engine'] * 1000:6.1f} ms / bare generate() "
+                f"{ttft['generate'] * 1000:6.1f} ms: {ttft['engine'] / ttft['generate']:4.2f}x "
+                "(goal <= 1.3x)"
             )
 
 
@@ -310,25 +361,21 @@ def main() -> None:
     quiet_libraries()
     print(f"start: {uptime()}", flush=True)
     base, adapter = ensure_model(args.workdir)
-    prompts = make_prompts(base, max([*args.levels, args.baseline_requests]))
+    prompts = make_prompts(base, max([*args.levels, RATIO_LEVEL]))
+    anchors = load_anchors(args, base, adapter, prompts)
     results: dict[str, Any] = {}
-    if not args.no_baseline:
-        results["baseline"] = bench_baseline(base, adapter, prompts, args.baseline_requests)
-        print(f"  {'baseline':<10} any c  {fmt(results['baseline'])}", flush=True)
-        gc.collect()
-    ct2 = None
-    if not args.no_ct2:
-        try:
-            ct2 = ct2_runner(args, base, adapter, prompts)
-        except ImportError:
-            print("  ct2-int8   not installed (pip install torch==2.13.0 '.[bench]')")
+    rounds: dict[str, Figures] = {}
     for backend in args.backends.split(","):
-        companion = ct2 if backend == HEADLINE else None
-        results[backend], anchors = bench_backend(args, backend, base, adapter, prompts, companion)
-        if anchors:
-            results["ct2-int8"] = anchors
-        gc.collect()
-    print_ratios(results, args.levels)
+        engine = start_engine(args, backend, base, adapter)
+        try:
+            ct2 = anchors.get("ct2") if backend == HEADLINE else None
+            results[backend] = bench_levels(args, engine, backend, prompts, ct2)
+            if backend == HEADLINE:
+                rounds = ratio_rounds(args, engine, prompts, anchors)
+                print(f"  (middle: {uptime()})", flush=True)
+        finally:
+            engine.stop(60)
+    print_ratios(rounds, results)
     print(f"end:   {uptime()}")
 
 
