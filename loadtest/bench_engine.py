@@ -15,6 +15,7 @@ prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Measured in
 - time to first token of one request, engine and bare generate() alternating.
 
     .venv/bin/python loadtest/bench_engine.py [--backends torch-int8,bf16] [--concurrency 1,16]
+    .venv/bin/python loadtest/bench_engine.py --device cuda --backends bnb-int8,bf16 --no-ct2
 """
 
 import argparse
@@ -53,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
+    parser.add_argument(
+        "--device", default="cpu", help="our engine's; the baseline and CTranslate2 use the CPU"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ct2", action="store_true")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
@@ -110,7 +114,7 @@ def start_engine(args: argparse.Namespace, backend: str, base: Path, adapter: Pa
         model=str(base),
         adapter=str(adapter),
         quantization=backend,
-        device="cpu",
+        device=args.device,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         threads=args.threads,
@@ -170,7 +174,7 @@ def ttft_pair(engine: Engine, prompt: str, runs: int = 5) -> Figures:
     import torch
 
     loaded = engine._loaded()
-    inputs = loaded.tokenizer(prompt, return_tensors="pt")
+    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     request = GenerationRequest(prompt, max_tokens=1, temperature=0.0)
     ours, bare = [], []
     for _ in range(runs):
@@ -192,7 +196,7 @@ def generate_runner(engine: Engine, prompts: list[str]) -> Callable[[], Figures]
     import torch
 
     loaded = engine._loaded()
-    inputs = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
+    inputs = loaded.tokenizer(prompts, return_tensors="pt", padding=True).to(loaded.device)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
 
     def run() -> Figures:
