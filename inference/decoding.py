@@ -120,7 +120,9 @@ def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Ge
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 
-def _pad(prompts: list[list[int]], pad_id: int, device: torch.device):
+def _pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -184,18 +184,24 @@ def load_model(
     with _known_warnings():
         network = _build(folder, adapter_folder, scheme, target)
     _tune(network, target)
-    network.eval()
+    loaded = _describe(network.eval(), tokenizer, target, scheme)
+    loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def _describe(network: Any, tokenizer: Any, device: torch.device, scheme: str) -> LoadedModel:
     config = network.config
     return LoadedModel(
         model=network,
         tokenizer=tokenizer,
-        device=target,
+        device=device,
         quantization=scheme,
         decoder_start_id=int(config.decoder_start_token_id),
         eos_id=int(config.eos_token_id),
         pad_id=int(config.pad_token_id),
-        max_input_tokens=max_input_tokens or _tokenizer_limit(tokenizer),
-        load_seconds=time.perf_counter() - started,
+        max_input_tokens=_tokenizer_limit(tokenizer),
+        load_seconds=0.0,
         byte_ids=byte_piece_ids(tokenizer.get_vocab()),
         special_ids=special_ids(tokenizer.backend_tokenizer),
     )

@@ -11,12 +11,15 @@ encoder output. Rows leave the batch with `keep()`.
 from typing import Any
 
 import torch
+from torch import Tensor
 
 
 class T5DecoderStep:
     """Call with the last token of each row; returns each row's next-token logits."""
 
-    def __init__(self, model: Any, encoded: torch.Tensor, mask: torch.Tensor, capacity: int):
+    def __init__(
+        self, model: Any, encoded: torch.Tensor, mask: torch.Tensor, capacity: int
+    ) -> None:
         config = model.config
         self.lm_head = model.lm_head
         self.decoder = model.get_decoder()
@@ -61,7 +64,9 @@ class T5DecoderStep:
             hidden = hidden * self.output_scale
         return self.lm_head(hidden)[:, -1, :]
 
-    def _self_attention(self, index: int, layer: Any, hidden, bias, position: int):
+    def _self_attention(
+        self, index: int, layer: Any, hidden: Tensor, bias: Tensor, position: int
+    ) -> Tensor:
         attention = layer.SelfAttention
         normed = layer.layer_norm(hidden)
         end = position + 1
@@ -72,7 +77,7 @@ class T5DecoderStep:
         scores = torch.matmul(self._split(attention.q(normed)), keys.transpose(2, 3)) + bias
         return hidden + attention.o(self._merge(torch.softmax(scores, dim=-1), values))
 
-    def _cross_attention(self, index: int, layer: Any, hidden):
+    def _cross_attention(self, index: int, layer: Any, hidden: Tensor) -> Tensor:
         attention = layer.EncDecAttention
         keys, values = self.cross[index]
         query = self._split(attention.q(layer.layer_norm(hidden)))

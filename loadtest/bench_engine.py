@@ -35,7 +35,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.engine import Engine, EngineConfig, GenerationRequest  # noqa: E402
+from inference.engine import (  # noqa: E402
+    Engine,
+    EngineConfig,
+    GenerationRequest,
+    GenerationResult,
+)
 from inference.loading import quiet_libraries  # noqa: E402
 
 PROMPT_TOKENS = NEW_TOKENS = 64
@@ -152,7 +157,13 @@ async def concurrent(engine: Engine, prompts: list[str]) -> Figures:
     }
 
 
-def bench_levels(args, engine: Engine, backend: str, prompts, ct2=None) -> dict:  # noqa: ANN001
+def bench_levels(
+    args: argparse.Namespace,
+    engine: Engine,
+    backend: str,
+    prompts: list[str],
+    ct2: Callable[[int], Figures] | None = None,
+) -> dict:
     """Best of --repeat runs at each level; CTranslate2's batch of the same size right after."""
     figures: dict[Any, Any] = {"load_s": engine.status()["load_seconds"]}
     for level in args.levels:
@@ -187,7 +198,7 @@ def ttft_pair(engine: Engine, prompt: str, runs: int = 5) -> Figures:
     return {"engine": statistics.median(ours), "generate": statistics.median(bare)}
 
 
-async def _complete(engine: Engine, request: GenerationRequest):  # noqa: ANN202
+async def _complete(engine: Engine, request: GenerationRequest) -> GenerationResult:
     return await (await engine.submit(request)).complete()
 
 
@@ -274,7 +285,9 @@ def ct2_model(base: Path, adapter: Path, workdir: Path) -> Path:
     return output
 
 
-def ct2_runner(args: argparse.Namespace, base: Path, adapter: Path, prompts: list[str]):
+def ct2_runner(
+    args: argparse.Namespace, base: Path, adapter: Path, prompts: list[str]
+) -> Callable[[int], Figures]:
     """A function that runs CTranslate2 int8 on the first `level` prompts as one batch."""
     import ctranslate2
     from transformers import AutoTokenizer
@@ -298,7 +311,9 @@ def ct2_runner(args: argparse.Namespace, base: Path, adapter: Path, prompts: lis
 
 
 # --- interleaved rounds at 16 --------------------------------------------------------------------
-def ratio_rounds(args, engine: Engine, prompts: list[str], anchors: dict) -> dict[str, Figures]:
+def ratio_rounds(
+    args: argparse.Namespace, engine: Engine, prompts: list[str], anchors: dict
+) -> dict[str, Figures]:
     """Engine, generate(), CTranslate2 and the baseline at 16, taking turns, best of rounds."""
     batch = prompts[:RATIO_LEVEL]
     runners: dict[str, Callable[[], Figures]] = {
@@ -319,7 +334,7 @@ def ratio_rounds(args, engine: Engine, prompts: list[str], anchors: dict) -> dic
     return figures
 
 
-def load_anchors(args: argparse.Namespace, base: Path, adapter: Path, prompts) -> dict:
+def load_anchors(args: argparse.Namespace, base: Path, adapter: Path, prompts: list[str]) -> dict:
     anchors: dict[str, Any] = {}
     if not args.no_baseline:
         anchors["baseline"] = baseline_runner(base, adapter, prompts[0])
