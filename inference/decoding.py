@@ -25,6 +25,8 @@ from inference.generation import (
 from inference.loading import LoadedModel
 from inference.t5_decoder import T5DecoderStep
 
+CACHE_START = 128
+
 
 class Row:
     """One request's decoding state inside a batch."""
@@ -141,8 +143,9 @@ class Batch:
         self.rows = [Row(job, model, started) for job in jobs]
         ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
         encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
-        # Sized for the longest row: no row feeds more than max_tokens inputs to the decoder.
-        capacity = max(job.request.max_tokens for job in jobs)
+        # No row feeds more than max_tokens inputs to the decoder; start at most 128 positions
+        # (the buffers double when full), so a long max_tokens that ends early costs nothing.
+        capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
         self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
         self.next_ids = torch.full(
             (len(jobs), 1), model.decoder_start_id, dtype=torch.long, device=model.device

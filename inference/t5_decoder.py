@@ -3,8 +3,8 @@ per-step machinery (mask building, cache objects, module wrappers): about 8% mor
 the CPU at 16 rows (docs/benchmarks.md). The maths is T5's (transformers' modeling_t5 with
 the eager attention path); tests compare its logits with the transformers forward.
 
-Its caches are its own: the self-attention keys and values of every layer in buffers sized
-for the batch's longest row, and the cross-attention keys and values computed once from the
+Its caches are its own: the self-attention keys and values of every layer in preallocated
+buffers (doubled when full), and the cross-attention keys and values computed once from the
 encoder output. Rows leave the batch with `keep()`.
 """
 
@@ -89,7 +89,7 @@ class T5DecoderStep:
         return out.reshape(out.shape[0], out.shape[1], self.heads * self.head_dim)
 
     def _grow(self) -> None:
-        # Only when a caller feeds more steps than the capacity it announced.
+        # Doubling: a row that runs long costs a few copies, not one per step.
         for caches in (self.keys, self.values):
             for index, old in enumerate(caches):
                 new = old.new_empty((*old.shape[:2], 2 * old.shape[2], old.shape[3]))
@@ -100,5 +100,11 @@ class T5DecoderStep:
         """Keep only these rows (indices) in every cache."""
         self.cross_bias = self.cross_bias[rows]
         self.cross = [(keys[rows], values[rows]) for keys, values in self.cross]
-        self.keys = [keys[rows] for keys in self.keys]
-        self.values = [values[rows] for values in self.values]
+        self.keys = [self._filled_rows(keys, rows) for keys in self.keys]
+        self.values = [self._filled_rows(values, rows) for values in self.values]
+
+    def _filled_rows(self, cache: Tensor, rows: Tensor) -> Tensor:
+        # Copy only the filled positions: the rest of a fresh buffer stays untouched memory.
+        kept = cache.new_empty((len(rows), *cache.shape[1:]))
+        kept[:, :, : self.length] = cache[rows, :, : self.length]
+        return kept
