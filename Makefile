@@ -11,7 +11,7 @@ TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint format migrate screenshots
+.PHONY: install run run-tiny test lint format migrate screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ run: migrate
 	@echo "Demo API key (shown once):"
 	@$(BIN)/python manage.py seed_demo
 	$(BIN)/daphne -b $(HOST) -p $(PORT) console.asgi:application
+
+## make run-tiny: the same, serving a tiny random model built here (offline, no download)
+TINY_MODEL ?= .cache/tiny-model
+run-tiny: $(STAMP)
+	test -f $(TINY_MODEL)/config.json || $(BIN)/python manage.py make_tiny_model $(TINY_MODEL)
+	INFERENCE_MODEL=$(abspath $(TINY_MODEL)) INFERENCE_ADAPTER=$(abspath $(TINY_MODEL))/adapter \
+		$(MAKE) run
 
 ## make test: the whole suite against real PostgreSQL and Redis (127.0.0.1 by default)
 test: $(STAMP) lint

@@ -1,4 +1,5 @@
-"""One batch on the model thread: encoder once, then decoder steps over the KV cache.
+"""One batch on the model thread: encoder once, then decoder steps over the KV cache
+(inference/t5_decoder.py).
 
 Each row stops on its own (end of sequence, its max_tokens, its stop strings, cancellation);
 finished rows leave the batch (their cache rows are dropped), so the remaining rows decode
@@ -22,6 +23,9 @@ from inference.generation import (
     GenerationResult,
 )
 from inference.loading import LoadedModel
+from inference.t5_decoder import T5DecoderStep
+
+CACHE_START = 128
 
 
 class Row:
@@ -124,7 +128,9 @@ def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Ge
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 
-def _pad(prompts: list[list[int]], pad_id: int, device: torch.device):
+def _pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -135,46 +141,39 @@ def _pad(prompts: list[list[int]], pad_id: int, device: torch.device):
 
 
 class Batch:
-    """The tensors of the rows still decoding; rows that end are dropped from all of them."""
+    """The rows still decoding and their caches; rows that end are dropped from all of them."""
 
     def __init__(self, model: LoadedModel, jobs: list[Job]) -> None:
-        self.model = model
+        self.device = model.device
         started = time.perf_counter()
         self.rows = [Row(job, model, started) for job in jobs]
-        ids, self.mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
-        self.encoded = model.model.get_encoder()(input_ids=ids, attention_mask=self.mask)[0]
-        self.cache = None
+        ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
+        encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
+        # No row feeds more than max_tokens inputs to the decoder; start at most 128 positions
+        # (the buffers double when full), so a long max_tokens that ends early costs nothing.
+        capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
+        self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
         self.next_ids = torch.full(
             (len(jobs), 1), model.decoder_start_id, dtype=torch.long, device=model.device
         )
 
     def step(self) -> list[int]:
         """One decoder step for every row; returns each row's next token."""
-        out = self.model.model(
-            encoder_outputs=(self.encoded,),
-            attention_mask=self.mask,
-            decoder_input_ids=self.next_ids,
-            cache=self.cache,
-            use_cache=True,
-        )
-        self.cache = out.cache
-        return choose_tokens(out.logits[:, -1, :], self.rows)
+        return choose_tokens(self.decoder(self.next_ids), self.rows)
 
     def keep_running(self, tokens: list[int] | None = None) -> None:
         """Drop ended rows from the batch; tokens become the next step's inputs."""
         keep = [index for index, row in enumerate(self.rows) if row.running]
         if tokens is not None:
             tokens = [tokens[index] for index in keep]
-            self.next_ids = torch.tensor(tokens, device=self.model.device).unsqueeze(1)
+            self.next_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
         if len(keep) == len(self.rows):
             return
-        index = torch.tensor(keep, dtype=torch.long, device=self.model.device)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.rows = [self.rows[i] for i in keep]
-        self.encoded, self.mask = self.encoded[index], self.mask[index]
         if tokens is None:
             self.next_ids = self.next_ids[index]
-        if self.cache is not None:
-            self.cache.batch_select_indices(index)
+        self.decoder.keep(index)
 
 
 def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bool]) -> None:

@@ -71,7 +71,7 @@ class EngineConfig:
 class GenerationStream:
     """`async for delta in stream` yields text; then `stream.result` is the GenerationResult."""
 
-    def __init__(self, engine: "Engine", request: GenerationRequest, prompt_ids: list[int]):
+    def __init__(self, engine: "Engine", request: GenerationRequest, prompt_ids: list[int]) -> None:
         self._engine = engine
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.result: GenerationResult | None = None

@@ -172,7 +172,11 @@ def _unavailable(status: dict[str, Any]) -> ModelUnavailable:
             "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"}
         )
     if state == "failed":
-        return ModelUnavailable(f"The model could not be loaded: {status['detail']}")
+        # The reason itself (it may name server paths) is for operators, on /readyz and in
+        # the log; clients get what happened and the fix.
+        return ModelUnavailable(
+            "The model could not be loaded on this node (its /readyz says why). " + MODEL_FIX
+        )
     if state == "stopped":
         return ModelUnavailable("This node is shutting down; retry the request.")
     return ModelUnavailable(

@@ -11,6 +11,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,12 +76,23 @@ def _corpus(seed: int, sentences: int = 3000) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 400):  # -> PreTrainedTokenizerFast
-    """A sentencepiece-style Unigram tokenizer (Metaspace ▁, byte fallback) trained here."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from tokenizers.trainers import UnigramTrainer
+def build_tokenizer(seed: int = 0, vocab_size: int = 400) -> Any:
+    """A sentencepiece-style Unigram tokenizer (Metaspace ▁, byte fallback) trained here,
+    wrapped as a transformers PreTrainedTokenizerFast."""
     from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_unigram(seed, vocab_size),
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        model_max_length=MAX_INPUT_TOKENS,
+    )
+
+
+def _train_unigram(seed: int, vocab_size: int) -> Any:
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers.trainers import UnigramTrainer
 
     draft = Tokenizer(models.Unigram())
     draft.normalizer = normalizers.Sequence(
@@ -94,11 +106,18 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 400):  # -> PreTrainedToken
     draft.train_from_iterator(corpus, trainer=trainer)
     trained = [piece for piece, _ in json.loads(draft.to_str())["model"]["vocab"]]
     pieces = [(piece, 0.0) for piece in trained[:3]] + _rescore(trained[3:], corpus)
-    known = {piece for piece, _ in pieces}
     floor = min(score for _, score in pieces) - 10.0
+    known = {piece for piece, _ in pieces}
     pieces += [(byte, floor) for byte in BYTE_PIECES if byte not in known]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=True))
     tok.normalizer, tok.pre_tokenizer = draft.normalizer, draft.pre_tokenizer
+    return _with_decoder(tok)
+
+
+def _with_decoder(tok: Any) -> Any:
+    from tokenizers import decoders
+    from tokenizers.processors import TemplateProcessing
+
     # The same decoder chain as sentencepiece/Llama: ▁ → space, bytes → characters, drop the
     # space the pre-tokenizer prepended to the first word.
     tok.decoder = decoders.Sequence(
@@ -112,13 +131,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 400):  # -> PreTrainedToken
     tok.post_processor = TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, EOS_ID)]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        eos_token=EOS,
-        unk_token=UNK,
-        model_max_length=MAX_INPUT_TOKENS,
-    )
+    return tok
 
 
 def _rescore(pieces: list[str], corpus: list[str]) -> list[tuple[str, float]]:
@@ -132,7 +145,7 @@ def _rescore(pieces: list[str], corpus: list[str]) -> list[tuple[str, float]]:
     return [(piece, -round(cost, 6)) for cost, piece in ranked]
 
 
-def _t5_config(shape: T5Shape, vocab_size: int):  # -> T5Config
+def _t5_config(shape: T5Shape, vocab_size: int) -> Any:
     from transformers import T5Config
 
     config = T5Config(
@@ -156,7 +169,7 @@ def _t5_config(shape: T5Shape, vocab_size: int):  # -> T5Config
     return config
 
 
-def build_t5(folder: Path, shape: T5Shape, tokenizer, seed: int = 0) -> int:
+def build_t5(folder: Path, shape: T5Shape, tokenizer: Any, seed: int = 0) -> int:
     """Write a random-weight T5 with an untied lm_head into folder; returns its parameter count."""
     from transformers import T5ForConditionalGeneration
 
@@ -177,8 +190,10 @@ def build_t5(folder: Path, shape: T5Shape, tokenizer, seed: int = 0) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_adapter(base_folder: Path, adapter_folder: Path, seed: int = 0, rank: int = 8) -> None:
-    """Write a LoRA adapter (q and v projections) with non-zero random weights."""
+def build_adapter(
+    base_folder: Path, adapter_folder: Path, seed: int = 0, rank: int = 8, strength: float = 0.05
+) -> None:
+    """Write a LoRA adapter (q and v) whose update is `strength` times each weight's norm."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM
 
@@ -199,17 +214,21 @@ def build_adapter(base_folder: Path, adapter_folder: Path, seed: int = 0, rank: 
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
         )
         peft_model = get_peft_model(base, config)
-    _scale_lora(peft_model, 0.5)
+    _set_strength(peft_model, strength)
     peft_model.save_pretrained(adapter_folder)
 
 
-def _scale_lora(peft_model, factor: float) -> None:
-    # Random B makes deltas larger than the base weights; halve them so outputs change but
-    # the adapted model is not pure noise.
+def _set_strength(peft_model: Any, strength: float) -> None:
+    # Random A and B give updates several times larger than the weights they adapt, which
+    # a trained adapter never has (and which floods bitsandbytes with activation outliers).
+    from peft.tuners.lora import LoraLayer
+
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(factor)
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                delta = (b @ a) * module.scaling["default"]
+                b.mul_(strength * module.base_layer.weight.norm() / delta.norm())
 
 
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:
@@ -217,5 +236,6 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer = build_tokenizer(seed)
     build_t5(folder, T5Shape(), tokenizer, seed)
-    build_adapter(folder, folder / "adapter", seed, rank=4)
+    # A strong adapter, so tests see it change what the tiny model writes.
+    build_adapter(folder, folder / "adapter", seed, rank=4, strength=1.0)
     return folder

@@ -284,3 +284,15 @@ async def test_requests_before_start_are_refused_with_a_reason(tiny_model_dir) -
     with pytest.raises(ModelNotReady, match="not running"):
         await engine.submit(GenerationRequest("hello"))
     assert engine.status()["state"] == "stopped" and engine.status()["ok"] is False
+
+
+async def test_greedy_output_equals_transformers_generate(engine: Engine) -> None:
+    import torch
+
+    loaded = engine._loaded()
+    for prompt in PROMPTS:
+        ours = await generate(engine, prompt, max_tokens=24)
+        inputs = loaded.tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            reference = loaded.model.generate(**inputs, max_new_tokens=24, do_sample=False)
+        assert ours.token_ids == reference[0, 1:].tolist()  # minus the decoder start token

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from inference.engine import Engine
-from inference.loading import ModelLoadError, load_model, resolve_device, resolve_quantization
+from inference.loading import (
+    DirectDynamicLinear,
+    FusedRMSNorm,
+    ModelLoadError,
+    load_model,
+    resolve_device,
+    resolve_quantization,
+)
 from inference.testing import generate, tiny_config
 
 PROMPTS = ["Hello café", "The model runs over the river", "quiet garden", "naïve tenant"]
@@ -84,7 +91,7 @@ async def test_every_quantization_backend_loads_and_generates_on_the_cpu(
         results = [await generate(engine, p, max_tokens=8) for p in PROMPTS]
     assert all(r.completion_tokens > 0 and r.finish_reason in {"stop", "length"} for r in results)
     if quantization == "torch-int8":
-        assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
+        assert isinstance(layer, DirectDynamicLinear)
     elif quantization == "bnb-int8":
         import bitsandbytes as bnb
 
@@ -155,3 +162,19 @@ def test_a_model_that_cannot_be_loaded_leaves_the_engine_failed_with_the_reason(
 def test_a_folder_without_a_model_says_what_is_missing(tmp_path: Path) -> None:
     status = failed_status(tiny_config(tmp_path))
     assert status["state"] == "failed" and "has no config.json" in status["detail"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_the_faster_modules_compute_what_they_replace() -> None:
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 64)
+    linear = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False)), {torch.nn.Linear}
+    )[0]
+    assert torch.equal(DirectDynamicLinear(linear)(hidden), linear(hidden))
+    norm = T5LayerNorm(64, eps=1e-6)
+    norm.weight.data.normal_()
+    fused = FusedRMSNorm(norm.weight, norm.variance_epsilon)
+    assert torch.allclose(fused(hidden), norm(hidden), atol=1e-6, rtol=1e-5)
