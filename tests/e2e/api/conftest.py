@@ -100,3 +100,22 @@ def wait_for_release(tenant_id: int, timeout: float = 20.0) -> list[str]:
         if not held or time.monotonic() > deadline:
             return held
         time.sleep(0.2)
+
+
+def long_prompt(server: LiveDaphne, token: str, tokens: int = 40) -> str:
+    """A prompt whose greedy completion runs to `tokens` (the tiny model reaches its end of
+    sequence early on many prompts)."""
+    for n in range(30):
+        prompt = f"Tell story number {n}."
+        body = json.dumps(
+            {"model": model_name(server), "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+        ).encode()
+        request = urllib.request.Request(  # noqa: S310 (a test URL)
+            f"{server.url}/v1/completions",
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            if json.load(response)["choices"][0]["finish_reason"] == "length":
+                return prompt
+    raise AssertionError("no prompt ran to its max_tokens")

@@ -8,7 +8,7 @@ import pytest
 
 from ratelimit.flush import flush
 from tenants.models import UsageMinute
-from tests.e2e.api.conftest import Customer, model_name, wait_for_release
+from tests.e2e.api.conftest import Customer, long_prompt, model_name, wait_for_release
 from tests.e2e.api.rawclients import Received, sse_cut, ws_cut
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -16,22 +16,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 STREAMS = 20
 
 
-def _payload(api_server) -> dict:  # type: ignore[no-untyped-def]
+def _payload(api_server, customer: Customer) -> dict:  # type: ignore[no-untyped-def]
     return {
         "model": model_name(api_server),
-        "prompt": "Tell me a very long story.",
+        "prompt": long_prompt(api_server, customer.token),
         "max_tokens": 400,
         "temperature": 0,
         "stream": True,
     }
 
 
-def _prompt_tokens(api_server, customer: Customer) -> int:  # type: ignore[no-untyped-def]
+def _prompt_tokens(api_server, customer: Customer, payload: dict) -> int:  # type: ignore[no-untyped-def]
     import openai
 
     sdk = openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=customer.token, max_retries=0)
-    payload = {**_payload(api_server), "stream": False, "max_tokens": 1}
-    return sdk.completions.create(**payload).usage.prompt_tokens
+    one = {**payload, "stream": False, "max_tokens": 1}
+    return sdk.completions.create(**one).usage.prompt_tokens
 
 
 def _usage() -> tuple[int, int, int]:
@@ -54,9 +54,9 @@ def _check(received: list[Received], customer: Customer, prompt_tokens: int, bef
 
 
 def test_sse_streams_cut_mid_way_bill_exactly_what_arrived(api_server, customer: Customer) -> None:
-    prompt_tokens = _prompt_tokens(api_server, customer)
+    payload = _payload(api_server, customer)
+    prompt_tokens = _prompt_tokens(api_server, customer, payload)
     before = _usage()
-    payload = _payload(api_server)
     with ThreadPoolExecutor(max_workers=5) as pool:
         received = list(
             pool.map(
@@ -70,9 +70,9 @@ def test_sse_streams_cut_mid_way_bill_exactly_what_arrived(api_server, customer:
 def test_websocket_streams_cut_mid_way_bill_exactly_what_arrived(
     api_server, customer: Customer
 ) -> None:
-    prompt_tokens = _prompt_tokens(api_server, customer)
+    payload = {k: v for k, v in _payload(api_server, customer).items() if k != "stream"}
+    prompt_tokens = _prompt_tokens(api_server, customer, payload)
     before = _usage()
-    payload = {k: v for k, v in _payload(api_server).items() if k != "stream"}
     url = api_server.url.replace("http://", "ws://") + "/ws/v1/completions"
 
     async def run_all() -> list[Received]:

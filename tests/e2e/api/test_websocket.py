@@ -75,18 +75,33 @@ async def test_two_requests_share_one_socket(api_server, customer: Customer) -> 
     assert "".join(f["text"] for f in frames if f["type"] == "completion.delta") == text["one"]
 
 
+async def long_prompt(ws) -> str:  # type: ignore[no-untyped-def]
+    """A prompt whose greedy completion runs to its max_tokens (no early end of sequence)."""
+    for n in range(20):
+        prompt = f"Tell story number {n}."
+        await ws.send(create(f"probe{n}", prompt=prompt, max_tokens=40))
+        frames = await frames_until(ws, lambda f: f["type"] == "completion.done")
+        if frames[-1]["finish_reason"] == "length":
+            return prompt
+    raise AssertionError("no prompt ran to its max_tokens")
+
+
 async def test_cancel_stops_one_request_and_bills_what_was_sent(
     api_server, customer: Customer
 ) -> None:
     async with connect(ws_url(api_server)) as ws:
         await ws.send(json.dumps({"type": "auth", "api_key": customer.token}))
-        await ws.send(create("long", max_tokens=400))
-        await frames_until(ws, lambda f: f["type"] == "completion.delta")
+        prompt = await long_prompt(ws)
+        await ws.send(create("long", prompt=prompt, max_tokens=500))
+        frames = await frames_until(ws, lambda f: f["type"] == "completion.delta")
         await ws.send(json.dumps({"type": "completion.cancel", "id": "long"}))
-        frames = await frames_until(ws, lambda f: f["type"] == "completion.done")
+        frames += await frames_until(ws, lambda f: f["type"] == "completion.done")
     done = frames[-1]
+    sent = [f for f in frames if f["type"] == "completion.delta"]
     assert done["finish_reason"] == "cancelled"
-    assert done["usage"]["completion_tokens"] < 400
+    assert done["usage"]["completion_tokens"] < 500
+    # Billed: exactly the tokens covered by the deltas that were sent.
+    assert done["usage"]["completion_tokens"] == sent[-1]["completion_tokens"]
 
 
 async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(
