@@ -74,3 +74,20 @@ async def test_a_model_that_cannot_serve_counts_its_503s(installed, tiny_model_d
     response = await _complete(GOOD, token)
     assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
     assert await _flushed() == {"requests": 0, "errors": 1, "429s": 0}
+
+
+async def test_an_error_that_ends_a_stream_is_counted(installed, make_engine) -> None:
+    engine = installed(make_engine())
+    token = await _customer(rpm=600)
+    # The tiny model (seed 0) samples this to the full 512 tokens, about a second on a quiet
+    # CPU: the engine is stopped long before the stream could end by itself.
+    long = {"prompt": "Tell me a very long story.", "max_tokens": 512, "temperature": 1, "seed": 0}
+    response = await _complete({**long, "stream": True}, token)
+    assert response.status_code == 200
+    chunks = aiter(response.streaming_content)
+    first = await anext(chunks)
+    assert first.startswith(b"data: {")
+    await asyncio.to_thread(engine.stop, 0.0)  # past the drain at once: running rows fail
+    rest = b"".join([chunk async for chunk in chunks])
+    assert b'"code":"model_unavailable"' in rest and rest.endswith(b"data: [DONE]\n\n")
+    assert await _flushed() == {"requests": 1, "errors": 1, "429s": 0}
