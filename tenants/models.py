@@ -153,9 +153,10 @@ class UsageMinute(models.Model):
     requests = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
-    # Requests of this key answered with an error other than 429 (4xx, 500, 503); a request
-    # that was accepted and then failed is also in `requests`.
-    errors = models.PositiveBigIntegerField(default=0)
+    # Requests of this key answered with an error other than 401 or 429 (4xx, 500, 503); a
+    # request that was accepted and then failed is also in `requests`. The database default
+    # keeps writers that predate the column (a replica not yet upgraded) working.
+    errors = models.PositiveBigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["-minute"]

@@ -121,3 +121,18 @@ def test_count_error_soon_runs_as_a_task_of_the_running_loop(issued) -> None:  #
 
     asyncio.run(from_a_handler())
     assert flush.flush().errors == 1
+
+
+def test_a_writer_that_predates_the_column_still_inserts_usage(issued) -> None:  # type: ignore[no-untyped-def]
+    from django.db import connection
+
+    # The flush SQL of a replica not yet upgraded names no errors column: the database default
+    # fills it in, so a rolling upgrade (migrate, then replace replicas) loses no usage.
+    key = issued.api_key
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tenants_usageminute (tenant_id, api_key_id, minute, requests, "
+            "prompt_tokens, completion_tokens) VALUES (%s, %s, now(), 1, 2, 3)",
+            [key.tenant_id, key.pk],
+        )
+    assert UsageMinute.objects.get().errors == 0
