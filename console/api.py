@@ -19,6 +19,8 @@ from console.errors import (
 from inference.api import router as inference_router
 from inference.metrics import API_REJECTIONS, endpoint_of
 from inference.services import served_model_id
+from ratelimit.errorcount import count_error_soon, counts_as_error
+from tenants.keycache import KeyRecord
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,16 @@ api = NodeAPI(
 api.add_router("", inference_router)
 
 
+def _count_error(request: HttpRequest, status: int) -> None:
+    # request.auth is set only once a key authenticated (ninja checks auth before the body).
+    record = getattr(request, "auth", None)
+    if isinstance(record, KeyRecord) and counts_as_error(status):
+        count_error_soon(record)
+
+
 def error_response(request: HttpRequest, exc: ApiError) -> HttpResponse:
     API_REJECTIONS.labels(endpoint_of(request.path), exc.code or "error").inc()
+    _count_error(request, exc.status)
     response = api.create_response(request, exc.body(), status=exc.status)
     for name, value in exc.headers.items():
         response[name] = value
@@ -95,6 +105,7 @@ def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpRespo
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    _count_error(request, exc.status_code)
     return api.create_response(request, error_body(str(exc), code=None), status=exc.status_code)
 
 
@@ -102,6 +113,7 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     # The client gets no internals; the log gets the traceback (never request headers).
     logger.exception("unhandled error in %s %s", request.method, request.path)
+    _count_error(request, 500)
     body = error_body(
         "The server had an error processing your request.",
         type="server_error",

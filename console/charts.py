@@ -181,7 +181,7 @@ def _rate_unit(win: Window) -> str:
 
 
 def node_charts(win: Window) -> list[Chart]:
-    """The overview's charts: requests, tokens and 429s of the whole node over the window."""
+    """The overview's charts: requests and errors, tokens, 429s of the whole node."""
     usage, throttled = selectors.usage_buckets(win), selectors.throttle_buckets(win)
     unit = _rate_unit(win)
     return [
@@ -190,7 +190,10 @@ def node_charts(win: Window) -> list[Chart]:
             title=f"Requests {unit}",
             unit="requests",
             win=win,
-            series=[("accepted", "s-requests", grid(usage, "requests", win))],
+            series=[
+                ("accepted", "s-requests", grid(usage, "requests", win)),
+                ("errors", "s-errors", grid(usage, "errors", win)),
+            ],
         ),
         line_chart(
             chart_id="chart-tokens",
@@ -210,7 +213,7 @@ def node_charts(win: Window) -> list[Chart]:
 
 
 def key_charts(tenant: Tenant, keys: Iterable[ApiKey], win: Window) -> list[tuple[ApiKey, Chart]]:
-    """One chart per key (accepted requests and 429s), for keys in use or with data."""
+    """One chart per key (accepted requests, errors, 429s), for keys in use or with data."""
     usage, throttled = selectors.key_buckets(win, tenant)
     usage_by_key = {k: list(g) for k, g in groupby(usage, key=itemgetter("api_key_id"))}
     throttled_by_key = {k: list(g) for k, g in groupby(throttled, key=itemgetter("api_key_id"))}
@@ -226,6 +229,7 @@ def key_charts(tenant: Tenant, keys: Iterable[ApiKey], win: Window) -> list[tupl
             win=win,
             series=[
                 ("accepted", "s-requests", grid(rows, "requests", win)),
+                ("errors", "s-errors", grid(rows, "errors", win)),
                 ("429s", "s-throttled", grid(refused, "throttled", win)),
             ],
         )

@@ -69,11 +69,12 @@ def _throttles(win: Window) -> QuerySet[ThrottleEvent]:
 
 
 def node_totals(win: Window) -> dict[str, int]:
-    """Requests, tokens and 429s of the whole node inside the window."""
+    """Requests, tokens, errors and 429s of the whole node inside the window."""
     usage = _usage(win).aggregate(
         requests=Coalesce(Sum("requests"), 0),
         prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
         completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+        errors=Coalesce(Sum("errors"), 0),
     )
     throttled = _throttles(win).aggregate(n=Coalesce(Sum("count"), 0))["n"]
     counts = {
@@ -85,11 +86,13 @@ def node_totals(win: Window) -> dict[str, int]:
 
 
 def busiest_tenants(win: Window, limit: int = 5) -> list[dict]:
-    """Tenants with the most accepted requests in the window."""
+    """Tenants with the most accepted requests in the window (and their errors)."""
     rows = (
         _usage(win)
         .values("tenant__slug", "tenant__name")
-        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()))
+        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()), errors=Sum("errors"))
+        # A tenant with only errors in the window (rows of 0 requests) is not busy.
+        .filter(requests__gt=0)
         .order_by("-requests", "tenant__slug")
     )
     return list(rows[:limit])
@@ -107,14 +110,14 @@ def most_throttled_tenants(win: Window, limit: int = 5) -> list[dict]:
 
 
 def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
-    """Per-bucket sums of requests and tokens (only buckets that have rows)."""
+    """Per-bucket sums of requests, tokens and errors (only buckets that have rows)."""
     rows = _usage(win)
     if tenant is not None:
         rows = rows.filter(tenant=tenant)
     return list(
         rows.annotate(bucket=_trunc(win))
         .values("bucket")
-        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()))
+        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()), errors=Sum("errors"))
         .order_by("bucket")
     )
 
@@ -133,13 +136,13 @@ def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]
 
 
 def key_buckets(win: Window, tenant: Tenant) -> tuple[list[dict], list[dict]]:
-    """Per-key, per-bucket requests and 429s of one tenant's keys."""
+    """Per-key, per-bucket requests, errors and 429s of one tenant's keys."""
     usage = (
         _usage(win)
         .filter(tenant=tenant)
         .annotate(bucket=_trunc(win))
         .values("api_key_id", "bucket")
-        .annotate(requests=Sum("requests"))
+        .annotate(requests=Sum("requests"), errors=Sum("errors"))
         .order_by("api_key_id", "bucket")
     )
     throttled = (
@@ -174,13 +177,14 @@ def _usage_columns(since: datetime, by: str, **where: object) -> tuple[dict, dic
         by,
         requests=Sum("requests"),
         tokens=Sum(_tokens()),
+        errors=Sum("errors"),
     )
     throttles = ThrottleEvent.objects.filter(minute__gte=since, **where)
     return usage, _sums(throttles, by, throttled=Sum("count"))
 
 
 def tenants_with_usage(since: datetime) -> list[Tenant]:
-    """All tenants with their active keys, requests, tokens and 429s since `since`."""
+    """All tenants with their active keys, requests, tokens, errors and 429s since `since`."""
     live = ApiKey.objects.filter(revoked_at__isnull=True).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
@@ -188,14 +192,15 @@ def tenants_with_usage(since: datetime) -> list[Tenant]:
     tenants = list(Tenant.objects.order_by("slug"))
     for tenant in tenants:
         tenant.active_keys, tenant.requests, tenant.tokens, tenant.throttled = 0, 0, 0, 0
+        tenant.errors = 0
     return _attach(tenants, "id", active, *_usage_columns(since, "tenant_id"))
 
 
 def tenant_keys(tenant: Tenant, since: datetime) -> list[ApiKey]:
-    """A tenant's keys, newest first, with requests, tokens and 429s since `since`."""
+    """A tenant's keys, newest first, with requests, tokens, errors and 429s since `since`."""
     keys = list(tenant.keys.order_by("-created_at", "-id"))
     for key in keys:
-        key.requests, key.tokens, key.throttled = 0, 0, 0
+        key.requests, key.tokens, key.errors, key.throttled = 0, 0, 0, 0
     return _attach(keys, "pk", *_usage_columns(since, "api_key_id", tenant=tenant))
 
 

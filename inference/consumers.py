@@ -31,6 +31,7 @@ from inference.flow import Run, plan_completion
 from inference.schemas import WsAuth, WsCancel, WsCompletionCreate
 from inference.services import api_error
 from inference.sse import usage_of
+from ratelimit.errorcount import count_error, counts_as_error
 from tenants.auth import authenticate_token, token_from_headers
 from tenants.keycache import KeyRecord
 
@@ -201,4 +202,10 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         frame = {"type": "error", "id": request_id, **error.body()}
         if error.headers:
             frame["headers"] = error.headers
-        await self._send(frame)
+        try:
+            await self._send(frame)
+        finally:
+            # Counted once the client has its answer (or has gone); self.record is None until
+            # the socket authenticates, so auth failures are not counted against any key.
+            if self.record is not None and counts_as_error(error.status):
+                await count_error(self.record)

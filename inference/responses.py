@@ -16,6 +16,7 @@ from inference.engine import EngineError, GenerationResult
 from inference.flow import Run
 from inference.services import api_error
 from inference.sse import DONE, Shape
+from ratelimit.errorcount import count_error, counts_as_error
 
 FINISH_CANCELLED = "cancelled"
 
@@ -81,7 +82,11 @@ async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[b
         yield DONE
         completed = await delivery.sent()
     except (ApiError, EngineError) as exc:
+        # The 200 and its headers are out: the error travels as the stream's last event, and
+        # is counted here since it never reaches console/api.py's error_response.
         error = exc if isinstance(exc, ApiError) else api_error(exc)
+        if counts_as_error(error.status):
+            await count_error(run.plan.record)
         yield shape.error(error.body())
         yield DONE
     finally:

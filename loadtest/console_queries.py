@@ -39,9 +39,10 @@ from tenants.services import api_key_issue, tenant_create  # noqa: E402
 
 SEED_USAGE = """
 INSERT INTO tenants_usageminute
-    (tenant_id, api_key_id, minute, requests, prompt_tokens, completion_tokens)
+    (tenant_id, api_key_id, minute, requests, prompt_tokens, completion_tokens, errors)
 SELECT k.tenant_id, k.id, m, 1 + (k.id + extract(minute from m)::int) %% 40,
-       40 * (1 + (k.id + extract(minute from m)::int) %% 40), 900
+       40 * (1 + (k.id + extract(minute from m)::int) %% 40), 900,
+       (k.id + extract(minute from m)::int) %% 3
 FROM tenants_apikey k
 CROSS JOIN generate_series(date_trunc('minute', now()) - make_interval(days => %s),
                            date_trunc('minute', now()), interval '1 minute') AS m

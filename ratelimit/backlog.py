@@ -2,9 +2,10 @@
 
 - Settles that met a Redis error (or a cancellation mid-call) are queued and retried by the
   flusher thread. SETTLE is idempotent per lease id, so a retry of one that did run is a no-op.
-- Usage of requests admitted without Redis (failure modes open and local) is summed here per
-  key and minute and written to Postgres by the flusher (ratelimit/flush.py). It is lost if the
-  process dies first: the price of an outage, next to the unchecked admissions themselves.
+- Usage of requests admitted without Redis (failure modes open and local), and errors that
+  could not be counted in Redis, are summed here per key and minute and written to Postgres by
+  the flusher (ratelimit/flush.py). They are lost if the process dies first: the price of an
+  outage, next to the unchecked admissions themselves.
 """
 
 import threading
@@ -19,6 +20,8 @@ from ratelimit.scripts import SETTLE
 MAX_PENDING = 10_000
 
 UsageKey = tuple[int, int, int]  # tenant id, api key pk, minute (epoch seconds)
+# Per UsageKey: [requests, prompt tokens, completion tokens, errors], UsageMinute's columns.
+COLUMNS = 4
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,20 @@ def retry_settles(client: redis.Redis) -> int:
         done += 1
 
 
-def count_usage(tenant_id: int, api_key_pk: int, prompt: int, completion: int) -> None:
+def _add(tenant_id: int, api_key_pk: int, values: tuple[int, ...]) -> None:
     minute = int(time.time()) // 60 * 60
     with _lock:
-        row = _usage.setdefault((tenant_id, api_key_pk, minute), [0, 0, 0])
-        row[0] += 1
-        row[1] += prompt
-        row[2] += completion
+        row = _usage.setdefault((tenant_id, api_key_pk, minute), [0] * COLUMNS)
+        for i, value in enumerate(values):
+            row[i] += value
+
+
+def count_usage(tenant_id: int, api_key_pk: int, prompt: int, completion: int) -> None:
+    _add(tenant_id, api_key_pk, (1, prompt, completion, 0))
+
+
+def count_error(tenant_id: int, api_key_pk: int) -> None:
+    _add(tenant_id, api_key_pk, (0, 0, 0, 1))
 
 
 def take_usage() -> dict[UsageKey, list[int]]:
@@ -79,11 +89,10 @@ def take_usage() -> dict[UsageKey, list[int]]:
 
 def restore_usage(rows: dict[UsageKey, list[int]]) -> None:
     with _lock:
-        for key, (requests, prompt, completion) in rows.items():
-            row = _usage.setdefault(key, [0, 0, 0])
-            row[0] += requests
-            row[1] += prompt
-            row[2] += completion
+        for key, values in rows.items():
+            row = _usage.setdefault(key, [0] * COLUMNS)
+            for i, value in enumerate(values):
+                row[i] += value
 
 
 def clear() -> None:

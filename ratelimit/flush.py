@@ -1,7 +1,7 @@
 """Moves the usage counters and the 429 audit buffer from Redis to Postgres, exactly once.
 
-Per tenant, SETTLE counts usage in `rlbuf:v1:{t:<id>}:usage` and ADMIT counts refusals in
-`rlbuf:v1:{t:<id>}:throttle`. A flush, for each such live hash:
+Per tenant, SETTLE counts usage (and COUNT_ERROR error answers) in `rlbuf:v1:{t:<id>}:usage`
+and ADMIT counts refusals in `rlbuf:v1:{t:<id>}:throttle`. A flush, for each such live hash:
 
 1. RENAME it to `<live>:batch:<uuid>`: atomic, so the requests that settle afterwards start a
    new live hash and nothing is counted twice or lost between the read and the delete;
@@ -45,6 +45,7 @@ class FlushReport:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    errors: int = 0
     throttle_batches: int = 0
     throttle_rows: int = 0
     refusals: int = 0
@@ -61,7 +62,7 @@ class FlushReport:
         return (
             f"usage: {self.usage_rows} rows from {self.usage_batches} batches "
             f"({self.requests} requests, {self.prompt_tokens} prompt tokens, "
-            f"{self.completion_tokens} completion tokens); "
+            f"{self.completion_tokens} completion tokens, {self.errors} errors); "
             f"throttles: {self.throttle_rows} rows from {self.throttle_batches} batches "
             f"({self.refusals} refusals); already applied: {self.already_applied}; "
             f"dropped (unknown keys): {self.dropped_rows}; from this process's fallback: "
@@ -101,26 +102,33 @@ def _tenants_of(api_key_pks: set[int]) -> dict[int, int]:
     return dict(ApiKey.objects.filter(pk__in=api_key_pks).values_list("pk", "tenant_id"))
 
 
+# The usage buffer's field letters, in UsageMinute's column order (settle.lua writes r, p, c;
+# count_error.lua writes e).
+USAGE_LETTERS = "rpce"
+
+
 def _usage_rows(flat: dict) -> dict[tuple[int, str], list[int]]:
     rows: dict[tuple[int, str], list[int]] = {}
     for name, value in flat.items():
         pk, minute, letter = _text(name).split("|")
-        rows.setdefault((int(pk), minute), [0, 0, 0])["rpc".index(letter)] += int(value)
+        row = rows.setdefault((int(pk), minute), [0] * len(USAGE_LETTERS))
+        row[USAGE_LETTERS.index(letter)] += int(value)
     return rows
 
 
 UPSERT_USAGE = (
     "INSERT INTO {table} (tenant_id, api_key_id, minute, requests, prompt_tokens, "
-    "completion_tokens) VALUES (%s, %s, %s, %s, %s, %s) "
+    "completion_tokens, errors) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (api_key_id, minute) DO UPDATE SET "
     "requests = {table}.requests + excluded.requests, "
     "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens"
+    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens, "
+    "errors = {table}.errors + excluded.errors"
 )
 
 
 def upsert_usage(rows: dict[tuple[int, int, datetime], list[int]]) -> None:
-    """Add requests and tokens to UsageMinute rows (tenant, key, minute), creating them."""
+    """Add requests, tokens and errors to UsageMinute rows (tenant, key, minute), creating them."""
     # The only interpolation is our own model's table name; every value is a parameter.
     sql = UPSERT_USAGE.format(table=UsageMinute._meta.db_table)  # noqa: S608
     adapt = connection.ops.adapt_datetimefield_value
@@ -141,6 +149,7 @@ def _write_usage(flat: dict, report: FlushReport) -> None:
         report.requests += values[0]
         report.prompt_tokens += values[1]
         report.completion_tokens += values[2]
+        report.errors += values[3]
     upsert_usage(rows)
     report.usage_rows += len(rows)
     report.usage_batches += 1

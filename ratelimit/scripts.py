@@ -55,7 +55,8 @@ class Script:
 ADMIT = Script.read("admit")
 SETTLE = Script.read("settle")
 HEARTBEAT = Script.read("heartbeat")
-ALL = (ADMIT, SETTLE, HEARTBEAT)
+COUNT_ERROR = Script.read("count_error")
+ALL = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR)
 
 
 async def preload(client: aredis.Redis) -> None:

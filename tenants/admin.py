@@ -126,7 +126,15 @@ class AdminActionAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageMinute)
 class UsageMinuteAdmin(ReadOnlyAdmin):
-    list_display = ("minute", "tenant", "api_key", "requests", "prompt_tokens", "completion_tokens")
+    list_display = (
+        "minute",
+        "tenant",
+        "api_key",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "errors",
+    )
     list_filter = ("tenant", "api_key")
     list_select_related = ("tenant", "api_key")
     search_fields = ("api_key__key_id", "tenant__slug")

@@ -144,7 +144,8 @@ class AdminAction(models.Model):
 
 
 class UsageMinute(models.Model):
-    """Accepted requests and tokens per key per UTC minute, moved here from Redis in batches."""
+    """Accepted requests, tokens and error answers per key per UTC minute, moved here from
+    Redis in batches."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage")
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage")
@@ -152,6 +153,10 @@ class UsageMinute(models.Model):
     requests = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
+    # Requests of this key answered with an error other than 401 or 429 (4xx, 500, 503); a
+    # request that was accepted and then failed is also in `requests`. The database default
+    # keeps writers that predate the column (a replica not yet upgraded) working.
+    errors = models.PositiveBigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["-minute"]

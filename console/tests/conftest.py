@@ -43,7 +43,14 @@ def minute_ago(minutes: int) -> datetime:
 
 @pytest.fixture
 def add_usage() -> Callable[..., UsageMinute]:
-    def add(key: ApiKey, minutes_ago: int, requests: int, prompt: int = 0, completion: int = 0):
+    def add(
+        key: ApiKey,
+        minutes_ago: int,
+        requests: int,
+        prompt: int = 0,
+        completion: int = 0,
+        errors: int = 0,
+    ) -> UsageMinute:
         return UsageMinute.objects.create(
             tenant=key.tenant,
             api_key=key,
@@ -51,6 +58,7 @@ def add_usage() -> Callable[..., UsageMinute]:
             requests=requests,
             prompt_tokens=prompt,
             completion_tokens=completion,
+            errors=errors,
         )
 
     return add

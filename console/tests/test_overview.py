@@ -38,20 +38,23 @@ def test_a_new_node_greets_the_admin(staff: Client) -> None:
     assert "Create the first tenant" in html
     assert html.count("No data in this window") == 3
     assert stat(html, "requests") == 0 and stat(html, "throttled") == 0
+    assert stat(html, "errors") == 0
 
 
 def test_totals_cover_the_last_day_of_every_tenant(
     staff: Client, issued, globex_key, add_usage, add_throttle
 ) -> None:
-    add_usage(issued.api_key, 5, 7, 300, 100)
-    add_usage(globex_key, 6, 20, 50, 50)
-    add_usage(issued.api_key, 60 * 30, 999, 999, 999)  # 30 h ago: outside the window
+    add_usage(issued.api_key, 5, 7, 300, 100, errors=2)
+    add_usage(globex_key, 6, 20, 50, 50, errors=1)
+    add_usage(issued.api_key, 60 * 30, 999, 999, 999, errors=99)  # 30 h ago: outside the window
     add_throttle(issued.api_key, 5, 4)
     add_throttle(globex_key, 8, 9, "tenant-tpm")
     html = staff.get("/console/").content.decode()
     assert (stat(html, "requests"), stat(html, "tokens"), stat(html, "throttled")) == (27, 500, 13)
+    assert stat(html, "errors") == 3
     response = staff.get("/console/")
-    assert [r["tenant__slug"] for r in response.context["busiest"]] == ["globex", "acme"]
+    busiest = [(r["tenant__slug"], r["errors"]) for r in response.context["busiest"]]
+    assert busiest == [("globex", 1), ("acme", 2)]
     assert [(r["tenant__slug"], r["throttled"]) for r in response.context["throttled"]] == [
         ("globex", 9),
         ("acme", 4),
@@ -61,10 +64,10 @@ def test_totals_cover_the_last_day_of_every_tenant(
 
 def test_the_charts_are_drawn_from_the_rows(staff: Client, issued, add_usage, add_throttle):  # type: ignore[no-untyped-def]
     add_usage(issued.api_key, 10, 7, 70, 30)
-    add_usage(issued.api_key, 40, 3, 30, 0)
+    add_usage(issued.api_key, 40, 3, 30, 0, errors=2)
     add_throttle(issued.api_key, 10, 5)
     html = staff.get("/console/").content.decode()
-    assert legend(html, "chart-requests") == {"accepted": (10, 7)}
+    assert legend(html, "chart-requests") == {"accepted": (10, 7), "errors": (2, 2)}
     assert legend(html, "chart-tokens") == {"prompt + completion": (130, 100)}
     assert legend(html, "chart-throttled") == {"throttled": (5, 5)}
     # The peak sits on the top gridline of a 0-8 axis, 10 buckets before the last one.
@@ -90,11 +93,23 @@ def test_the_tenant_page_draws_one_chart_per_key(
 ) -> None:
     second = api_key_issue(tenant=issued.api_key.tenant, name="batch", actor="test").api_key
     add_usage(issued.api_key, 2, 12)
-    add_usage(second, 3, 4)
+    add_usage(second, 3, 4, errors=1)
     add_throttle(second, 3, 6)
     html = staff.get("/console/tenants/acme/").content.decode()
     assert legend(html, f"chart-key-{issued.api_key.key_id}") == {
         "accepted": (12, 12),
+        "errors": (0, 0),
         "429s": (0, 0),
     }
-    assert legend(html, f"chart-key-{second.key_id}") == {"accepted": (4, 4), "429s": (6, 6)}
+    assert legend(html, f"chart-key-{second.key_id}") == {
+        "accepted": (4, 4),
+        "errors": (1, 1),
+        "429s": (6, 6),
+    }
+
+
+def test_a_tenant_with_only_errors_is_not_among_the_busiest(staff: Client, issued, add_usage):  # type: ignore[no-untyped-def]
+    add_usage(issued.api_key, 3, 0, errors=4)
+    response = staff.get("/console/")
+    assert response.context["busiest"] == []
+    assert stat(response.content.decode(), "errors") == 4

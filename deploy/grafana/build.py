@@ -318,12 +318,12 @@ TENANT_PANELS = [
         1,
         "Requests per minute",
         [
-            f'SELECT u.minute AS "time", SUM(u.requests) AS "requests" {TENANT_USAGE} '
-            "GROUP BY 1 ORDER BY 1"
+            f'SELECT u.minute AS "time", SUM(u.requests) AS "requests", '
+            f'SUM(u.errors) AS "errors" {TENANT_USAGE} GROUP BY 1 ORDER BY 1'
         ],
         (0, 0),
         desc="Accepted requests, counted exactly once (from the usage table the limiter "
-        "settles into).",
+        "settles into), and requests answered with an error other than 401 or 429.",
     ),
     sql_panel(
         2,

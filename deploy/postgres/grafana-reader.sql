@@ -15,7 +15,7 @@ SELECT format('ALTER ROLE %I SET statement_timeout = %L', :'role', '10s') \gexec
 -- Column grants: the dashboards see these columns and no others.
 SELECT format('GRANT SELECT (id, slug, name, active) ON tenants_tenant TO %I', :'role') \gexec
 SELECT format(
-  'GRANT SELECT (tenant_id, api_key_id, minute, requests, prompt_tokens, completion_tokens) '
-  'ON tenants_usageminute TO %I', :'role') \gexec
+  'GRANT SELECT (tenant_id, api_key_id, minute, requests, prompt_tokens, completion_tokens, '
+  'errors) ON tenants_usageminute TO %I', :'role') \gexec
 SELECT format(
   'GRANT SELECT (tenant_id, reason, minute, count) ON tenants_throttleevent TO %I', :'role') \gexec

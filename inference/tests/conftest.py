@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from inference import services
 from inference.engine import Engine
 from inference.testing import start_ready, tiny_config
 
@@ -35,3 +36,16 @@ def make_engine(tiny_model_dir: Path) -> Iterator[Callable[..., Engine]]:
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     """A ready fp32 engine on the tiny model with default batching."""
     return make_engine()
+
+
+@pytest.fixture
+def installed() -> Iterator[Callable[[Engine], Engine]]:
+    """Install an engine as the process's one for a test; restore the previous after."""
+    previous = services.set_engine(None)
+
+    def install(engine: Engine) -> Engine:
+        services.set_engine(engine)
+        return engine
+
+    yield install
+    services.set_engine(previous)

@@ -2,7 +2,6 @@
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,6 @@ from console.errors import InvalidRequest, ModelUnavailable, Overloaded, Payload
 from inference import services
 from inference.engine import Engine, GenerationRequest
 from inference.testing import tiny_config
-
-
-@pytest.fixture
-def installed() -> Iterator[Callable[[Engine], Engine]]:
-    """Install an engine as the process's one for a test; restore the previous after."""
-    previous = services.set_engine(None)
-
-    def install(engine: Engine) -> Engine:
-        services.set_engine(engine)
-        return engine
-
-    yield install
-    services.set_engine(previous)
 
 
 def failed_engine(tiny_model_dir: Path) -> Engine:

@@ -1,10 +1,12 @@
 """A real daphne serving the project on a free loopback port, for end-to-end tests."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +53,17 @@ def start_daphne(env: dict[str, str], log: Path, timeout: float = 30.0) -> LiveD
     server = LiveDaphne(process, "", log)
     server.stop()
     raise RuntimeError(f"daphne did not start:\n{server.log_text()[-3000:]}")
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> None:
+    """Wait until the server's /readyz says ready (database, Redis and the model)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
+                if json.load(response)["ready"]:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} never became ready")

@@ -77,6 +77,7 @@ def usage() -> str:
                 requests=2,
                 prompt_tokens=10,
                 completion_tokens=5,
+                errors=n,
             )
         ThrottleEvent.objects.create(
             tenant=owner,
@@ -111,9 +112,7 @@ def test_every_per_tenant_query_runs_as_the_reader_and_counts_one_tenant(
 ) -> None:
     results = [reader.execute(expand(sql, usage)).fetchall() for sql in sql_queries(tenant_board())]
     requests, tokens, throttles, total = results
-    assert [(row[0], row[1]) for row in requests] == [
-        (MINUTE + timedelta(minutes=n), 2) for n in range(3)
-    ]
+    assert requests == [(MINUTE + timedelta(minutes=n), 2, n) for n in range(3)]
     assert all(row[1:] == (10, 5) for row in tokens)
     assert throttles == [(MINUTE, "key-rpm", 7)]
     assert total == [(45,)]

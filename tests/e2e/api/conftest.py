@@ -10,20 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import database_url_for_current_test_db
-from tests.e2e.live_daphne import LiveDaphne, start_daphne
-
-
-def _wait_ready(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
-                if json.load(response)["ready"]:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} never became ready")
+from tests.e2e.live_daphne import LiveDaphne, start_daphne, wait_ready
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +37,7 @@ def api_server(
     }
     server = start_daphne(env, tmp_path_factory.mktemp("api-server") / "daphne.log")
     try:
-        _wait_ready(server.url)
+        wait_ready(server.url)
         yield server
     finally:
         server.stop()

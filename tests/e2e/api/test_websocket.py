@@ -150,3 +150,33 @@ async def test_a_socket_runs_at_most_its_cap_at_once(api_server, customer: Custo
         frames = await frames_until(ws, lambda f: f["type"] == "error")
         assert frames[-1]["id"] == "r4"
         assert frames[-1]["error"]["code"] == "too_many_concurrent_requests"
+
+
+async def test_error_frames_to_an_authenticated_socket_count_as_its_keys_errors(
+    api_server, customer: Customer
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.db.models import Sum
+
+    from ratelimit.flush import flush
+    from tenants.models import UsageMinute
+
+    async with connect(ws_url(api_server)) as ws:  # refused before auth: no key to count
+        await ws.send(create("early"))
+        assert json.loads(await ws.recv())["error"]["code"] == "invalid_api_key"
+    async with connect(ws_url(api_server)) as ws:
+        await ws.send(json.dumps({"type": "auth", "api_key": customer.token}))
+        for bad in (create("m", max_tokens=0), create("n", n=2)):
+            await ws.send(bad)
+            assert json.loads(await ws.recv())["type"] == "error"
+        await ws.send(create("fine", max_tokens=3))
+        # The consumer handles one message at a time: the errors were counted before this.
+        await frames_until(ws, lambda f: f["type"] == "completion.done")
+    rows = UsageMinute.objects.filter(tenant_id=customer.tenant_id)
+    async with asyncio.timeout(10):  # the request settles just after its completion.done
+        usage: dict = {}
+        while usage.get("requests") != 1:
+            await asyncio.sleep(0.05)
+            await sync_to_async(flush)()
+            usage = await rows.aaggregate(requests=Sum("requests"), errors=Sum("errors"))
+    assert usage == {"requests": 1, "errors": 2}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import database_url_for_current_test_db
+from tests.e2e.console.apiclient import NodeApi
 from tests.e2e.console.browser import (
     STAFF_PASSWORD,
     STAFF_USERNAME,
@@ -14,18 +15,30 @@ from tests.e2e.console.browser import (
     browser_missing,
     make_driver,
 )
-from tests.e2e.live_daphne import LiveDaphne, start_daphne
+from tests.e2e.live_daphne import LiveDaphne, start_daphne, wait_ready
 
 
 @pytest.fixture
-def daphne_server_env() -> dict[str, str]:
+def daphne_server_env(tiny_model_dir: Path) -> dict[str, str]:
     """Environment of the live server beyond the test process's own (override to add to it)."""
-    return {"DEBUG": "true", "INFERENCE_AUTOLOAD": "false", "RATELIMIT_FLUSH_SECONDS": "0"}
+    return {
+        # Plain http on loopback: with DEBUG off the session cookie would be Secure-only.
+        "DEBUG": "true",
+        "INFERENCE_MODEL": str(tiny_model_dir),
+        "INFERENCE_ADAPTER": str(tiny_model_dir / "adapter"),
+        "INFERENCE_QUANTIZATION": "none",
+        "INFERENCE_THREADS": "1",
+        # A loaded 2-core machine must not trip the limiter's short timeout into its fallback.
+        "RATELIMIT_REDIS_TIMEOUT_MS": "1000",
+        # No flusher thread: the test moves usage and 429s to Postgres itself (flush()).
+        "RATELIMIT_FLUSH_SECONDS": "0",
+    }
 
 
 @pytest.fixture
 def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterator[LiveDaphne]:  # type: ignore[no-untyped-def]
-    """A daphne serving the whole project against this test's database and Redis."""
+    """A daphne serving the whole project (the tiny model too) on this test's database and
+    Redis, once /readyz says it is ready."""
     env = {
         "DATABASE_URL": database_url_for_current_test_db(),
         "DJANGO_SETTINGS_MODULE": "console.settings",
@@ -33,8 +46,17 @@ def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterat
         **daphne_server_env,
     }
     server = start_daphne(env, tmp_path / "daphne.log")
-    yield server
-    server.stop()
+    try:
+        wait_ready(server.url)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def node_api(daphne_server: LiveDaphne, tiny_model_dir: Path) -> NodeApi:
+    """The live server's API, called as a tenant's program would (the model by its name)."""
+    return NodeApi(daphne_server.url, tiny_model_dir.name)
 
 
 @pytest.fixture

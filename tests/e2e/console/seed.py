@@ -1,7 +1,9 @@
-"""Usage and 429 rows written through the models, as the rate limiter's flush would write them.
+"""Past traffic: usage and 429 rows written through the models, as the rate limiter's flush
+would have written them over the last hours.
 
-Until the completions API is merged, this stands in for real traffic in the browser journey;
-the rows are real Postgres rows and the pages read them like any others."""
+The browser journey makes its own traffic through the API for the current minutes; these rows
+give the charts a history (hours of real traffic would not fit in a test) and the other
+tenants something to rank against. They are real Postgres rows, read like any others."""
 
 import math
 from datetime import timedelta
@@ -18,7 +20,8 @@ def _minute(minutes_ago: int):  # type: ignore[no-untyped-def]
 
 
 def seed_usage(key: ApiKey, *, minutes: int = 600, scale: int = 40) -> dict[str, int]:
-    """A smooth day-curve of accepted requests over the last `minutes`; returns the totals."""
+    """A smooth day-curve of accepted requests (and a few errors, in bursts) over the last
+    `minutes`, starting a minute ago; returns the totals."""
     rows = []
     for ago in range(1, minutes + 1):
         requests = int(scale * (1.2 + math.sin(ago / 17)) * (1 + (ago % 7) / 10))
@@ -30,11 +33,13 @@ def seed_usage(key: ApiKey, *, minutes: int = 600, scale: int = 40) -> dict[str,
                 requests=requests,
                 prompt_tokens=requests * 42,
                 completion_tokens=requests * 18,
+                errors=requests // 8 if ago % 47 < 3 else 0,
             )
         )
     UsageMinute.objects.bulk_create(rows)
     requests = sum(r.requests for r in rows)
-    return {"requests": requests, "tokens": requests * 60}
+    errors = sum(r.errors for r in rows)
+    return {"requests": requests, "tokens": requests * 60, "errors": errors}
 
 
 def seed_throttles(key: ApiKey, *, minutes: int = 600, every: int = 9) -> dict[str, int]:

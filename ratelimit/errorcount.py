@@ -1,0 +1,72 @@
+"""Errors per key and minute: a request of an authenticated key answered with an error other
+than 429 (4xx validation or size, 403 scope, 404 model, 500, 503 overloaded or unavailable).
+
+One COUNT_ERROR script call (an HINCRBY on the tenant's usage buffer, with Redis's clock and the
+buffer's TTL) per error, never a Postgres write: the flusher moves the count to
+UsageMinute.errors with the usage, exactly once (ratelimit/flush.py). 401s have no key to count
+against and 429s are in the 429 audit already; neither is counted here.
+"""
+
+import asyncio
+
+from django.conf import settings
+
+from console.redis import get_redis, get_sync_redis
+from ratelimit import backlog
+from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
+from ratelimit.limits import usage_key
+from ratelimit.scripts import COUNT_ERROR
+from tenants.keycache import KeyRecord
+
+# Tasks started by count_error_soon(): the loop keeps only weak references to tasks.
+_running: set[asyncio.Task] = set()
+
+
+def counts_as_error(status: int) -> bool:
+    """Error answers that are counted: every 4xx and 5xx but 401 (no key) and 429 (audited)."""
+    return status >= 400 and status not in (401, 429)
+
+
+def _call(record: KeyRecord) -> tuple[list[str], list[str | int]]:
+    ttl_ms = max(1, int(settings.RATELIMIT_BUFFER_TTL_SECONDS * 1000))
+    return [usage_key(record.tenant_id)], [f"{record.api_key_pk}|", ttl_ms]
+
+
+async def count_error(record: KeyRecord) -> None:
+    """Count one error answered to this key (never raises for a Redis failure: the count then
+    waits in this process's backlog for the flusher)."""
+    if not runtime().breaker.allow():
+        backlog.count_error(record.tenant_id, record.api_key_pk)
+        return
+    keys, args = _call(record)
+    try:
+        async with asyncio.timeout(call_timeout()):
+            await COUNT_ERROR.run(get_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        record_backend_error("count_error", exc)
+        backlog.count_error(record.tenant_id, record.api_key_pk)
+        return
+    runtime().breaker.success()
+
+
+def _count_error_blocking(record: KeyRecord) -> None:
+    keys, args = _call(record)
+    try:
+        COUNT_ERROR.run_sync(get_sync_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        record_backend_error("count_error", exc)
+        backlog.count_error(record.tenant_id, record.api_key_pk)
+
+
+def count_error_soon(record: KeyRecord) -> None:
+    """count_error() for synchronous code: django-ninja calls its exception handlers without
+    awaiting them, inside the event loop, so the count runs as a task of that loop and the
+    error response is not held up by it. Outside a loop (a thread) it runs here."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _count_error_blocking(record)
+        return
+    task = loop.create_task(count_error(record))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
