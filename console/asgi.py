@@ -25,6 +25,11 @@ if settings.SERVE_STATIC:
     # Daphne serves no files; this serves collected /static/ for the console and the docs.
     http_application = ASGIStaticFilesHandler(django_application)
 
+from console.handlers import ApiHandler, PathDispatcher  # noqa: E402
+
+# The API paths skip the console's sync middleware and per-request threads (console/handlers.py).
+http_application = PathDispatcher(ApiHandler(), http_application)
+
 from console.bodylimit import BodyLimitMiddleware  # noqa: E402
 from console.metrics import MetricsEndpoint  # noqa: E402
 

@@ -31,3 +31,31 @@ class RequestIdMiddleware:
         # Set before the response starts, so streams carry it ahead of their first byte too.
         response["x-request-id"] = request.request_id  # type: ignore[attr-defined]
         return response
+
+
+class ApiHttpMetricsMiddleware:
+    """django-prometheus's request/response counters for the API paths, without its sync
+    middleware (which would cost a thread hop per request): totals and responses by status."""
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+        from django_prometheus.middleware import Metrics
+
+        self.get_response = get_response
+        self.metrics = Metrics.get_instance()
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        self.metrics.requests_total.inc()
+        # ALLOWED_HOSTS, as CommonMiddleware would check it (DisallowedHost becomes a 400).
+        request.get_host()
+        response = await self.get_response(request)
+        self.metrics.responses_total.inc()
+        self.metrics.responses_by_status.labels(str(response.status_code)).inc()
+        # What SecurityMiddleware and CommonMiddleware would add to a JSON API response.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if not response.streaming and "Content-Length" not in response:
+            response["Content-Length"] = str(len(response.content))
+        return response

@@ -98,6 +98,13 @@ MIDDLEWARE = [
     "console.metrics.BoundedPrometheusAfterMiddleware",
 ]
 
+# The API paths (/v1/, /healthz, /readyz) run through console.handlers.ApiHandler with only
+# these async middleware; MIDDLEWARE above serves the console and the admin.
+API_MIDDLEWARE = [
+    "console.middleware.ApiHttpMetricsMiddleware",
+    "console.middleware.RequestIdMiddleware",
+]
+
 ROOT_URLCONF = "console.urls"
 ASGI_APPLICATION = "console.asgi.application"
 WSGI_APPLICATION = None
@@ -274,5 +281,8 @@ LOGGING = {
         # SQL logging would echo parameters; never turn it on (the reference leaked keys so).
         "django.db.backends": {"level": "WARNING", "propagate": True},
         "bitsandbytes": {"level": "ERROR", "propagate": True},
+        # One warning line per 4xx would turn a flood of 429s into a flood of log writes (and
+        # cost more than the refusal itself); 5xx are still logged as errors.
+        "django.request": {"level": "ERROR", "propagate": True},
     },
 }

@@ -145,6 +145,11 @@ class Engine:
         self._thread = threading.Thread(target=self._main, name="inference-model", daemon=True)
         self._thread.start()
 
+    @property
+    def is_ready(self) -> bool:
+        """Loaded, warmed up and serving (a cheap check for every request)."""
+        return self._state == READY
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the model is ready (True) or loading ended otherwise/timed out."""
         self._ready.wait(timeout)

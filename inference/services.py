@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,11 @@ def model_status() -> dict[str, Any]:
 
 def require_engine() -> Engine:
     """The ready engine, or ModelUnavailable whose message says why and how to fix it."""
-    status = model_status()
-    if not status["ok"] or _engine is None:
-        raise _unavailable(status)
-    return _engine
+    engine = _engine
+    # The hot path: one attribute read; the status dict is built only to explain a refusal.
+    if engine is not None and _started and engine.is_ready:
+        return engine
+    raise _unavailable(model_status())
 
 
 def engine_count_tokens(text: str) -> int:
@@ -141,15 +143,19 @@ async def engine_submit(request: GenerationRequest) -> GenerationStream:
 def served_model_id() -> str:
     """The model id clients see and send: INFERENCE_MODEL_NAME, or the hub id, or for a local
     folder its name (never a filesystem path)."""
-    if settings.INFERENCE_MODEL_NAME:
-        return settings.INFERENCE_MODEL_NAME
-    model = settings.INFERENCE_MODEL
-    return Path(model).name if Path(model).is_dir() else model
+    return _model_names(settings.INFERENCE_MODEL_NAME, settings.INFERENCE_MODEL)[0]
 
 
-def served_model_names() -> set[str]:
+def served_model_names() -> frozenset[str]:
     """Every name a request may use for the served model."""
-    return {served_model_id(), settings.INFERENCE_MODEL, Path(settings.INFERENCE_MODEL).name}
+    return _model_names(settings.INFERENCE_MODEL_NAME, settings.INFERENCE_MODEL)[1]
+
+
+@lru_cache(maxsize=4)
+def _model_names(name: str, model: str) -> tuple[str, frozenset[str]]:
+    # Cached: is_dir() is a system call, and this runs on every completion request.
+    served = name or (Path(model).name if Path(model).is_dir() else model)
+    return served, frozenset({served, model, Path(model).name})
 
 
 def api_error(exc: EngineError) -> ApiError:

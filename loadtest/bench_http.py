@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -121,14 +122,13 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
     raise SystemExit(f"daphne did not become ready:\n{log.read_text()[-3000:]}")
 
 
-def prepare(workdir: Path) -> tuple[dict[str, str], str, str]:
+def prepare(workdir: Path, redis_url: str) -> tuple[dict[str, str], str, str]:
     """Environment for the server, a key with a spent limit, a key with room."""
     from inference.loading import quiet_libraries
     from inference.tiny_model import make_tiny_model
 
     quiet_libraries()
     model = make_tiny_model(workdir / "tiny", seed=0)
-    redis_server, redis_url = own_redis()
     env = {
         **os.environ,
         "DATABASE_URL": scratch_database(),
@@ -140,8 +140,10 @@ def prepare(workdir: Path) -> tuple[dict[str, str], str, str]:
         "INFERENCE_THREADS": "1",
         "INFERENCE_MAX_WAIT_MS": "0",
         "RATELIMIT_FLUSH_SECONDS": "0",
+        # Production settings (DEBUG off) need real secrets; these live for one run only.
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "API_KEY_PEPPER": secrets.token_urlsafe(48),
     }
-    env["BENCH_REDIS_PID"] = str(redis_server.pid)
     manage(env, "migrate", "--noinput", "-v0")
     manage(env, "create_tenant", "spent", "--rpm", "1", "--burst", "1")
     manage(env, "create_tenant", "roomy", "--rpm", "100000", "--tpm", "100000000")
@@ -167,7 +169,13 @@ class Connection:
         status = int(head.split(" ", 2)[1])
         fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
         fields = {name.lower(): value for name, value in fields.items()}
-        payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        if fields.get("transfer-encoding") == "chunked":
+            payload = b""
+            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                payload += (await self.reader.readexactly(size + 2))[:-2]
+            await self.reader.readuntil(b"\r\n")
+        else:
+            payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
         return status, fields, payload
 
     def close(self) -> None:
@@ -284,17 +292,20 @@ def report(runs: dict[str, list], gaps: list[float], args: argparse.Namespace) -
 
 def main() -> None:
     args = PARSER.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        env, spent, roomy = prepare(Path(tmp))
-        server, url = start_server(env, Path(tmp) / "daphne.log")
-        try:
-            runs = asyncio.run(throughput(url, spent, args))
-            gaps = asyncio.run(overhead(url, roomy, args.requests))
-        finally:
-            server.terminate()
-            server.wait(20)
-            os.kill(int(env["BENCH_REDIS_PID"]), 15)
-        report(runs, gaps, args)
+    redis_server, redis_url = own_redis()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env, spent, roomy = prepare(Path(tmp), redis_url)
+            server, url = start_server(env, Path(tmp) / "daphne.log")
+            try:
+                runs = asyncio.run(throughput(url, spent, args))
+                gaps = asyncio.run(overhead(url, roomy, args.requests))
+            finally:
+                server.terminate()
+                server.wait(20)
+    finally:
+        redis_server.terminate()
+    report(runs, gaps, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ def own_redis(appendonly: bool = False) -> tuple[subprocess.Popen, str]:
         [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind"]
         + ["127.0.0.1", "--save", "", "--appendonly", "yes" if appendonly else "no"]
         + ["--dir", tempfile.mkdtemp(prefix="redis-")],
+        # Both streams closed: a caller's pipe must not stay open for as long as Redis lives.
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(100):
         with socket.socket() as probe:

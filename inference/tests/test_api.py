@@ -20,8 +20,13 @@ def installed() -> Iterator[Callable[[Engine], Engine]]:
 
 
 def _rl_state(tenant_id: int) -> list[bytes]:
+    """Every limiter key of the tenant, its usage buffer only if it counts requests or tokens
+    (an error count alone is expected: a 503 counts as one error)."""
     redis = get_sync_redis()
-    return sorted(redis.scan_iter(match=f"rl*:v1:{{t:{tenant_id}}}:*"))
+    keys = sorted(redis.scan_iter(match=f"rl*:v1:{{t:{tenant_id}}}:*"))
+    usage = [key for key in keys if key.endswith(b":usage")]
+    counted = [f for key in usage for f in redis.hkeys(key) if not f.endswith(b"|e")]
+    return [key for key in keys if not key.endswith(b":usage")] + (usage if counted else [])
 
 
 async def _complete(token: str, **params: object):  # type: ignore[no-untyped-def]
