@@ -2,8 +2,9 @@
 
 - Settles that met a Redis error (or a cancellation mid-call) are queued and retried by the
   flusher thread. SETTLE is idempotent per lease id, so a retry of one that did run is a no-op.
-- Usage of requests admitted without Redis (failure modes open and local), and errors that
-  could not be counted in Redis, are summed here per key and minute and written to Postgres by
+- Usage of requests admitted without Redis (failure modes open and local), errors that
+  could not be counted in Redis, and the refusals of the in-process denial cache
+  (ratelimit/denycache.py) are summed here per key and minute and written to Postgres by
   the flusher (ratelimit/flush.py). They are lost if the process dies first: the price of an
   outage, next to the unchecked admissions themselves.
 """
@@ -12,12 +13,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from ratelimit.scripts import SETTLE
 
+if TYPE_CHECKING:
+    from tenants.keycache import KeyRecord
+
 MAX_PENDING = 10_000
+MAX_SAMPLED_ADDRESSES = 20  # the flusher keeps RATELIMIT_AUDIT_SAMPLE_ADDRESSES of them
 
 UsageKey = tuple[int, int, int]  # tenant id, api key pk, minute (epoch seconds)
 # Per UsageKey: [requests, prompt tokens, completion tokens, errors], UsageMinute's columns.
@@ -34,6 +40,9 @@ class Call:
 
 _pending: deque[Call] = deque(maxlen=MAX_PENDING)
 _usage: dict[UsageKey, list[int]] = {}
+ThrottleKey = tuple[int, int, str, int]  # tenant id, api key pk, reason, minute (epoch s)
+# Per ThrottleKey: {"n": count, "f": first seen us, "l": last seen us, "a": [addresses]}.
+_throttles: dict[ThrottleKey, dict] = {}
 # The event loop adds while the flusher thread takes.
 _lock = threading.Lock()
 
@@ -79,6 +88,35 @@ def count_error(tenant_id: int, api_key_pk: int) -> None:
     _add(tenant_id, api_key_pk, (0, 0, 0, 1))
 
 
+def count_throttle(record: "KeyRecord", reason: str, address: str) -> None:
+    """One refusal made in process, for the 429 audit (as ADMIT counts Redis's own)."""
+    now_us = time.time_ns() // 1000
+    key = (record.tenant_id, record.api_key_pk, reason, now_us // 60_000_000 * 60)
+    with _lock:
+        row = _throttles.setdefault(key, {"n": 0, "f": now_us, "l": now_us, "a": []})
+        row["n"] += 1
+        row["l"] = now_us
+        if address and address not in row["a"] and len(row["a"]) < MAX_SAMPLED_ADDRESSES:
+            row["a"].append(address)
+
+
+def take_throttles() -> dict[ThrottleKey, dict]:
+    """Every in-process refusal counted so far (give them back with restore_throttles())."""
+    global _throttles
+    with _lock:
+        taken, _throttles = _throttles, {}
+    return taken
+
+
+def restore_throttles(rows: dict[ThrottleKey, dict]) -> None:
+    with _lock:
+        for key, row in rows.items():
+            mine = _throttles.setdefault(key, {"n": 0, "f": row["f"], "l": row["l"], "a": []})
+            mine["n"] += row["n"]
+            mine["f"], mine["l"] = min(mine["f"], row["f"]), max(mine["l"], row["l"])
+            mine["a"] = list(dict.fromkeys(mine["a"] + row["a"]))[:MAX_SAMPLED_ADDRESSES]
+
+
 def take_usage() -> dict[UsageKey, list[int]]:
     """Everything counted so far; the caller writes it or gives it back with restore_usage()."""
     global _usage
@@ -99,3 +137,4 @@ def clear() -> None:
     with _lock:
         _pending.clear()
         _usage.clear()
+        _throttles.clear()

@@ -248,6 +248,30 @@ def _flush_local_usage(report: FlushReport) -> None:
     report.dropped_rows += len(taken) - len(rows)
 
 
+def _flush_local_throttles(report: FlushReport) -> None:
+    taken = backlog.take_throttles()
+    if not taken:
+        return
+    try:
+        known = _tenants_of({pk for _, pk, _, _ in taken})
+        with transaction.atomic():
+            for (tenant_id, pk, reason, minute), row in sorted(taken.items()):
+                if pk not in known:  # a key deleted since: nothing to attach the row to
+                    report.dropped_rows += 1
+                    continue
+                stamps = {"f": _stamp(row["f"]), "l": _stamp(row["l"])}
+                _upsert_throttle(tenant_id, pk, reason, _minute(str(minute)), {**row, **stamps})
+                report.refusals += row["n"]
+                report.local_rows += 1
+    except Exception:
+        backlog.restore_throttles(taken)  # written next time instead
+        raise
+
+
+def _stamp(microseconds: int) -> datetime:
+    return datetime.fromtimestamp(microseconds / 1_000_000, tz=UTC)
+
+
 def _prune_markers() -> None:
     # A batch key lives at most RATELIMIT_BUFFER_TTL_SECONDS; its marker is useless after.
     cutoff = timezone.now() - timedelta(seconds=2 * settings.RATELIMIT_BUFFER_TTL_SECONDS)
@@ -259,6 +283,7 @@ def flush(client: redis.Redis | None = None) -> FlushReport:
     client = client or get_sync_redis("ratelimit")
     report = FlushReport()
     _flush_local_usage(report)  # Postgres only: done even while Redis is down
+    _flush_local_throttles(report)
     report.settles_retried = backlog.retry_settles(client)
     for kind in KINDS:
         for batch_key in claim_batches(client, kind):

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from console.errors import Overloaded
 from console.redis import get_redis
-from ratelimit import backlog, metrics
+from ratelimit import backlog, denycache, metrics
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.decision import Decision, parse_reply
 from ratelimit.headers import denial_error, rate_headers
@@ -90,6 +90,7 @@ def reset_state() -> None:
         _runtime.breaker.reset()
     _runtime = None
     backlog.clear()
+    denycache.clear()
 
 
 def _ms(seconds: float) -> int:
@@ -197,6 +198,11 @@ def _fallback(
 async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = None) -> Admission:
     """Admit one request of this key reserving `tokens` (prompt + max_tokens), or raise
     RateLimited / QuotaExhausted (429, headers on the exception, audited) or Overloaded."""
+    cached = denycache.still_denied(record)
+    if cached is not None:
+        # Redis refused this key moments ago on a limit that cannot have recovered yet.
+        backlog.count_throttle(record, cached.binding_name, _audit_address(client_addr))
+        raise _deny(record, cached, "cached_denied")
     plan = plan_for(record)
     reserve = clamp_reservation(tokens)
     lease_id = os.urandom(16).hex()  # 128 random bits, as a uuid4 has, at a tenth the cost
@@ -208,6 +214,7 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
         else:
             runtime().breaker.success()
             if not decision.allowed:
+                denycache.remember(record, decision)
                 raise _deny(record, decision, "denied")
             metrics.decisions.labels("allowed", "none").inc()
             return _admission(record, lease_id, reserve, "redis", decision, plan.keys)

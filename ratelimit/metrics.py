@@ -3,7 +3,15 @@ a fixed list, an operation, or a tenant slug; never a key, a path or an address.
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RESULTS = ("allowed", "denied", "failed_open", "failed_closed", "local_allowed", "local_denied")
+RESULTS = (
+    "allowed",
+    "denied",
+    "cached_denied",  # refused in process, Redis having refused the same key moments before
+    "failed_open",
+    "failed_closed",
+    "local_allowed",
+    "local_denied",
+)
 
 decisions = Counter(
     "ratelimit_decisions_total",

@@ -49,6 +49,7 @@ def _buffers() -> list[bytes]:
     return sorted(get_sync_redis().scan_iter("rlbuf:*"))
 
 
+@override_settings(RATELIMIT_DENY_CACHE=False)  # every refusal through Redis's own buffer
 def test_it_moves_usage_and_refusals_once_and_empties_the_buffers(issued) -> None:  # type: ignore[no-untyped-def]
     record = _record(issued, key={"rpm": 3}, burst_percent=100)
 

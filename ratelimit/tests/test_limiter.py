@@ -134,6 +134,7 @@ async def test_a_denial_changes_no_limiter_state_and_is_audited() -> None:
     assert [v for k, v in audit.items() if k.endswith(b"|a")] == [b"198.51.100.7"]
 
 
+@override_settings(RATELIMIT_DENY_CACHE=False)  # every refusal through Redis's own buffer
 async def test_the_audit_keeps_a_few_distinct_sample_addresses() -> None:
     record = make_record(key={"rpm": 1}, burst_percent=1)
     await limiter.admit(record, tokens=0)
