@@ -11,10 +11,26 @@ from inference.responses import json_response, stream_response
 from inference.schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut
 from inference.services import served_model_id
 from inference.sse import Shape
+from ratelimit.limiter import refuse_if_denied
 from tenants.auth import ApiKeyAuth, require_scope
+from tenants.keycache import KeyRecord
 from tenants.selectors import tenant_usage_summary
 
 router = Router(auth=ApiKeyAuth())
+
+
+class CompletionsAuth(ApiKeyAuth):
+    """ApiKeyAuth, then the in-process denial cache: a key in a flood gets its 429 before its
+    body is parsed or its prompt tokenized (admission checks again, for every other case)."""
+
+    async def authenticate(self, request: HttpRequest, token: str | None) -> KeyRecord | None:
+        record = await super().authenticate(request, token)
+        if record is not None:
+            refuse_if_denied(record, client_ip(request))
+        return record
+
+
+completions_auth = CompletionsAuth()
 
 
 class ModelOut(Schema):
@@ -66,6 +82,7 @@ async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bo
 
 @router.post(
     "/completions",
+    auth=completions_auth,
     response=CompletionOut,
     tags=["completions"],
     summary="Create a completion (stream: true for Server-Sent Events)",
@@ -76,6 +93,7 @@ async def create_completion(request: HttpRequest, body: CompletionIn) -> HttpRes
 
 @router.post(
     "/chat/completions",
+    auth=completions_auth,
     response=ChatCompletionOut,
     tags=["completions"],
     summary="Create a chat completion (messages become one flan-style prompt)",

@@ -195,14 +195,19 @@ def _fallback(
     return _admission(record, lease_id, reserve, "local", decision)
 
 
+def refuse_if_denied(record: KeyRecord, client_addr: str | None = None) -> None:
+    """Raise the 429 at once if Redis refused this key moments ago on a limit that cannot have
+    recovered yet (ratelimit/denycache.py); audited like every refusal. Cheap: no I/O."""
+    cached = denycache.still_denied(record)
+    if cached is not None:
+        backlog.count_throttle(record, cached.binding_name, _audit_address(client_addr))
+        raise _deny(record, cached, "cached_denied")
+
+
 async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = None) -> Admission:
     """Admit one request of this key reserving `tokens` (prompt + max_tokens), or raise
     RateLimited / QuotaExhausted (429, headers on the exception, audited) or Overloaded."""
-    cached = denycache.still_denied(record)
-    if cached is not None:
-        # Redis refused this key moments ago on a limit that cannot have recovered yet.
-        backlog.count_throttle(record, cached.binding_name, _audit_address(client_addr))
-        raise _deny(record, cached, "cached_denied")
+    refuse_if_denied(record, client_addr)
     plan = plan_for(record)
     reserve = clamp_reservation(tokens)
     lease_id = os.urandom(16).hex()  # 128 random bits, as a uuid4 has, at a tenth the cost
