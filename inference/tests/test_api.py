@@ -76,3 +76,28 @@ async def test_a_full_queue_gets_503_overloaded_and_releases_its_admission(
         running.cancel()
         queued.cancel()
         await iterator.aclose()
+
+
+async def test_a_flooding_key_gets_429_before_its_body_is_even_read(
+    installed, make_engine, tenant
+) -> None:
+    from asgiref.sync import sync_to_async
+
+    from tenants.services import api_key_issue, tenant_set_limits
+
+    installed(make_engine())
+    await sync_to_async(tenant_set_limits)(
+        tenant=tenant, changes={"rpm": 1, "burst_percent": 1}, actor="t"
+    )
+    issued = await sync_to_async(api_key_issue)(tenant=tenant, actor="t")
+    assert (await _complete(issued.token)).status_code == 200
+    assert (await _complete(issued.token)).status_code == 429  # Redis refuses: remembered
+    garbage = await AsyncClient().post(
+        "/v1/completions",
+        b"{not json",
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {issued.token}"},
+    )
+    assert garbage.status_code == 429  # refused in process, before the body was parsed
+    assert garbage.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(garbage["retry-after-ms"]) > 0
