@@ -82,12 +82,15 @@ def close_database_pools(django_db_setup: None) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def clean_redis() -> Iterator[None]:
-    """Each test starts with an empty test Redis database and an empty key cache."""
+    """Each test starts with an empty test Redis database, an empty key cache and a fresh
+    limiter (no open breaker, no cached refusal, no backlog left by another test)."""
     from console.redis import get_sync_redis
+    from ratelimit import limiter
     from tenants.keycache import key_cache
 
     get_sync_redis().flushdb()
     key_cache.clear()
+    limiter.reset_state()
     yield
     key_cache.clear()
 

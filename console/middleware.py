@@ -33,9 +33,13 @@ class RequestIdMiddleware:
         return response
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
 class ApiHttpMetricsMiddleware:
-    """django-prometheus's request/response counters for the API paths, without its sync
-    middleware (which would cost a thread hop per request): totals and responses by status."""
+    """django-prometheus's HTTP metrics for the API paths (totals, by status, by view), without
+    its sync middleware, which would cost a thread hop per request. Labels stay bounded: view
+    names from the URL conf, methods from a fixed list."""
 
     async_capable = True
     sync_capable = False
@@ -52,10 +56,18 @@ class ApiHttpMetricsMiddleware:
         # ALLOWED_HOSTS, as CommonMiddleware would check it (DisallowedHost becomes a 400).
         request.get_host()
         response = await self.get_response(request)
-        self.metrics.responses_total.inc()
-        self.metrics.responses_by_status.labels(str(response.status_code)).inc()
+        self._count(request, response)
         # What SecurityMiddleware and CommonMiddleware would add to a JSON API response.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if not response.streaming and "Content-Length" not in response:
             response["Content-Length"] = str(len(response.content))
         return response
+
+    def _count(self, request: HttpRequest, response: HttpResponseBase) -> None:
+        match = getattr(request, "resolver_match", None)
+        view = match.view_name if match is not None else "<unnamed view>"
+        method = request.method if request.method in KNOWN_METHODS else "<invalid method>"
+        transport = "https" if request.is_secure() else "http"
+        self.metrics.requests_by_view_transport_method.labels(view, transport, method).inc()
+        self.metrics.responses_total.inc()
+        self.metrics.responses_by_status.labels(str(response.status_code)).inc()
