@@ -49,6 +49,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     problem = _probe_services()
     if problem:
         pytest.exit(problem, returncode=3)
+    from django.conf import settings
+
+    # No background flusher in the test process (importing console.asgi would start one):
+    # tests that move usage do it themselves, at known moments; one flusher test starts its own.
+    settings.RATELIMIT_FLUSH_SECONDS = 0
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,7 +29,7 @@ def api_server(
         "INFERENCE_THREADS": "1",
         "INFERENCE_MAX_QUEUE": "64",
         # The tests move usage to Postgres themselves, at known moments.
-        "RATELIMIT_FLUSH_SECONDS": "3600",
+        "RATELIMIT_FLUSH_SECONDS": "0",
         "WS_MAX_CONCURRENT": "4",
         # This machine's 2 cores are shared with the test process: a busy event loop must not
         # trip the limiter's short timeout into its fallback (that path has its own tests).
