@@ -53,30 +53,9 @@ def pct(values: list[float], q: float) -> float:
 def scratch_database() -> str:
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     url = base.rsplit("/", 1)[0] + "/inference_node_bench"
-    host = url.split("@")[-1].split("/")[0]
-    subprocess.run(
-        [
-            "dropdb",
-            "--if-exists",
-            "-h",
-            host.split(":")[0],
-            "-U",
-            "postgres",  # noqa: S607
-            "inference_node_bench",
-        ],
-        check=True,
-    )
-    subprocess.run(
-        [
-            "createdb",
-            "-h",
-            host.split(":")[0],
-            "-U",
-            "postgres",  # noqa: S607
-            "inference_node_bench",
-        ],
-        check=True,
-    )
+    host = url.split("@")[-1].split("/")[0].split(":")[0]
+    for command in (["dropdb", "--if-exists"], ["createdb"]):
+        subprocess.run([*command, "-h", host, "-U", "postgres", "inference_node_bench"], check=True)
     return url
 
 
