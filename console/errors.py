@@ -80,6 +80,14 @@ class Overloaded(ApiError):
     code = "overloaded"
 
 
+class DependencyUnavailable(ApiError):
+    """A shared dependency (Postgres) cannot answer and nothing cached can stand in."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
 class ModelUnavailable(ApiError):
     status = 503
     type = "server_error"

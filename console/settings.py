@@ -199,6 +199,11 @@ API_KEY_PREFIX = env_str("API_KEY_PREFIX", "sk")
 # changes reach every process sooner through the Redis version counter (tenants/keycache.py).
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0)
 API_KEY_VERSION_POLL_SECONDS = env_float("API_KEY_VERSION_POLL_SECONDS", 0.5)
+# Postgres unreachable: serve a record past its TTL for this much longer (stale-if-error), wait at
+# most this long for a reload, and leave Postgres alone this long after a failed one.
+API_KEY_STALE_SECONDS = env_float("API_KEY_STALE_SECONDS", 300.0)
+API_KEY_LOAD_TIMEOUT_SECONDS = env_float("API_KEY_LOAD_TIMEOUT_SECONDS", 1.0)
+API_KEY_DB_BACKOFF_SECONDS = env_float("API_KEY_DB_BACKOFF_SECONDS", 2.0)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60)
 API_KEY_DEFAULT_ROTATION_GRACE = env_str("API_KEY_DEFAULT_ROTATION_GRACE", "1h")
 

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_AUTH_FAILED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: keys cannot be checked right now (Postgres away)
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -59,6 +60,10 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
 class CompletionConsumer(AsyncWebsocketConsumer):
     """One socket: authenticate, then run several completions at once."""
 
+    # No channel layer: nothing is ever sent to a socket from outside it, and joining the
+    # configured (Redis) layer would give each socket a Redis receive loop that dies with Redis.
+    channel_layer_alias = "none"
+
     async def connect(self) -> None:
         self.record: KeyRecord | None = None
         self.tasks: dict[str, asyncio.Task] = {}
@@ -69,7 +74,11 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             _header(self.scope, b"authorization"), _header(self.scope, b"x-api-key")
         )
         if token is not None:
-            await self._authenticate(token)
+            try:
+                await self._authenticate(token)
+            except ApiError as exc:  # 503: keys cannot be checked right now
+                await self._send_error(None, exc)
+                await self.close(code=CLOSE_TRY_AGAIN_LATER)
         else:
             self.auth_timer = asyncio.get_running_loop().call_later(
                 settings.WS_AUTH_TIMEOUT_SECONDS, self._auth_timeout

@@ -5,8 +5,16 @@ API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits,
 increments one Redis counter after its transaction commits; each process reads that counter at
 most every API_KEY_VERSION_POLL_SECONDS and drops its whole cache when it moved. So a change is
 seen everywhere within about half a second, and within the cache TTL even if Redis is down.
+
+Postgres going away does not take the API with it: a record whose TTL ran out is served stale
+(for at most API_KEY_STALE_SECONDS more) when reloading it fails or takes longer than
+API_KEY_LOAD_TIMEOUT_SECONDS, and after a failure the process leaves Postgres alone for
+API_KEY_DB_BACKOFF_SECONDS, so an outage costs one slow request per process, not one per
+request. A key never seen before gets 503 service_unavailable meanwhile, never a 500. A version
+change still drops everything at once: what was revoked is not served stale.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -15,9 +23,12 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
+from console.errors import DependencyUnavailable
 from console.redis import get_redis, get_sync_redis
+from tenants import metrics
 from tenants.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -85,12 +96,14 @@ class KeyCache:
         self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
         self._version: bytes | None = None
         self._checked_at = float("-inf")
+        self._db_down_until = float("-inf")
 
     def clear(self) -> None:
         """Forget everything, the last seen version included."""
         self._entries.clear()
         self._version = None
         self._checked_at = float("-inf")
+        self._db_down_until = float("-inf")
 
     async def get(self, key_id: str) -> KeyRecord | None:
         await self._sync_version()
@@ -98,9 +111,32 @@ class KeyCache:
         now = time.monotonic()
         if entry is not None and now - entry[1] < settings.API_KEY_CACHE_SECONDS:
             return entry[0]
-        record = await _load_record(key_id)
-        self._entries[key_id] = (record, now)
+        stale = entry is not None and (
+            now - entry[1] < settings.API_KEY_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS
+        )
+        if now < self._db_down_until:
+            return self._stale_or_unavailable(entry if stale else None)
+        try:
+            record = await asyncio.wait_for(
+                _load_record(key_id), timeout=settings.API_KEY_LOAD_TIMEOUT_SECONDS
+            )
+        except (DatabaseError, TimeoutError) as exc:
+            self._db_down_until = time.monotonic() + settings.API_KEY_DB_BACKOFF_SECONDS
+            logger.warning("key cache: cannot load key records (%s)", type(exc).__name__)
+            return self._stale_or_unavailable(entry if stale else None)
+        self._entries[key_id] = (record, time.monotonic())
         return record
+
+    @staticmethod
+    def _stale_or_unavailable(entry: tuple[KeyRecord | None, float] | None) -> KeyRecord | None:
+        if entry is None:
+            metrics.key_lookups_unavailable.inc()
+            raise DependencyUnavailable(
+                "API keys cannot be checked right now; please retry shortly.",
+                headers={"Retry-After": str(max(1, round(settings.API_KEY_DB_BACKOFF_SECONDS)))},
+            )
+        metrics.stale_key_records.inc()
+        return entry[0]
 
     async def _sync_version(self) -> None:
         now = time.monotonic()
@@ -118,10 +154,15 @@ class KeyCache:
             self._entries.clear()
 
 
-@sync_to_async
+# Not thread-sensitive: a load stuck on an unreachable Postgres must not hold up the one shared
+# thread that every other synchronous database call of this process waits for.
+@sync_to_async(thread_sensitive=False)
 def _load_record(key_id: str) -> KeyRecord | None:
-    key = ApiKey.objects.select_related("tenant").filter(key_id=key_id).first()
-    return KeyRecord.from_row(key) if key is not None else None
+    try:
+        key = ApiKey.objects.select_related("tenant").filter(key_id=key_id).first()
+        return KeyRecord.from_row(key) if key is not None else None
+    finally:
+        close_old_connections()
 
 
 key_cache = KeyCache()
@@ -139,18 +180,37 @@ def bump_version() -> None:
 _last_used_marks: dict[str, datetime] = {}
 
 
+_touch_tasks: set[asyncio.Task] = set()
+
+
 async def touch_last_used(record: KeyRecord) -> None:
-    """Record use coarsely: at most one UPDATE per key per resolution window per process."""
+    """Record use coarsely: at most one UPDATE per key per resolution window per process, in
+    the background (a request never waits on it, and an unreachable Postgres costs no error)."""
     now = timezone.now()
     resolution = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
     seen = _last_used_marks.get(record.key_id) or record.last_used_at
     if seen is not None and (now - seen).total_seconds() < resolution:
         return
     _last_used_marks[record.key_id] = now
+    task = asyncio.create_task(_write_last_used(record.api_key_pk, now, resolution))
+    _touch_tasks.add(task)  # held until done: the loop keeps only weak references
+    task.add_done_callback(_touch_tasks.discard)
+
+
+async def _write_last_used(api_key_pk: int, now: datetime, resolution: int) -> None:
     cutoff = now - timedelta(seconds=resolution)
-    # The filter makes concurrent processes write at most once per window between them.
-    await (
-        ApiKey.objects.filter(pk=record.api_key_pk)
-        .exclude(last_used_at__gte=cutoff)
-        .aupdate(last_used_at=now)
-    )
+    try:
+        # The filter makes concurrent processes write at most once per window between them.
+        await _update_last_used(api_key_pk, cutoff, now)
+    except DatabaseError as exc:
+        logger.warning("key cache: cannot record last use (%s)", type(exc).__name__)
+
+
+@sync_to_async(thread_sensitive=False)
+def _update_last_used(api_key_pk: int, cutoff: datetime, now: datetime) -> None:
+    try:
+        ApiKey.objects.filter(pk=api_key_pk).exclude(last_used_at__gte=cutoff).update(
+            last_used_at=now
+        )
+    finally:
+        close_old_connections()

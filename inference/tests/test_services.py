@@ -2,6 +2,7 @@
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,34 @@ async def test_readyz_is_503_with_the_reason_until_the_model_is_ready(
     installed(make_engine())
     response = await AsyncClient().get("/readyz")
     assert response.status_code == 200 and response.json()["checks"]["model"]["ok"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_readyz_stays_200_but_degraded_when_a_shared_dependency_fails(
+    installed, make_engine, settings
+) -> None:
+    from console.redis import reset_clients
+    from ratelimit import limiter
+
+    installed(make_engine())
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    saved = settings.REDIS_URL, settings.RATELIMIT_REDIS_URL
+    settings.REDIS_URL = settings.RATELIMIT_REDIS_URL = dead
+    reset_clients()
+    limiter.reset_state()
+    try:
+        response = await AsyncClient().get("/readyz")
+    finally:
+        settings.REDIS_URL, settings.RATELIMIT_REDIS_URL = saved
+        reset_clients()
+        limiter.reset_state()
+    body = response.json()
+    # Every replica shares Redis: failing them all would turn degraded into down.
+    assert response.status_code == 200 and body["ready"] is True and body["degraded"] is True
+    assert body["checks"]["redis"]["ok"] is False and body["checks"]["ratelimit"]["ok"] is False
+    assert body["checks"]["database"] == {"ok": True}
 
 
 async def test_engine_errors_become_client_errors(installed, make_engine) -> None:
