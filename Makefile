@@ -11,12 +11,12 @@ TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run run-tiny test lint format migrate screenshots
+.PHONY: install run run-tiny test lint format migrate screenshots loadtest loadtest-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q $(TORCH)
-	$(BIN)/pip install --disable-pip-version-check -q $(TORCH) ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH) ".[test,loadtest]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +41,16 @@ run-tiny: $(STAMP)
 ## make test: the whole suite against real PostgreSQL and Redis (127.0.0.1 by default)
 test: $(STAMP) lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+
+## make loadtest: the chaos benchmark (about 6 minutes): two replicas of a flan-t5-base-shaped
+## model behind Traefik, a 150-user Locust swarm, Redis restarted, a replica SIGKILLed, Postgres
+## cut; the report and plots go to loadtest/reports/<timestamp>/ (exit 1 if a check fails).
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest.chaos
+
+## make loadtest-smoke: the same path in about 30 s on the tiny model (also part of make test)
+loadtest-smoke: $(STAMP)
+	$(BIN)/python -m loadtest.chaos --smoke --timed-checks-advisory
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ then serves batches there; `await engine.submit(request)` returns a GenerationSt
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -62,10 +63,28 @@ class EngineConfig:
     max_wait_ms: int = 10
     max_queue: int = 256
     threads: int = 0  # torch intra-op threads; 0: one per available core
+    # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
+    # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
+    nice: int = 0
     max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
     max_output_tokens: int = 512
     allow_download: bool = True  # a hub id missing from the cache may be fetched
     warmup: bool = True
+
+
+def lower_thread_priority(increment: int) -> int:
+    """Raise the calling thread's nice value by `increment` (Linux: nice is per thread, and
+    threads it creates inherit it); its new value, or the old one where that is not possible."""
+    tid = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, tid)
+    if increment <= 0:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+    except OSError as exc:
+        logger.warning("inference: cannot lower the model thread's priority (%s)", exc)
+        return current
+    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 class GenerationStream:
@@ -249,6 +268,7 @@ class Engine:
     # --- the model thread --------------------------------------------------------------------
     def _main(self) -> None:
         try:
+            lower_thread_priority(self.config.nice)
             configure_threads(self.config.threads)
             self._model = self._load()
         except Exception as exc:

@@ -6,12 +6,13 @@ increments one Redis counter after its transaction commits; each process reads t
 most every API_KEY_VERSION_POLL_SECONDS and drops its whole cache when it moved. So a change is
 seen everywhere within about half a second, and within the cache TTL even if Redis is down.
 
-Postgres going away does not take the API with it: a record whose TTL ran out is served stale
-(for at most API_KEY_STALE_SECONDS more) when reloading it fails or takes longer than
-API_KEY_LOAD_TIMEOUT_SECONDS, and after a failure the process leaves Postgres alone for
-API_KEY_DB_BACKOFF_SECONDS, so an outage costs one slow request per process, not one per
-request. A key never seen before gets 503 service_unavailable meanwhile, never a 500. A version
-change still drops everything at once: what was revoked is not served stale.
+A request never waits on Postgres for a key its process knows: a record whose TTL ran out is
+served while one background load refreshes it (stale-while-revalidate), and while Postgres
+cannot answer it keeps being served for up to API_KEY_STALE_SECONDS (stale-if-error). A failed
+or slow load (over API_KEY_LOAD_TIMEOUT_SECONDS) makes the process leave Postgres alone for
+API_KEY_DB_BACKOFF_SECONDS. A key never seen before waits for its load, and gets 503
+service_unavailable when Postgres cannot answer, never a 500. A version change still drops
+everything at once: what was revoked is not served stale.
 """
 
 import asyncio
@@ -97,6 +98,7 @@ class KeyCache:
         self._version: bytes | None = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
+        self._refreshing: dict[str, asyncio.Task] = {}
 
     def clear(self) -> None:
         """Forget everything, the last seen version included."""
@@ -104,39 +106,68 @@ class KeyCache:
         self._version = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
+        for task in self._refreshing.values():
+            task.cancel()
+        self._refreshing.clear()
 
     async def get(self, key_id: str) -> KeyRecord | None:
         await self._sync_version()
         entry = self._entries.get(key_id)
         now = time.monotonic()
-        if entry is not None and now - entry[1] < settings.API_KEY_CACHE_SECONDS:
-            return entry[0]
-        stale = entry is not None and (
-            now - entry[1] < settings.API_KEY_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS
-        )
+        if entry is not None:
+            age = now - entry[1]
+            if age < settings.API_KEY_CACHE_SECONDS:
+                return entry[0]
+            if age < settings.API_KEY_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS:
+                # Past its TTL: served while one background load per key refreshes it, so no
+                # request ever waits on Postgres for a key this process knows.
+                if now < self._db_down_until:
+                    metrics.stale_key_records.inc()
+                else:
+                    self._refresh_in_background(key_id)
+                return entry[0]
         if now < self._db_down_until:
-            return self._stale_or_unavailable(entry if stale else None)
+            raise self._unavailable()
         try:
-            record = await asyncio.wait_for(
+            record = await self._load(key_id)
+        except (DatabaseError, TimeoutError):
+            raise self._unavailable() from None
+        self._entries[key_id] = (record, time.monotonic())
+        return record
+
+    async def _load(self, key_id: str) -> KeyRecord | None:
+        try:
+            return await asyncio.wait_for(
                 _load_record(key_id), timeout=settings.API_KEY_LOAD_TIMEOUT_SECONDS
             )
         except (DatabaseError, TimeoutError) as exc:
             self._db_down_until = time.monotonic() + settings.API_KEY_DB_BACKOFF_SECONDS
             logger.warning("key cache: cannot load key records (%s)", type(exc).__name__)
-            return self._stale_or_unavailable(entry if stale else None)
-        self._entries[key_id] = (record, time.monotonic())
-        return record
+            raise
+
+    def _refresh_in_background(self, key_id: str) -> None:
+        if key_id not in self._refreshing:
+            self._refreshing[key_id] = asyncio.create_task(self._refresh(key_id))
+
+    async def _refresh(self, key_id: str) -> None:
+        version = self._version
+        try:
+            record = await self._load(key_id)
+        except (DatabaseError, TimeoutError):
+            metrics.stale_key_records.inc()
+            return
+        finally:
+            self._refreshing.pop(key_id, None)
+        if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
+            self._entries[key_id] = (record, time.monotonic())
 
     @staticmethod
-    def _stale_or_unavailable(entry: tuple[KeyRecord | None, float] | None) -> KeyRecord | None:
-        if entry is None:
-            metrics.key_lookups_unavailable.inc()
-            raise DependencyUnavailable(
-                "API keys cannot be checked right now; please retry shortly.",
-                headers={"Retry-After": str(max(1, round(settings.API_KEY_DB_BACKOFF_SECONDS)))},
-            )
-        metrics.stale_key_records.inc()
-        return entry[0]
+    def _unavailable() -> DependencyUnavailable:
+        metrics.key_lookups_unavailable.inc()
+        return DependencyUnavailable(
+            "API keys cannot be checked right now; please retry shortly.",
+            headers={"Retry-After": str(max(1, round(settings.API_KEY_DB_BACKOFF_SECONDS)))},
+        )
 
     async def _sync_version(self) -> None:
         now = time.monotonic()

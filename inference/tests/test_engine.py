@@ -296,3 +296,14 @@ async def test_greedy_output_equals_transformers_generate(engine: Engine) -> Non
         with torch.inference_mode():
             reference = loaded.model.generate(**inputs, max_new_tokens=24, do_sample=False)
         assert ours.token_ids == reference[0, 1:].tolist()  # minus the decoder start token
+
+
+def test_the_model_thread_runs_at_a_lower_priority_than_the_process(make_engine) -> None:
+    import os
+
+    engine = make_engine(nice=5)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    model_thread = engine._thread
+    assert model_thread is not None and model_thread.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, model_thread.native_id) == min(19, base + 5)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the event loop's thread is untouched

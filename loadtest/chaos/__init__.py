@@ -1,0 +1,1 @@
+"""The chaos benchmark: `make loadtest` (python -m loadtest.chaos)."""
