@@ -192,6 +192,9 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         result = run.result
         cancelled = result is None or result.finish_reason == "cancelled"
         tokens = run.billed_tokens if cancelled else result.completion_tokens
+        # Every delta has reached the client: settle before the done frame, so a client that
+        # holds a done frame holds a settled request, whatever happens to this process next.
+        await run.finish(completed=run.all_delivered)
         await self._send(
             {
                 "type": "completion.done",
@@ -201,7 +204,7 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             }
         )
         # A cancelled request bills the deltas that were sent, a finished one all its tokens.
-        return not cancelled and await self.delivery.sent()
+        return run.all_delivered
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))

@@ -224,12 +224,20 @@ class Engine:
             raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
         return len(model.encode(text))
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The prompt's ids (end-of-sequence included), for GenerationRequest.prompt_ids;
+        PromptTooLong for a prompt that cannot fit."""
+        return self._prompt_ids(self._loaded(), text)
+
     async def submit(self, request: GenerationRequest) -> GenerationStream:
         """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration."""
         try:
             model = self._loaded()
             request.validate(self.config.max_output_tokens)
-            prompt_ids = self._prompt_ids(model, request.prompt)
+            if request.prompt_ids is not None and len(request.prompt_ids) <= model.max_input_tokens:
+                prompt_ids = list(request.prompt_ids)
+            else:
+                prompt_ids = self._prompt_ids(model, request.prompt)
             stream = GenerationStream(self, request, prompt_ids)
             self._scheduler.put(stream._job)
         except EngineError:

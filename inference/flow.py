@@ -23,9 +23,10 @@ from console.errors import InvalidRequest, NotFound, PayloadTooLarge
 from inference import metrics
 from inference.delivery import Delivery
 from inference.engine import GenerationRequest, GenerationResult, GenerationStream
+from inference.generation import FINISH_CANCELLED
 from inference.schemas import _GenerationParams
 from inference.services import (
-    engine_count_tokens,
+    engine_encode_prompt,
     engine_submit,
     served_model_id,
     served_model_names,
@@ -84,7 +85,10 @@ def plan_completion(
             param="prompt",
             code="prompt_too_large",
         )
-    prompt_tokens = engine_count_tokens(prompt)
+    # Encoded once here (a prompt too long for the model is refused before admission), and
+    # the ids travel with the request: the engine does not encode it again.
+    prompt_ids = engine_encode_prompt(prompt)
+    prompt_tokens = len(prompt_ids)
     request = GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens or settings.API_DEFAULT_MAX_TOKENS,
@@ -92,6 +96,7 @@ def plan_completion(
         top_p=1.0 if params.top_p is None else params.top_p,
         stop=tuple(params.stop or ()),
         seed=params.seed,
+        prompt_ids=tuple(prompt_ids),
     )
     model = params.model or served_model_id()
     return Plan(record, request, prompt_tokens, model, endpoint, stream, received_at)
@@ -145,6 +150,16 @@ class Run:
     @property
     def result(self) -> GenerationResult | None:
         return self.stream.result
+
+    @property
+    def all_delivered(self) -> bool:
+        """The generation finished and every text piece it produced reached the client."""
+        result = self.stream.result
+        return (
+            result is not None
+            and result.finish_reason != FINISH_CANCELLED
+            and self.billed_tokens == self.stream.tokens_streamed
+        )
 
     async def finish(self, *, completed: bool) -> None:
         """Settle once: the whole completion if the client got it all, else what it got."""

@@ -67,6 +67,8 @@ class GenerationRequest:
     seed: int | None = None
     # Keep generating past the end-of-sequence token (benchmarks, like vLLM's ignore_eos).
     ignore_eos: bool = False
+    # The prompt's ids when the caller has them already (Engine.encode_prompt): not encoded again.
+    prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def validate(self, max_output_tokens: int) -> None:
         """Raise InvalidGeneration for out-of-range parameters."""

@@ -14,11 +14,10 @@ from console.errors import ApiError, ModelUnavailable
 from inference.delivery import Delivery, NotStreamed
 from inference.engine import EngineError, GenerationResult
 from inference.flow import Run
+from inference.generation import FINISH_CANCELLED
 from inference.services import api_error
 from inference.sse import DONE, Shape
 from ratelimit.errorcount import count_error, counts_as_error
-
-FINISH_CANCELLED = "cancelled"
 
 
 def _common_headers(run: Run) -> dict[str, str]:
@@ -66,7 +65,6 @@ def stream_response(request: HttpRequest, run: Run, shape: Shape) -> StreamingHt
 
 
 async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[bytes]:
-    completed = False
     try:
         opening = shape.opening()
         if opening:
@@ -76,11 +74,14 @@ async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[b
         result = run.result
         if result is None or result.finish_reason == FINISH_CANCELLED:
             raise ModelUnavailable("The node stopped this request while shutting down.")
+        # Every piece of text has reached the client: settle now, before the closing events.
+        # A process that dies after this bills what the client has; one that died before
+        # could not have sent the end of the stream (docs/api.md, billing).
+        await run.finish(completed=run.all_delivered)
         yield shape.closing(result.finish_reason)
         if shape.include_usage:
             yield shape.usage_chunk(run.plan.prompt_tokens, result.completion_tokens)
         yield DONE
-        completed = await delivery.sent()
     except (ApiError, EngineError) as exc:
         # The 200 and its headers are out: the error travels as the stream's last event, and
         # is counted here since it never reaches console/api.py's error_response.
@@ -90,4 +91,5 @@ async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[b
         yield shape.error(error.body())
         yield DONE
     finally:
-        await run.finish(completed=completed)
+        # Settled above when the stream ran to its end; otherwise bills what was delivered.
+        await run.finish(completed=False)

@@ -1,6 +1,6 @@
 """Glue between Django and the engine: the process's one engine, its lifecycle, error mapping.
 
-The API layer calls `engine_count_tokens()` and `engine_submit()`; both raise console.errors
+The API layer calls `engine_encode_prompt()` and `engine_submit()`; both raise console.errors
 ApiErrors (Overloaded, ModelUnavailable, InvalidRequest) instead of engine exceptions.
 """
 
@@ -123,11 +123,11 @@ def require_engine() -> Engine:
     raise _unavailable(model_status())
 
 
-def engine_count_tokens(text: str) -> int:
-    """Prompt tokens as the model sees them (for admission); raises ApiErrors."""
+def engine_encode_prompt(text: str) -> list[int]:
+    """The prompt's ids, once, on admission's side (raises ApiErrors, 413 when too long)."""
     engine = require_engine()
     try:
-        return engine.count_tokens(text)
+        return engine.encode_prompt(text)
     except EngineError as exc:
         raise api_error(exc) from exc
 

@@ -15,7 +15,9 @@ from tenants.keycache import key_cache
 from tenants.models import AdminAction, ApiKey
 from tenants.services import api_key_revoke
 
-pytestmark = pytest.mark.django_db
+# Transactional: the key cache reads rows from its own thread (tenants/keycache.py), which
+# sees only what is committed.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 TOKEN = re.compile(
     r'id="token" class="token" type="text" value="(sk_[0-9A-Za-z]{12}_[0-9A-Za-z]+)"'

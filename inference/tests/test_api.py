@@ -101,3 +101,67 @@ async def test_a_flooding_key_gets_429_before_its_body_is_even_read(
     assert garbage.status_code == 429  # refused in process, before the body was parsed
     assert garbage.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(garbage["retry-after-ms"]) > 0
+
+
+@pytest.fixture
+def settle_log(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Records each settlement as it happens (the real one still runs)."""
+    from inference import flow
+
+    log: list[str] = []
+    real = flow.settle
+
+    async def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        outcome = await real(*args, **kwargs)
+        log.append("settled")
+        return outcome
+
+    monkeypatch.setattr(flow, "settle", recording)
+    return log
+
+
+async def test_a_stream_is_settled_before_its_closing_events_go_out(
+    installed, make_engine, issued, settle_log
+) -> None:
+    """A client holding the end of a stream holds a settled request: a process killed after
+    that cannot lose its usage (the chaos benchmark kills one under load)."""
+    installed(make_engine())
+    response = await _complete(
+        issued.token, stream=True, stream_options={"include_usage": True}, max_tokens=3
+    )
+    seen = []
+    async for chunk in response.streaming_content:
+        for line in bytes(chunk).decode().splitlines():
+            if line.startswith("data: "):
+                seen.append(("settled" if settle_log else "open", line[6:]))
+    finishing = [state for state, data in seen if '"finish_reason": "' in data or data == "[DONE]"]
+    finishing += [state for state, data in seen if '"usage": {' in data]
+    assert finishing and set(finishing) == {"settled"}, seen
+    assert settle_log == ["settled"]  # once
+
+
+async def test_a_socket_gets_its_done_frame_after_settlement(
+    installed, make_engine, issued, settle_log
+) -> None:
+    import json
+
+    from channels.testing import WebsocketCommunicator
+
+    from inference.consumers import CompletionConsumer
+
+    installed(make_engine())
+    communicator = WebsocketCommunicator(
+        CompletionConsumer.as_asgi(),
+        "/ws/v1/completions",
+        headers=[(b"authorization", f"Bearer {issued.token}".encode())],
+    )
+    assert (await communicator.connect())[0]
+    create = {"type": "completion.create", "id": "a", "prompt": "Hello", "max_tokens": 3}
+    await communicator.send_to(text_data=json.dumps(create))
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=30))
+        if frame["type"] == "completion.done":
+            assert settle_log == ["settled"], "the done frame went out before settlement"
+            break
+        assert not settle_log or frame["type"] != "completion.delta"
+    await communicator.disconnect()

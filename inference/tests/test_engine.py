@@ -307,3 +307,14 @@ def test_the_model_thread_runs_at_a_lower_priority_than_the_process(make_engine)
     assert model_thread is not None and model_thread.native_id is not None
     assert os.getpriority(os.PRIO_PROCESS, model_thread.native_id) == min(19, base + 5)
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the event loop's thread is untouched
+
+
+async def test_ids_from_encode_prompt_are_not_encoded_again(engine, monkeypatch) -> None:
+    prompt = "the model runs"
+    ids = engine.encode_prompt(prompt)
+    calls = []
+    real = engine._model.encode
+    monkeypatch.setattr(engine._model, "encode", lambda text: calls.append(text) or real(text))
+    request = GenerationRequest(prompt, max_tokens=2, temperature=0.0, prompt_ids=tuple(ids))
+    result = await (await engine.submit(request)).complete()
+    assert calls == [] and result.prompt_tokens == len(ids)

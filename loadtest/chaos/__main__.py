@@ -109,7 +109,7 @@ SMOKE = Profile(
 
 def ensure_model(profile: Profile) -> tuple[Path, Path, str, str]:
     """(model folder, adapter folder, served name, quantization)."""
-    if profile.name == "smoke":
+    if profile.name.startswith("smoke"):
         from inference.tiny_model import make_tiny_model
 
         folder = ROOT / ".cache" / "chaos-tiny-model"
@@ -186,6 +186,8 @@ def chaos(stack: Stack, profile: Profile, progress: Progress) -> None:
         key=lambda item: item[0],
     )
     for offset, action in plan:
+        if offset >= profile.swarm_s:
+            continue
         delay = swarm + offset - time.time()
         if delay > 0:
             time.sleep(delay)
@@ -194,6 +196,10 @@ def chaos(stack: Stack, profile: Profile, progress: Progress) -> None:
 
 def prometheus_series(stack: Stack, start: float, end: float) -> dict:
     queries = {
+        "generation_p95": "histogram_quantile(0.95, sum by (le) "
+        "(rate(inference_generation_seconds_bucket[10s])))",
+        "ttft_p95": "histogram_quantile(0.95, sum by (le) "
+        "(rate(inference_time_to_first_token_seconds_bucket[10s])))",
         "queue_depth": "sum(inference_queue_depth)",
         "batch_size": "sum(rate(inference_batch_size_sum[5s])) / "
         "sum(rate(inference_batch_size_count[5s]))",
@@ -232,6 +238,16 @@ def usage_by_key() -> dict[str, dict[str, int]]:
         for row in rows
         if row["requests"]
     }
+
+
+def dump_usage_minutes(path: Path) -> None:
+    """Usage per key and minute, kept in the work directory to trace any difference."""
+    from tenants.models import UsageMinute
+
+    rows = UsageMinute.objects.values_list(
+        "api_key__name", "minute", "requests", "prompt_tokens", "completion_tokens", "errors"
+    )
+    path.write_text(json.dumps([[n, m.isoformat(), *rest] for n, m, *rest in rows], indent=0))
 
 
 def settle_accounting(stack: Stack) -> dict[str, dict[str, int]]:
@@ -342,6 +358,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         time.sleep(max(0.0, kill + profile.lease_ttl + 1 - time.time()))
         print("moving usage to Postgres and collecting the figures", flush=True)
         usage = settle_accounting(stack)
+        dump_usage_minutes(workdir / "usage_minutes.json")
         loaded, phases = report.load_records(records)
         data = report.RunData(
             records=loaded,
@@ -356,7 +373,9 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
             cpu={k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
             profile={**asdict(profile), "baseline_users": profile.baseline_users},
         )
-        command = "make loadtest" if profile.name == "full" else "make loadtest-smoke"
+        command = {"full": "make loadtest", "smoke": "make loadtest-smoke"}.get(
+            profile.name, " ".join(["python -m loadtest.chaos", *sys.argv[1:]])
+        )
         summary = report.write_report(data, out, command)
     finally:
         stack.down()
@@ -376,13 +395,25 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="about 30 s on the tiny model")
     parser.add_argument("--report-dir", type=Path, help="default: loadtest/reports/<timestamp>")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--baseline-s", type=float, help="override the profile's baseline")
+    parser.add_argument("--swarm-s", type=float, help="override the profile's swarm")
     parser.add_argument(
         "--timed-checks-advisory",
         action="store_true",
         help="report the latency goals but exit 0 if only they fail (the smoke test)",
     )
     args = parser.parse_args()
-    return run(SMOKE if args.smoke else FULL, args)
+    profile = SMOKE if args.smoke else FULL
+    if args.baseline_s or args.swarm_s:  # experiments: faults past the end never happen
+        profile = Profile(
+            **{
+                **asdict(profile),
+                "name": f"{profile.name}-custom",
+                "baseline_s": args.baseline_s or profile.baseline_s,
+                "swarm_s": args.swarm_s or profile.swarm_s,
+            }
+        )
+    return run(profile, args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from tenants.keycache import key_cache
 from tenants.models import AdminAction, ApiKey, ThrottleEvent, UsageMinute
 from tenants.services import api_key_issue, tenant_create
 
-pytestmark = pytest.mark.django_db
+# Transactional: the key cache reads rows from its own thread (tenants/keycache.py), which
+# sees only what is committed.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CHANGELIST = "/admin/tenants/apikey/"
 TOKEN = re.compile(r'value="(sk_[0-9A-Za-z]{12}_[0-9A-Za-z]{32,})" class="rotated-token"')
