@@ -115,6 +115,11 @@ class ApiUser(FastHttpUser):
                         answer = json.loads(text)
                         entry["usage"] = answer.get("usage")
                         entry["complete"] = True
+                        # The node's own split: waiting for a batch, then generating.
+                        for field, header in (("queue_ms", "x-queue-time-ms"),
+                                              ("inference_ms", "x-inference-time-ms")):  # fmt: skip
+                            if response.headers.get(header):
+                                entry[field] = float(response.headers[header])
                     else:
                         entry["code"] = _error_code(text)
                 response.success()  # the report judges, not Locust

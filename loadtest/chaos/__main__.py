@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.chaos import report  # noqa: E402
-from loadtest.chaos.stack import Stack  # noqa: E402
+from loadtest.chaos.stack import CpuMeter, Stack  # noqa: E402
 
 
 @dataclass
@@ -340,12 +340,11 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            cpu_before = stack.cpu_seconds({"locust": locust.pid})
+            meter = CpuMeter(stack.cpu_by_pid({"locust": locust.pid}))
             faults = threading.Thread(target=chaos, args=(stack, profile, progress), daemon=True)
             faults.start()
-            cpu_after = cpu_before
             while locust.poll() is None:  # the last reading before Locust exits
-                cpu_after = stack.cpu_seconds({"locust": locust.pid})
+                meter.sample(stack.cpu_by_pid({"locust": locust.pid}))
                 time.sleep(1)
             locust.wait(timeout=total + 180)
             faults.join(timeout=30)
@@ -370,7 +369,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
             leases=leases(stack),
             series=prometheus_series(stack, phases["baseline"], time.time()),
             settings={"local_divisor": 2, "processes": 2, "breaker_seconds": 2.0},
-            cpu={k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
+            cpu=meter.used,
             profile={**asdict(profile), "baseline_users": profile.baseline_users},
         )
         command = {"full": "make loadtest", "smoke": "make loadtest-smoke"}.get(

@@ -532,7 +532,33 @@ def write_report(data: RunData, out: Path, command: str) -> dict:
         for name, used in sorted(data.cpu.items(), key=lambda item: -item[1]):
             lines.append(f"| {name} | {used:.1f} | {used / seconds:.0%} |")
         lines.append("")
-        lines.append("(a killed replica's CPU before its death is not counted)")
+        lines.append("(a replica's successive processes added up, model loading included)")
+    lines += ["", "## Where the time of admitted REST completions goes", ""]
+    lines += ["From the node's `x-queue-time-ms` and `x-inference-time-ms` headers; the rest is"]
+    lines += ["HTTP, Traefik, admission and the client. p50 / p95 in ms.", ""]
+    lines += ["| window | requests | total | queue | inference | rest |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    for label in ("baseline", "calm"):
+        lo, hi = window(data, label)
+        rows = [
+            r
+            for r in data.records
+            if r["kind"] == "rest" and r.get("status") == 200 and "inference_ms" in r
+            and lo <= r["t0"] < hi
+        ]  # fmt: skip
+        if not rows:
+            continue
+        parts = {
+            "total": [r["dt"] * 1000 for r in rows],
+            "queue": [r["queue_ms"] for r in rows],
+            "inference": [r["inference_ms"] for r in rows],
+            "rest": [r["dt"] * 1000 - r["queue_ms"] - r["inference_ms"] for r in rows],
+        }
+        cells = " | ".join(
+            f"{percentile(v, 50):.0f} / {percentile(v, 95):.0f}" for v in parts.values()
+        )
+        name = "baseline" if label == "baseline" else "swarm before the faults"
+        lines.append(f"| {name} | {len(rows)} | {cells} |")
     lines += ["", "## Events", "", "| t (s) | event |", "| --- | --- |"]
     for event in data.events:
         details = {k: v for k, v in event.items() if k not in ("t", "kind")}

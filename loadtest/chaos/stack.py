@@ -345,8 +345,8 @@ class Stack:
     def replica_ready(self, index: int) -> bool:
         return http_status(f"{self.replicas[index].url}/readyz") == 200
 
-    def cpu_seconds(self, extra: dict[str, int] | None = None) -> dict[str, float]:
-        """CPU time (user + system) so far of each part of the stack, Postgres included."""
+    def cpu_by_pid(self, extra: dict[str, int] | None = None) -> dict[str, dict[int, float]]:
+        """CPU time (user + system) so far of each process of each part of the stack."""
         import psutil
 
         pids: dict[str, list[int]] = {
@@ -360,17 +360,15 @@ class Stack:
             **{r.name: [r.process.pid] for r in self.replicas if r.process},
             **{name: [pid] for name, pid in (extra or {}).items()},
         }
-        seconds: dict[str, float] = {}
+        found: dict[str, dict[int, float]] = {}
         for name, group in pids.items():
-            total = 0.0
             for pid in group:
                 try:
                     times = psutil.Process(pid).cpu_times()
                 except psutil.Error:
                     continue
-                total += times.user + times.system
-            seconds[name] = total
-        return seconds
+                found.setdefault(name, {})[pid] = times.user + times.system
+        return found
 
     # --- tear down ---------------------------------------------------------------------------
     def down(self) -> None:
@@ -391,3 +389,18 @@ class Stack:
 
 def r_name(replica: Replica) -> str:
     return f"{replica.name} at {replica.url}/readyz"
+
+
+class CpuMeter:
+    """CPU seconds per part of the stack over a stretch of time, a replica's successive
+    processes added up (a process first seen counts from its start)."""
+
+    def __init__(self, first: dict[str, dict[int, float]]) -> None:
+        self.last = {pid: cpu for group in first.values() for pid, cpu in group.items()}
+        self.used: dict[str, float] = {name: 0.0 for name in first}
+
+    def sample(self, now: dict[str, dict[int, float]]) -> None:
+        for name, group in now.items():
+            for pid, cpu in group.items():
+                self.used[name] = self.used.get(name, 0.0) + cpu - self.last.get(pid, 0.0)
+                self.last[pid] = cpu
