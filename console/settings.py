@@ -52,6 +52,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_cpus(name: str) -> tuple[int, ...]:
+    """A CPU list in taskset's form ("1", "0,2", "2-5") as a sorted tuple; empty: none."""
+    cpus: set[int] = set()
+    for part in env_list(name, []):
+        first, _, last = part.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            low, high = -1, -1
+        if low < 0 or high < low:
+            raise ValueError(f"{name} must list CPUs like 1 or 0,2 or 2-5; got {part!r}")
+        cpus.update(range(low, high + 1))
+    return tuple(sorted(cpus))
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(name, default).strip().lower() or default
     if value not in choices:
@@ -220,6 +235,8 @@ INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 # Added to the model thread's nice value: on a shared CPU, request handling goes first.
 INFERENCE_MODEL_NICE = env_int("INFERENCE_MODEL_NICE", 10)
+# CPUs the model thread runs on ("1", "2-7"; empty: any): keeps request handling off its cores.
+INFERENCE_CPUS = env_cpus("INFERENCE_CPUS")
 INFERENCE_AUTOLOAD = env_bool("INFERENCE_AUTOLOAD", True)
 INFERENCE_MAX_INPUT_TOKENS = env_int("INFERENCE_MAX_INPUT_TOKENS", 0)  # 0: the tokenizer's (512)
 INFERENCE_MAX_OUTPUT_TOKENS = env_int("INFERENCE_MAX_OUTPUT_TOKENS", 512)

@@ -66,6 +66,9 @@ class EngineConfig:
     # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
     # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
     nice: int = 0
+    # CPUs the model thread (and its intra-op threads) may run on; empty: wherever the process
+    # may. On a CPU node, keeping the request path off the model's cores (docs/engine.md).
+    cpus: tuple[int, ...] = ()
     max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
     max_output_tokens: int = 512
     allow_download: bool = True  # a hub id missing from the cache may be fetched
@@ -85,6 +88,16 @@ def lower_thread_priority(increment: int) -> int:
         logger.warning("inference: cannot lower the model thread's priority (%s)", exc)
         return current
     return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def pin_thread(cpus: tuple[int, ...]) -> set[int]:
+    """Keep the calling thread (and the threads it starts) on these CPUs; its CPUs after."""
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)  # 0: the calling thread (Linux)
+        except OSError as exc:
+            logger.warning("inference: cannot pin the model thread to CPUs %s (%s)", cpus, exc)
+    return os.sched_getaffinity(0)
 
 
 class GenerationStream:
@@ -277,6 +290,7 @@ class Engine:
     def _main(self) -> None:
         try:
             lower_thread_priority(self.config.nice)
+            pin_thread(self.config.cpus)
             configure_threads(self.config.threads)
             self._model = self._load()
         except Exception as exc:

@@ -62,6 +62,7 @@ def engine_config() -> EngineConfig:
         max_queue=settings.INFERENCE_MAX_QUEUE,
         threads=settings.INFERENCE_THREADS,
         nice=settings.INFERENCE_MODEL_NICE,
+        cpus=settings.INFERENCE_CPUS,
         max_input_tokens=settings.INFERENCE_MAX_INPUT_TOKENS,
         max_output_tokens=settings.INFERENCE_MAX_OUTPUT_TOKENS,
         allow_download=settings.INFERENCE_ALLOW_DOWNLOAD,

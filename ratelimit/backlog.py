@@ -6,7 +6,10 @@
   could not be counted in Redis, and the refusals of the in-process denial cache
   (ratelimit/denycache.py) are summed here per key and minute and written to Postgres by
   the flusher (ratelimit/flush.py). They are lost if the process dies first: the price of an
-  outage, next to the unchecked admissions themselves.
+  outage, next to the unchecked admissions themselves. So that this window stays short, what
+  is billed (usage, errors, queued settles) wakes the flusher at once (`pending`), rather than
+  waiting for its next RATELIMIT_FLUSH_SECONDS; refusals wait (a flood of them must not turn
+  into a stream of writes).
 """
 
 import threading
@@ -45,11 +48,14 @@ ThrottleKey = tuple[int, int, str, int]  # tenant id, api key pk, reason, minute
 _throttles: dict[ThrottleKey, dict] = {}
 # The event loop adds while the flusher thread takes.
 _lock = threading.Lock()
+# Set when billed work waits here: the flusher runs soon instead of at its next interval.
+pending = threading.Event()
 
 
 def defer(call: Call) -> None:
     with _lock:
         _pending.append(call)
+    pending.set()
 
 
 def pending_count() -> int:
@@ -78,6 +84,7 @@ def _add(tenant_id: int, api_key_pk: int, values: tuple[int, ...]) -> None:
         row = _usage.setdefault((tenant_id, api_key_pk, minute), [0] * COLUMNS)
         for i, value in enumerate(values):
             row[i] += value
+    pending.set()
 
 
 def count_usage(tenant_id: int, api_key_pk: int, prompt: int, completion: int) -> None:

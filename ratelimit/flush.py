@@ -294,6 +294,7 @@ def flush(client: redis.Redis | None = None) -> FlushReport:
 
 _stop = threading.Event()
 _thread: threading.Thread | None = None
+PROMPT_FLUSH_GAP = 0.25
 
 
 def _loop(interval: float) -> None:
@@ -302,7 +303,13 @@ def _loop(interval: float) -> None:
         preload_sync(get_sync_redis("ratelimit"))
     except Exception as exc:  # Redis down at start: EVALSHA reloads on NOSCRIPT anyway
         logger.warning("ratelimit: cannot preload scripts (%s)", type(exc).__name__)
-    while not _stop.wait(interval):
+    while True:
+        # Every `interval`, or soon after billed work was left in the process (backlog.pending),
+        # but never more often than every PROMPT_FLUSH_GAP seconds.
+        backlog.pending.wait(interval)
+        if _stop.wait(min(interval, PROMPT_FLUSH_GAP)):
+            return
+        backlog.pending.clear()
         try:
             report = flush()
             if report.usage_batches or report.throttle_batches or report.local_rows:
@@ -334,6 +341,7 @@ def stop_flusher(timeout: float = 5.0) -> None:
     """Stop the thread after its current run (tests, shutdown)."""
     global _thread
     _stop.set()
+    backlog.pending.set()  # wakes the loop out of its wait
     if _thread is not None:
         _thread.join(timeout)
     _thread = None

@@ -318,3 +318,14 @@ async def test_ids_from_encode_prompt_are_not_encoded_again(engine, monkeypatch)
     request = GenerationRequest(prompt, max_tokens=2, temperature=0.0, prompt_ids=tuple(ids))
     result = await (await engine.submit(request)).complete()
     assert calls == [] and result.prompt_tokens == len(ids)
+
+
+def test_the_model_thread_can_be_kept_on_its_own_cpus(make_engine) -> None:
+    import os
+
+    cpu = min(os.sched_getaffinity(0))
+    engine = make_engine(cpus=(cpu,))
+    model_thread = engine._thread
+    assert model_thread is not None and model_thread.native_id is not None
+    assert os.sched_getaffinity(model_thread.native_id) == {cpu}
+    assert len(os.sched_getaffinity(0)) >= 1  # the caller's own CPUs are untouched

@@ -51,6 +51,7 @@ class Profile:
     postgres_cut_at: float
     postgres_cut_s: float
     lease_ttl: float
+    isolate_model: bool = True  # the model threads on their own CPUs (Stack.isolate_model)
 
     @property
     def baseline_users(self) -> int:
@@ -291,7 +292,15 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
     out = args.report_dir or ROOT / "loadtest" / "reports" / f"{stamp}-{profile.name}"
     print(f"chaos run ({profile.name}): work files in {workdir}", flush=True)
     model, adapter, model_name, quantization = ensure_model(profile)
-    stack = Stack(workdir, model, adapter, model_name, quantization, lease_ttl=profile.lease_ttl)
+    stack = Stack(
+        workdir,
+        model,
+        adapter,
+        model_name,
+        quantization,
+        lease_ttl=profile.lease_ttl,
+        isolate_model=profile.isolate_model and not args.no_isolation,
+    )
     try:
         print("starting Redis, the Postgres proxy, two replicas, Traefik, Prometheus", flush=True)
         stack.up()
@@ -331,8 +340,10 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         progress = Progress(records, total)
         progress.start()
         with (workdir / "locust.log").open("wb") as log:
+            pin = ["taskset", "-c", stack.request_cpus] if stack.request_cpus else []
             locust = subprocess.Popen(  # noqa: S603 (our own locustfile)
-                [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py")]
+                [*pin, sys.executable, "-m", "locust"]
+                + ["-f", str(ROOT / "loadtest" / "locustfile.py")]
                 + ["--headless", "--host", stack.public, "--only-summary"]
                 + ["--stop-timeout", "60", "--loglevel", "WARNING", "--exit-code-on-error", "0"],
                 cwd=ROOT,
@@ -368,7 +379,13 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
             limits=seeded["limits"],
             leases=leases(stack),
             series=prometheus_series(stack, phases["baseline"], time.time()),
-            settings={"local_divisor": 2, "processes": 2, "breaker_seconds": 2.0},
+            settings={
+                "local_divisor": 2,
+                "processes": 2,
+                "breaker_seconds": 2.0,
+                "model_cpus": stack.model_cpus,
+                "request_cpus": stack.request_cpus,
+            },
             cpu=meter.used,
             profile={**asdict(profile), "baseline_users": profile.baseline_users},
         )
@@ -394,6 +411,11 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="about 30 s on the tiny model")
     parser.add_argument("--report-dir", type=Path, help="default: loadtest/reports/<timestamp>")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="let the model threads share every CPU with the rest (no INFERENCE_CPUS, no taskset)",
+    )
     parser.add_argument("--baseline-s", type=float, help="override the profile's baseline")
     parser.add_argument("--swarm-s", type=float, help="override the profile's swarm")
     parser.add_argument(

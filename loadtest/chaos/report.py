@@ -506,7 +506,13 @@ def write_report(data: RunData, out: Path, command: str) -> dict:
         f"Profile: {data.profile['name']}; model: {data.profile['model']}; "
         f"{data.profile['baseline_users']} well-behaved users for "
         f"{data.profile['baseline_s']} s, then {data.profile['users']} users for "
-        f"{data.profile['swarm_s']} s; two daphne replicas behind Traefik.",
+        f"{data.profile['swarm_s']} s; two daphne replicas behind Traefik; "
+        + (
+            f"model threads on CPU {data.settings['model_cpus']}, everything else on CPU "
+            f"{data.settings['request_cpus']}."
+            if data.settings.get("model_cpus")
+            else "every process on every CPU."
+        ),
         "",
         "## Checks",
         "",

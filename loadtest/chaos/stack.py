@@ -70,11 +70,13 @@ class Proc:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    cpus: str = ""  # taskset's CPU list for the process; empty: any
 
     def start(self) -> None:
+        argv = [binary("taskset"), "-c", self.cpus, *self.argv] if self.cpus else self.argv
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(  # noqa: S603 (our own argv)
-                self.argv,
+                argv,
                 cwd=REPO,
                 env={**os.environ, **self.env},
                 stdout=handle,
@@ -132,6 +134,9 @@ class Stack:
     quantization: str
     replicas_count: int = 2
     lease_ttl: float = 10.0
+    # Split the CPUs: the model threads on the upper half (INFERENCE_CPUS), everything else
+    # (event loops, Traefik, Redis, Prometheus, Locust) on the lower half.
+    isolate_model: bool = False
     database: str = ""
     redis_port: int = 0
     procs: list[Proc] = field(default_factory=list)
@@ -140,6 +145,21 @@ class Stack:
     started_at: float = 0.0
 
     # --- addresses -------------------------------------------------------------------------
+    @property
+    def request_cpus(self) -> str:
+        return self._cpu_split()[0]
+
+    @property
+    def model_cpus(self) -> str:
+        return self._cpu_split()[1]
+
+    def _cpu_split(self) -> tuple[str, str]:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not self.isolate_model or len(cpus) < 2:
+            return "", ""
+        half = len(cpus) // 2
+        return ",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:]))
+
     @property
     def redis_url(self) -> str:
         return f"redis://{HOST}:{self.redis_port}/0"
@@ -167,6 +187,7 @@ class Stack:
             + ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
             + ["--dir", str(self.workdir)],
             self.workdir / "redis.log",
+            cpus=self.request_cpus,
         )
         self.redis.start()
         wait_for(self._redis_up, "Redis", 15)
@@ -180,6 +201,7 @@ class Stack:
                 + ["console.asgi:application"],
                 self.workdir / f"daphne-{n}.log",
                 env,
+                cpus=self.request_cpus,
                 port=port,
             )
             for n, port in enumerate([free_port() for _ in range(self.replicas_count)], 1)
@@ -219,6 +241,7 @@ class Stack:
             "INFERENCE_THREADS": "1",
             "INFERENCE_MAX_BATCH": "16",
             "INFERENCE_MAX_QUEUE": "64",
+            "INFERENCE_CPUS": self.model_cpus,
         }
 
     @property
@@ -297,6 +320,7 @@ class Stack:
             "traefik",
             [binary("traefik"), f"--configFile={config / 'traefik' / 'traefik.yml'}"],
             self.workdir / "traefik.log",
+            cpus=self.request_cpus,
         )
         self.traefik.start()
         self.prometheus = Proc(
@@ -305,6 +329,7 @@ class Stack:
             + [f"--storage.tsdb.path={self.workdir / 'tsdb'}"]
             + [f"--web.listen-address={HOST}:{ports['prometheus']}"],
             self.workdir / "prometheus.log",
+            cpus=self.request_cpus,
         )
         self.prometheus.start()
         wait_for(lambda: http_status(f"{self.public}/healthz") == 200, "Traefik", 60)

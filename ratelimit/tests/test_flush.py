@@ -210,6 +210,25 @@ def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:  # ty
         flush.stop_flusher()
 
 
+@override_settings(RATELIMIT_FLUSH_SECONDS=60)
+def test_usage_left_in_the_process_reaches_postgres_at_once(issued) -> None:  # type: ignore[no-untyped-def]
+    """Counted in process (Redis away), usage is written within moments, not at the next of
+    a minute's intervals: a process killed soon after the outage loses nothing."""
+    thread = flush.start_flusher()
+    try:
+        time.sleep(0.5)  # the loop is waiting for its first interval
+        backlog.count_usage(issued.api_key.tenant_id, issued.api_key.pk, 5, 7)
+        deadline = time.monotonic() + 3
+        while _totals()["r"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _totals() == {"r": 1, "p": 5, "c": 7}
+    finally:
+        started = time.monotonic()
+        flush.stop_flusher()
+        assert thread is not None and not thread.is_alive()
+        assert time.monotonic() - started < 2  # stopping does not wait out the interval
+
+
 @override_settings(RATELIMIT_FLUSH_SECONDS=0)
 def test_the_flusher_can_be_turned_off() -> None:
     assert flush.start_flusher() is None
