@@ -51,7 +51,7 @@ class Profile:
     postgres_cut_at: float
     postgres_cut_s: float
     lease_ttl: float
-    isolate_model: bool = True  # the model threads on their own CPUs (Stack.isolate_model)
+    isolate_model: bool = False  # the model threads on their own CPUs (Stack.isolate_model)
 
     @property
     def baseline_users(self) -> int:
@@ -299,7 +299,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         model_name,
         quantization,
         lease_ttl=profile.lease_ttl,
-        isolate_model=profile.isolate_model and not args.no_isolation,
+        isolate_model=profile.isolate_model or args.isolate_model,
     )
     try:
         print("starting Redis, the Postgres proxy, two replicas, Traefik, Prometheus", flush=True)
@@ -412,9 +412,10 @@ def main() -> int:
     parser.add_argument("--report-dir", type=Path, help="default: loadtest/reports/<timestamp>")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument(
-        "--no-isolation",
+        "--isolate-model",
         action="store_true",
-        help="let the model threads share every CPU with the rest (no INFERENCE_CPUS, no taskset)",
+        help="model threads on the upper half of the CPUs (INFERENCE_CPUS), the rest on the "
+        "lower half (taskset)",
     )
     parser.add_argument("--baseline-s", type=float, help="override the profile's baseline")
     parser.add_argument("--swarm-s", type=float, help="override the profile's swarm")
