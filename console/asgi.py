@@ -14,9 +14,12 @@ django_application = get_asgi_application()
 from inference.delivery import DeliveryProbe  # noqa: E402
 from inference.routing import websocket_urlpatterns  # noqa: E402
 from ratelimit.flush import start_flusher  # noqa: E402
+from tenants.keycache import preload_in_background  # noqa: E402
 
 # Usage counters and the 429 audit go from Redis to Postgres in batches, from a daemon thread.
 start_flusher()
+# Clients' keys are known before Postgres next goes away (tenants/keycache.py).
+preload_in_background()
 
 http_application = django_application
 if settings.SERVE_STATIC:

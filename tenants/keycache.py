@@ -17,6 +17,7 @@ everything at once: what was revoked is not served stale.
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from django.db.models import F
 from django.utils import timezone
 
 from console.errors import DependencyUnavailable
@@ -169,6 +171,34 @@ class KeyCache:
             headers={"Retry-After": str(max(1, round(settings.API_KEY_DB_BACKOFF_SECONDS)))},
         )
 
+    def preload(self, limit: int) -> int:
+        """Load up to `limit` key records at once, most recently used first (synchronous: call
+        it from a thread at start-up). A replica that starts, or restarts, knows its clients'
+        keys before Postgres next goes away. Returns how many it loaded."""
+        if limit <= 0:
+            return 0
+        try:
+            version = get_sync_redis().get(VERSION_KEY)
+        except Exception:  # Redis down: the first request's version check will decide
+            version = None
+        try:
+            rows = list(
+                ApiKey.objects.select_related("tenant").order_by(
+                    F("last_used_at").desc(nulls_last=True), "-pk"
+                )[:limit]
+            )
+        except DatabaseError as exc:
+            logger.warning("key cache: cannot preload key records (%s)", type(exc).__name__)
+            return 0
+        finally:
+            close_old_connections()
+        now = time.monotonic()
+        for key in rows:
+            self._entries.setdefault(key.key_id, (KeyRecord.from_row(key), now))
+        if version is not None and self._version is None:
+            self._version, self._checked_at = version, now
+        return len(rows)
+
     async def _sync_version(self) -> None:
         now = time.monotonic()
         if now - self._checked_at < settings.API_KEY_VERSION_POLL_SECONDS:
@@ -197,6 +227,17 @@ def _load_record(key_id: str) -> KeyRecord | None:
 
 
 key_cache = KeyCache()
+
+
+def preload_in_background() -> threading.Thread | None:
+    """Fill the key cache from Postgres off the event loop (API_KEY_PRELOAD records; 0: off)."""
+    if settings.API_KEY_PRELOAD <= 0:
+        return None
+    thread = threading.Thread(
+        target=key_cache.preload, args=(settings.API_KEY_PRELOAD,), name="key-preload", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def bump_version() -> None:

@@ -133,3 +133,23 @@ async def test_last_use_is_written_in_the_background_and_survives_an_outage(
     monkeypatch.setattr(keycache, "_update_last_used", sync_to_async(unreachable))
     assert await authenticate_token(other.token) is not None  # no error reaches the caller
     await asyncio.gather(*keycache._touch_tasks)
+
+
+async def test_preloaded_keys_survive_an_outage_before_their_first_use(
+    issued, tenant, postgres_down
+) -> None:
+    revoked = await sync_to_async(api_key_issue)(tenant=tenant, name="old", actor="test")
+    await sync_to_async(api_key_revoke)(api_key=revoked.api_key, actor="test")
+    keycache.key_cache.clear()
+    assert await sync_to_async(keycache.key_cache.preload)(100) == 2
+    calls = postgres_down()
+    record = await authenticate_token(issued.token)  # never requested in this process
+    assert record is not None and record.key_id == issued.api_key.key_id
+    assert await authenticate_token(revoked.token) is None  # refused without a query
+    assert calls == []
+
+
+async def test_preloading_can_be_turned_off(issued) -> None:
+    keycache.key_cache.clear()
+    assert await sync_to_async(keycache.key_cache.preload)(0) == 0
+    assert keycache.key_cache._entries == {}
