@@ -54,6 +54,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # No background flusher in the test process (importing console.asgi would start one):
     # tests that move usage do it themselves, at known moments; one flusher test starts its own.
     settings.RATELIMIT_FLUSH_SECONDS = 0
+    # Nor a key preload: it would open the database pool before the test database exists
+    # (the servers the end-to-end tests start preload as in production).
+    settings.API_KEY_PRELOAD = 0
 
 
 @pytest.fixture(scope="session", autouse=True)

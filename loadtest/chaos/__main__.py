@@ -300,6 +300,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         quantization,
         lease_ttl=profile.lease_ttl,
         isolate_model=profile.isolate_model or args.isolate_model,
+        model_threads=args.model_threads,
     )
     try:
         print("starting Redis, the Postgres proxy, two replicas, Traefik, Prometheus", flush=True)
@@ -416,6 +417,9 @@ def main() -> int:
         action="store_true",
         help="model threads on the upper half of the CPUs (INFERENCE_CPUS), the rest on the "
         "lower half (taskset)",
+    )
+    parser.add_argument(
+        "--model-threads", type=int, default=1, help="torch threads per replica (default 1)"
     )
     parser.add_argument("--baseline-s", type=float, help="override the profile's baseline")
     parser.add_argument("--swarm-s", type=float, help="override the profile's swarm")

@@ -137,6 +137,7 @@ class Stack:
     # Split the CPUs: the model threads on the upper half (INFERENCE_CPUS), everything else
     # (event loops, Traefik, Redis, Prometheus, Locust) on the lower half.
     isolate_model: bool = False
+    model_threads: int = 1  # torch threads per replica's model (INFERENCE_THREADS)
     database: str = ""
     redis_port: int = 0
     procs: list[Proc] = field(default_factory=list)
@@ -238,7 +239,7 @@ class Stack:
             "INFERENCE_MODEL_NAME": self.model_name,
             "INFERENCE_QUANTIZATION": self.quantization,
             "INFERENCE_DEVICE": "cpu",
-            "INFERENCE_THREADS": "1",
+            "INFERENCE_THREADS": str(self.model_threads),
             "INFERENCE_MAX_BATCH": "16",
             "INFERENCE_MAX_QUEUE": "64",
             "INFERENCE_CPUS": self.model_cpus,
