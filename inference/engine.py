@@ -247,10 +247,7 @@ class Engine:
         try:
             model = self._loaded()
             request.validate(self.config.max_output_tokens)
-            if request.prompt_ids is not None and len(request.prompt_ids) <= model.max_input_tokens:
-                prompt_ids = list(request.prompt_ids)
-            else:
-                prompt_ids = self._prompt_ids(model, request.prompt)
+            prompt_ids = self._prompt_ids(model, request.prompt, request.prompt_ids)
             stream = GenerationStream(self, request, prompt_ids)
             self._scheduler.put(stream._job)
         except EngineError:
@@ -258,10 +255,16 @@ class Engine:
             raise
         return stream
 
-    def _prompt_ids(self, model: LoadedModel, prompt: str) -> list[int]:
-        if len(prompt) > model.max_prompt_chars:
+    def _prompt_ids(
+        self, model: LoadedModel, prompt: str, known: tuple[int, ...] | None = None
+    ) -> list[int]:
+        """The prompt's ids (encoded now unless `known`); PromptTooLong if they cannot fit."""
+        if known is not None:
+            ids = list(known)
+        elif len(prompt) > model.max_prompt_chars:
             raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
-        ids = model.encode(prompt)
+        else:
+            ids = model.encode(prompt)
         if len(ids) > model.max_input_tokens:
             raise PromptTooLong(model.max_input_tokens, tokens=len(ids))
         return ids

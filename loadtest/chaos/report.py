@@ -50,6 +50,9 @@ class RunData:
     profile: dict
     cpu: dict[str, float] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    # Request id -> Traefik's log entry, for every HTTP request in flight on a killed replica
+    # (filled once by run_checks from in_flight_at_kills).
+    in_flight: dict[str, dict] = field(default_factory=dict)
 
 
 def load_records(path: Path) -> tuple[list[dict], dict[str, float]]:
@@ -114,7 +117,7 @@ def check_kill_accounting(data: RunData) -> Check:
     by_id = {entry["id"]: entry for entry in data.access if entry["id"]}
     http = [r for r in data.records if r["kind"] in HTTP_KINDS]
     failures = [r for r in http if failed_at_client(r)]
-    in_flight = in_flight_at_kills(data)
+    in_flight = data.in_flight
     explained = [r for r in failures if r["id"] in in_flight]
     unexplained = [r for r in failures if r["id"] not in in_flight]
     survived = [i for i in in_flight if i not in {r["id"] for r in failures}]
@@ -167,7 +170,7 @@ def check_key_bounds(data: RunData) -> tuple[Check, list[dict]]:
     outage = local_seconds(data)
     rows, passed = [], True
     counted = [r for r in data.records if r["kind"] in HTTP_KINDS or r["kind"] == "ws"]
-    in_flight = in_flight_at_kills(data)
+    in_flight = data.in_flight
     admitted: dict[str, int] = {}
     died: dict[str, int] = {}
     for r in counted:
@@ -243,7 +246,7 @@ def died_with_a_replica(data: RunData) -> dict[str, int]:
     """Per key: requests that were running on a replica when it was killed (HTTP in flight per
     Traefik's log, WebSocket requests dropped with their socket). The replica settles a request
     before sending its end, so each of these may or may not be in Postgres."""
-    in_flight = in_flight_at_kills(data)
+    in_flight = data.in_flight
     died: dict[str, int] = {}
     for r in data.records:
         dropped = r["kind"] == "ws" and r.get("exception")
@@ -355,6 +358,7 @@ def check_latency(data: RunData) -> list[Check]:
 
 
 def run_checks(data: RunData) -> dict:
+    data.in_flight = in_flight_at_kills(data)
     bounds_check, bound_rows = check_key_bounds(data)
     usage_check, usage_rows = check_usage(data)
     data.checks = [
