@@ -239,6 +239,9 @@ INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 INFERENCE_MODEL_NICE = env_int("INFERENCE_MODEL_NICE", 10)
 # CPUs the model thread runs on ("1", "2-7"; empty: any): keeps request handling off its cores.
 INFERENCE_CPUS = env_cpus("INFERENCE_CPUS")
+# Decode in a model process of its own, not a thread sharing the interpreter lock with the
+# event loop (docs/engine.md).
+INFERENCE_MODEL_PROCESS = env_bool("INFERENCE_MODEL_PROCESS", True)
 INFERENCE_AUTOLOAD = env_bool("INFERENCE_AUTOLOAD", True)
 INFERENCE_MAX_INPUT_TOKENS = env_int("INFERENCE_MAX_INPUT_TOKENS", 0)  # 0: the tokenizer's (512)
 INFERENCE_MAX_OUTPUT_TOKENS = env_int("INFERENCE_MAX_OUTPUT_TOKENS", 512)

@@ -35,6 +35,7 @@ class Job:
         # step of lag only costs one more token.
         self.cancelled = False
         self.finished = False  # only the model thread writes it
+        self.remote_id: int | None = None  # its id in the model process (EngineConfig.process)
 
     def send(self, kind: str, payload: object) -> None:
         """Hand an event to the consumer's event loop (called from the model thread)."""
@@ -82,12 +83,14 @@ class Scheduler:
             metrics.QUEUE_DEPTH.set(len(self._pending))
             return True
 
-    def take_batch(self) -> list[Job]:
-        """Block for the next batch; [] once closed and empty (the model thread then ends)."""
+    def take_batch(self, idle: float | None = None) -> list[Job] | None:
+        """Block for the next batch; [] once closed and empty (the model thread then ends);
+        None when `idle` seconds pass with nothing queued."""
         with self._cond:
             while True:
                 while not self._pending and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(idle) and not self._pending and not self._closed:
+                        return None
                 if not self._pending:
                     return []
                 if self._wait_for_company():

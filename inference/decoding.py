@@ -72,10 +72,7 @@ class Row:
             self.job.send("delta", (piece, len(self.detokenizer.ids)))
         result = self._result(reason, now)
         if self.job.record:  # before "done": whoever sees the result sees it counted
-            metrics.GENERATION_SECONDS.observe(result.generation_seconds)
-            metrics.TOKENS_GENERATED.inc(result.completion_tokens)
-            outcome = "cancelled" if reason == FINISH_CANCELLED else "completed"
-            metrics.REQUESTS.labels(result=outcome).inc()
+            record_result(result)
         self.job.finished = True
         self.job.send("done", result)
 
@@ -92,6 +89,22 @@ class Row:
             generation_seconds=now - self.started_at,
             token_ids=list(self.detokenizer.ids),
         )
+
+
+def record_batch(jobs: list[Job]) -> None:
+    """A batch's size and prompt tokens, in the process that serves /metrics."""
+    metrics.BATCH_SIZE.observe(len(jobs))
+    metrics.PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
+
+
+def record_result(result: GenerationResult, *, first_token: bool = False) -> None:
+    """A finished row's figures (and its time to first token, when not observed as it came)."""
+    if first_token and result.first_token_seconds is not None:
+        metrics.TIME_TO_FIRST_TOKEN.observe(result.first_token_seconds)
+    metrics.GENERATION_SECONDS.observe(result.generation_seconds)
+    metrics.TOKENS_GENERATED.inc(result.completion_tokens)
+    outcome = "cancelled" if result.finish_reason == FINISH_CANCELLED else "completed"
+    metrics.REQUESTS.labels(result=outcome).inc()
 
 
 def _generator(request: GenerationRequest) -> torch.Generator | None:
@@ -179,8 +192,7 @@ class Batch:
 def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bool]) -> None:
     """Decode jobs together until every row has ended (or been cancelled)."""
     if jobs[0].record:
-        metrics.BATCH_SIZE.observe(len(jobs))
-        metrics.PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
+        record_batch(jobs)
     with torch.inference_mode():
         batch = Batch(model, jobs)
         while True:

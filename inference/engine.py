@@ -1,15 +1,18 @@
-"""The inference engine: one model thread per process, dynamic batching, per-request streams.
+"""The inference engine: one model per process, dynamic batching, per-request streams.
 
 No Django imports. `Engine(config).start()` loads the model on its own thread, warms it up and
 then serves batches there; `await engine.submit(request)` returns a GenerationStream whose
 `async for` yields text deltas. The event loop only ever queues jobs and receives events
 (through loop.call_soon_threadsafe); it never runs model code.
+
+With `EngineConfig.process` the model lives in a model process of its own (inference/remote.py,
+inference/worker.py): the thread then only hands it batches and relays its events, and decoding
+no longer competes with the event loop for the interpreter lock. A model process that dies is
+started again; the requests it was decoding fail, as they would with the serving process.
 """
 
 import asyncio
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +32,9 @@ from inference.generation import (
     PromptTooLong,
     QueueFull,
 )
-from inference.loading import LoadedModel, configure_threads, load_model
+from inference.loading import LoadedModel
+from inference.remote import ModelProcess, ModelProcessExited
+from inference.worker import cuda_memory, load_warm, prepare
 
 __all__ = [
     "Engine",
@@ -48,7 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
-WARMUP = GenerationRequest(prompt="Warm up.", max_tokens=2, temperature=0.0)
 
 
 @dataclass(frozen=True)
@@ -73,31 +77,10 @@ class EngineConfig:
     max_output_tokens: int = 512
     allow_download: bool = True  # a hub id missing from the cache may be fetched
     warmup: bool = True
-
-
-def lower_thread_priority(increment: int) -> int:
-    """Raise the calling thread's nice value by `increment` (Linux: nice is per thread, and
-    threads it creates inherit it); its new value, or the old one where that is not possible."""
-    tid = threading.get_native_id()
-    current = os.getpriority(os.PRIO_PROCESS, tid)
-    if increment <= 0:
-        return current
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
-    except OSError as exc:
-        logger.warning("inference: cannot lower the model thread's priority (%s)", exc)
-        return current
-    return os.getpriority(os.PRIO_PROCESS, tid)
-
-
-def pin_thread(cpus: tuple[int, ...]) -> set[int]:
-    """Keep the calling thread (and the threads it starts) on these CPUs; its CPUs after."""
-    if cpus:
-        try:
-            os.sched_setaffinity(0, cpus)  # 0: the calling thread (Linux)
-        except OSError as exc:
-            logger.warning("inference: cannot pin the model thread to CPUs %s (%s)", cpus, exc)
-    return os.sched_getaffinity(0)
+    # Decode in a model process of its own (spawned; nice and cpus apply to it) instead of a
+    # thread of the serving process: the request path and the decoder stop sharing one
+    # interpreter lock. Django's INFERENCE_MODEL_PROCESS defaults to on.
+    process: bool = False
 
 
 class GenerationStream:
@@ -167,6 +150,7 @@ class Engine:
         self._ready = threading.Event()
         self._finished = threading.Event()
         self._abort = False  # set by stop() past its deadline; read by the model thread
+        self._remote: ModelProcess | None = None  # the model process, when config.process
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -198,6 +182,8 @@ class Engine:
         if not self._finished.is_set():
             logger.warning("inference drain exceeded %.1fs; cancelling the rest", timeout)
             self._abort = True
+            if self._remote is not None:
+                self._remote.abort()
             self._fail_jobs(self._scheduler.drop_all(), ModelNotReady("The engine stopped."))
             self._finished.wait(10.0)
         return self._finished.is_set()
@@ -211,6 +197,8 @@ class Engine:
             "model": self.config.model,
             "queue_depth": len(self._scheduler),
         }
+        if self._remote is not None:
+            status["model_process"] = self._remote.pid
         if self._model is not None:
             status["device"] = self._model.device.type
             status["quantization"] = self._model.quantization
@@ -288,48 +276,46 @@ class Engine:
             job.finished = True
             job.send("done", _cancelled_result(job))
             metrics.REQUESTS.labels(result="cancelled").inc()
+        elif self._remote is not None:
+            self._remote.cancel(job)
 
     # --- the model thread --------------------------------------------------------------------
     def _main(self) -> None:
+        if self.config.process:
+            self._main_remote()
+            return
         try:
-            lower_thread_priority(self.config.nice)
-            pin_thread(self.config.cpus)
-            configure_threads(self.config.threads)
+            prepare(self.config)
             self._model = self._load()
         except Exception as exc:
-            logger.error("inference model failed to load: %s", exc)
-            self._set_state(FAILED, str(exc))
-            self._scheduler.close()
-            self._ready.set()
-            self._finished.set()
+            self._load_failed(exc)
             return
-        if self._state == LOADING:  # not when stop() came during the load
-            self._set_state(READY, f"{self.config.model} ({self._model.quantization})")
-        self._ready.set()
+        self._now_ready()
         self._serve(self._model)
         self._set_state(STOPPED, "stopped")
         self._finished.set()
 
     def _load(self) -> LoadedModel:
-        config, started = self.config, time.perf_counter()
-        model = load_model(
-            config.model,
-            adapter=config.adapter,
-            quantization=config.quantization,
-            device=config.device,
-            max_input_tokens=config.max_input_tokens,
-            allow_download=config.allow_download,
-        )
-        if config.warmup:
-            # One tiny generation through the real path: first-call allocations and kernel
-            # selection happen here, not in the first client's latency.
-            run_batch(
-                model, [Job(WARMUP, model.encode(WARMUP.prompt), record=False)], lambda: False
-            )
-        model.load_seconds = time.perf_counter() - started
-        metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
-        logger.info("inference model ready in %.1fs: %s", model.load_seconds, config.model)
+        model = load_warm(self.config)
+        self._loaded_in(model.load_seconds)
         return model
+
+    def _loaded_in(self, seconds: float) -> None:
+        metrics.MODEL_LOAD_SECONDS.set(seconds)
+        logger.info("inference model ready in %.1fs: %s", seconds, self.config.model)
+
+    def _load_failed(self, exc: Exception) -> None:
+        logger.error("inference model failed to load: %s", exc)
+        self._set_state(FAILED, str(exc))
+        self._scheduler.close()
+        self._ready.set()
+        self._finished.set()
+
+    def _now_ready(self) -> None:
+        assert self._model is not None  # noqa: S101 - called once a model is loaded
+        if self._state == LOADING:  # not when stop() came during the load
+            self._set_state(READY, f"{self.config.model} ({self._model.quantization})")
+        self._ready.set()
 
     def _serve(self, model: LoadedModel) -> None:
         while jobs := self._scheduler.take_batch():
@@ -339,13 +325,64 @@ class Engine:
                 logger.exception("inference batch of %d failed", len(jobs))
                 failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")
                 self._fail_jobs([job for job in jobs if not job.finished], failure)
-            _record_cuda_memory(model)
+            if (used := cuda_memory(model)) is not None:
+                metrics.CUDA_MEMORY_BYTES.set(used)
+
+    # --- the model process (config.process) ---------------------------------------------------
+    def _main_remote(self) -> None:
+        while True:
+            remote = ModelProcess(self.config)
+            try:
+                self._model = remote.start()
+            except Exception as exc:
+                self._load_failed(exc)
+                return
+            self._remote = remote
+            self._loaded_in(self._model.load_seconds)
+            self._now_ready()
+            try:
+                self._serve_remote(remote)
+            except ModelProcessExited as exc:
+                if self._state == STOPPED:  # stop() came: no new process
+                    break
+                logger.error("inference: %s Starting it again.", exc)
+                continue
+            remote.stop()
+            break
+        self._set_state(STOPPED, "stopped")
+        self._finished.set()
+
+    def _serve_remote(self, remote: ModelProcess) -> None:
+        # Wakes every second when idle to see that the process is still there: one that died
+        # between batches is started again at once, not when the next request finds it gone.
+        while (jobs := self._scheduler.take_batch(idle=1.0)) != []:
+            if jobs is not None:
+                try:
+                    remote.run(jobs)
+                except ModelProcessExited as exc:
+                    self._restarting(exc, jobs)
+                    raise
+            elif (code := remote.exit_code()) is not None:
+                exc = ModelProcessExited(f"The model process exited (exit code {code}).")
+                self._restarting(exc, [])
+                raise exc
+
+    def _restarting(self, exc: ModelProcessExited, batch: list[Job]) -> None:
+        """The model process is gone: not ready until a new one is (waiters wait for it); its
+        batch fails, the queue is refused (the new process needs as long as the first)."""
+        if self._state == READY:
+            self._ready.clear()
+            self._set_state(LOADING, f"restarting the model process ({exc})")
+        self._remote = None
+        failure = GenerationFailed("The model process exited during this batch.")
+        self._fail_jobs([job for job in batch if not job.finished], failure)
+        self._fail_jobs(self._scheduler.drop_all(), ModelNotReady(self._reason()))
 
     def _fail_jobs(self, jobs: list[Job], error: EngineError) -> None:
         for job in jobs:
             job.finished = True
+            metrics.REQUESTS.labels(result="failed").inc()  # counted before anyone hears of it
             job.send("error", error)
-            metrics.REQUESTS.labels(result="failed").inc()
 
 
 def _cancelled_result(job: Job) -> GenerationResult:
@@ -359,11 +396,3 @@ def _cancelled_result(job: Job) -> GenerationResult:
         first_token_seconds=None,
         generation_seconds=0.0,
     )
-
-
-def _record_cuda_memory(model: LoadedModel) -> None:
-    if model.device.type == "cuda":
-        import torch
-
-        with contextlib.suppress(RuntimeError):
-            metrics.CUDA_MEMORY_BYTES.set(torch.cuda.memory_allocated(model.device))

@@ -63,6 +63,7 @@ def engine_config() -> EngineConfig:
         threads=settings.INFERENCE_THREADS,
         nice=settings.INFERENCE_MODEL_NICE,
         cpus=settings.INFERENCE_CPUS,
+        process=settings.INFERENCE_MODEL_PROCESS,
         max_input_tokens=settings.INFERENCE_MAX_INPUT_TOKENS,
         max_output_tokens=settings.INFERENCE_MAX_OUTPUT_TOKENS,
         allow_download=settings.INFERENCE_ALLOW_DOWNLOAD,

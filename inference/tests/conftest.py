@@ -32,6 +32,22 @@ def make_engine(tiny_model_dir: Path) -> Iterator[Callable[..., Engine]]:
         engine.stop(10)
 
 
+@pytest.fixture(params=["thread", "process"])
+def make_any_engine(
+    request: pytest.FixtureRequest, make_engine: Callable[..., Engine]
+) -> Callable[..., Engine]:
+    """make_engine, once with the model on a thread and once in a model process of its own
+    (EngineConfig.process): for the behaviour both must share."""
+    process = request.param == "process"
+    return lambda **overrides: make_engine(process=process, **overrides)
+
+
+@pytest.fixture
+def any_engine(make_any_engine: Callable[..., Engine]) -> Engine:
+    """A ready engine with default batching, in each of the two modes."""
+    return make_any_engine()
+
+
 @pytest.fixture
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     """A ready fp32 engine on the tiny model with default batching."""

@@ -34,9 +34,9 @@ def metric(name: str, **labels: str) -> float:
 
 
 async def test_concurrent_greedy_requests_each_match_the_request_alone(
-    make_engine: Callable[..., Engine],
+    make_any_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_wait_ms=300, max_batch=8)
+    engine = make_any_engine(max_wait_ms=300, max_batch=8)
     limits = [5 + 9 * i for i in range(len(PROMPTS))]
     batches_before = metric("inference_batch_size_count")
     together = await asyncio.gather(
@@ -54,16 +54,18 @@ async def test_concurrent_greedy_requests_each_match_the_request_alone(
 
 
 async def test_stream_deltas_add_up_to_the_text_and_counts_match_the_tokenizer(
-    engine: Engine, tokenizer
+    any_engine: Engine, tokenizer
 ) -> None:
     for prompt in PROMPTS:
-        stream = await engine.submit(GenerationRequest(prompt, max_tokens=30, temperature=0))
+        stream = await any_engine.submit(GenerationRequest(prompt, max_tokens=30, temperature=0))
         deltas, result = await collect(stream)
         assert "".join(deltas) == result.text
         ids = result.token_ids
         assert result.text == tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=True)
         assert (
-            result.prompt_tokens == len(tokenizer(prompt).input_ids) == engine.count_tokens(prompt)
+            result.prompt_tokens
+            == len(tokenizer(prompt).input_ids)
+            == any_engine.count_tokens(prompt)
         )
         assert result.completion_tokens == len(ids) <= 30
         if result.finish_reason == "length":
@@ -73,12 +75,12 @@ async def test_stream_deltas_add_up_to_the_text_and_counts_match_the_tokenizer(
 
 
 async def test_a_stop_string_ends_the_row_and_is_trimmed_from_text_and_stream(
-    engine: Engine,
+    any_engine: Engine,
 ) -> None:
-    full = await generate(engine, PROMPTS[1], max_tokens=40)
+    full = await generate(any_engine, PROMPTS[1], max_tokens=40)
     stop = full.text[12:15]
     assert len(stop) == 3 and stop.strip()
-    stream = await engine.submit(
+    stream = await any_engine.submit(
         GenerationRequest(PROMPTS[1], max_tokens=40, temperature=0, stop=("zzzz", stop))
     )
     deltas, result = await collect(stream)
@@ -133,9 +135,9 @@ async def finish(iterator: AsyncIterator[str], stream: GenerationStream) -> Gene
 
 
 async def test_a_full_queue_refuses_at_once_and_a_cancel_frees_its_place(
-    make_engine: Callable[..., Engine],
+    make_any_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_batch=1, max_queue=1, max_wait_ms=0)
+    engine = make_any_engine(max_batch=1, max_queue=1, max_wait_ms=0)
     running = await engine.submit(GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True))
     iterator = await started(running)  # in its batch: the queue is empty again
     queued = await engine.submit(GenerationRequest(PROMPTS[0], max_tokens=5))
@@ -152,9 +154,9 @@ async def test_a_full_queue_refuses_at_once_and_a_cancel_frees_its_place(
 
 
 async def test_a_cancelled_batch_stops_early_and_frees_the_model(
-    make_engine: Callable[..., Engine],
+    make_any_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_batch=2, max_wait_ms=0)
+    engine = make_any_engine(max_batch=2, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True, temperature=0)
     streams = [await engine.submit(request) for _ in range(2)]
     iterators = await asyncio.gather(*(started(s) for s in streams))
@@ -168,16 +170,34 @@ async def test_a_cancelled_batch_stops_early_and_frees_the_model(
     assert after.queue_seconds < 1.0
 
 
-async def test_a_consumer_that_walks_away_cancels_its_row(engine: Engine) -> None:
+async def test_a_request_behind_a_running_batch_reports_its_wait_as_queue_time(
+    make_any_engine: Callable[..., Engine],
+) -> None:
+    engine = make_any_engine(max_batch=1, max_wait_ms=0)
+    request = GenerationRequest(PROMPTS[1], max_tokens=60, ignore_eos=True, temperature=0)
+    first = await engine.submit(request)
+    iterator = await started(first)
+    second = await engine.submit(GenerationRequest(PROMPTS[0], max_tokens=3, temperature=0))
+    ran = await finish(iterator, first)
+    waited = await second.complete()
+    # It waited about as long as the first one ran (queue time is from submit(), in the
+    # serving process, whichever process decodes).
+    assert waited.queue_seconds >= 0.5 * ran.generation_seconds > 0
+    assert waited.first_token_seconds is not None
+    assert waited.first_token_seconds >= waited.queue_seconds
+
+
+async def test_a_consumer_that_walks_away_cancels_its_row(any_engine: Engine) -> None:
     cancelled_before = metric("inference_requests_total", result="cancelled")
-    stream = await engine.submit(GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True))
+    request = GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True)
+    stream = await any_engine.submit(request)
     async for _ in stream:
         break  # the client went away
     await asyncio.sleep(0.3)
     assert metric("inference_requests_total", result="cancelled") == cancelled_before + 1
 
     async def consume() -> None:
-        stream = await engine.submit(
+        stream = await any_engine.submit(
             GenerationRequest(PROMPTS[2], max_tokens=LONG, ignore_eos=True)
         )
         async for _ in stream:
@@ -190,13 +210,13 @@ async def test_a_consumer_that_walks_away_cancels_its_row(engine: Engine) -> Non
         await task
     await asyncio.sleep(0.3)
     assert metric("inference_requests_total", result="cancelled") == cancelled_before + 2
-    assert len(engine._scheduler) == 0
+    assert len(any_engine._scheduler) == 0
 
 
 async def test_shutdown_finishes_running_and_queued_rows_then_refuses(
-    make_engine: Callable[..., Engine],
+    make_any_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_batch=2, max_wait_ms=0)
+    engine = make_any_engine(max_batch=2, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=60, ignore_eos=True, temperature=0)
     streams = [await engine.submit(request) for _ in range(3)]  # two run, one waits
     iterator = await started(streams[0])
@@ -211,9 +231,9 @@ async def test_shutdown_finishes_running_and_queued_rows_then_refuses(
 
 
 async def test_shutdown_past_its_deadline_cancels_what_is_left(
-    make_engine: Callable[..., Engine],
+    make_any_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_batch=1, max_wait_ms=0)
+    engine = make_any_engine(max_batch=1, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True)
     running, waiting = [await engine.submit(request) for _ in range(2)]
     iterator = await started(running)
@@ -261,12 +281,12 @@ async def test_out_of_range_parameters_are_refused(engine: Engine, params, param
     assert invalid.value.param == param
 
 
-async def test_metrics_follow_a_request(engine: Engine) -> None:
+async def test_metrics_follow_a_request(any_engine: Engine) -> None:
     tokens = metric("inference_tokens_generated_total")
     prompt = metric("inference_prompt_tokens_total")
     ttft = metric("inference_time_to_first_token_seconds_count")
     completed = metric("inference_requests_total", result="completed")
-    result = await generate(engine, PROMPTS[0], max_tokens=7)
+    result = await generate(any_engine, PROMPTS[0], max_tokens=7)
     assert metric("inference_tokens_generated_total") == tokens + result.completion_tokens
     assert metric("inference_prompt_tokens_total") == prompt + result.prompt_tokens
     assert metric("inference_time_to_first_token_seconds_count") == ttft + 1

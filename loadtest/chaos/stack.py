@@ -384,6 +384,8 @@ class Stack:
             ],
             "orchestrator": [os.getpid()],
             **{r.name: [r.process.pid] for r in self.replicas if r.process},
+            # Each replica's model process (INFERENCE_MODEL_PROCESS), its child.
+            **{f"{r.name} model": _children(r.process.pid) for r in self.replicas if r.process},
             **{name: [pid] for name, pid in (extra or {}).items()},
         }
         found: dict[str, dict[int, float]] = {}
@@ -415,6 +417,15 @@ class Stack:
 
 def r_name(replica: Replica) -> str:
     return f"{replica.name} at {replica.url}/readyz"
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 class CpuMeter:
