@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.e2e.probe_asgi import PROBE_PATH
+from tests.e2e.probe_asgi import PROBE_PATH, SSE_PROBE_HEADER
 from tests.e2e.servers import http_get
 
 # django_db: makes pytest-django create the test database the replicas use.
@@ -179,3 +179,23 @@ def test_a_429_through_traefik_is_audited_with_the_address_traefik_saw(
     flush()
     events = list(ThrottleEvent.objects.all())
     assert events and all(event.sample_addresses == [CLIENT] for event in events)
+
+
+def test_a_replica_with_a_request_in_flight_is_passed_over(stack: Stack) -> None:
+    # The probe's slow stream (1.5 s) holds one replica; requests sent meanwhile all go to the
+    # other, the one with fewer in flight (p2c). Round robin would alternate between the two.
+    url = urlsplit(stack.public)
+    conn = http.client.HTTPConnection(
+        url.hostname, url.port, timeout=15, source_address=(CLIENT, 0)
+    )
+    headers = {SSE_PROBE_HEADER.decode(): "1", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/completions", body=b"{}", headers=headers)
+    response = conn.getresponse()  # its headers are here: it is in flight on one replica
+    try:
+        pids = [probe(stack.public)["pid"] for _ in range(6)]
+        assert not response.isclosed()  # still in flight after the six
+    finally:
+        response.read()
+        conn.close()
+    assert len(set(pids)) == 1
+    assert set(pids) < {replica.server.process.pid for replica in stack.replicas}
