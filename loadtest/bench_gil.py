@@ -8,7 +8,9 @@ model on a thread of this process (EngineConfig.process off) and in a model proc
 
 - generation time of the completions, p50 / p95: how much the request path slows decoding;
 - latency of the small requests from when they were due to when they were answered, p50 / p95 /
-  p99: how much decoding delays the request path.
+  p99: how much decoding delays the request path;
+- and, with no request stream, the throughput of --batch concurrent 64-token completions (best
+  of three): what carrying every step's events between the processes costs.
 
 Model: flan-t5-base's shape with random weights (loadtest/bench_engine.py builds it), torch
 dynamic int8, one torch thread, nice 0 in both modes (the lock alone is compared).
@@ -49,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=40.0, help="small requests per second")
     parser.add_argument("--work-ms", type=float, default=2.5, help="Python work per request")
     parser.add_argument("--tokens", type=int, default=12, help="tokens per completion")
+    parser.add_argument("--batch", type=int, default=16, help="concurrent, for throughput")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
     return parser.parse_args()
 
@@ -114,12 +117,13 @@ def main() -> int:
         f"stream: {args.rate:.0f}/s x {args.work_ms} ms of Python on the event loop\n"
     )
     floor = asyncio.run(_floor(args))
-    rows = {}
+    rows, throughput = {}, {}
     for mode in ("thread", "process"):
         engine = start_ready(replace(config, process=mode == "process"), timeout=600)
         try:
             alone = asyncio.run(measure(engine, args, with_requests=False))
             loaded = asyncio.run(measure(engine, args, with_requests=True))
+            throughput[mode] = max(asyncio.run(batch_throughput(engine, args)) for _ in range(3))
         finally:
             engine.stop(30)
         rows[mode] = (alone, loaded)
@@ -140,12 +144,28 @@ def main() -> int:
     for mode, (_, loaded) in rows.items():
         tails[mode] = percentile(loaded["requests"], 0.99)
         print(f"| a {mode} | {_quantiles(loaded['requests'])} | {len(loaded['requests'])} |")
+    print(f"\n| model on | {args.batch} concurrent 64-token completions, tokens/s |")
+    print("| --- | --- |")
+    for mode, rate in throughput.items():
+        print(f"| a {mode} | {rate:.1f} |")
     print(
-        f"\nprocess against thread: decoding slowed {slow['process']:.2f}x against "
+        f"\nprocess against thread: {throughput['process'] / throughput['thread']:.2f}x the "
+        f"throughput at {args.batch}; decoding slowed {slow['process']:.2f}x against "
         f"{slow['thread']:.2f}x; request p99 {tails['process']:.1f} against "
         f"{tails['thread']:.1f} ms ({tails['thread'] / max(tails['process'], 1e-9):.1f}x lower)"
     )
     return 0
+
+
+async def batch_throughput(engine, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            generate(engine, PROMPTS[i % len(PROMPTS)], max_tokens=64, ignore_eos=True)
+            for i in range(args.batch)
+        )
+    )
+    return sum(r.completion_tokens for r in results) / (time.perf_counter() - started)
 
 
 async def _floor(args: argparse.Namespace) -> list[float]:
