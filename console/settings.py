@@ -236,7 +236,7 @@ INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 # Added to the decoding thread's nice value (10: on a shared CPU, request handling goes first;
-# it mattered with the model on a thread of the server, docs/engine.md).
+# the chaos runs met their 429 goal at 0, docs/engine.md).
 INFERENCE_MODEL_NICE = env_int("INFERENCE_MODEL_NICE", 0)
 # CPUs the model thread runs on ("1", "2-7"; empty: any): keeps request handling off its cores.
 INFERENCE_CPUS = env_cpus("INFERENCE_CPUS")
