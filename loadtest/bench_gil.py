@@ -21,7 +21,6 @@ dynamic int8, one torch thread, nice 0 in both modes (the lock alone is compared
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -31,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from bench_engine import ensure_model  # noqa: E402
+from bench_engine import ensure_model, uptime  # noqa: E402
+from harness import percentile  # noqa: E402
 
 from inference.engine import EngineConfig  # noqa: E402
 from inference.loading import quiet_libraries  # noqa: E402
@@ -54,11 +54,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="concurrent, for throughput")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
     return parser.parse_args()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def busy(seconds: float) -> None:
@@ -110,8 +105,7 @@ def main() -> int:
         nice=0,
         allow_download=False,
     )
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False)  # noqa: S603, S607
-    print(f"machine: {uptime.stdout.strip()}")
+    print(f"machine: {uptime()}")
     print(
         f"{args.tokens}-token completions one after another for {args.seconds:.0f} s; request "
         f"stream: {args.rate:.0f}/s x {args.work_ms} ms of Python on the event loop\n"

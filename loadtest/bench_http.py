@@ -37,17 +37,13 @@ sys.path.insert(0, str(ROOT / "loadtest"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 from harness import own_redis  # noqa: E402
+from harness import percentile as pct  # noqa: E402
 
 PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 PARSER.add_argument("--seconds", type=float, default=5.0)
 PARSER.add_argument("--rounds", type=int, default=3)
 PARSER.add_argument("--workers", type=int, default=8)
 PARSER.add_argument("--requests", type=int, default=300)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def scratch_database() -> str:
