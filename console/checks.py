@@ -3,8 +3,6 @@
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-MIN_SECRET_LENGTH = 32
-
 
 @register(Tags.security)
 def check_production_settings(app_configs: object = None, **kwargs: object) -> list[Error]:
@@ -20,7 +18,10 @@ def check_production_settings(app_configs: object = None, **kwargs: object) -> l
                 id="console.E001",
             )
         )
-    if settings.SECRET_KEY == settings.INSECURE_SECRET_KEY or len(settings.SECRET_KEY) < 32:
+    if (
+        settings.SECRET_KEY == settings.INSECURE_SECRET_KEY
+        or len(settings.SECRET_KEY) < settings.MIN_SECRET_LENGTH
+    ):
         errors.append(
             Error(
                 "SECRET_KEY is the development default or too short.",
@@ -29,7 +30,7 @@ def check_production_settings(app_configs: object = None, **kwargs: object) -> l
             )
         )
     pepper = settings.API_KEY_PEPPER
-    if pepper == settings.INSECURE_API_KEY_PEPPER or len(pepper) < MIN_SECRET_LENGTH:
+    if pepper == settings.INSECURE_API_KEY_PEPPER or len(pepper) < settings.MIN_SECRET_LENGTH:
         errors.append(
             Error(
                 "API_KEY_PEPPER is the development default or too short.",

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -78,9 +79,26 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 INSECURE_SECRET_KEY = "insecure-dev-secret-key-change-me"  # noqa: S105
 INSECURE_API_KEY_PEPPER = "insecure-dev-pepper-change-me"
 
+MIN_SECRET_LENGTH = 32
+
+
+def env_secret(name: str, development_value: str) -> str:
+    """A secret: with DEBUG off, loading the settings fails unless it is set (and long enough),
+    whatever the entry point (daphne, manage.py, a worker); a system check alone can be skipped."""
+    value = env_str(name, "")
+    if DEBUG:
+        return value or development_value
+    if not value or value == development_value or len(value) < MIN_SECRET_LENGTH:
+        raise ImproperlyConfigured(
+            f"{name} must be set to at least {MIN_SECRET_LENGTH} random characters when DEBUG "
+            "is off (the development value is public)."
+        )
+    return value
+
+
 DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", INSECURE_SECRET_KEY)
-API_KEY_PEPPER = env_str("API_KEY_PEPPER", INSECURE_API_KEY_PEPPER)
+SECRET_KEY = env_secret("SECRET_KEY", INSECURE_SECRET_KEY)
+API_KEY_PEPPER = env_secret("API_KEY_PEPPER", INSECURE_API_KEY_PEPPER)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

@@ -137,5 +137,6 @@ def test_cookies_are_secure_when_debug_is_off() -> None:
         "s.X_FRAME_OPTIONS)"
     )
     env = {**os.environ, "DEBUG": "false", "DJANGO_SETTINGS_MODULE": "console.settings"}
+    env.update(SECRET_KEY="k" * 48, API_KEY_PEPPER="p" * 48)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "True", "True", "DENY"], out.stderr

@@ -1,6 +1,7 @@
 """A live daphne serving the tiny model on the test database and Redis, for the API tests."""
 
 import json
+import secrets
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ def api_server(
     django_db_setup: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveDaphne]:
     """One daphne for the session: tiny model (with its adapter), production-like settings."""
+    from django.conf import settings
+
+    # Production settings need real secrets; this process issues the keys the server checks,
+    # so both hash under the same pepper.
+    settings.API_KEY_PEPPER = secrets.token_urlsafe(48)
     env = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "API_KEY_PEPPER": settings.API_KEY_PEPPER,
         "DATABASE_URL": database_url_for_current_test_db(),
         "DJANGO_SETTINGS_MODULE": "console.settings",
         "PYTHONUNBUFFERED": "1",
