@@ -245,6 +245,11 @@ API_KEY_DEFAULT_ROTATION_GRACE = env_str("API_KEY_DEFAULT_ROTATION_GRACE", "1h")
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
 INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")
+# Key ids Postgres did not know: remembered per process, at most this many, this long.
+API_KEY_NEGATIVE_CACHE_SIZE = env_int("API_KEY_NEGATIVE_CACHE_SIZE", 10000)
+API_KEY_NEGATIVE_CACHE_SECONDS = env_float("API_KEY_NEGATIVE_CACHE_SECONDS", 30.0)
+# Failed key authentications per client address per minute, burst the same (0: unlimited).
+API_AUTH_FAILURES_PER_MINUTE = env_int("API_AUTH_FAILURES_PER_MINUTE", 60)
 INFERENCE_QUANTIZATION = env_choice(
     "INFERENCE_QUANTIZATION", "auto", ("auto", "bnb-int8", "torch-int8", "bf16", "none")
 )

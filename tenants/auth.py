@@ -1,7 +1,9 @@
 """API key authentication for django-ninja (HTTP) and the WebSocket consumer.
 
 Every failure (missing, malformed, unknown, wrong secret, revoked, expired, inactive tenant)
-ends the same way, so a caller learns nothing about which it was.
+ends the same way, so a caller learns nothing about which it was. An address that failed too
+often gets 429 instead, whatever its token, unless the key is valid and already cached here
+(ratelimit/authfail.py).
 """
 
 from typing import Any
@@ -11,7 +13,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security.base import AuthBase
 
+from console.clientaddr import client_ip
 from console.errors import PermissionDenied
+from ratelimit import authfail
 from tenants import tokens
 from tenants.keycache import KeyRecord, key_cache, touch_last_used
 
@@ -27,22 +31,49 @@ def token_from_headers(authorization: str | None, x_api_key: str | None) -> str 
     return None
 
 
-async def authenticate_token(token: str | None) -> KeyRecord | None:
-    """The key record for a valid token, or None. Costs no query while the key is cached."""
+async def authenticate_token(
+    token: str | None, *, client_addr: str | None = None
+) -> KeyRecord | None:
+    """The key record for a valid token, or None (401). Costs no query while the key is cached.
+
+    A key already cached in this process is checked in memory and never throttled. Any other
+    well-formed token first passes the failed-authentication limit of client_addr (429
+    RateLimited when spent, before any lookup), and counts against it if it fails. None
+    (unknown address) skips that limit: callers pass console.clientaddr.client_ip().
+    """
     parsed = tokens.parse_token(token) if token else None
-    if parsed is None:
+    if parsed is None:  # missing or malformed: refused without a lookup, so not counted
         return None
     key_id, secret = parsed
-    record = await key_cache.get(key_id)
-    if record is None:
-        return None
-    now = timezone.now()
-    if not tokens.secret_matches(secret, settings.API_KEY_PEPPER, *record.valid_hashes(now)):
-        return None
-    if not record.usable_at(now):
-        return None
+    record = await key_cache.get_cached(key_id)
+    if record is None or not _accepts(record, secret):
+        record = await _authenticate_throttled(key_id, secret, record, client_addr)
+        if record is None:
+            return None
     await touch_last_used(record)
     return record
+
+
+async def _authenticate_throttled(
+    key_id: str, secret: str, refused: KeyRecord | None, client_addr: str | None
+) -> KeyRecord | None:
+    """Behind the address's failure limit: look the key up (unless its cached record was
+    just refused) and count a failure."""
+    # Refused before the lookup: an address flooding made-up key ids costs no Postgres.
+    await authfail.refuse_if_blocked(client_addr)
+    if refused is None:
+        record = await key_cache.get(key_id)
+        if record is not None and _accepts(record, secret):
+            return record
+    await authfail.count_failure(client_addr)
+    return None
+
+
+def _accepts(record: KeyRecord, secret: str) -> bool:
+    now = timezone.now()
+    if not tokens.secret_matches(secret, settings.API_KEY_PEPPER, *record.valid_hashes(now)):
+        return False
+    return record.usable_at(now)
 
 
 def require_scope(record: KeyRecord, scope: str) -> None:
@@ -67,4 +98,4 @@ class ApiKeyAuth(AuthBase):
         return self.authenticate(request, token)
 
     async def authenticate(self, request: HttpRequest, token: str | None) -> KeyRecord | None:
-        return await authenticate_token(token)
+        return await authenticate_token(token, client_addr=client_ip(request))

@@ -13,6 +13,14 @@ or slow load (over API_KEY_LOAD_TIMEOUT_SECONDS) makes the process leave Postgre
 API_KEY_DB_BACKOFF_SECONDS. A key never seen before waits for its load, and gets 503
 service_unavailable when Postgres cannot answer, never a 500. A version change still drops
 everything at once: what was revoked is not served stale.
+
+Anyone can send well-formed tokens with made-up key ids, so what they cost is bounded: an id
+Postgres does not know is remembered in its own LRU of at most API_KEY_NEGATIVE_CACHE_SIZE ids
+for API_KEY_NEGATIVE_CACHE_SECONDS (issuing a key bumps the version, which forgets them all, so
+a new key works at once even if its id was probed before), and concurrent requests for one
+uncached id share one query (single flight). Known records stay until a version change: they
+are bounded by the rows of ApiKey. Failed authentications per client address are limited
+before any lookup (tenants/auth.py, ratelimit/authfail.py).
 """
 
 import asyncio
@@ -20,8 +28,10 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -93,18 +103,23 @@ class KeyRecord:
 
 
 class KeyCache:
-    """key_id -> (record or None for unknown ids, time fetched), invalidated by version."""
+    """key_id -> record of a known key, or a short-lived "unknown" mark; dropped by version."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Known keys only (revoked ones too): bounded by the rows of ApiKey.
+        self._entries: dict[str, tuple[KeyRecord, float]] = {}
+        # Ids Postgres did not know -> when it said so, least recently asked first. Anyone can
+        # make up ids, so this is bounded in size and age (API_KEY_NEGATIVE_CACHE_*).
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self._version: bytes | None = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
         self._refreshing: dict[str, asyncio.Task] = {}
+        self._loading: dict[str, asyncio.Task] = {}
 
     def clear(self) -> None:
         """Forget everything, the last seen version included."""
-        self._entries.clear()
+        self._forget_records()
         self._version = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
@@ -112,30 +127,97 @@ class KeyCache:
             task.cancel()
         self._refreshing.clear()
 
+    def _forget_records(self) -> None:
+        self._entries.clear()
+        self._unknown.clear()
+        # Loads under way may have read rows from before the change: later requests start
+        # their own (those already waiting still get theirs, nothing stores it: see _fill).
+        self._loading.clear()
+
     async def get(self, key_id: str) -> KeyRecord | None:
+        """The record of key_id, None when Postgres does not know it; 503 when it cannot say."""
         await self._sync_version()
+        hit, record = self._cached(key_id)
+        if hit:
+            return record
+        if time.monotonic() < self._db_down_until:
+            raise self._unavailable()
+        return await self._load_shared(key_id)
+
+    async def get_cached(self, key_id: str) -> KeyRecord | None:
+        """The record of a key this process already knows, never a query (None otherwise)."""
+        await self._sync_version()
+        return self._cached(key_id)[1]
+
+    def _cached(self, key_id: str) -> tuple[bool, KeyRecord | None]:
+        """(hit, record) from memory alone; None with a hit is a known-unknown id."""
         entry = self._entries.get(key_id)
         now = time.monotonic()
-        if entry is not None:
-            age = now - entry[1]
-            if age < settings.API_KEY_CACHE_SECONDS:
-                return entry[0]
-            if age < settings.API_KEY_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS:
-                # Past its TTL: served while one background load per key refreshes it, so no
-                # request ever waits on Postgres for a key this process knows.
-                if now < self._db_down_until:
-                    metrics.stale_key_records.inc()
-                else:
-                    self._refresh_in_background(key_id)
-                return entry[0]
-        if now < self._db_down_until:
-            raise self._unavailable()
+        if entry is None:
+            return self._known_unknown(key_id, now), None
+        age = now - entry[1]
+        if age < settings.API_KEY_CACHE_SECONDS:
+            return True, entry[0]
+        if age < settings.API_KEY_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS:
+            # Past its TTL: served while one background load per key refreshes it, so no
+            # request ever waits on Postgres for a key this process knows.
+            if now < self._db_down_until:
+                metrics.stale_key_records.inc()
+            else:
+                self._refresh_in_background(key_id)
+            return True, entry[0]
+        return False, None
+
+    def _known_unknown(self, key_id: str, now: float) -> bool:
+        learned = self._unknown.get(key_id)
+        if learned is None:
+            return False
+        if now - learned >= settings.API_KEY_NEGATIVE_CACHE_SECONDS:
+            del self._unknown[key_id]
+            return False
+        self._unknown.move_to_end(key_id)
+        return True
+
+    async def _load_shared(self, key_id: str) -> KeyRecord | None:
+        """Single flight: concurrent requests for one uncached id wait for one query."""
+        task = self._loading.get(key_id)
+        # A task of another event loop (async_to_sync in tests) cannot be awaited from this one.
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.create_task(self._fill(key_id))
+            self._loading[key_id] = task
+            task.add_done_callback(partial(self._loaded, key_id))
         try:
-            record = await self._load(key_id)
+            # Shielded: a client that goes away must not cancel the load the others wait for.
+            return await asyncio.shield(task)
         except (DatabaseError, TimeoutError):
             raise self._unavailable() from None
-        self._entries[key_id] = (record, time.monotonic())
+
+    def _loaded(self, key_id: str, task: asyncio.Task) -> None:
+        if self._loading.get(key_id) is task:  # not a newer load started after a version change
+            del self._loading[key_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have gone away
+
+    async def _fill(self, key_id: str) -> KeyRecord | None:
+        version = self._version
+        record = await self._load(key_id)
+        if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
+            self._store(key_id, record)
         return record
+
+    def _store(self, key_id: str, record: KeyRecord | None) -> None:
+        now = time.monotonic()
+        if record is not None:
+            self._unknown.pop(key_id, None)
+            self._entries[key_id] = (record, now)
+            return
+        self._entries.pop(key_id, None)  # a deleted row is now as unknown as a made-up id
+        if settings.API_KEY_NEGATIVE_CACHE_SIZE <= 0:
+            return
+        self._unknown[key_id] = now
+        self._unknown.move_to_end(key_id)
+        while len(self._unknown) > settings.API_KEY_NEGATIVE_CACHE_SIZE:
+            self._unknown.popitem(last=False)
 
     async def _load(self, key_id: str) -> KeyRecord | None:
         try:
@@ -161,7 +243,7 @@ class KeyCache:
         finally:
             self._refreshing.pop(key_id, None)
         if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
-            self._entries[key_id] = (record, time.monotonic())
+            self._store(key_id, record)
 
     @staticmethod
     def _unavailable() -> DependencyUnavailable:
@@ -212,7 +294,7 @@ class KeyCache:
             return
         if version != self._version:
             self._version = version
-            self._entries.clear()
+            self._forget_records()
 
 
 # Not thread-sensitive: a load stuck on an unreachable Postgres must not hold up the one shared

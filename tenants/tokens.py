@@ -9,6 +9,8 @@ import hmac
 import secrets
 import string
 
+from django.conf import settings
+
 BASE62 = string.ascii_letters + string.digits
 KEY_ID_LENGTH = 12
 SECRET_LENGTH = 40
@@ -34,13 +36,16 @@ def format_token(prefix: str, key_id: str, secret: str) -> str:
     return f"{prefix}_{key_id}_{secret}"
 
 
-def parse_token(token: str) -> tuple[str, str] | None:
-    """(key_id, secret) from a token, or None when it is not shaped like one of ours."""
-    parts = token.strip().split("_")
-    if len(parts) != 3:
+def parse_token(token: str, prefix: str | None = None) -> tuple[str, str] | None:
+    """(key_id, secret) from a token, or None when it is not shaped like one of ours: our
+    prefix (API_KEY_PREFIX unless given), a 12-character key_id, a base62 secret."""
+    prefix = settings.API_KEY_PREFIX if prefix is None else prefix
+    text = token.strip()
+    if not text.startswith(f"{prefix}_"):
         return None
-    _, key_id, secret = parts
-    if len(key_id) != KEY_ID_LENGTH or len(secret) < 32:
+    # Cut after the prefix, not at every "_": a prefix such as "sk_live" is still one prefix.
+    key_id, sep, secret = text[len(prefix) + 1 :].partition("_")
+    if not sep or len(key_id) != KEY_ID_LENGTH or len(secret) < 32:
         return None
     if not (_is_base62(key_id) and _is_base62(secret)):
         return None
