@@ -11,7 +11,14 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from console.access import actor_of, staff_required
+from console.access import (
+    ADD_APIKEY,
+    CHANGE_APIKEY,
+    READ_KEY,
+    READ_TENANT,
+    actor_of,
+    console_permission_required,
+)
 from console.forms import GRACE_CHOICES, IssueKeyForm, RevokeKeyForm, RotateKeyForm
 from console.services import submission_claim
 from console.views import tenant_page
@@ -46,7 +53,7 @@ def _token_page(request: HttpRequest, issued: IssuedKey, *, what: str, note: str
 
 @never_cache
 @require_POST
-@staff_required
+@console_permission_required(*READ_TENANT, ADD_APIKEY)
 @sensitive_variables("issued")
 def key_issue(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
@@ -73,7 +80,7 @@ def key_issue(request: HttpRequest, slug: str) -> HttpResponse:
 
 @never_cache
 @require_http_methods(["GET", "POST"])
-@staff_required
+@console_permission_required(*READ_KEY, CHANGE_APIKEY)
 @sensitive_variables("issued")
 def key_rotate(request: HttpRequest, slug: str, key_id: str) -> HttpResponse:
     key = _key(slug, key_id)
@@ -99,7 +106,7 @@ def key_rotate(request: HttpRequest, slug: str, key_id: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@staff_required
+@console_permission_required(*READ_KEY, CHANGE_APIKEY)
 def key_revoke(request: HttpRequest, slug: str, key_id: str) -> HttpResponse:
     key = _key(slug, key_id)
     form = RevokeKeyForm(request.POST or None, api_key=key)

@@ -1,7 +1,8 @@
 """Console sign-in and sign-out, on Django's auth; only active staff accounts get in.
 
-Attempts are limited per client address and per username by the rate limiter's own Lua
-(ratelimit/login.py); the admin's login URL leads here too.
+Attempts are limited per client address, per (username, address) pair and, as a ceiling that
+slows rather than locks, per username, by the rate limiter's own Lua (ratelimit/login.py): an
+attacker elsewhere cannot lock an admin out. The admin's login URL leads here too.
 """
 
 import math
@@ -56,7 +57,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
 
 
 def _throttled(request: HttpRequest, form: ConsoleLoginForm) -> HttpResponse | None:
-    """A 429 page when this address or username has used up its login attempts."""
+    """A 429 page when this address (or this username from it) has used up its attempts."""
     username = request.POST.get("username", "")
     decision = check_login_sync(address=client_ip(request), username=username)
     if decision.allowed:

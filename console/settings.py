@@ -204,7 +204,11 @@ RATELIMIT_FLUSH_SECONDS = env_float("RATELIMIT_FLUSH_SECONDS", 10.0)
 # Repeat a Redis requests-per-minute refusal in process until its retry time (denycache.py).
 RATELIMIT_DENY_CACHE = env_bool("RATELIMIT_DENY_CACHE", True)
 RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = env_int("RATELIMIT_LOGIN_ADDRESS_PER_MINUTE", 20)
-RATELIMIT_LOGIN_USERNAME_PER_MINUTE = env_int("RATELIMIT_LOGIN_USERNAME_PER_MINUTE", 5)
+# Per username and address; per username from all addresses, a ceiling that slows each address
+# to the slowed rate instead of refusing (ratelimit/login.py).
+RATELIMIT_LOGIN_PAIR_PER_MINUTE = env_int("RATELIMIT_LOGIN_PAIR_PER_MINUTE", 5)
+RATELIMIT_LOGIN_USERNAME_PER_MINUTE = env_int("RATELIMIT_LOGIN_USERNAME_PER_MINUTE", 30)
+RATELIMIT_LOGIN_SLOWED_PER_MINUTE = env_int("RATELIMIT_LOGIN_SLOWED_PER_MINUTE", 2)
 
 if REDIS_EMULATED:
     CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}

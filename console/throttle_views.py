@@ -7,10 +7,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from console import selectors
-from console.access import staff_required
+from console.access import READ_THROTTLES, console_permission_required
 from console.forms import ThrottleFilterForm
 from tenants.models import Tenant, ThrottleEvent
 
@@ -40,7 +41,7 @@ def _filtered(
 
 
 @require_GET
-@staff_required
+@console_permission_required(*READ_THROTTLES)
 def tenant_throttles(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     form, rows = _filtered(request, tenant)
@@ -76,8 +77,11 @@ def _csv_row(event: ThrottleEvent) -> list[str]:
     return [_safe(v) for v in values]
 
 
+# A download is a file on the user's disk already: no browser or proxy cache keeps a second
+# copy of the client addresses in it (pages are only `private`; this is `no-store`).
+@never_cache
 @require_GET
-@staff_required
+@console_permission_required(*READ_THROTTLES)
 def tenant_throttles_csv(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     _, rows = _filtered(request, tenant)

@@ -8,7 +8,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import charts, selectors
-from console.access import actor_of, staff_required
+from console.access import (
+    ADD_TENANT,
+    CHANGE_TENANT,
+    READ_AUDIT,
+    READ_OVERVIEW,
+    READ_TENANT,
+    READ_TENANTS,
+    actor_of,
+    console_permission_required,
+)
 from console.forms import AuditFilterForm, IssueKeyForm, LimitsForm, TenantCreateForm
 from tenants.models import Tenant
 from tenants.services import TenantError, tenant_create, tenant_set_limits
@@ -26,7 +35,7 @@ def _window_context(win: selectors.Window) -> dict:
 
 
 @require_GET
-@staff_required
+@console_permission_required(*READ_OVERVIEW)
 def overview(request: HttpRequest) -> HttpResponse:
     win = _window(request)
     context = {
@@ -40,7 +49,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@staff_required
+@console_permission_required(*READ_TENANTS, post=(ADD_TENANT,))
 def tenant_list(request: HttpRequest) -> HttpResponse:
     form = TenantCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -86,13 +95,13 @@ def tenant_page(
 
 
 @require_GET
-@staff_required
+@console_permission_required(*READ_TENANT)
 def tenant_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return tenant_page(request, get_object_or_404(Tenant, slug=slug))
 
 
 @require_POST
-@staff_required
+@console_permission_required(*READ_TENANT, CHANGE_TENANT)
 def tenant_limits(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     form = LimitsForm.for_tenant(tenant, request.POST)
@@ -111,7 +120,7 @@ def tenant_limits(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_GET
-@staff_required
+@console_permission_required(*READ_AUDIT)
 def audit_log(request: HttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET)
     data = form.cleaned_data if form.is_valid() else {}

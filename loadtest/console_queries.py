@@ -92,7 +92,10 @@ def median_ms(read: Callable[[], object], rounds: int) -> float:
 
 
 def overview_client() -> Client:
-    user, _ = get_user_model().objects.get_or_create(username="bench", is_staff=True)
+    # Console pages need the tenants app's permissions besides staff status (console/access.py).
+    user, _ = get_user_model().objects.update_or_create(
+        username="bench", defaults={"is_staff": True, "is_superuser": True}
+    )
     client = Client()
     client.force_login(user)
     return client

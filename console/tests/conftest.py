@@ -1,9 +1,13 @@
-"""Fixtures of the console tests: signed-in staff and non-staff clients, and usage rows."""
+"""Fixtures of the console tests: signed-in staff and non-staff clients, and usage rows.
+
+`staff_user` holds every permission of the tenants app (what the console needs to read and to
+act), not superuser status, so the tests go through the same permission checks as real staff."""
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
@@ -12,9 +16,16 @@ from tenants.models import ApiKey, ThrottleEvent, UsageMinute
 PASSWORD = "correct horse battery staple 42"
 
 
+def tenants_permissions(prefix: str = ""):  # type: ignore[no-untyped-def]
+    """The tenants app's permissions whose codename starts with `prefix` ("view_": read only)."""
+    return Permission.objects.filter(content_type__app_label="tenants", codename__startswith=prefix)
+
+
 @pytest.fixture
 def staff_user(db, django_user_model):  # type: ignore[no-untyped-def]
-    return django_user_model.objects.create_user("ada", password=PASSWORD, is_staff=True)
+    user = django_user_model.objects.create_user("ada", password=PASSWORD, is_staff=True)
+    user.user_permissions.set(tenants_permissions())
+    return user
 
 
 @pytest.fixture

@@ -98,3 +98,11 @@ def test_another_tenants_429s_are_not_shown(staff: Client, audit, add_throttle) 
     assert page.context["form"].errors["key"] and rows_of(page) == []
     export = staff.get("/console/tenants/acme/throttles.csv", {"key": key.key_id})
     assert export.content.decode().splitlines() == [",".join(CSV_COLUMNS)]
+
+
+def test_the_csv_export_is_never_stored_by_a_cache(staff: Client, audit) -> None:
+    response = staff.get("/console/tenants/acme/throttles.csv")
+    assert response.status_code == 200
+    directives = {d.strip() for d in response["Cache-Control"].split(",")}
+    assert {"no-store", "private"} <= directives
+    assert "public" not in directives

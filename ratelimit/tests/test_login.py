@@ -1,4 +1,6 @@
-"""Console login throttling through the ADMIT script, per address and per username."""
+"""Console login throttling through the ADMIT script: per address, per (username, address)
+and a per-username ceiling that slows each address instead of refusing (more in
+console/tests/test_login_fairness.py)."""
 
 import pytest
 
@@ -12,16 +14,19 @@ pytestmark = pytest.mark.usefixtures("login_limits")
 @pytest.fixture
 def login_limits(settings):  # type: ignore[no-untyped-def]
     settings.RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = 6  # one per 10 s after a burst of 6
-    settings.RATELIMIT_LOGIN_USERNAME_PER_MINUTE = 3  # one per 20 s after a burst of 3
+    settings.RATELIMIT_LOGIN_PAIR_PER_MINUTE = 3  # one per 20 s after a burst of 3
+    settings.RATELIMIT_LOGIN_USERNAME_PER_MINUTE = 3
+    settings.RATELIMIT_LOGIN_SLOWED_PER_MINUTE = 1  # one per 60 s past the username's ceiling
 
 
-async def test_a_username_is_limited_whatever_address_tries_it() -> None:
+async def test_a_username_past_its_ceiling_is_slowed_per_address() -> None:
     results = [await check_login(address=f"203.0.113.{i}", username="Admin") for i in range(4)]
-    assert [r.allowed for r in results] == [True, True, True, False]
-    assert results[3].limit == "login-username"
-    assert 19.9 <= results[3].retry_after <= 20.0
+    assert [(r.allowed, r.slowed) for r in results] == [(True, False)] * 3 + [(True, True)]
+    again = await check_login(address="203.0.113.3", username="Admin")
+    assert not again.allowed and again.limit == "login-slowed"
+    assert 59.9 <= again.retry_after <= 60.0
     # The username is normalized: case and spaces do not buy more attempts.
-    assert not (await check_login(address="203.0.113.99", username=" admin ")).allowed
+    assert not (await check_login(address="203.0.113.3", username=" admin ")).allowed
 
 
 async def test_an_address_is_limited_across_usernames() -> None:
@@ -38,7 +43,7 @@ async def test_redis_holds_no_username_and_every_key_expires() -> None:
     await check_login(address="192.0.2.1", username="alice@example.com")
     client = get_sync_redis()
     keys = list(client.scan_iter("*"))
-    assert len(keys) == 2 and all(client.pttl(k) > 0 for k in keys)
+    assert len(keys) == 3 and all(client.pttl(k) > 0 for k in keys)  # address, pair, username
     assert not any(b"alice" in k or b"192.0.2.1" in k for k in keys)
 
 

@@ -61,9 +61,15 @@ def node_api(daphne_server: LiveDaphne, tiny_model_dir: Path) -> NodeApi:
 
 @pytest.fixture
 def staff_account(transactional_db, django_user_model):  # type: ignore[no-untyped-def]
-    return django_user_model.objects.create_user(
+    """Staff with every permission of the tenants app: the journey reads every page and
+    creates a tenant, issues, rotates and revokes a key and changes limits."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(
         STAFF_USERNAME, password=STAFF_PASSWORD, is_staff=True
     )
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="tenants"))
+    return user
 
 
 @pytest.fixture
