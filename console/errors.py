@@ -94,6 +94,14 @@ class ModelUnavailable(ApiError):
     code = "model_unavailable"
 
 
+class GenerationError(ApiError):
+    """The model failed on this request alone: the same request would likely fail again."""
+
+    status = 500
+    type = "server_error"
+    code = "generation_failed"
+
+
 def error_body(
     message: str,
     *,

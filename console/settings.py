@@ -263,6 +263,8 @@ INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
 # Added to the decoding thread's nice value (10: on a shared CPU, request handling goes first;
+# A queued request that has not started after this many seconds gets 503 overloaded (0: no bound).
+INFERENCE_MAX_QUEUE_WAIT_SECONDS = env_float("INFERENCE_MAX_QUEUE_WAIT_SECONDS", 30.0)
 # the chaos runs met their 429 goal at 0, docs/engine.md).
 INFERENCE_MODEL_NICE = env_int("INFERENCE_MODEL_NICE", 0)
 # CPUs the model thread runs on ("1", "2-7"; empty: any): keeps request handling off its cores.

@@ -1,4 +1,5 @@
-"""The bounded queue between the event loop and the one model thread, and how batches form."""
+"""The bounded queue between the event loop and the one model thread, how batches form, and
+how long a job may wait in it."""
 
 import asyncio
 import threading
@@ -7,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 
 from inference import metrics
-from inference.generation import GenerationRequest, ModelNotReady, QueueFull
+from inference.generation import GenerationRequest, ModelNotReady, QueueFull, QueueTimeout
 
 Deliver = Callable[[str, object], None]
 
@@ -34,7 +35,10 @@ class Job:
         # model thread once per decoding step; a bool store is atomic under the GIL, and a
         # step of lag only costs one more token.
         self.cancelled = False
-        self.finished = False  # only the model thread writes it
+        # Written by whoever ends the job: the model thread, or (for a job still queued) the
+        # one that took it out of the queue under the scheduler's lock.
+        self.finished = False
+        self.queued_at = 0.0  # set by Scheduler.put(), under its lock
         self.remote_id: int | None = None  # its id in the model process (EngineConfig.process)
 
     def send(self, kind: str, payload: object) -> None:
@@ -52,15 +56,22 @@ class Job:
 class Scheduler:
     """A bounded FIFO of jobs; hands the model thread batches of up to max_batch."""
 
-    def __init__(self, *, max_batch: int, max_wait_ms: int, max_queue: int) -> None:
+    def __init__(
+        self, *, max_batch: int, max_wait_ms: int, max_queue: int, max_queue_wait: float = 0.0
+    ) -> None:
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0, max_wait_ms) / 1000.0
         self.max_queue = max(1, max_queue)
-        # One condition guards _pending and _closed; it is held only for list operations,
-        # never while the model runs.
-        self._cond = threading.Condition()
+        self.max_queue_wait = max(0.0, max_queue_wait)  # seconds; 0: no bound
+        # One lock guards _pending and _closed; it is held only for list operations, never
+        # while the model runs. Two conditions on it: put()'s notify() must wake the model
+        # thread, never the expiry thread in its stead.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._expiry = threading.Condition(lock)
         self._pending: deque[Job] = deque()
         self._closed = False
+        self._reaper: threading.Thread | None = None
 
     def put(self, job: Job) -> None:
         """Queue a job, or refuse it at once (QueueFull, or ModelNotReady when closed)."""
@@ -69,9 +80,16 @@ class Scheduler:
                 raise ModelNotReady("The engine is shutting down.")
             if len(self._pending) >= self.max_queue:
                 raise QueueFull(f"The request queue is full ({self.max_queue} waiting).")
+            # Stamped under the lock: the queue stays in deadline order, so the expiry
+            # thread only ever looks at its head.
+            job.queued_at = time.perf_counter()
             self._pending.append(job)
             metrics.QUEUE_DEPTH.set(len(self._pending))
             self._cond.notify()
+            if self.max_queue_wait and len(self._pending) == 1:
+                # The only moment the expiry thread may be waiting without a deadline.
+                self._start_expiry()
+                self._expiry.notify()
 
     def remove(self, job: Job) -> bool:
         """Take a job out of the queue (a cancel before it ran); False when not queued."""
@@ -116,6 +134,54 @@ class Scheduler:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._expiry.notify_all()
+
+    # --- expiry (max_queue_wait) --------------------------------------------------------------
+    def _start_expiry(self) -> None:
+        # A thread of its own: the model thread takes jobs only between batches (one may run
+        # for minutes), and the event loop must never wait on this. Started on first use.
+        if self._reaper is None:
+            self._reaper = threading.Thread(
+                target=self._expire, name="inference-queue-expiry", daemon=True
+            )
+            self._reaper.start()
+
+    def _expire(self) -> None:
+        while (expired := self._wait_for_expired()) is not None:
+            for job in expired:
+                self._time_out(job)
+
+    def _time_out(self, job: Job) -> None:
+        # Out of the queue under the lock already: no batch can take it, a cancel finds
+        # nothing to remove; its stream raises QueueTimeout (never ran, nothing to bill).
+        waited = time.perf_counter() - job.queued_at
+        job.finished = True
+        metrics.REQUESTS.labels(result="expired").inc()  # before anyone hears of it
+        message = (
+            f"The request waited {waited:.1f}s in the queue without starting "
+            f"(the limit is {self.max_queue_wait:g}s)."
+        )
+        job.send("error", QueueTimeout(message))
+
+    def _wait_for_expired(self) -> list[Job] | None:
+        """Block until queued jobs are past their deadline and take them out; None once the
+        queue is closed and empty."""
+        with self._cond:
+            while not (self._closed and not self._pending):
+                now = time.perf_counter()
+                expired = []
+                while self._pending and self._pending[0].queued_at + self.max_queue_wait <= now:
+                    expired.append(self._pending.popleft())
+                if expired:
+                    metrics.QUEUE_DEPTH.set(len(self._pending))
+                    return expired
+                # Until the head's deadline (later jobs' are later); a job that becomes the
+                # head meanwhile has a later one, and an empty queue waits for put().
+                head = self._pending[0] if self._pending else None
+                self._expiry.wait(
+                    None if head is None else head.queued_at + self.max_queue_wait - now
+                )
+            return None
 
     def drop_all(self) -> list[Job]:
         """Empty the queue and return what was in it (shutdown past its deadline)."""

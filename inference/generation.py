@@ -10,6 +10,12 @@ FINISH_STOP = "stop"  # end of sequence or a stop string
 FINISH_LENGTH = "length"  # max_tokens reached
 FINISH_CANCELLED = "cancelled"  # the consumer went away, cancel() or shutdown
 
+# The seeds torch.Generator.manual_seed takes (measured with torch 2.13: a negative seed s is
+# taken as 2**64 + s; one outside raises). The API schema and validate() refuse the rest.
+SEED_MIN = -(2**63)
+SEED_MAX = 2**64 - 1
+SEED_MESSAGE = f"seed must be an integer between {SEED_MIN} and {SEED_MAX}."
+
 
 class EngineError(Exception):
     """Base class of everything the engine raises to callers."""
@@ -17,6 +23,11 @@ class EngineError(Exception):
 
 class QueueFull(EngineError):
     """The bounded queue is full; nothing was done for the request."""
+
+
+class QueueTimeout(EngineError):
+    """The request waited in the queue longer than max_queue_wait without starting; it was
+    taken out and never ran (nothing was generated for it)."""
 
 
 class ModelNotReady(EngineError):
@@ -50,9 +61,18 @@ class InvalidGeneration(EngineError):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self) -> tuple:
+        # It travels from the model process as an event (pickled): args holds only the message.
+        return type(self), (self.param, str(self))
+
 
 class GenerationFailed(EngineError):
     """The model raised while running the request's batch (the engine keeps serving)."""
+
+
+class RowFailed(GenerationFailed):
+    """Work of this request alone failed (its sampling, detokenizing or stop strings): it
+    ended, its batch-mates went on. Likely to fail again: not worth a retry as it is."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,12 @@ class GenerationRequest:
             raise InvalidGeneration("top_p", "top_p must be greater than 0 and at most 1.")
         if len(self.stop) > 4 or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidGeneration("stop", "stop takes up to 4 non-empty strings.")
+        if self.seed is not None and not _is_seed(self.seed):
+            raise InvalidGeneration("seed", SEED_MESSAGE)
+
+
+def _is_seed(seed: object) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
 
 
 @dataclass

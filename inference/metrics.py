@@ -6,7 +6,7 @@ PROMETHEUS_MULTIPROC_DIR.
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed")
+REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed", "expired")
 
 QUEUE_DEPTH = Gauge(
     "inference_queue_depth",

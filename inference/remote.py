@@ -160,6 +160,16 @@ class ModelProcess:
         except (EOFError, OSError):
             code = self._reap(5)
             raise ModelProcessExited(f"The model process exited (exit code {code}).") from None
+        except Exception as exc:
+            # A message that cannot be unpickled: the rest of the batch cannot be told apart,
+            # and an engine thread that died here would leave every stream waiting forever.
+            # End the process; the engine fails the batch and starts a new one.
+            logger.exception("inference: unreadable message from the model process")
+            self.process.kill()
+            self._reap(5)
+            raise ModelProcessExited(
+                f"The model process sent a message that could not be read ({type(exc).__name__})."
+            ) from None
 
 
 def _python_path() -> str:

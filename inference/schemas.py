@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inference.generation import SEED_MAX, SEED_MIN
+
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 
@@ -41,7 +43,8 @@ class _GenerationParams(BaseModel):
     n: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    # What torch's generator takes (inference/generation.py): one past it would fail at decoding.
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: str | None = Field(None, max_length=256)
     presence_penalty: float | None = Field(None, ge=-2, le=2, json_schema_extra={"enum": [0]})
     frequency_penalty: float | None = Field(None, ge=-2, le=2, json_schema_extra={"enum": [0]})

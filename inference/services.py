@@ -20,6 +20,7 @@ from console.errors import (
     ApiError,
     InvalidRequest,
     ModelUnavailable,
+    GenerationError,
     Overloaded,
     PayloadTooLarge,
 )
@@ -35,6 +36,8 @@ from inference.engine import (
     QueueFull,
 )
 
+    QueueTimeout,
+    RowFailed,
 logger = logging.getLogger(__name__)
 
 MODEL_FIX = (
@@ -62,6 +65,7 @@ def engine_config() -> EngineConfig:
         max_queue=settings.INFERENCE_MAX_QUEUE,
         threads=settings.INFERENCE_THREADS,
         nice=settings.INFERENCE_MODEL_NICE,
+        max_queue_wait=settings.INFERENCE_MAX_QUEUE_WAIT_SECONDS,
         cpus=settings.INFERENCE_CPUS,
         process=settings.INFERENCE_MODEL_PROCESS,
         max_input_tokens=settings.INFERENCE_MAX_INPUT_TOKENS,
@@ -189,12 +193,27 @@ def _unavailable(status: dict[str, Any]) -> ModelUnavailable:
     if state == "stopped":
         return ModelUnavailable("This node is shutting down; retry the request.")
     return ModelUnavailable(
+    if isinstance(exc, QueueTimeout):
+        # Nothing ran; the node has been busy for a while, so the retry waits a little longer.
+        return Overloaded(
+            "The model is at capacity: the request waited too long for its turn and did not "
+            "run; retry shortly.",
+            headers={"Retry-After": "5"},
+        )
         "The model is not loaded in this process (INFERENCE_AUTOLOAD is off). " + MODEL_FIX
     )
 
 
 def _install_drain(engine: Engine, timeout: float) -> None:
     # Best effort for any server: drain when the interpreter exits normally.
+    if isinstance(exc, RowFailed):
+        # A fault in this request's own work, not the node's: the same request would fail
+        # again, so no retry is suggested (its batch-mates were served).
+        return GenerationError(
+            "The model failed on this request (an error specific to it); sending it again "
+            "unchanged is unlikely to help."
+        )
+    # The batch failed (the model or its process): another try may well succeed.
     atexit.register(engine.stop, timeout)
     reactor = _running_twisted_reactor()
     if reactor is not None:

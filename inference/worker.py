@@ -76,10 +76,24 @@ def load_warm(config: "EngineConfig") -> LoadedModel:
         allow_download=config.allow_download,
     )
     if config.warmup:
-        warmup = Job(WARMUP, model.encode(WARMUP.prompt), record=False)
+        warmup = WarmupJob(model.encode(WARMUP.prompt))
         run_batch(model, [warmup], lambda: False)
+        if warmup.error is not None:  # a row's fault fails it alone: here, it fails the load
+            raise warmup.error
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+class WarmupJob(Job):
+    """The warm-up pass: nobody listens to its text, but an error it gets is kept."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        super().__init__(WARMUP, prompt_ids, record=False)
+        self.error: BaseException | None = None
+
+    def send(self, kind: str, payload: object) -> None:
+        if kind == "error" and isinstance(payload, BaseException):
+            self.error = payload
 
 
 def cuda_memory(model: LoadedModel) -> int | None:
