@@ -5,7 +5,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
@@ -16,6 +16,7 @@ from console.errors import (
     PayloadTooLarge,
     error_body,
 )
+from console.jsonbody import NodeParser
 from inference.api import router as inference_router
 from inference.metrics import API_REJECTIONS, endpoint_of
 from inference.services import served_model_id
@@ -44,6 +45,7 @@ api = NodeAPI(
     description="OpenAI-compatible completions served by the node's own model, per-tenant keys "
     "and rate limits. Authenticate with `Authorization: Bearer <token>` or `X-API-Key`.",
     urls_namespace="v1",
+    parser=NodeParser(),
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
@@ -76,16 +78,22 @@ def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> H
     return error_response(request, AuthenticationFailed())
 
 
+# Errors about the body as a whole (empty, not JSON, null, a list): no parameter to name.
+BODY_NOT_AN_OBJECT = frozenset(
+    {"missing", "json_invalid", "model_attributes_type", "dict_type", "model_type"}
+)
+
+
 def _describe_validation(errors: list[dict]) -> tuple[str, str | None]:
     first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
     param = ".".join(location) or None
     if first.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
+    if not param and first.get("type") in BODY_NOT_AN_OBJECT:
+        return "The request body must be a JSON object.", None
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if first.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and not param:
-        return "The request body must be a JSON object.", None
     message = first.get("msg", "Invalid request.")
     return (f"Invalid value for '{param}': {message}" if param else message), param
 
@@ -105,6 +113,9 @@ def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpRespo
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    # ninja wraps what its parser raised (console/jsonbody.py) as 400 "Cannot parse request body".
+    if isinstance(exc.__cause__, ApiError):
+        return error_response(request, exc.__cause__)
     _count_error(request, exc.status_code)
     return api.create_response(request, error_body(str(exc), code=None), status=exc.status_code)
 
@@ -120,13 +131,3 @@ def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
         code="internal_error",
     )
     return api.create_response(request, body, status=500)
-
-
-def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """404 for every path: the OpenAI error object under /v1/, Django's page elsewhere."""
-    if request.path.startswith("/v1/"):
-        body = error_body(f"Unknown API path {request.method} {request.path}.", code="not_found")
-        return JsonResponse(body, status=404)
-    from django.views.defaults import page_not_found
-
-    return page_not_found(request, exception or Exception())

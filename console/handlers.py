@@ -126,5 +126,5 @@ class PathDispatcher:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        target = self.api if path.startswith(API_PREFIXES) else self.rest
+        target = self.api if path == "/v1" or path.startswith(API_PREFIXES) else self.rest
         await target(scope, receive, send)

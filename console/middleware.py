@@ -3,9 +3,13 @@
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from asgiref.sync import markcoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+
+from console.errors import error_body
 
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -53,9 +57,15 @@ class ApiHttpMetricsMiddleware:
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         self.metrics.requests_total.inc()
-        # ALLOWED_HOSTS, as CommonMiddleware would check it (DisallowedHost becomes a 400).
-        request.get_host()
-        response = await self.get_response(request)
+        # ALLOWED_HOSTS, as CommonMiddleware would check it.
+        try:
+            request.get_host()
+        except DisallowedHost:
+            message = "The Host header names a host this node does not serve."
+            body = error_body(message, code="invalid_host")
+            response: HttpResponseBase = JsonResponse(body, status=400)
+        else:
+            response = await self.get_response(request)
         self._count(request, response)
         # What SecurityMiddleware and CommonMiddleware would add to a JSON API response.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -71,3 +81,45 @@ class ApiHttpMetricsMiddleware:
         self.metrics.requests_by_view_transport_method.labels(view, transport, method).inc()
         self.metrics.responses_total.inc()
         self.metrics.responses_by_status.labels(str(response.status_code)).inc()
+
+
+def _error_for(request: HttpRequest, response: HttpResponseBase) -> dict:
+    """The OpenAI error object standing in for a non-JSON error answer."""
+    status, method, path = response.status_code, request.method, request.path
+    if status == 404:
+        return error_body(f"Unknown API path {method} {path}.", code="not_found")
+    if status == 405:
+        allowed = response.get("Allow", "")
+        return error_body(
+            f"Method {method} is not allowed on {path}; allowed: {allowed}.",
+            code="method_not_allowed",
+        )
+    if status >= 500:
+        message = "The server had an error processing your request."
+        return error_body(message, type="server_error", code="internal_error")
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return error_body(f"{phrase}.", code=phrase.lower().replace(" ", "_"))
+
+
+class ApiJsonErrorsMiddleware:
+    """Outermost on the API paths: every error answer is JSON in the OpenAI shape, whatever
+    DEBUG says (Django's technical 404/500 pages, ninja's text/html 405, a disallowed Host)."""
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = await self.get_response(request)
+        if response.status_code < 400 or response.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            return response
+        replaced = JsonResponse(_error_for(request, response), status=response.status_code)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                replaced.headers.setdefault(name, value)
+        return replaced

@@ -134,6 +134,8 @@ MIDDLEWARE = [
 # The API paths (/v1/, /healthz, /readyz) run through console.handlers.ApiHandler with only
 # these async middleware; MIDDLEWARE above serves the console and the admin.
 API_MIDDLEWARE = [
+    # Outermost: every error answer under /v1 is JSON in the OpenAI shape, whatever DEBUG says.
+    "console.middleware.ApiJsonErrorsMiddleware",
     "console.middleware.ApiHttpMetricsMiddleware",
     "console.middleware.RequestIdMiddleware",
 ]

@@ -16,5 +16,4 @@ urlpatterns = [
     # /metrics is served before Django by console.metrics.MetricsEndpoint (console/asgi.py);
     # Traefik never routes it from the public entrypoint.
 ]
-
-handler404 = "console.api.not_found"
+# Errors under /v1 (404s included) are JSON: console.middleware.ApiJsonErrorsMiddleware.

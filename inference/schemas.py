@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from inference.generation import SEED_MAX, SEED_MIN
 
+# Unknown fields refused, and no coercion: `"max_tokens": true` is not 1, `"stream": "yes"` is
+# not true (a JSON integer still fills a number field).
+STRICT = ConfigDict(extra="forbid", strict=True)
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 
@@ -25,14 +28,14 @@ class Unsupported(ValueError):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class _GenerationParams(BaseModel):
     """Parameters shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     model: str = Field(min_length=1, max_length=200)
     max_tokens: int | None = Field(None, ge=1)
@@ -114,13 +117,13 @@ class CompletionIn(_GenerationParams):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = Field(None, max_length=64)
@@ -133,7 +136,7 @@ class ChatMessage(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
 
 
@@ -221,7 +224,7 @@ class ChatCompletionOut(BaseModel):
 class WsAuth(BaseModel):
     """{"type": "auth", "api_key": ...}: the first message when no header carried the key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["auth"]
     api_key: str = Field(min_length=1, max_length=200)
 
@@ -229,7 +232,7 @@ class WsAuth(BaseModel):
 class WsCancel(BaseModel):
     """{"type": "completion.cancel", "id": ...}."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["completion.cancel"]
     id: str = Field(min_length=1, max_length=64)
 

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-READ = re.compile(r'env_(?:str|bool|int|float|list|choice)\(\s*"([A-Z0-9_]+)"')
+READ = re.compile(r'env_(?:str|bool|int|float|list|choice|secret|cpus)\(\s*"([A-Z0-9_]+)"')
 
 
 def read_variables() -> set[str]:

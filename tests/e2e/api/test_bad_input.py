@@ -63,6 +63,13 @@ def cases(model: str) -> list[tuple[str, object, int, str | None]]:
         (cc, {**chat, "tools": [{"type": "function"}]}, 400, "tools"),
         (cc, {**chat, "response_format": {"type": "json_object"}}, 400, "response_format"),
         (cc, {**chat, "max_tokens": 5, "max_completion_tokens": 5}, 400, None),
+        # A lone surrogate escape decodes to a str nothing downstream accepts; deep nesting
+        # raises RecursionError in the parser: both were 500s.
+        (c, {**prompt, "prompt": "a\ud800b"}, 400, None),
+        (cc, {**chat, "messages": [{"role": "user", "content": "a\udfffb"}]}, 400, None),
+        (c, b'{"prompt": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, None),
+        (c, {**prompt, "max_tokens": True}, 400, "max_tokens"),
+        (c, b"", 400, None),
     ]
 
 
