@@ -245,17 +245,17 @@ API_KEY_LOAD_TIMEOUT_SECONDS = env_float("API_KEY_LOAD_TIMEOUT_SECONDS", 1.0)
 API_KEY_DB_BACKOFF_SECONDS = env_float("API_KEY_DB_BACKOFF_SECONDS", 2.0)
 # Key records each process loads when it starts, most recently used first (0: none).
 API_KEY_PRELOAD = env_int("API_KEY_PRELOAD", 10000)
+# Key ids Postgres did not know: remembered per process, at most this many, this long.
+API_KEY_NEGATIVE_CACHE_SIZE = env_int("API_KEY_NEGATIVE_CACHE_SIZE", 10000)
+API_KEY_NEGATIVE_CACHE_SECONDS = env_float("API_KEY_NEGATIVE_CACHE_SECONDS", 30.0)
+# Failed key authentications per client address per minute, burst the same (0: unlimited).
+API_AUTH_FAILURES_PER_MINUTE = env_int("API_AUTH_FAILURES_PER_MINUTE", 60)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60)
 API_KEY_DEFAULT_ROTATION_GRACE = env_str("API_KEY_DEFAULT_ROTATION_GRACE", "1h")
 
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
 INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")
-# Key ids Postgres did not know: remembered per process, at most this many, this long.
-API_KEY_NEGATIVE_CACHE_SIZE = env_int("API_KEY_NEGATIVE_CACHE_SIZE", 10000)
-API_KEY_NEGATIVE_CACHE_SECONDS = env_float("API_KEY_NEGATIVE_CACHE_SECONDS", 30.0)
-# Failed key authentications per client address per minute, burst the same (0: unlimited).
-API_AUTH_FAILURES_PER_MINUTE = env_int("API_AUTH_FAILURES_PER_MINUTE", 60)
 INFERENCE_QUANTIZATION = env_choice(
     "INFERENCE_QUANTIZATION", "auto", ("auto", "bnb-int8", "torch-int8", "bf16", "none")
 )
@@ -263,10 +263,10 @@ INFERENCE_DEVICE = env_choice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda"
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16)
 INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
-INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
-# Added to the decoding thread's nice value (10: on a shared CPU, request handling goes first;
 # A queued request that has not started after this many seconds gets 503 overloaded (0: no bound).
 INFERENCE_MAX_QUEUE_WAIT_SECONDS = env_float("INFERENCE_MAX_QUEUE_WAIT_SECONDS", 30.0)
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)  # 0: one per available core
+# Added to the decoding thread's nice value (10: on a shared CPU, request handling goes first;
 # the chaos runs met their 429 goal at 0, docs/engine.md).
 INFERENCE_MODEL_NICE = env_int("INFERENCE_MODEL_NICE", 0)
 # CPUs the model thread runs on ("1", "2-7"; empty: any): keeps request handling off its cores.
@@ -288,6 +288,9 @@ API_DEFAULT_MAX_TOKENS = env_int("API_DEFAULT_MAX_TOKENS", 256)  # when a reques
 WS_MAX_CONCURRENT = env_int("WS_MAX_CONCURRENT", 4)  # requests running at once per socket
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65_536)
 WS_AUTH_TIMEOUT_SECONDS = env_float("WS_AUTH_TIMEOUT_SECONDS", 10.0)
+# A socket is closed (code 4000) this long after it opened; clients reconnect. Bounds how long
+# anything one socket holds (its key check included) can outlive a change.
+WS_MAX_LIFETIME_SECONDS = env_float("WS_MAX_LIFETIME_SECONDS", 3600.0)
 
 # --- Serving and metrics --------------------------------------------------------------------
 # `manage.py serve` runs this many daphne processes on one socket (one model each: a process

@@ -70,14 +70,21 @@ async def list_models(request: HttpRequest) -> ModelListOut:
 
 async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bool) -> HttpResponse:  # type: ignore[no-untyped-def]
     endpoint = "chat.completions" if chat else "completions"
-    plan = plan_completion(
-        request.auth, body, prompt, max_tokens, endpoint=endpoint, stream=body.stream
+    client_addr = client_ip(request)
+    plan = await plan_completion(
+        request.auth,
+        body,
+        prompt,
+        max_tokens,
+        endpoint=endpoint,
+        stream=body.stream,
+        client_addr=client_addr,
     )
-    run = await Run.start(plan, client_addr=client_ip(request))
+    run = await Run.start(plan, client_addr=client_addr)
     shape = Shape(chat=chat, model=plan.model, include_usage=body.include_usage)
     if body.stream:
         return stream_response(request, run, shape)
-    return await json_response(run, shape)
+    return await json_response(request, run, shape)
 
 
 @router.post(

@@ -10,7 +10,12 @@ Protocol (every frame JSON, every answer carrying the client's `id`):
 - `{"type": "completion.cancel", "id"}` stops one request (its `completion.done` says
   `cancelled` and bills what was sent);
 - several requests run at once (at most WS_MAX_CONCURRENT); a bad message gets an `error`
-  frame and the socket stays open; every running request is settled when the socket drops.
+  frame and the socket stays open; every running request is settled when the socket drops;
+- every request uses the key as it is now (new limits and quotas included), and the key is
+  checked again every second: once it is revoked, expired or its tenant suspended, running
+  requests stop, the socket gets an `error` frame and close code 4401;
+- a socket lives at most WS_MAX_LIFETIME_SECONDS (then an `error` frame, code
+  `connection_expired`, and close code 4000: open a new one).
 """
 
 import asyncio
@@ -22,6 +27,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
+from console import jsonbody
 from console.clientaddr import client_ip
 from console.errors import ApiError, AuthenticationFailed, InvalidRequest, RateLimited
 from inference import metrics
@@ -39,7 +45,25 @@ logger = logging.getLogger(__name__)
 
 CLOSE_AUTH_FAILED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_LIFETIME = 4000  # WS_MAX_LIFETIME_SECONDS reached: open a new socket
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: keys cannot be checked right now (Postgres away)
+# How often a socket re-checks its key while it is open (cached: no query, no Redis call).
+KEY_RECHECK_SECONDS = 1.0
+KEY_NOT_ACCEPTED = "This API key is no longer accepted."
+
+
+class ConnectionExpired(ApiError):
+    status = 400
+    code = "connection_expired"
+
+
+class InternalError(ApiError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("The server had an error processing your request.")
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -66,37 +90,86 @@ class CompletionConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.record: KeyRecord | None = None
+        self.token: str | None = None  # kept to check the key again as it is now
+        self.ending = False
         self.tasks: dict[str, asyncio.Task] = {}
         self.runs: dict[str, Run] = {}
         self.delivery = Delivery(self.scope)
+        self.client_addr = client_ip(self.scope)
+        self.timers: list[asyncio.TimerHandle | asyncio.Task] = []
         await self.accept()
+        loop = asyncio.get_running_loop()
+        self.timers.append(loop.call_later(settings.WS_MAX_LIFETIME_SECONDS, self._expire))
         token = token_from_headers(
             _header(self.scope, b"authorization"), _header(self.scope, b"x-api-key")
         )
         if token is not None:
-            try:
-                await self._authenticate(token)
-            except ApiError as exc:  # 503: keys cannot be checked right now
-                await self._send_error(None, exc)
-                await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            await self._authenticate(token)
         else:
-            self.auth_timer = asyncio.get_running_loop().call_later(
-                settings.WS_AUTH_TIMEOUT_SECONDS, self._auth_timeout
+            self.timers.append(
+                loop.call_later(settings.WS_AUTH_TIMEOUT_SECONDS, self._auth_timeout)
             )
 
     def _auth_timeout(self) -> None:
         if self.record is None:
             asyncio.ensure_future(self.close(code=CLOSE_AUTH_TIMEOUT))
 
-    async def _authenticate(self, token: str | None) -> None:
-        self.record = await authenticate_token(token)
-        if self.record is None:
-            await self._send_error(None, AuthenticationFailed())
-            await self.close(code=CLOSE_AUTH_FAILED)
+    def _expire(self) -> None:
+        seconds = settings.WS_MAX_LIFETIME_SECONDS
+        error = ConnectionExpired(
+            f"This connection reached its maximum lifetime ({seconds:g} s); open a new one."
+        )
+        asyncio.ensure_future(self._end(error, CLOSE_LIFETIME))
+
+    async def _authenticate(self, token: str) -> None:
+        try:
+            record = await authenticate_token(token, client_addr=self.client_addr)
+        except ApiError as exc:  # 503: keys cannot be checked now; 429: too many failures
+            await self._end(exc, CLOSE_TRY_AGAIN_LATER)
+            return
+        if record is None:
+            await self._end(AuthenticationFailed(), CLOSE_AUTH_FAILED)
+            return
+        self.record, self.token = record, token
+        self.timers.append(asyncio.create_task(self._watch_key()))
+
+    async def _current_record(self) -> KeyRecord | None:
+        """The key as it is now (revoked, expired, a suspended tenant: None; new limits);
+        from the process's key cache, which sees every change within about half a second."""
+        record = await authenticate_token(self.token, client_addr=self.client_addr)
+        if record is not None:
+            self.record = record
+        return record
+
+    async def _watch_key(self) -> None:
+        # Running streams stop, and an idle socket closes, soon after its key stops being
+        # usable, not only at its next request.
+        while not self.ending:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            try:
+                record = await self._current_record()
+            except ApiError:  # Postgres away and the record not cached: try again later
+                continue
+            if record is None:
+                await self._end(AuthenticationFailed(KEY_NOT_ACCEPTED), CLOSE_AUTH_FAILED)
+                return
+
+    async def _end(self, error: ApiError, code: int) -> None:
+        """Serve nothing more: stop every running request (each bills what it delivered),
+        send the error frame, close with `code`."""
+        if self.ending:
+            return
+        self.ending = True
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._send_error(None, error)
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
-        timer = getattr(self, "auth_timer", None)
-        if timer is not None:
+        self.ending = True
+        for timer in getattr(self, "timers", []):
             timer.cancel()
         # Each task settles in its own finally (shielded), so cancelling cannot lose usage.
         for task in list(getattr(self, "tasks", {}).values()):
@@ -105,16 +178,17 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ending:
+            return
         raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
         try:
-            if len(raw.encode()) > settings.WS_MAX_MESSAGE_BYTES:
+            if len(raw.encode("utf-8", "surrogatepass")) > settings.WS_MAX_MESSAGE_BYTES:
                 raise InvalidRequest("The message is too large.", code="message_too_large")
-            message = json.loads(raw)
+            message = jsonbody.loads(raw)
             if not isinstance(message, dict):
                 raise InvalidRequest("Each message must be a JSON object.")
-        except (ValueError, ApiError) as exc:
-            error = exc if isinstance(exc, ApiError) else InvalidRequest("Invalid JSON.")
-            await self._send_error(None, error)
+        except ApiError as exc:
+            await self._send_error(None, exc)
             return
         await self._dispatch(message)
 
@@ -136,6 +210,10 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             await self._send_error(request_id, _validation_error(exc))
         except ApiError as exc:
             await self._send_error(request_id, exc)
+        except Exception:
+            # A fault of ours: this request fails, the socket and its other streams go on.
+            logger.exception("websocket: unexpected error handling a message")
+            await self._send_error(request_id, InternalError())
 
     async def _on_auth(self, message: dict[str, Any]) -> None:
         if self.record is not None:
@@ -151,10 +229,20 @@ class CompletionConsumer(AsyncWebsocketConsumer):
                 f"At most {settings.WS_MAX_CONCURRENT} requests may run at once on one socket.",
                 code="too_many_concurrent_requests",
             )
-        plan = plan_completion(
-            self.record, create, create.prompt, create.max_tokens, endpoint="ws", stream=True
+        record = await self._current_record()
+        if record is None:
+            await self._end(AuthenticationFailed(KEY_NOT_ACCEPTED), CLOSE_AUTH_FAILED)
+            return
+        plan = await plan_completion(
+            record,
+            create,
+            create.prompt,
+            create.max_tokens,
+            endpoint="ws",
+            stream=True,
+            client_addr=self.client_addr,
         )
-        run = await Run.start(plan, client_addr=client_ip(self.scope))
+        run = await Run.start(plan, client_addr=self.client_addr)
         self.runs[create.id] = run
         self.tasks[create.id] = asyncio.create_task(self._stream(create.id, run))
 

@@ -86,6 +86,10 @@ class Delivery:
         """Without waiting: is nothing left in the server's buffer? (For a wait cut short.)"""
         return self.probe is None or self.probe.buffered() <= 0
 
+    def is_open(self) -> bool:
+        """Is the client's connection still open? (True under servers without a probe.)"""
+        return self.probe is None or self.probe.is_open()
+
 
 class NotStreamed(Delivery):
     """A response sent whole at the end: no piece counts as delivered on its own."""

@@ -281,6 +281,10 @@ class Engine:
             ids = list(known)
         elif len(prompt) > model.max_prompt_chars:
             raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
+        elif (at_least := model.min_tokens(prompt)) > model.max_input_tokens:
+            # Certainly too long: refused without the tokenizer's time (a flood of these costs
+            # a regular-expression scan each).
+            raise PromptTooLong(model.max_input_tokens, at_least=at_least)
         else:
             ids = model.encode(prompt)
         if len(ids) > model.max_input_tokens:

@@ -3,35 +3,38 @@
 Shared by the REST views (plain and SSE) and the WebSocket consumer, so every path admits,
 bills and releases the same way:
 
-- `plan_completion()` checks everything that needs no limit (scope, parameters, model, prompt
-  size, readiness) so a bad request costs the caller no quota;
+- `plan_completion()` checks everything that needs no token reservation (scope, parameters,
+  model, max_tokens, prompt size, readiness) so a bad request reserves nothing; it spends one
+  unit of the key's request rate, so a flood of bad requests is throttled like any other;
 - `Run.start()` reserves prompt + max_tokens in one ADMIT, then queues the generation; a queue
   that is full releases the admission without counting usage;
 - `Run.finish()` settles exactly once with the tokens that reached the client (all of them for
-  a finished request, those in delivered pieces for a cut stream).
+  a finished request, those in delivered pieces for a cut stream); a request none of whose
+  answer reached the client is refunded and not counted as usage.
 """
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
 
-from console.errors import InvalidRequest, NotFound, PayloadTooLarge
+from console.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
 from inference import metrics
 from inference.delivery import Delivery
 from inference.engine import GenerationRequest, GenerationResult, GenerationStream
 from inference.generation import FINISH_CANCELLED
 from inference.schemas import _GenerationParams
 from inference.services import (
+    engine_check_request,
     engine_encode_prompt,
     engine_submit,
     served_model_id,
     served_model_names,
 )
-from ratelimit.limiter import Admission, admit, keep_alive, settle
+from ratelimit.limiter import Admission, admit, charge_refusal, keep_alive, settle
 from tenants.auth import require_scope
 from tenants.keycache import KeyRecord
 
@@ -65,7 +68,7 @@ def _check_parameters(params: _GenerationParams) -> None:
         )
 
 
-def plan_completion(
+async def plan_completion(
     record: KeyRecord,
     params: _GenerationParams,
     prompt: str,
@@ -73,9 +76,28 @@ def plan_completion(
     *,
     endpoint: str,
     stream: bool,
+    client_addr: str | None,
 ) -> Plan:
-    """Validate a request before any limit is touched; raises ApiErrors (4xx, 503)."""
+    """Validate a request before any token is reserved; raises ApiErrors (4xx, 503). A request
+    refused for its own fault (4xx) spends one unit of the key's request rate."""
     received_at = time.monotonic()
+    try:
+        return await _plan(record, params, prompt, max_tokens, endpoint, stream, received_at)
+    except ApiError as exc:
+        if 400 <= exc.status < 500 and exc.status != 429:
+            await charge_refusal(record, client_addr=client_addr)
+        raise
+
+
+async def _plan(
+    record: KeyRecord,
+    params: _GenerationParams,
+    prompt: str,
+    max_tokens: int | None,
+    endpoint: str,
+    stream: bool,
+    received_at: float,
+) -> Plan:
     require_scope(record, "completions")
     _check_parameters(params)
     if len(prompt) > settings.API_MAX_PROMPT_CHARS:
@@ -85,10 +107,6 @@ def plan_completion(
             param="prompt",
             code="prompt_too_large",
         )
-    # Encoded once here (a prompt too long for the model is refused before admission), and
-    # the ids travel with the request: the engine does not encode it again.
-    prompt_ids = engine_encode_prompt(prompt)
-    prompt_tokens = len(prompt_ids)
     request = GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens or settings.API_DEFAULT_MAX_TOKENS,
@@ -96,10 +114,14 @@ def plan_completion(
         top_p=1.0 if params.top_p is None else params.top_p,
         stop=tuple(params.stop or ()),
         seed=params.seed,
-        prompt_ids=tuple(prompt_ids),
     )
+    engine_check_request(request)
+    # Encoded once here (a prompt too long for the model is refused before admission), and
+    # the ids travel with the request: the engine does not encode it again.
+    prompt_ids = await engine_encode_prompt(prompt)
+    request = replace(request, prompt_ids=tuple(prompt_ids))
     model = params.model or served_model_id()
-    return Plan(record, request, prompt_tokens, model, endpoint, stream, received_at)
+    return Plan(record, request, len(prompt_ids), model, endpoint, stream, received_at)
 
 
 @dataclass
@@ -162,7 +184,8 @@ class Run:
         )
 
     async def finish(self, *, completed: bool) -> None:
-        """Settle once: the whole completion if the client got it all, else what it got."""
+        """Settle once: the whole completion if the client got it all, else what it got
+        (nothing at all when no piece of the answer reached it)."""
         if self.settled:
             return
         self.settled = True
@@ -174,12 +197,17 @@ class Run:
             self._observe(metrics.API_COMPLETION_SECONDS.labels(self.plan.endpoint, stream))
             if not self.plan.stream:  # a whole response: its first byte is its last
                 self._observe(metrics.API_TIME_TO_FIRST_BYTE.labels(self.plan.endpoint))
+        # Billed only when some of the answer reached the client: a request that failed, timed
+        # out in the queue, or whose client left before its first piece is refunded whole and
+        # not counted (its request slot stays spent).
+        delivered = completed or self.billed_tokens > 0
         # Shielded: a client that goes away must not cancel its own settlement.
         await asyncio.shield(
             settle(
                 self.admission,
-                prompt_tokens=self.plan.prompt_tokens,
+                prompt_tokens=self.plan.prompt_tokens if delivered else 0,
                 completion_tokens=self.billed_tokens,
+                count_usage=delivered,
             )
         )
 

@@ -41,9 +41,13 @@ class ModelNotReady(EngineError):
 class PromptTooLong(EngineError):
     """The prompt has more tokens than the model accepts (it is refused, never truncated)."""
 
-    def __init__(self, limit: int, *, tokens: int | None = None, char_limit: int = 0) -> None:
+    def __init__(
+        self, limit: int, *, tokens: int | None = None, char_limit: int = 0, at_least: int = 0
+    ) -> None:
         if tokens is not None:
             counted = f"this prompt has {tokens}"
+        elif at_least:
+            counted = f"this prompt has at least {at_least}"
         else:
             counted = f"prompts over {char_limit} characters are refused without counting"
         super().__init__(

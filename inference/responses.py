@@ -36,13 +36,17 @@ async def _generate(run: Run) -> GenerationResult:
     return result
 
 
-async def json_response(run: Run, shape: Shape) -> JsonResponse:
-    """Generate the whole completion, settle, answer with one JSON object."""
+async def json_response(request: HttpRequest, run: Run, shape: Shape) -> JsonResponse:
+    """Generate the whole completion, settle, answer with one JSON object. A client that left
+    meanwhile cancels the view (console/handlers.py), so its generation stops and nothing is
+    billed; one found gone once the answer is ready is not billed either."""
     started = time.monotonic()
     completed = False
     try:
         result = await _generate(run)
-        completed = True
+        # Settled before the answer is sent (a process killed after sending it must not lose
+        # its usage), so the connection is asked first whether anyone is still there.
+        completed = Delivery(request.scope).is_open()
     finally:
         await run.finish(completed=completed)
     response = JsonResponse(shape.response(result, run.plan.prompt_tokens))

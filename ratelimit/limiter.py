@@ -29,6 +29,7 @@ from ratelimit.limits import (
     Plan,
     clamp_reservation,
     lease_key,
+    pack_limits,
     plan_for,
     throttle_key,
     usage_key,
@@ -121,7 +122,7 @@ def _audit_address(addr: str | None) -> str:
 
 
 def _admit_args(
-    record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
+    record: KeyRecord, packed: str, reserve: int, lease_id: str, addr: str | None
 ) -> list[str]:
     numbers = (
         reserve,
@@ -132,14 +133,14 @@ def _admit_args(
         INFLIGHT_RETRY_US,
     )
     address = _audit_address(addr)
-    return [lease_id, f"{record.api_key_pk}|", address, " ".join(map(str, numbers)), plan.packed]
+    return [lease_id, f"{record.api_key_pk}|", address, " ".join(map(str, numbers)), packed]
 
 
 async def _admit_redis(
     record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
 ) -> Decision:
     keys = [lease_key(record.tenant_id, lease_id), throttle_key(record.tenant_id), *plan.keys]
-    args = _admit_args(record, plan, reserve, lease_id, addr)
+    args = _admit_args(record, plan.packed, reserve, lease_id, addr)
     started = time.perf_counter()
     async with asyncio.timeout(call_timeout()):
         reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
@@ -224,6 +225,31 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
             metrics.decisions.labels("allowed", "none").inc()
             return _admission(record, lease_id, reserve, "redis", decision, plan.keys)
     return _fallback(record, plan.limits, reserve, lease_id)
+
+
+async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -> None:
+    """A request refused before admission (bad input, a prompt too long) still spends one unit
+    of the key's and tenant's request rates, so a flood of such requests meets 429s (and the
+    denial cache, before its bodies are parsed) like any other flood. Raises that 429 once the
+    rate is spent. A pure check: no lease, no tokens; Redis down: nothing is charged."""
+    refuse_if_denied(record, client_addr)
+    limits = tuple(limit for limit in plan_for(record).limits if limit.kind == "r")
+    if not limits or not runtime().breaker.allow():
+        return
+    keys = [lease_key(record.tenant_id, ""), throttle_key(record.tenant_id)]
+    keys += [limit.key for limit in limits]
+    args = _admit_args(record, pack_limits(limits), 0, "", client_addr)
+    try:
+        async with asyncio.timeout(call_timeout()):
+            reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        record_backend_error("charge", exc)
+        return
+    runtime().breaker.success()
+    decision = parse_reply(limits, reply)
+    if not decision.allowed:
+        denycache.remember(record, decision)
+        raise _deny(record, decision, "denied")
 
 
 def _settle_call(

@@ -95,10 +95,10 @@ async def test_engine_errors_become_client_errors(installed, make_engine) -> Non
     for stream in (running, queued):
         stream.cancel()
     await iterator.aclose()
-    ids = services.engine_encode_prompt("the model")
+    ids = await services.engine_encode_prompt("the model")
     assert len(ids) == engine.count_tokens("the model")
     with pytest.raises(PayloadTooLarge):
-        services.engine_encode_prompt("the model runs " * 10)  # 8 tokens at most here
+        await services.engine_encode_prompt("the model runs " * 10)  # 8 tokens at most here
 
 
 async def test_a_loading_model_asks_clients_to_retry(installed, tiny_model_dir: Path) -> None:

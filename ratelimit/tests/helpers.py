@@ -53,7 +53,7 @@ def admit_call(
 ) -> tuple[list[str], list[Any]]:
     plan = plan_for(record)
     keys = [lease_key(record.tenant_id, lease), throttle_key(record.tenant_id), *plan.keys]
-    return keys, limiter._admit_args(record, plan, reserve, lease, addr)
+    return keys, limiter._admit_args(record, plan.packed, reserve, lease, addr)
 
 
 def admission_for(record: KeyRecord, lease: str, reserve: int = 0) -> limiter.Admission:

@@ -116,6 +116,8 @@ async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(
             (create("m", max_tokens=0), "invalid_request"),
             (create("n", n=2), "unsupported_value"),
             (json.dumps({"type": "completion.cancel", "id": "ghost"}), "invalid_request"),
+            (create("s", prompt="a\ud800b"), "invalid_request"),
+            ("[" * 30_000, "invalid_request"),
         ]:
             await ws.send(bad)
             frame = json.loads(await ws.recv())
