@@ -59,14 +59,27 @@ async def _authenticate_throttled(
 ) -> KeyRecord | None:
     """Behind the address's failure limit: look the key up (unless its cached record was
     just refused) and count a failure."""
-    # Refused before the lookup: an address flooding made-up key ids costs no Postgres.
-    await authfail.refuse_if_blocked(client_addr)
+    # Refused before the lookup: an address flooding made-up key ids costs no Postgres. A
+    # secret that matched this key's record before the cache let go of it (a version change
+    # empties every process's cache) is no guess: it is looked up whatever the address's
+    # failures, so one client flooding bad tokens from a shared address (a NAT, a proxy)
+    # cannot lock that address's valid keys out after the next key change.
+    if not _held_before(key_id, secret):
+        await authfail.refuse_if_blocked(client_addr)
     if refused is None:
         record = await key_cache.get(key_id)
         if record is not None and _accepts(record, secret):
             return record
     await authfail.count_failure(client_addr)
     return None
+
+
+def _held_before(key_id: str, secret: str) -> bool:
+    known = key_cache.last_known(key_id)
+    if known is None:
+        return False
+    hashes = known.valid_hashes(timezone.now())
+    return tokens.secret_matches(secret, settings.API_KEY_PEPPER, *hashes)
 
 
 def _accepts(record: KeyRecord, secret: str) -> bool:

@@ -111,6 +111,9 @@ class KeyCache:
         # Ids Postgres did not know -> when it said so, least recently asked first. Anyone can
         # make up ids, so this is bounded in size and age (API_KEY_NEGATIVE_CACHE_*).
         self._unknown: OrderedDict[str, float] = OrderedDict()
+        # The records a version change dropped (bounded like _entries): they still vouch that a
+        # secret was once this key's (last_known), never that it is valid now.
+        self._previous: dict[str, KeyRecord] = {}
         self._version: bytes | None = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
@@ -120,6 +123,7 @@ class KeyCache:
     def clear(self) -> None:
         """Forget everything, the last seen version included."""
         self._forget_records()
+        self._previous.clear()
         self._version = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
@@ -143,6 +147,12 @@ class KeyCache:
         if time.monotonic() < self._db_down_until:
             raise self._unavailable()
         return await self._load_shared(key_id)
+
+    def last_known(self, key_id: str) -> KeyRecord | None:
+        """The last record this process held for key_id, however old or invalidated (to tell a
+        secret that was once valid from a guess; never to accept a key)."""
+        entry = self._entries.get(key_id)
+        return entry[0] if entry is not None else self._previous.get(key_id)
 
     async def get_cached(self, key_id: str) -> KeyRecord | None:
         """The record of a key this process already knows, never a query (None otherwise)."""
@@ -294,6 +304,7 @@ class KeyCache:
             return
         if version != self._version:
             self._version = version
+            self._previous = {key_id: entry[0] for key_id, entry in self._entries.items()}
             self._forget_records()
 
 

@@ -115,3 +115,22 @@ async def test_behind_the_proxy_the_forwarded_address_is_the_one_limited(setting
     spoofer = PeerClient("198.51.100.60")
     spoofed = await models(spoofer, made_up_token(), **{"X-Forwarded-For": "203.0.113.50"})
     assert spoofed.status_code == 401
+
+
+async def test_a_valid_key_on_a_blocked_address_gets_in_after_the_cache_is_emptied(
+    db, tenant
+) -> None:
+    """A key change anywhere empties every process's cache; a key this process had accepted
+    is still looked up for a blocked address (its secret is no guess), a made-up one is not."""
+    from tenants.keycache import bump_version
+
+    issued = await sync_to_async(api_key_issue)(tenant=tenant, actor="t")
+    shared = PeerClient("203.0.113.9")  # one NAT: a good client and a bad one behind it
+    assert (await models(shared, issued.token)).status_code == 200
+    for _ in range(6):
+        await models(shared, made_up_token())
+    assert (await models(shared, made_up_token())).status_code == 429
+    await sync_to_async(bump_version)()
+    keycache.key_cache._checked_at = float("-inf")  # see the change now, not in 0.5 s
+    assert (await models(shared, issued.token)).status_code == 200
+    assert (await models(shared, made_up_token())).status_code == 429
