@@ -253,10 +253,14 @@ async def test_a_prompt_over_the_limit_is_refused_not_truncated(
     fits = "the model runs"
     assert engine.count_tokens(fits) <= 16
     assert (await generate(engine, fits, max_tokens=2)).prompt_tokens == engine.count_tokens(fits)
+    one_word = "themodelruns" * 10  # one word, many tokens: it has to be encoded to tell
     with pytest.raises(PromptTooLong) as too_long:
-        await engine.submit(GenerationRequest("the model runs " * 10))
-    assert too_long.value.tokens == engine.count_tokens("the model runs " * 10) > 16
+        await engine.submit(GenerationRequest(one_word))
+    assert too_long.value.tokens == engine.count_tokens(one_word) > 16
     assert "at most 16 tokens" in str(too_long.value)
+    with pytest.raises(PromptTooLong) as many_words:  # more words than tokens allowed
+        await engine.submit(GenerationRequest("the model runs " * 10))
+    assert "at least 31" in str(many_words.value)
     huge = "x" * (16 * 64 + 1)  # refused by length alone, never tokenized
     with pytest.raises(PromptTooLong):
         engine.count_tokens(huge)
