@@ -187,10 +187,10 @@ class Engine:
         """Refuse new work, finish queued and running rows; past timeout cancel them. While
         the model loads there is nothing to drain: the load is ended, not awaited."""
         self._scheduler.close()
-        if False:
+        if self._state == LOADING or self._load_ended:
             self._end_load()
             return True
-        if self._state in (READY, LOADING):
+        if self._state == READY:
             self._set_state(STOPPED, "shutting down")
         if self._thread is None:
             return True

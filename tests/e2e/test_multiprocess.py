@@ -1,14 +1,18 @@
-"""Several daphne processes in one container: /metrics adds them all up."""
+"""Several daphne processes in one container: /metrics adds them all up; a stop is prompt."""
 
+import json
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from tests.e2e.servers import free_port, http_get, start, wait_http, wait_until
+from tests.e2e.servers import Server, alive, free_port, http_get, start, wait_http, wait_until
 
 # django_db: makes pytest-django create the test database the processes use.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -79,9 +83,68 @@ def test_serve_runs_several_processes_on_one_socket_and_starts_from_clean_metric
             http_get(f"{base}/healthz", Connection="close")
         assert healthz_count(base) == before + 10
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=20) == 0
+        # Generous: a stop takes seconds, but the machine may be busy. What must hold is that
+        # every child stopped by itself (serve kills one only past the drain's grace).
+        assert server.process.wait(timeout=STOP_WAIT_SECONDS) == 0
+        assert "did not stop" not in server.output()
     finally:
         server.stop()
+
+
+# Far longer than a stop takes, far shorter than the drain the test configures (a stop that
+# waited for the model to load would wait that long).
+STOP_WAIT_SECONDS = 90
+DRAIN_SECONDS = 600
+
+
+def children_of(pid: int) -> list[int]:
+    return [child.pid for child in psutil.Process(pid).children()]
+
+
+def model_processes(server: Server) -> list[int]:
+    """The model process of each daphne child of `serve`."""
+    return [pid for child in children_of(server.process.pid) for pid in children_of(child)]
+
+
+def test_serve_stops_at_once_while_its_models_are_still_loading(
+    app_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A model whose download never ends: the "hub" accepts connections and never answers.
+    hub = socket.create_server(("127.0.0.1", 0))
+    (tmp_path / "metrics").mkdir()
+    env = {
+        **app_env,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "INFERENCE_MODEL": "e2e/never-arrives",
+        "INFERENCE_ADAPTER": "",
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}",
+        "HF_HOME": str(tmp_path / "hf"),
+        "INFERENCE_DRAIN_SECONDS": str(DRAIN_SECONDS),
+    }
+    port = free_port()
+    argv = [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)]
+    server = start("serve-loading", [*argv, "--processes", "2"], tmp_path, env)
+    started: list[int] = []  # the daphne children and their model processes
+    try:
+        wait_http(server, f"http://127.0.0.1:{port}/healthz")
+        # Both children are loading their model: each has started its model process.
+        wait_until(lambda: len(model_processes(server)) == 2, "two model processes", 120)
+        loading = model_processes(server)
+        started = [*children_of(server.process.pid), *loading]
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz", Host="localhost")
+        assert (status, json.loads(body)["checks"]["model"]["state"]) == (503, "loading")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=STOP_WAIT_SECONDS) == 0
+        assert "did not stop" not in server.output()
+        # The loads were ended, not left running.
+        wait_until(lambda: not any(alive(pid) for pid in loading), "the loads to end")
+    finally:
+        server.stop()
+        for pid in started:  # only if the test failed: they would wait out the whole drain
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        hub.close()
 
 
 def test_serve_refuses_several_processes_without_a_metrics_directory() -> None:

@@ -6,6 +6,11 @@ all accept on it; the parent only forwards signals and exits when any child exit
 container restarts as a whole. /metrics in any child adds up every child through
 PROMETHEUS_MULTIPROC_DIR, which the parent empties before the children start: files left by an
 earlier run would otherwise be added to the new counters.
+
+A stop (SIGTERM/SIGINT) goes to every child, which drains its model (at most
+INFERENCE_DRAIN_SECONDS, then the engine cancels what is left) and exits; a child still running
+past that, plus STOP_MARGIN_SECONDS, is killed. A child whose model is still loading has nothing
+to drain and exits at once (inference/engine.py), however slow the load on a busy machine.
 """
 
 import signal
@@ -19,7 +24,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-STOP_GRACE_SECONDS = 20.0
+# After INFERENCE_DRAIN_SECONDS a child's engine cancels the rows left (at most 10 s more), then
+# daphne closes its connections: this margin covers both.
+STOP_MARGIN_SECONDS = 15.0
 ASGI_APPLICATION = "console.asgi:application"
 
 
@@ -74,11 +81,12 @@ class Command(BaseCommand):
                 subprocess.Popen(daphne_command(sock, extra), pass_fds=(sock.fileno(),))  # noqa: S603
                 for _ in range(processes)
             ]
-            sys.exit(supervise(children))
+            sys.exit(supervise(children, settings.INFERENCE_DRAIN_SECONDS + STOP_MARGIN_SECONDS))
 
 
-def supervise(children: list[subprocess.Popen]) -> int:
-    """Forward SIGTERM/SIGINT to the children; when one exits, stop the rest. Its exit code."""
+def supervise(children: list[subprocess.Popen], grace: float) -> int:
+    """Forward SIGTERM/SIGINT to the children; when one exits, stop the rest (killing any
+    still running `grace` seconds later). Its exit code."""
     stopping: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -94,10 +102,14 @@ def supervise(children: list[subprocess.Popen]) -> int:
     code = next(child.returncode for child in children if child.returncode is not None)
     if not stopping:
         forward(signal.SIGTERM, None)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    deadline = time.monotonic() + grace
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(
+                f"serve: pid {child.pid} did not stop within {grace:.0f} s; killed", file=sys.stderr
+            )
             child.kill()
+            child.wait()
     return 0 if stopping else (code or 1)
