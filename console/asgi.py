@@ -39,6 +39,12 @@ from console.metrics import MetricsEndpoint  # noqa: E402
 # /metrics before Django: Prometheus scrapes by IP, which ALLOWED_HOSTS would refuse.
 http_application = MetricsEndpoint(http_application)
 
+from console.readiness import ReadinessEndpoint  # noqa: E402
+
+# /readyz before Django, from the model's state and the last background dependency checks:
+# a replica busy serving must pass its health checks (console/readiness.py).
+http_application = ReadinessEndpoint(http_application)
+
 # 413 past MAX_BODY_BYTES while the body arrives (Traefik does not cap the streaming paths).
 http_application = BodyLimitMiddleware(http_application, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 

@@ -328,6 +328,13 @@ CSRF_COOKIE_SECURE = not DEBUG
 # Traefik terminates TLS (or cloudflared does); trust its scheme header only behind it.
 if env_bool("BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Strict-Transport-Security on answers to HTTPS requests (Django's SecurityMiddleware, so the
+# console and the admin; BEHIND_PROXY makes a request HTTPS by the proxy's X-Forwarded-Proto).
+# 0: off. Turn it on only where every client reaches the node over HTTPS: browsers then refuse
+# plain HTTP to the host for this many seconds.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # The only header we believe for the client address, set by our own Traefik.
 TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER", "")
 # ...and only when the TCP peer is one of these addresses/CIDRs (our Traefik, cloudflared);

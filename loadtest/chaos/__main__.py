@@ -4,7 +4,8 @@ Brings up the local stack (loadtest/chaos/stack.py), seeds tenants and keys, run
 (loadtest/locustfile.py: a baseline of the well-behaved users, then a 150-user swarm) while it
 restarts Redis, SIGKILLs a replica and cuts Postgres, then writes the report and plots to
 loadtest/reports/<timestamp>/ and exits 1 if a check failed (--timed-checks-advisory: only the
-correctness checks decide, as the smoke test in `make test` wants).
+correctness checks decide, as the smoke test in `make test` wants). --cpu-hog N runs N processes
+spinning on a core each beside the stack, from before the baseline to the end (chaos/hog.py).
 """
 
 import argparse
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.chaos import report  # noqa: E402
+from loadtest.chaos.hog import CpuHog  # noqa: E402
 from loadtest.chaos.stack import CpuMeter, Stack  # noqa: E402
 
 
@@ -302,6 +304,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         isolate_model=profile.isolate_model or args.isolate_model,
         model_threads=args.model_threads,
     )
+    hog = CpuHog(args.cpu_hog)
     try:
         print("starting Redis, the Postgres proxy, two replicas, Traefik, Prometheus", flush=True)
         stack.up()
@@ -338,6 +341,10 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
             f"{profile.baseline_s:.0f} s, then {profile.users} for {profile.swarm_s:.0f} s",
             flush=True,
         )
+        # Before the baseline, so that both phases run on the same machine.
+        hog.start()
+        if hog.count:
+            print(f"CPU hog: {hog.count} spinning process(es) beside the stack", flush=True)
         progress = Progress(records, total)
         progress.start()
         with (workdir / "locust.log").open("wb") as log:
@@ -352,11 +359,13 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            meter = CpuMeter(stack.cpu_by_pid({"locust": locust.pid}))
+            others = {"locust": locust.pid}
+            others |= {f"cpu hog {n}": pid for n, pid in enumerate(hog.pids, 1)}
+            meter = CpuMeter(stack.cpu_by_pid(others))
             faults = threading.Thread(target=chaos, args=(stack, profile, progress), daemon=True)
             faults.start()
             while locust.poll() is None:  # the last reading before Locust exits
-                meter.sample(stack.cpu_by_pid({"locust": locust.pid}))
+                meter.sample(stack.cpu_by_pid(others))
                 time.sleep(1)
             locust.wait(timeout=total + 180)
             faults.join(timeout=30)
@@ -386,15 +395,17 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
                 "breaker_seconds": 2.0,
                 "model_cpus": stack.model_cpus,
                 "request_cpus": stack.request_cpus,
+                "cpu_hog": hog.count,
             },
             cpu=meter.used,
             profile={**asdict(profile), "baseline_users": profile.baseline_users},
         )
-        command = {"full": "make loadtest", "smoke": "make loadtest-smoke"}.get(
-            profile.name, " ".join(["python -m loadtest.chaos", *sys.argv[1:]])
-        )
+        command = {"full": "make loadtest", "smoke": "make loadtest-smoke"}.get(profile.name)
+        if command is None or hog.count:
+            command = " ".join(["python -m loadtest.chaos", *sys.argv[1:]])
         summary = report.write_report(data, out, command)
     finally:
+        hog.stop()
         stack.down()
         if not args.keep:
             stack.drop_database()
@@ -420,6 +431,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--model-threads", type=int, default=1, help="torch threads per replica (default 1)"
+    )
+    parser.add_argument(
+        "--cpu-hog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N processes spinning on a core each beside the stack, for the whole run",
     )
     parser.add_argument("--baseline-s", type=float, help="override the profile's baseline")
     parser.add_argument("--swarm-s", type=float, help="override the profile's swarm")

@@ -516,6 +516,12 @@ def write_report(data: RunData, out: Path, command: str) -> dict:
             f"{data.settings['request_cpus']}."
             if data.settings.get("model_cpus")
             else "every process on every CPU."
+        )
+        + (
+            f" Beside the stack, from before the baseline to the end: a CPU hog of "
+            f"{data.settings['cpu_hog']} process(es) spinning on a core each (`--cpu-hog`)."
+            if data.settings.get("cpu_hog")
+            else ""
         ),
         "",
         "## Checks",
@@ -593,6 +599,7 @@ def write_report(data: RunData, out: Path, command: str) -> dict:
     summary = {
         "checks": [vars(check) for check in data.checks],
         "traffic": {"baseline": base_counts, "swarm": swarm_counts},
+        "cpu_hog": data.settings.get("cpu_hog", 0),
         "images": images,
     }
     (out / "checks.json").write_text(json.dumps(summary, indent=2))

@@ -208,7 +208,7 @@ def stack_values(replicas: list[Replica], ports: dict[str, int], e2e_dir: Path) 
 
 
 def dead_server_marked_down(internal: str, dead: str) -> bool:
-    status, body = http_get(f"{internal}/traefik/metrics", timeout=2)
+    status, body = http_get(f"{internal}/traefik/metrics", timeout=10)
     wanted = f'traefik_service_server_up{{service="app@file",url="{dead}"}} 0'
     return status == 200 and wanted in body.decode()
 

@@ -18,17 +18,32 @@ PROBE_PATH = "/v1/__e2e__/client"
 # tests see whether Traefik passes events on as they come (on /v1/completions) or holds them.
 SSE_PROBE_HEADER = b"x-e2e-probe-sse"
 SSE_EVENTS, SSE_GAP_SECONDS = 3, 0.5
+# With this header value the stream lasts a minute, or until the client leaves: how a test
+# keeps a request in flight on one replica for as long as it needs, however busy the machine.
+SSE_HOLD = b"hold"
+SSE_HOLD_EVENTS = 120
 WS_ECHO_PATH = "/ws/__e2e__/echo"
 
 
-async def sse_stream(send: Any) -> None:
+async def client_gone(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def sse_stream(receive: Any, send: Any, events: int) -> None:
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    for n in range(SSE_EVENTS):
-        body = f"data: {n}\n\n".encode()
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        await asyncio.sleep(SSE_GAP_SECONDS)
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    gone = asyncio.create_task(client_gone(receive))
+    try:
+        for n in range(events):
+            if gone.done():
+                return
+            body = f"data: {n}\n\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await asyncio.sleep(SSE_GAP_SECONDS)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+    finally:
+        gone.cancel()
 
 
 async def websocket_echo(receive: Any, send: Any) -> None:
@@ -45,8 +60,9 @@ async def websocket_echo(receive: Any, send: Any) -> None:
 async def application(scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] == "websocket" and scope["path"] == WS_ECHO_PATH:
         return await websocket_echo(receive, send)
-    if scope["type"] == "http" and any(name == SSE_PROBE_HEADER for name, _ in scope["headers"]):
-        return await sse_stream(send)
+    probe = dict(scope["headers"]).get(SSE_PROBE_HEADER) if scope["type"] == "http" else None
+    if probe is not None:
+        return await sse_stream(receive, send, SSE_HOLD_EVENTS if probe == SSE_HOLD else SSE_EVENTS)
     if scope["type"] != "http" or scope["path"] != PROBE_PATH:
         return await node_application(scope, receive, send)
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}

@@ -1,5 +1,6 @@
 """deploy/k8s: built as kustomize builds it, validated against Kubernetes' own schemas."""
 
+import ipaddress
 import shutil
 import subprocess
 
@@ -103,3 +104,33 @@ def test_postgres_and_redis_are_external_services_and_secrets_are_not_committed(
         source.get("secretRef", {}).get("name") for source in app_container(resources)["envFrom"]
     ]
     assert "inference-node-secrets" in refs
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_forwarded_addresses_are_believed_from_the_ingress_pods_only(target: str) -> None:
+    data = by_kind(build(TARGETS[target]))[("ConfigMap", "inference-node-config")]["data"]
+    assert data["TRUSTED_PROXY_HEADER"] == "X-Forwarded-For"
+    trusted = [item for item in data["TRUSTED_PROXY_ADDRESSES"].split(",") if item.strip()]
+    # Empty (no header believed) until an overlay names the ingress controller's pods; never a
+    # whole pod network such as 10.0.0.0/8, from which any pod could name any client address.
+    for item in trusted:
+        assert ipaddress.ip_network(item.strip(), strict=False).num_addresses <= 256, item
+    assert data["SECURE_HSTS_SECONDS"] == "31536000"
+
+
+def test_probes_tell_a_busy_pod_from_a_dead_one() -> None:
+    from django.conf import settings
+
+    from console.management.commands.serve import STOP_MARGIN_SECONDS
+
+    resources = build(TARGETS["base"])
+    container = app_container(resources)
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["timeoutSeconds"] >= 5, probe  # the kubelet's default is 1 s
+    assert container["readinessProbe"]["failureThreshold"] >= 3
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+    # Kubernetes waits for serve's own stop: the model's drain, then its margin.
+    pod = by_kind(resources)[("Deployment", "inference-node")]["spec"]["template"]["spec"]
+    grace = settings.INFERENCE_DRAIN_SECONDS + STOP_MARGIN_SECONDS
+    assert pod["terminationGracePeriodSeconds"] >= grace

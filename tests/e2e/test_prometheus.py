@@ -72,7 +72,7 @@ def test_prometheus_scrapes_every_replica_traefik_and_itself(
     wait_until(
         lambda: all(targets_up(stack).get(target) == "up" for target in expected),
         f"Prometheus to report {sorted(expected)} up",
-        timeout=30,
+        timeout=120,
     )
     assert set(targets_up(stack)) == expected
 
@@ -105,7 +105,7 @@ def test_prometheus_holds_the_app_metrics_of_every_replica_after_traffic(
         result = query(stack, expr)["result"]
         return bool(result) and float(result[0]["value"][1]) == direct
 
-    wait_until(caught_up, "Prometheus to scrape both replicas after the traffic", timeout=30)
+    wait_until(caught_up, "Prometheus to scrape both replicas after the traffic", timeout=120)
     traefik = 'traefik_entrypoint_requests_total{entrypoint="public",code="401"}'
     wait_until(lambda: bool(query(stack, traefik)["result"]), "Traefik's 401s in Prometheus")
 

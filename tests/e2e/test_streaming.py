@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 def event_arrival_times(base: str, path: str) -> list[tuple[float, str]]:
     """Each `data:` line of a probe SSE stream with the second it arrived."""
     url = urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     try:
         conn.request("POST", path, body=b"{}", headers={"X-E2E-Probe-Sse": "1"})
         response = conn.getresponse()
@@ -62,11 +62,11 @@ def test_the_buffered_routes_would_hold_a_stream_which_is_why_completions_skip_t
 def test_websockets_are_upgraded_and_relayed_through_traefik(stack: Stack) -> None:
     async def talk() -> list[str]:
         url = stack.public.replace("http://", "ws://") + WS_ECHO_PATH
-        async with websockets.connect(url, open_timeout=10) as socket:
+        async with websockets.connect(url, open_timeout=60) as socket:
             replies = []
             for text in ("one", "two"):
                 await socket.send(text)
-                replies.append(await asyncio.wait_for(socket.recv(), timeout=10))
+                replies.append(await asyncio.wait_for(socket.recv(), timeout=60))
             return replies
 
     assert asyncio.run(talk()) == ["echo:one", "echo:two"]
@@ -107,7 +107,7 @@ def test_a_real_completion_streams_through_traefik(stack: Stack, api_token: str)
 def test_a_websocket_completion_runs_through_traefik(stack: Stack, api_token: str) -> None:
     async def talk() -> list[dict]:
         url = stack.public.replace("http://", "ws://") + "/ws/v1/completions"
-        async with websockets.connect(url, open_timeout=10) as socket:
+        async with websockets.connect(url, open_timeout=60) as socket:
             await socket.send(json.dumps({"type": "auth", "api_key": api_token}))
             await socket.send(
                 json.dumps(
@@ -116,7 +116,7 @@ def test_a_websocket_completion_runs_through_traefik(stack: Stack, api_token: st
             )
             frames = []
             while not frames or frames[-1]["type"] not in ("completion.done", "error"):
-                frames.append(json.loads(await asyncio.wait_for(socket.recv(), timeout=30)))
+                frames.append(json.loads(await asyncio.wait_for(socket.recv(), timeout=60)))
             return frames
 
     frames = asyncio.run(talk())

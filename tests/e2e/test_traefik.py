@@ -2,15 +2,20 @@
 
 import http.client
 import json
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.conftest import Stack
-from tests.e2e.probe_asgi import PROBE_PATH, SSE_PROBE_HEADER
-from tests.e2e.servers import http_get
+from deploy.render import render_tree
+from tests.e2e.conftest import Stack, stack_values
+from tests.e2e.probe_asgi import PROBE_PATH, SSE_HOLD, SSE_PROBE_HEADER
+from tests.e2e.servers import free_port, http_get, require_binary, start, wait_http, wait_until
 
 # django_db: makes pytest-django create the test database the replicas use.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -109,9 +114,7 @@ def test_credentials_never_reach_the_access_log(stack: Stack, api_token: str) ->
     def logged() -> str:
         return stack.access_log.read_text() if stack.access_log.exists() else ""
 
-    deadline = time.monotonic() + 10
-    while logged().count(agent) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: logged().count(agent) >= 2, "both requests in the access log", 60)
     text = logged()
     # Request headers are logged (the agent is there), just never the credentials.
     assert text.count(agent) == 2
@@ -182,20 +185,87 @@ def test_a_429_through_traefik_is_audited_with_the_address_traefik_saw(
 
 
 def test_a_replica_with_a_request_in_flight_is_passed_over(stack: Stack) -> None:
-    # The probe's slow stream (1.5 s) holds one replica; requests sent meanwhile all go to the
-    # other, the one with fewer in flight (p2c). Round robin would alternate between the two.
+    # The probe's held stream (a minute, or until this test leaves) keeps one replica busy;
+    # requests sent meanwhile all go to the other, the one with fewer in flight (p2c). Round
+    # robin would alternate between the two.
     url = urlsplit(stack.public)
     conn = http.client.HTTPConnection(
-        url.hostname, url.port, timeout=15, source_address=(CLIENT, 0)
+        url.hostname, url.port, timeout=60, source_address=(CLIENT, 0)
     )
-    headers = {SSE_PROBE_HEADER.decode(): "1", "Content-Type": "application/json"}
+    headers = {SSE_PROBE_HEADER.decode(): SSE_HOLD.decode(), "Content-Type": "application/json"}
     conn.request("POST", "/v1/completions", body=b"{}", headers=headers)
     response = conn.getresponse()  # its headers are here: it is in flight on one replica
     try:
         pids = [probe(stack.public)["pid"] for _ in range(6)]
         assert not response.isclosed()  # still in flight after the six
     finally:
-        response.read()
-        conn.close()
+        conn.close()  # the probe's stream ends when its client leaves
     assert len(set(pids)) == 1
     assert set(pids) < {replica.server.process.pid for replica in stack.replicas}
+
+
+def test_readyz_is_answered_before_django_on_a_replica(stack: Stack) -> None:
+    # Reached by its address, a Host that ALLOWED_HOSTS does not list: Django would say 400.
+    status, body = http_get(f"{stack.replicas[0].url}/readyz")
+    ready = json.loads(body)
+    assert status == 200 and ready["ready"] is True
+    assert set(ready["checks"]) == {"database", "redis", "model", "ratelimit"}
+
+
+# Longer than the 2 s timeout Traefik's health check had when busy replicas were taken out,
+# shorter than the one it has now (deploy/traefik/dynamic/app.yml).
+SLOW_READYZ_SECONDS = 3.0
+
+
+class SlowReadyz(BaseHTTPRequestHandler):
+    """A replica whose /readyz answers 200 after SLOW_READYZ_SECONDS; anything else at once."""
+
+    asked = 0  # health checks received
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/readyz":
+            type(self).asked += 1
+            time.sleep(SLOW_READYZ_SECONDS)
+        body = b"slow replica"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def slow_replica() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowReadyz)
+    SlowReadyz.asked = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_replica_slow_to_answer_readyz_stays_in_rotation(
+    slow_replica: str, tmp_path: Path
+) -> None:
+    ports = {name: free_port() for name in ("public", "internal", "prometheus", "dead")}
+    values = {**stack_values([], ports, tmp_path), "APP_SERVERS": [{"url": slow_replica}]}
+    render_tree(tmp_path / "config", values)
+    config = tmp_path / "config" / "traefik" / "traefik.yml"
+    traefik = start("traefik-slow", [require_binary("traefik"), f"--configFile={config}"], tmp_path)
+    internal = f"http://127.0.0.1:{ports['internal']}"
+    try:
+        wait_http(traefik, f"{internal}/ping")
+        # Traefik checks a server only after its previous check ended: at the fourth, three
+        # slow checks are over, each of which the old timeout would have failed.
+        wait_until(lambda: SlowReadyz.asked >= 4, "four health checks", timeout=120)
+        metrics = http_get(f"{internal}/traefik/metrics")[1].decode()
+        assert f'traefik_service_server_up{{service="app@file",url="{slow_replica}"}} 1' in metrics
+        assert "Health check failed" not in traefik.output()
+        # Still in rotation: the public entrypoint reaches it.
+        assert call(f"http://127.0.0.1:{ports['public']}", "GET", "/v1/x") == (200, b"slow replica")
+    finally:
+        traefik.stop()
