@@ -5,7 +5,8 @@ request that touches sync code (the request_started/finished signal receivers, e
 MiddlewareMixin middleware) starts and joins a thread of its own: measured here at ~200
 requests/s for /healthz where daphne alone does ~4,000. The API paths need none of that: their
 views, auth and middleware are async, and their few database reads (a key-cache miss) may share
-asgiref's one thread for sync code. So /v1/, /healthz and /readyz go through `ApiHandler`: the
+asgiref's one thread for sync code. So /v1/, /healthz and /readyz (when it reaches Django at all:
+console/readiness.py answers it before) go through `ApiHandler`: the
 async middleware of API_MIDDLEWARE only, and no per-request thread context. The console and the
 admin keep the stock handler and the full middleware stack (sessions, CSRF, auth, messages).
 

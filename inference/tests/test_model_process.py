@@ -110,7 +110,7 @@ def test_a_model_process_that_dies_between_batches_is_replaced_without_a_request
     engine = make_engine(process=True)
     first = model_pid(engine)
     os.kill(first, signal.SIGKILL)
-    assert wait_for(lambda: engine.status()["state"] == "loading", 5)  # /readyz says so
+    assert wait_for(lambda: engine.status()["state"] == "loading", 30)  # /readyz says so
     assert wait_for(lambda: engine.status().get("model_process") not in (None, first), 60)
     assert engine.wait_ready(60)
 

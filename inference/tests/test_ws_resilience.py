@@ -34,9 +34,9 @@ async def test_a_socket_works_while_the_channel_layer_is_unreachable(settings, i
         connected, _ = await communicator.connect()
         assert connected
         await communicator.send_to(text_data=json.dumps({"type": "auth", "api_key": "sk_x_y"}))
-        frame = json.loads(await communicator.receive_from(timeout=5))
+        frame = json.loads(await communicator.receive_from(timeout=30))
         assert frame["type"] == "error" and frame["error"]["code"] == "invalid_api_key"
-        closed = await communicator.receive_output(timeout=5)
+        closed = await communicator.receive_output(timeout=30)
         assert closed["type"] == "websocket.close" and closed["code"] == CLOSE_AUTH_FAILED
         await communicator.wait()
     finally:
@@ -57,8 +57,8 @@ async def test_a_key_that_cannot_be_checked_closes_with_try_again_later(
     )
     connected, _ = await communicator.connect()
     assert connected
-    frame = json.loads(await communicator.receive_from(timeout=5))
+    frame = json.loads(await communicator.receive_from(timeout=30))
     assert frame["type"] == "error" and frame["error"]["code"] == "service_unavailable"
-    closed = await communicator.receive_output(timeout=5)
+    closed = await communicator.receive_output(timeout=30)
     assert closed["type"] == "websocket.close" and closed["code"] == CLOSE_TRY_AGAIN_LATER
     await communicator.wait()

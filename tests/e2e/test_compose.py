@@ -243,3 +243,14 @@ def test_the_image_is_multi_stage_non_root_with_a_model_volume_and_offline_mode(
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in text
     assert 'VOLUME ["/models"]' in text and "HF_HOME=/models/hf" in text
     assert "HF_HUB_OFFLINE" in text
+
+
+def test_a_replica_may_finish_its_drain_before_docker_kills_it() -> None:
+    from django.conf import settings
+
+    app = effective("compose.yaml")["services"]["app"]
+    grace = app["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > settings.INFERENCE_DRAIN_SECONDS
+    check = app["healthcheck"]
+    # Slow is not dead: several misses in a row, each with seconds to answer.
+    assert check["retries"] >= 3 and int(str(check["timeout"]).rstrip("s")) >= 5

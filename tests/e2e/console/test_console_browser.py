@@ -180,8 +180,9 @@ def edit_a_limit(console: ConsoleBrowser, api: NodeApi, token: str) -> None:
     change = AdminAction.objects.filter(action=AdminAction.Action.LIMITS_CHANGED).first()
     assert change.actor == f"console:{STAFF_USERNAME}"
     assert (change.before["rpm"], change.after["rpm"]) == (600, 1200)
-    # The next responses follow the saved limit within 2 s (every worker's key cache).
-    wait_until(lambda: requests_limit_of(api, token) == "1200", 2.0, interval=0.05)
+    # The next responses follow the saved limit (every worker's key cache; about half a second,
+    # with a margin for a busy machine).
+    wait_until(lambda: requests_limit_of(api, token) == "1200", 15.0, interval=0.05)
     console.step("limits-saved")
 
 
@@ -227,7 +228,7 @@ def revoke(console: ConsoleBrowser, api: NodeApi, key: ApiKey, token: str) -> No
     console.step("revoke-confirmation")
     console.confirm_revoke(key.key_id)
     assert console.key_state(key.key_id) == "revoked"
-    wait_until(lambda: api.models_status(token) == 401, 3.0)
+    wait_until(lambda: api.models_status(token) == 401, 15.0)
     console.step("key-revoked", focus="#keys")
 
 
