@@ -16,7 +16,6 @@ the retry time it gave (a GCRA arrival time only moves forward, so it holds at l
 long): a flood from one address then costs no Redis round trip either.
 """
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -26,14 +25,12 @@ from collections import OrderedDict
 from django.conf import settings
 
 from console.errors import RateLimited
-from console.redis import get_redis
 from ratelimit import metrics
-from ratelimit.decision import Decision, parse_reply
+from ratelimit.decision import Decision
 from ratelimit.headers import go_duration
-from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
-from ratelimit.limits import Limit, pack_limits
-from ratelimit.local import INFLIGHT_RETRY_US, LocalLimiter
-from ratelimit.scripts import ADMIT
+from ratelimit.limiter import check_buckets, runtime
+from ratelimit.limits import Limit
+from ratelimit.local import LocalLimiter
 
 TAG = "{authfail}"
 UNUSED_KEY = f"rl:v1:{TAG}:unused"  # ADMIT's lease and audit keys: never touched here
@@ -110,24 +107,10 @@ def _limit(key: str, *, peek: bool) -> Limit:
     return Limit(NAME, "r", per_minute, per_minute, key)
 
 
-async def _check_redis(limit: Limit) -> Decision:
-    # A pure check: no lease ("" id), no audit (""), so only the address's bucket is written.
-    args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits((limit,))]
-    async with asyncio.timeout(call_timeout()):
-        reply = await ADMIT.run(get_redis("ratelimit"), [UNUSED_KEY, UNUSED_KEY, limit.key], args)
-    return parse_reply((limit,), reply)
-
-
 async def _decide(limit: Limit) -> Decision:
-    if runtime().breaker.allow():
-        try:
-            decision = await _check_redis(limit)
-        except BACKEND_ERRORS as exc:
-            record_backend_error("authfail", exc)
-        else:
-            runtime().breaker.success()
-            return decision
-    return _state().limiter.admit((limit,), 0, "")
+    return await check_buckets(
+        (limit,), unused_key=UNUSED_KEY, operation="authfail", local=_state().limiter
+    )
 
 
 def _refusal(key: str, retry_s: float) -> RateLimited:

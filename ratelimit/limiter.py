@@ -227,6 +227,27 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
     return _fallback(record, plan.limits, reserve, lease_id)
 
 
+async def check_buckets(
+    limits: tuple[Limit, ...], *, unused_key: str, operation: str, local: LocalLimiter
+) -> Decision:
+    """One all-or-nothing ADMIT of plain buckets: no lease, no reservation, no audit (login and
+    failed-authentication throttling). `unused_key` stands for ADMIT's lease and audit keys,
+    never touched, in the buckets' hash slot. While Redis cannot answer, `local` decides with
+    the same numbers, whatever RATELIMIT_FAILURE_MODE says."""
+    if runtime().breaker.allow():
+        args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits(limits)]
+        keys = [unused_key, unused_key, *(limit.key for limit in limits)]
+        try:
+            async with asyncio.timeout(call_timeout()):
+                reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
+        except BACKEND_ERRORS as exc:
+            record_backend_error(operation, exc)
+        else:
+            runtime().breaker.success()
+            return parse_reply(limits, reply)
+    return local.admit(limits, 0, "")
+
+
 async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -> None:
     """A request refused before admission (bad input, a prompt too long) still spends one unit
     of the key's and tenant's request rates, so a flood of such requests meets 429s (and the

@@ -23,7 +23,6 @@ RATELIMIT_FAILURE_MODE says: failing open would invite password guessing, failin
 lock the admins out of the console they need during an outage.
 """
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -32,12 +31,9 @@ from dataclasses import dataclass
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from console.redis import get_redis
-from ratelimit.decision import Decision, parse_reply
-from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
-from ratelimit.limits import Limit, pack_limits
-from ratelimit.local import INFLIGHT_RETRY_US
-from ratelimit.scripts import ADMIT
+from ratelimit.decision import Decision
+from ratelimit.limiter import check_buckets, runtime
+from ratelimit.limits import Limit
 
 TAG = "{login}"
 UNUSED_KEY = f"rl:v1:{TAG}:unused"  # ADMIT's record and audit keys: never touched here
@@ -96,26 +92,11 @@ def _lanes(address: str | None, username: str) -> tuple[tuple[Limit, ...], tuple
     return (*shared, ceiling), (*shared, slowed)
 
 
-async def _check_redis(limits: tuple[Limit, ...]) -> Decision:
-    # A pure check: no lease ("" id), no audit (""), so only the buckets are written.
-    args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits(limits)]
-    keys = [UNUSED_KEY, UNUSED_KEY, *(limit.key for limit in limits)]
-    async with asyncio.timeout(call_timeout()):
-        reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
-    return parse_reply(limits, reply)
-
-
 async def _admit(limits: tuple[Limit, ...]) -> Decision:
     """One all-or-nothing check: in Redis, or in this process while Redis cannot answer."""
-    if runtime().breaker.allow():
-        try:
-            decision = await _check_redis(limits)
-        except BACKEND_ERRORS as exc:
-            record_backend_error("login", exc)
-        else:
-            runtime().breaker.success()
-            return decision
-    return runtime().login_local.admit(limits, 0, "")
+    return await check_buckets(
+        limits, unused_key=UNUSED_KEY, operation="login", local=runtime().login_local
+    )
 
 
 async def check_login(*, address: str | None, username: str) -> LoginDecision:
