@@ -139,11 +139,14 @@ def check_kill_accounting(data: RunData) -> Check:
         for r in unexplained[:5]
     )
     expected = data.profile["kill_at"] < data.profile["swarm_s"]  # not in a shortened run
-    passed = len(kills) == expected and not unexplained and not survived and not ws_elsewhere
+    # A request in the kill's window whose client got a whole, good answer was answered before
+    # the process died (Traefik logs its end a little after the replica's last byte): counted,
+    # not a failure. What the check forbids is a 5xx or broken answer not explained by the kill.
+    passed = len(kills) == expected and not unexplained and not ws_elsewhere
     detail = (
         f"{len(kills)} SIGKILL; {len(in_flight)} HTTP requests were in flight on the killed "
         f"replica (Traefik's access log); {len(explained)} failed at the client ({five_xx} "
-        f"5xx, {cut} cut streams), {len(survived)} in flight there did not fail; other 5xx or "
+        f"5xx, {cut} cut streams), {len(survived)} in the kill's window got a whole answer; other 5xx or "
         f"broken answers: {len(unexplained)}{' (' + samples + ')' if samples else ''}; "
         f"WebSocket requests dropped with their socket: {len(ws_failed)}, "
         f"{len(ws_failed) - len(ws_elsewhere)} of them on the killed replica"
