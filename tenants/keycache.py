@@ -144,9 +144,19 @@ class KeyCache:
         hit, record = self._cached(key_id)
         if hit:
             return record
-        if time.monotonic() < self._db_down_until:
-            raise self._unavailable()
-        return await self._load_shared(key_id)
+        # An id Postgres said it did not know, longer ago than the negative cache keeps such
+        # marks: asked again, but while Postgres cannot answer it stays unknown (a 401, as
+        # before the outage), as a known key's stale record stays valid (stale-if-error).
+        was_unknown = key_id in self._unknown
+        try:
+            if time.monotonic() < self._db_down_until:
+                raise self._unavailable()
+            return await self._load_shared(key_id)
+        except DependencyUnavailable:
+            if was_unknown:
+                metrics.stale_key_records.inc()
+                return None
+            raise
 
     def last_known(self, key_id: str) -> KeyRecord | None:
         """The last record this process held for key_id, however old or invalidated (to tell a
@@ -179,11 +189,15 @@ class KeyCache:
         return False, None
 
     def _known_unknown(self, key_id: str, now: float) -> bool:
+        """A fresh "unknown" mark; an old one is kept (see get()) up to API_KEY_STALE_SECONDS
+        more, within the size bound."""
         learned = self._unknown.get(key_id)
         if learned is None:
             return False
-        if now - learned >= settings.API_KEY_NEGATIVE_CACHE_SECONDS:
-            del self._unknown[key_id]
+        age = now - learned
+        if age >= settings.API_KEY_NEGATIVE_CACHE_SECONDS:
+            if age >= settings.API_KEY_NEGATIVE_CACHE_SECONDS + settings.API_KEY_STALE_SECONDS:
+                del self._unknown[key_id]
             return False
         self._unknown.move_to_end(key_id)
         return True

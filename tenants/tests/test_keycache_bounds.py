@@ -61,6 +61,30 @@ async def test_an_unknown_id_is_asked_again_once_its_mark_is_old(loads, settings
     assert await key_cache.get(key_id) is None and len(calls) == 2
 
 
+async def test_an_old_unknown_mark_stays_unknown_while_postgres_cannot_answer(
+    loads, settings, monkeypatch
+) -> None:
+    """Stale-if-error for unknown ids too: a made-up token is a 401 during a Postgres outage,
+    as it was before it, not a 503 (the chaos run's Postgres cut found it)."""
+    from django.db import OperationalError
+
+    from console.errors import DependencyUnavailable
+
+    settings.API_KEY_NEGATIVE_CACHE_SECONDS = 30
+    known_unknown, never_seen = random_id(), random_id()
+    assert await key_cache.get(known_unknown) is None
+    key_cache._unknown[known_unknown] = time.monotonic() - 31  # past its age
+
+    async def unreachable(key_id: str):  # type: ignore[no-untyped-def]
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(keycache, "_load_record", unreachable)
+    assert await key_cache.get(known_unknown) is None  # asked again, still unknown
+    assert await key_cache.get(known_unknown) is None  # and during the back-off
+    with pytest.raises(DependencyUnavailable):
+        await key_cache.get(never_seen)  # never seen: the node cannot say
+
+
 async def test_a_key_issued_after_its_id_was_probed_works_at_once(
     tenant, monkeypatch, settings
 ) -> None:
