@@ -146,8 +146,9 @@ def check_kill_accounting(data: RunData) -> Check:
     detail = (
         f"{len(kills)} SIGKILL; {len(in_flight)} HTTP requests were in flight on the killed "
         f"replica (Traefik's access log); {len(explained)} failed at the client ({five_xx} "
-        f"5xx, {cut} cut streams), {len(survived)} in the kill's window got a whole answer; other 5xx or "
-        f"broken answers: {len(unexplained)}{' (' + samples + ')' if samples else ''}; "
+        f"5xx, {cut} cut streams), {len(survived)} in the kill's window got a whole answer; "
+        f"other 5xx or broken answers: {len(unexplained)}"
+        f"{' (' + samples + ')' if samples else ''}; "
         f"WebSocket requests dropped with their socket: {len(ws_failed)}, "
         f"{len(ws_failed) - len(ws_elsewhere)} of them on the killed replica"
     )
