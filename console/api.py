@@ -12,6 +12,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from console.errors import (
     ApiError,
     AuthenticationFailed,
+    InternalError,
     InvalidRequest,
     PayloadTooLarge,
     error_body,
@@ -125,9 +126,4 @@ def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     # The client gets no internals; the log gets the traceback (never request headers).
     logger.exception("unhandled error in %s %s", request.method, request.path)
     _count_error(request, 500)
-    body = error_body(
-        "The server had an error processing your request.",
-        type="server_error",
-        code="internal_error",
-    )
-    return api.create_response(request, body, status=500)
+    return api.create_response(request, InternalError().body(), status=500)

@@ -102,6 +102,24 @@ class GenerationError(ApiError):
     code = "generation_failed"
 
 
+class InternalError(ApiError):
+    """A fault of the node's own: the client gets this sentence, the log gets the traceback."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("The server had an error processing your request.")
+
+
+class ConnectionExpired(ApiError):
+    """A WebSocket reached WS_MAX_LIFETIME_SECONDS: the client opens a new one."""
+
+    status = 400
+    code = "connection_expired"
+
+
 def error_body(
     message: str,
     *,

@@ -1,4 +1,5 @@
-"""Request ids: every response carries x-request-id (the client's, if well-formed, or a new one)."""
+"""The API paths' async middleware (settings.API_MIDDLEWARE): JSON errors, HTTP metrics and
+request ids (every response carries x-request-id: the client's, if well-formed, or a new one)."""
 
 import re
 import uuid
@@ -9,8 +10,9 @@ from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from console.errors import error_body
+from console.errors import InternalError, error_body
 
+GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -19,15 +21,19 @@ def request_id_for(request: HttpRequest) -> str:
     return supplied if _VALID.match(supplied) else f"req_{uuid.uuid4().hex}"
 
 
-class RequestIdMiddleware:
-    """Async middleware: sets request.request_id and the x-request-id response header."""
+class AsyncMiddleware:
+    """Async-only middleware (ApiHandler refuses any other: no thread hop per request)."""
 
     async_capable = True
     sync_capable = False
 
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         markcoroutinefunction(self)
+
+
+class RequestIdMiddleware(AsyncMiddleware):
+    """Sets request.request_id and the x-request-id response header."""
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         request.request_id = request_id_for(request)  # type: ignore[attr-defined]
@@ -40,20 +46,16 @@ class RequestIdMiddleware:
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
-class ApiHttpMetricsMiddleware:
+class ApiHttpMetricsMiddleware(AsyncMiddleware):
     """django-prometheus's HTTP metrics for the API paths (totals, by status, by view), without
     its sync middleware, which would cost a thread hop per request. Labels stay bounded: view
     names from the URL conf, methods from a fixed list."""
 
-    async_capable = True
-    sync_capable = False
-
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
+    def __init__(self, get_response: GetResponse) -> None:
         from django_prometheus.middleware import Metrics
 
-        self.get_response = get_response
+        super().__init__(get_response)
         self.metrics = Metrics.get_instance()
-        markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         self.metrics.requests_total.inc()
@@ -95,22 +97,17 @@ def _error_for(request: HttpRequest, response: HttpResponseBase) -> dict:
             code="method_not_allowed",
         )
     if status >= 500:
-        message = "The server had an error processing your request."
-        return error_body(message, type="server_error", code="internal_error")
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        return InternalError().body()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # a status Python does not name
+        phrase = "Error"
     return error_body(f"{phrase}.", code=phrase.lower().replace(" ", "_"))
 
 
-class ApiJsonErrorsMiddleware:
+class ApiJsonErrorsMiddleware(AsyncMiddleware):
     """Outermost on the API paths: every error answer is JSON in the OpenAI shape, whatever
     DEBUG says (Django's technical 404/500 pages, ninja's text/html 405, a disallowed Host)."""
-
-    async_capable = True
-    sync_capable = False
-
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]):
-        self.get_response = get_response
-        markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = await self.get_response(request)

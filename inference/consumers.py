@@ -29,7 +29,14 @@ from pydantic import ValidationError
 
 from console import jsonbody
 from console.clientaddr import client_ip
-from console.errors import ApiError, AuthenticationFailed, InvalidRequest, RateLimited
+from console.errors import (
+    ApiError,
+    AuthenticationFailed,
+    ConnectionExpired,
+    InternalError,
+    InvalidRequest,
+    RateLimited,
+)
 from inference import metrics
 from inference.delivery import Delivery
 from inference.engine import EngineError
@@ -50,20 +57,6 @@ CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: keys cannot be checked right now (Post
 # How often a socket re-checks its key while it is open (cached: no query, no Redis call).
 KEY_RECHECK_SECONDS = 1.0
 KEY_NOT_ACCEPTED = "This API key is no longer accepted."
-
-
-class ConnectionExpired(ApiError):
-    status = 400
-    code = "connection_expired"
-
-
-class InternalError(ApiError):
-    status = 500
-    type = "server_error"
-    code = "internal_error"
-
-    def __init__(self) -> None:
-        super().__init__("The server had an error processing your request.")
 
 
 def _header(scope: dict, name: bytes) -> str | None:
