@@ -6,6 +6,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+# The engine fixtures (make_engine, any_engine, ...) serve the engine's tests and the API's.
+pytest_plugins = ["engine.tests.fixtures"]
+
 # Tests never reach a model hub: a hub id that is not in the local cache fails at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -92,7 +95,7 @@ def close_database_pools(django_db_setup: None) -> Iterator[None]:
 def clean_redis() -> Iterator[None]:
     """Each test starts with an empty test Redis database, an empty key cache and a fresh
     limiter (no open breaker, no cached refusal, no backlog left by another test)."""
-    from console.redis import get_sync_redis
+    from core.redis import get_sync_redis
     from ratelimit import limiter
     from tenants.keycache import key_cache
 
@@ -106,8 +109,8 @@ def clean_redis() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A tiny random T5 with its tokenizer (and an adapter in ./adapter), built once."""
-    from inference.loading import quiet_libraries
-    from inference.tiny_model import make_tiny_model
+    from engine.loading import quiet_libraries
+    from engine.tiny_model import make_tiny_model
 
     quiet_libraries()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from console.errors import (
+from core.errors import (
     ApiError,
     AuthenticationFailed,
     InternalError,
@@ -17,7 +17,7 @@ from console.errors import (
     PayloadTooLarge,
     error_body,
 )
-from console.jsonbody import NodeParser
+from core.jsonbody import NodeParser
 from inference.api import router as inference_router
 from inference.metrics import API_REJECTIONS, endpoint_of
 from inference.services import served_model_id
@@ -114,7 +114,7 @@ def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpRespo
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    # ninja wraps what its parser raised (console/jsonbody.py) as 400 "Cannot parse request body".
+    # ninja wraps what its parser raised (core/jsonbody.py) as 400 "Cannot parse request body".
     if isinstance(exc.__cause__, ApiError):
         return error_response(request, exc.__cause__)
     _count_error(request, exc.status_code)

@@ -8,7 +8,7 @@ Django would spool any size to disk before looking. This counts bytes as they ar
 import json
 from typing import Any
 
-from console.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 Scope = dict[str, Any]
 

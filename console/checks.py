@@ -52,7 +52,7 @@ def check_production_settings(app_configs: object = None, **kwargs: object) -> l
 
 @register(Tags.security)
 def check_trusted_proxies(app_configs: object = None, **kwargs: object) -> list[CheckMessage]:
-    from console.clientaddr import parse_trusted_addresses
+    from core.clientaddr import parse_trusted_addresses
 
     try:
         parse_trusted_addresses(settings.TRUSTED_PROXY_ADDRESSES)

@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from console.redis import get_redis
+from core.redis import get_redis
 from inference.services import model_status
 from ratelimit.limiter import health as ratelimit_health
 

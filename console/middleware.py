@@ -10,7 +10,7 @@ from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from console.errors import InternalError, error_body
+from core.errors import InternalError, error_body
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -57,7 +57,7 @@ class DependencyRefresher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        # An event loop of this thread's own: the checks' asyncio clients (console/redis.py
+        # An event loop of this thread's own: the checks' asyncio clients (core/redis.py
         # keeps one per loop) live here, and a busy server loop never delays a round.
         loop = asyncio.new_event_loop()
         try:

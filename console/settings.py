@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "channels",
     "console",
+    "pages",
     "tenants",
     "ratelimit",
     "inference",
@@ -338,7 +339,7 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # The only header we believe for the client address, set by our own Traefik.
 TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER", "")
 # ...and only when the TCP peer is one of these addresses/CIDRs (our Traefik, cloudflared);
-# console/clientaddr.py. Empty: never believe a header, use the peer address.
+# core/clientaddr.py. Empty: never believe a header, use the peer address.
 TRUSTED_PROXY_ADDRESSES = env_list("TRUSTED_PROXY_ADDRESSES", [])
 
 # Request body cap for the API (413 above it).

@@ -3,7 +3,7 @@ from django.urls import include, path
 
 from console import health
 from console.api import api
-from console.login_views import admin_login_redirect
+from pages.login_views import admin_login_redirect
 
 urlpatterns = [
     path("v1/", api.urls),
@@ -12,7 +12,7 @@ urlpatterns = [
     # Before admin.site.urls: the admin's login is the console's throttled one.
     path("admin/login/", admin_login_redirect, name="admin-login"),
     path("admin/", admin.site.urls),
-    path("console/", include("console.pages_urls")),
+    path("console/", include("pages.urls")),
     # /metrics is served before Django by console.metrics.MetricsEndpoint (console/asgi.py);
     # Traefik never routes it from the public entrypoint.
 ]

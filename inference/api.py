@@ -4,7 +4,7 @@ response out; errors are ApiErrors mapped once in console/api.py."""
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 
-from console.clientaddr import client_ip
+from core.clientaddr import client_ip
 from inference.flow import Run, plan_completion
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response

@@ -27,9 +27,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
-from console import jsonbody
-from console.clientaddr import client_ip
-from console.errors import (
+from core import jsonbody
+from core.clientaddr import client_ip
+from core.errors import (
     ApiError,
     AuthenticationFailed,
     ConnectionExpired,
@@ -37,9 +37,9 @@ from console.errors import (
     InvalidRequest,
     RateLimited,
 )
+from engine.runtime import EngineError
 from inference import metrics
 from inference.delivery import Delivery
-from inference.engine import EngineError
 from inference.flow import Run, plan_completion
 from inference.schemas import WsAuth, WsCancel, WsCompletionCreate
 from inference.services import api_error

@@ -21,11 +21,11 @@ from typing import Any
 
 from django.conf import settings
 
-from console.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
+from engine.generation import FINISH_CANCELLED
+from engine.runtime import GenerationRequest, GenerationResult, GenerationStream
 from inference import metrics
 from inference.delivery import Delivery
-from inference.engine import GenerationRequest, GenerationResult, GenerationStream
-from inference.generation import FINISH_CANCELLED
 from inference.schemas import _GenerationParams
 from inference.services import (
     engine_check_request,

@@ -1,57 +1,6 @@
-"""The engine's Prometheus metrics (names agreed in the brief; no label carries a prompt or key).
+"""The API layer's Prometheus metrics (the engine's own are in engine/metrics.py)."""
 
-Gauges declare a multiprocess_mode because several daphne processes may share one
-PROMETHEUS_MULTIPROC_DIR.
-"""
-
-from prometheus_client import Counter, Gauge, Histogram
-
-REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed", "expired")
-
-QUEUE_DEPTH = Gauge(
-    "inference_queue_depth",
-    "Requests waiting for the model (not yet in a batch).",
-    multiprocess_mode="livesum",
-)
-BATCH_SIZE = Histogram(
-    "inference_batch_size",
-    "Rows in each batch when it starts.",
-    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
-)
-TIME_TO_FIRST_TOKEN = Histogram(
-    "inference_time_to_first_token_seconds",
-    "From submission to the first generated token (queue wait included).",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-GENERATION_SECONDS = Histogram(
-    "inference_generation_seconds",
-    "From the start of the request's batch to the request's last token.",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
-)
-TOKENS_GENERATED = Counter(
-    "inference_tokens_generated",
-    "Completion tokens generated (end-of-sequence token included).",
-)
-PROMPT_TOKENS = Counter("inference_prompt_tokens", "Prompt tokens encoded.")
-REQUESTS = Counter("inference_requests", "Requests by how they ended.", labelnames=("result",))
-MODEL_LOAD_SECONDS = Gauge(
-    "inference_model_load_seconds",
-    "Seconds the last model load took (tokenizer, weights, adapter merge, quantization).",
-    multiprocess_mode="livemax",
-)
-MODEL_READY = Gauge(
-    "inference_model_ready",
-    "1 when this process's model is loaded and warmed up, else 0.",
-    multiprocess_mode="livemin",
-)
-CUDA_MEMORY_BYTES = Gauge(
-    "inference_cuda_memory_bytes",
-    "CUDA memory allocated by torch in this process (0 on the CPU).",
-    multiprocess_mode="livesum",
-)
-
-for _result in REQUEST_RESULTS:
-    REQUESTS.labels(result=_result)
+from prometheus_client import Counter, Histogram
 
 # --- The API layer ------------------------------------------------------------------------
 # `endpoint` is one of ENDPOINTS (never a raw path); `reason` is an error code from the code.

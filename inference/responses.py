@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 
-from console.errors import ApiError, ModelUnavailable
+from core.errors import ApiError, ModelUnavailable
+from engine.generation import FINISH_CANCELLED
+from engine.runtime import EngineError, GenerationResult
 from inference.delivery import Delivery, NotStreamed
-from inference.engine import EngineError, GenerationResult
 from inference.flow import Run
-from inference.generation import FINISH_CANCELLED
 from inference.services import api_error
 from inference.sse import DONE, Shape
 from ratelimit.errorcount import count_error, counts_as_error

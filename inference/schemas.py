@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inference.generation import SEED_MAX, SEED_MIN
+from engine.generation import SEED_MAX, SEED_MIN
 
 # Unknown fields refused, and no coercion: `"max_tokens": true` is not 1, `"stream": "yes"` is
 # not true (a JSON integer still fills a number field).
@@ -46,7 +46,7 @@ class _GenerationParams(BaseModel):
     n: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # What torch's generator takes (inference/generation.py): one past it would fail at decoding.
+    # What torch's generator takes (engine/generation.py): one past it would fail at decoding.
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: str | None = Field(None, max_length=256)
     presence_penalty: float | None = Field(None, ge=-2, le=2, json_schema_extra={"enum": [0]})

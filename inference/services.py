@@ -1,6 +1,6 @@
 """Glue between Django and the engine: the process's one engine, its lifecycle, error mapping.
 
-The API layer calls `engine_encode_prompt()` and `engine_submit()`; both raise console.errors
+The API layer calls `engine_encode_prompt()` and `engine_submit()`; both raise core.errors
 ApiErrors (Overloaded, ModelUnavailable, InvalidRequest) instead of engine exceptions.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
-from console.errors import (
+from core.errors import (
     ApiError,
     GenerationError,
     InvalidRequest,
@@ -26,7 +26,7 @@ from console.errors import (
     Overloaded,
     PayloadTooLarge,
 )
-from inference.engine import (
+from engine.runtime import (
     Engine,
     EngineConfig,
     EngineError,

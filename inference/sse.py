@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from inference.engine import GenerationResult
+from engine.runtime import GenerationResult
 
 DONE = b"data: [DONE]\n\n"
 

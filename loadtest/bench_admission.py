@@ -52,8 +52,8 @@ django.setup()
 
 from prometheus_client import REGISTRY  # noqa: E402
 
-from console.errors import RateLimited  # noqa: E402
-from console.redis import get_redis, get_sync_redis  # noqa: E402
+from core.errors import RateLimited  # noqa: E402
+from core.redis import get_redis, get_sync_redis  # noqa: E402
 from ratelimit import limiter  # noqa: E402
 from ratelimit.scripts import preload  # noqa: E402
 from tenants.keycache import KeyRecord  # noqa: E402

@@ -35,13 +35,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.engine import (  # noqa: E402
+from engine.loading import quiet_libraries  # noqa: E402
+from engine.runtime import (  # noqa: E402
     Engine,
     EngineConfig,
     GenerationRequest,
     GenerationResult,
 )
-from inference.loading import quiet_libraries  # noqa: E402
 
 PROMPT_TOKENS = NEW_TOKENS = 64
 BACKENDS = ("torch-int8", "bnb-int8", "bf16", "none")
@@ -77,7 +77,7 @@ def uptime() -> str:
 # --- model and prompts --------------------------------------------------------------------------
 def ensure_model(workdir: Path) -> tuple[Path, Path]:
     """The flan-t5-base-shaped random model and its adapter (built once, then reused)."""
-    from inference.tiny_model import FLAN_T5_BASE, build_adapter, build_t5, build_tokenizer
+    from engine.tiny_model import FLAN_T5_BASE, build_adapter, build_t5, build_tokenizer
 
     base, adapter = workdir / "base", workdir / "adapter"
     if not (base / "model.safetensors").is_file():
@@ -93,7 +93,7 @@ def make_prompts(base: Path, count: int) -> list[str]:
     """Distinct prompts of exactly 64 tokens (end-of-sequence token included)."""
     from transformers import AutoTokenizer
 
-    from inference.tiny_model import _WORDS
+    from engine.tiny_model import _WORDS
 
     tokenizer, rng, prompts = AutoTokenizer.from_pretrained(base), random.Random(7), []
     while len(prompts) < count:
@@ -274,7 +274,7 @@ def ct2_model(base: Path, adapter: Path, workdir: Path) -> Path:
     """The adapter merged in fp32 (as our engine serves it), converted to CTranslate2 int8."""
     from ctranslate2.converters import TransformersConverter
 
-    from inference.loading import load_model
+    from engine.loading import load_model
 
     merged, output = workdir / "merged", workdir / "ct2-int8"
     if not (output / "model.bin").is_file():

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT / "loadtest"))
 from bench_engine import ensure_model, uptime  # noqa: E402
 from harness import percentile  # noqa: E402
 
-from inference.engine import EngineConfig  # noqa: E402
-from inference.loading import quiet_libraries  # noqa: E402
-from inference.testing import generate, start_ready  # noqa: E402
+from engine.loading import quiet_libraries  # noqa: E402
+from engine.runtime import EngineConfig  # noqa: E402
+from engine.testing import generate, start_ready  # noqa: E402
 
 PROMPTS = [
     "Summarize in one sentence: the quarterly sales report was discussed at length today.",

@@ -100,8 +100,8 @@ def start_server(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]
 
 def prepare(workdir: Path, redis_url: str) -> tuple[dict[str, str], str, str]:
     """Environment for the server, a key with a spent limit, a key with room."""
-    from inference.loading import quiet_libraries
-    from inference.tiny_model import make_tiny_model
+    from engine.loading import quiet_libraries
+    from engine.tiny_model import make_tiny_model
 
     quiet_libraries()
     model = make_tiny_model(workdir / "tiny", seed=0)

@@ -33,7 +33,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 
-from console import charts, selectors  # noqa: E402
+from pages import charts, selectors  # noqa: E402
 from tenants.models import Tenant, UsageMinute  # noqa: E402
 from tenants.services import api_key_issue, tenant_create  # noqa: E402
 
@@ -92,7 +92,7 @@ def median_ms(read: Callable[[], object], rounds: int) -> float:
 
 
 def overview_client() -> Client:
-    # Console pages need the tenants app's permissions besides staff status (console/access.py).
+    # Console pages need the tenants app's permissions besides staff status (pages/access.py).
     user, _ = get_user_model().objects.update_or_create(
         username="bench", defaults={"is_staff": True, "is_superuser": True}
     )

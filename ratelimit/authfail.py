@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from console.errors import RateLimited
+from core.errors import RateLimited
 from ratelimit import metrics
 from ratelimit.decision import Decision
 from ratelimit.headers import go_duration

@@ -11,7 +11,7 @@ import asyncio
 
 from django.conf import settings
 
-from console.redis import get_redis, get_sync_redis
+from core.redis import get_redis, get_sync_redis
 from ratelimit import backlog
 from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
 from ratelimit.limits import usage_key

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
 from ratelimit import backlog
 from ratelimit.scripts import preload_sync
 from tenants.models import ApiKey, ThrottleEvent, UsageBatch, UsageMinute

@@ -9,7 +9,7 @@ RateLimit fields follow when RATELIMIT_IETF_HEADERS is on (the draft is still mo
 
 from django.conf import settings
 
-from console.errors import ApiError, QuotaExhausted, RateLimited
+from core.errors import ApiError, QuotaExhausted, RateLimited
 from ratelimit.decision import Decision, LimitState
 from ratelimit.limits import DESCRIPTIONS
 from tenants.keycache import KeyRecord

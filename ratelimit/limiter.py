@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from console.errors import Overloaded
-from console.redis import get_redis
+from core.errors import Overloaded
+from core.redis import get_redis
 from ratelimit import backlog, denycache, metrics
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.decision import Decision, parse_reply

@@ -13,8 +13,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security.base import AuthBase
 
-from console.clientaddr import client_ip
-from console.errors import PermissionDenied
+from core.clientaddr import client_ip
+from core.errors import PermissionDenied
 from ratelimit import authfail
 from tenants import tokens
 from tenants.keycache import KeyRecord, key_cache, touch_last_used
@@ -39,7 +39,7 @@ async def authenticate_token(
     A key already cached in this process is checked in memory and never throttled. Any other
     well-formed token first passes the failed-authentication limit of client_addr (429
     RateLimited when spent, before any lookup), and counts against it if it fails. None
-    (unknown address) skips that limit: callers pass console.clientaddr.client_ip().
+    (unknown address) skips that limit: callers pass core.clientaddr.client_ip().
     """
     parsed = tokens.parse_token(token) if token else None
     if parsed is None:  # missing or malformed: refused without a lookup, so not counted

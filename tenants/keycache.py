@@ -39,8 +39,8 @@ from django.db import DatabaseError, close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from console.errors import DependencyUnavailable
-from console.redis import get_redis, get_sync_redis
+from core.errors import DependencyUnavailable
+from core.redis import get_redis, get_sync_redis
 from tenants import metrics
 from tenants.models import ApiKey
 

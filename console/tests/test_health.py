@@ -13,9 +13,9 @@ from django.test import AsyncClient
 from console import health
 from console.handlers import ApiHandler
 from console.readiness import NOT_CHECKED, DependencyRefresher, ReadinessEndpoint
-from inference.engine import Engine
+from engine.runtime import Engine
+from engine.testing import start_ready, tiny_config
 from inference.services import set_engine
-from inference.testing import start_ready, tiny_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,9 +5,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from django.test import AsyncClient
 
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
+from engine.runtime import Engine, GenerationRequest
 from inference import services
-from inference.engine import Engine, GenerationRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +42,7 @@ async def _complete(token: str, **params: object):  # type: ignore[no-untyped-de
 async def test_a_model_that_failed_to_load_gets_503_with_the_fix_and_costs_nothing(
     installed, tiny_model_dir, issued
 ) -> None:
-    from inference.testing import tiny_config
+    from engine.testing import tiny_config
 
     engine = Engine(tiny_config(tiny_model_dir, model="/nonexistent/model"))
     engine.start()

@@ -10,7 +10,7 @@ from django.test import AsyncClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
 from inference import services
 from tenants.services import api_key_issue, tenant_set_limits
 
@@ -89,7 +89,7 @@ def test_the_cheap_token_bound_never_exceeds_the_real_count(tiny_loaded, text: s
 
 @pytest.fixture(scope="module")
 def tiny_loaded(tiny_model_dir):  # type: ignore[no-untyped-def]
-    from inference.loading import load_model
+    from engine.loading import load_model
 
     return load_model(str(tiny_model_dir), quantization="none", device="cpu")
 

@@ -9,9 +9,9 @@ from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
 
 from console.handlers import ApiHandler, PathDispatcher
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
+from engine.runtime import GenerationRequest
 from inference import services
-from inference.engine import GenerationRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from inference.testing import running_engine, tiny_config
+from engine.testing import running_engine, tiny_config
 
 
 def make(folder: Path, *args: str) -> str:
@@ -40,7 +40,7 @@ def test_the_same_seed_gives_the_same_files_and_another_seed_does_not(
 
 
 async def test_the_tiny_model_serves_with_its_adapter(tiny_model_dir: Path) -> None:
-    from inference.testing import generate
+    from engine.testing import generate
 
     config = tiny_config(tiny_model_dir, adapter=str(tiny_model_dir / "adapter"))
     with running_engine(config) as engine:

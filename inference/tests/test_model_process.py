@@ -16,9 +16,9 @@ import pytest
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
+from engine.runtime import Engine, GenerationFailed, GenerationRequest, ModelNotReady
+from engine.testing import generate, tiny_config
 from inference import services
-from inference.engine import Engine, GenerationFailed, GenerationRequest, ModelNotReady
-from inference.testing import generate, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["Hello café", "The model runs over the river today and tomorrow", "🙂 東京", "a"]
@@ -50,7 +50,7 @@ async def test_the_model_process_decodes_exactly_what_the_model_thread_does(
     make_engine: Callable[..., Engine],
 ) -> None:
     thread, process = make_engine(), make_engine(process=True)
-    assert "inference.worker" in " ".join(psutil.Process(model_pid(process)).cmdline())
+    assert "engine.worker" in " ".join(psutil.Process(model_pid(process)).cmdline())
     assert thread.status().get("model_process") is None
     for prompt in PROMPTS:
         for params in ({"temperature": 0.0}, {"temperature": 0.9, "seed": 7, "top_p": 0.8}):
@@ -137,7 +137,7 @@ def test_stopping_the_engine_ends_the_model_process(make_engine: Callable[..., E
 
 def test_the_model_process_ends_when_the_server_is_killed(tiny_model_dir: Path) -> None:
     script = (
-        "from inference.testing import start_ready, tiny_config\n"
+        "from engine.testing import start_ready, tiny_config\n"
         f"engine = start_ready(tiny_config({str(tiny_model_dir)!r}, process=True))\n"
         "print(engine.status()['model_process'], flush=True)\n"
         "import time; time.sleep(120)\n"

@@ -9,10 +9,10 @@ import pytest
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
+from engine.batcher import Job, Scheduler
+from engine.runtime import Engine, GenerationRequest, QueueTimeout
+from engine.testing import collect, generate
 from inference import services
-from inference.batcher import Job, Scheduler
-from inference.engine import Engine, GenerationRequest, QueueTimeout
-from inference.testing import collect, generate
 
 # Long enough to outlast the queue bound many times over (seconds on the tiny model).
 LONG_RUN = 1500

@@ -5,10 +5,10 @@ import pytest
 from django.test import AsyncClient
 from pydantic import ValidationError
 
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
+from engine.generation import SEED_MAX, SEED_MIN
+from engine.runtime import GenerationFailed, InvalidGeneration, RowFailed
 from inference import services
-from inference.engine import GenerationFailed, InvalidGeneration, RowFailed
-from inference.generation import SEED_MAX, SEED_MIN
 from inference.schemas import WsCompletionCreate
 
 pytestmark = pytest.mark.django_db(transaction=True)

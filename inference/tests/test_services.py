@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from django.test import AsyncClient, override_settings
 
-from console.errors import InvalidRequest, ModelUnavailable, Overloaded, PayloadTooLarge
+from core.errors import InvalidRequest, ModelUnavailable, Overloaded, PayloadTooLarge
+from engine.runtime import Engine, GenerationRequest
+from engine.testing import tiny_config
 from inference import services
-from inference.engine import Engine, GenerationRequest
-from inference.testing import tiny_config
 
 
 def failed_engine(tiny_model_dir: Path) -> Engine:
@@ -51,7 +51,7 @@ async def test_readyz_is_503_with_the_reason_until_the_model_is_ready(
 async def test_readyz_stays_200_but_degraded_when_a_shared_dependency_fails(
     installed, make_engine, settings
 ) -> None:
-    from console.redis import reset_clients
+    from core.redis import reset_clients
     from ratelimit import limiter
 
     installed(make_engine())

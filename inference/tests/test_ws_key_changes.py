@@ -10,8 +10,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from engine.runtime import Engine
 from inference.consumers import CLOSE_AUTH_FAILED, CLOSE_LIFETIME, CompletionConsumer
-from inference.engine import Engine
 from tenants import services as tenant_services
 
 pytestmark = pytest.mark.django_db(transaction=True)

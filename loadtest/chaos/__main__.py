@@ -113,7 +113,7 @@ SMOKE = Profile(
 def ensure_model(profile: Profile) -> tuple[Path, Path, str, str]:
     """(model folder, adapter folder, served name, quantization)."""
     if profile.name.startswith("smoke"):
-        from inference.tiny_model import make_tiny_model
+        from engine.tiny_model import make_tiny_model
 
         folder = ROOT / ".cache" / "chaos-tiny-model"
         if not (folder / "config.json").is_file():

@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from console.redis import reset_clients
+from core.redis import reset_clients
 from ratelimit import limiter
 
 

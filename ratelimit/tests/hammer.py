@@ -15,7 +15,7 @@ import django
 
 
 async def _rate(record, tokens: int, deadline: float, out: list) -> None:  # type: ignore[no-untyped-def]
-    from console.errors import RateLimited
+    from core.errors import RateLimited
     from ratelimit import limiter
 
     while time.monotonic() < deadline:
@@ -30,7 +30,7 @@ async def _rate(record, tokens: int, deadline: float, out: list) -> None:  # typ
 
 
 async def _inflight(record, hold: float, deadline: float, out: list) -> None:  # type: ignore[no-untyped-def]
-    from console.errors import RateLimited
+    from core.errors import RateLimited
     from ratelimit import limiter
 
     while time.monotonic() < deadline:

@@ -3,8 +3,8 @@
 import pytest
 from prometheus_client import REGISTRY
 
-from console.errors import RateLimited
-from console.redis import get_sync_redis, reset_clients
+from core.errors import RateLimited
+from core.redis import get_sync_redis, reset_clients
 from ratelimit.authfail import count_failure, refuse_if_blocked
 from ratelimit.tests.test_faults import _free_port
 

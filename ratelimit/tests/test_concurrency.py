@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from console.errors import RateLimited
+from core.errors import RateLimited
 from ratelimit import limiter
 from ratelimit.tests.helpers import make_record
 

@@ -17,7 +17,7 @@ CHILD = """
 import asyncio, sys, time
 import django
 django.setup()
-from console.errors import RateLimited
+from core.errors import RateLimited
 from ratelimit import limiter
 from tenants.auth import authenticate_token
 

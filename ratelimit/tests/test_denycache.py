@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from prometheus_client import REGISTRY
 
-from console.errors import RateLimited
+from core.errors import RateLimited
 from ratelimit import limiter
 from ratelimit.flush import flush
 from tenants.auth import authenticate_token

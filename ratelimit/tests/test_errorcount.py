@@ -9,7 +9,7 @@ import pytest
 from django.db.models import Sum
 from prometheus_client import REGISTRY
 
-from console.redis import get_sync_redis, reset_clients
+from core.redis import get_sync_redis, reset_clients
 from ratelimit import backlog, errorcount, flush, limiter
 from ratelimit.limits import usage_key
 from ratelimit.tests.helpers import make_record

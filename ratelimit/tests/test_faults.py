@@ -17,8 +17,8 @@ import redis
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
-from console.errors import Overloaded, RateLimited
-from console.redis import get_sync_redis, reset_clients
+from core.errors import Overloaded, RateLimited
+from core.redis import get_sync_redis, reset_clients
 from ratelimit import backlog, flush, limiter
 from ratelimit.limits import usage_key
 from ratelimit.scripts import ALL

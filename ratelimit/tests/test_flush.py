@@ -16,8 +16,8 @@ from django.db.models import Sum
 from django.test import override_settings
 
 from conftest import database_url_for_current_test_db
-from console.errors import RateLimited
-from console.redis import get_sync_redis
+from core.errors import RateLimited
+from core.redis import get_sync_redis
 from ratelimit import backlog, flush, limiter
 from ratelimit.tests.helpers import make_record
 from tenants.models import ThrottleEvent, UsageBatch, UsageMinute
@@ -98,7 +98,7 @@ CHILD = """
 import os, sys, django
 django.setup()
 from django.db import transaction
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
 from ratelimit import flush
 client = get_sync_redis("ratelimit")
 batches = flush.claim_batches(client, "usage")

@@ -8,7 +8,7 @@ import pytest
 from django.test import RequestFactory
 
 from console.api import error_response
-from console.errors import QuotaExhausted, RateLimited
+from core.errors import QuotaExhausted, RateLimited
 from ratelimit import limiter
 from ratelimit.decision import Decision, LimitState
 from ratelimit.headers import denial_error, denial_headers, go_duration, rate_headers

@@ -9,8 +9,8 @@ import pytest
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
-from console.errors import QuotaExhausted, RateLimited
-from console.redis import get_sync_redis
+from core.errors import QuotaExhausted, RateLimited
+from core.redis import get_sync_redis
 from ratelimit import limiter
 from ratelimit.limits import throttle_key, usage_key
 from ratelimit.tests.helpers import make_record, usage_totals

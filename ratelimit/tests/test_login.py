@@ -1,10 +1,10 @@
 """Console login throttling through the ADMIT script: per address, per (username, address)
 and a per-username ceiling that slows each address instead of refusing (more in
-console/tests/test_login_fairness.py)."""
+pages/tests/test_login_fairness.py)."""
 
 import pytest
 
-from console.redis import get_sync_redis, reset_clients
+from core.redis import get_sync_redis, reset_clients
 from ratelimit.login import check_login, check_login_sync
 from ratelimit.tests.test_faults import _free_port
 

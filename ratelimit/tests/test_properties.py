@@ -13,7 +13,7 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.redis import get_sync_redis
+from core.redis import get_sync_redis
 from ratelimit.decision import decode_reply
 from ratelimit.limits import usage_key
 from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE

@@ -68,7 +68,7 @@ async def test_an_old_unknown_mark_stays_unknown_while_postgres_cannot_answer(
     as it was before it, not a 503 (the chaos run's Postgres cut found it)."""
     from django.db import OperationalError
 
-    from console.errors import DependencyUnavailable
+    from core.errors import DependencyUnavailable
 
     settings.API_KEY_NEGATIVE_CACHE_SECONDS = 30
     known_unknown, never_seen = random_id(), random_id()

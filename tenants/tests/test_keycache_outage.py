@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from django.test import AsyncClient
 
-from console.errors import DependencyUnavailable
+from core.errors import DependencyUnavailable
 from tenants import keycache
 from tenants.auth import authenticate_token
 from tenants.models import ApiKey

@@ -1,7 +1,7 @@
 """The real ASGI application plus one test-only route that reports what the app derives.
 
 daphne serves this module in the end-to-end tests so that a test can see, through the real
-Traefik, which client address console/clientaddr.py settles on and which process answered.
+Traefik, which client address core/clientaddr.py settles on and which process answered.
 Every other request goes to console.asgi.application untouched.
 """
 
@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from console.asgi import application as node_application
-from console.clientaddr import client_address
+from core.clientaddr import client_address
 
 PROBE_PATH = "/v1/__e2e__/client"
 # A request carrying this header gets a slow Server-Sent Events stream on any path: how the

@@ -10,7 +10,7 @@ earlier run would otherwise be added to the new counters.
 A stop (SIGTERM/SIGINT) goes to every child, which drains its model (at most
 INFERENCE_DRAIN_SECONDS, then the engine cancels what is left) and exits; a child still running
 past that, plus STOP_MARGIN_SECONDS, is killed. A child whose model is still loading has nothing
-to drain and exits at once (inference/engine.py), however slow the load on a busy machine.
+to drain and exits at once (engine/runtime.py), however slow the load on a busy machine.
 """
 
 import signal
@@ -47,7 +47,7 @@ def empty_multiproc_dir(path: str) -> None:
 
 
 def daphne_command(sock: socket.socket, extra: list[str]) -> list[str]:
-    # No --proxy-headers: the client address comes from console/clientaddr.py, which trusts
+    # No --proxy-headers: the client address comes from core/clientaddr.py, which trusts
     # the proxy header only from TRUSTED_PROXY_ADDRESSES.
     return [sys.executable, "-m", "daphne", "--fd", str(sock.fileno()), *extra, ASGI_APPLICATION]
 

@@ -15,8 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from inference.loading import quiet_libraries
-        from inference.tiny_model import make_tiny_model
+        from engine.loading import quiet_libraries
+        from engine.tiny_model import make_tiny_model
 
         quiet_libraries()
         folder = Path(options["dir"]).expanduser().resolve()

@@ -82,7 +82,7 @@ def model_name(server: LiveDaphne) -> str:
 
 def wait_for_release(tenant_id: int, timeout: float = 20.0) -> list[str]:
     """Wait until the tenant holds no lease (every request settled); what is still held."""
-    from console.redis import get_sync_redis
+    from core.redis import get_sync_redis
 
     redis = get_sync_redis()
     deadline = time.monotonic() + timeout

@@ -1,0 +1,281 @@
+"""One batch on the model thread: encoder once, then decoder steps over the KV cache
+(engine/t5_decoder.py).
+
+Each row stops on its own (end of sequence, its max_tokens, its stop strings, cancellation);
+finished rows leave the batch (their cache rows are dropped), so the remaining rows decode
+at the smaller batch size, and the batch ends when no row is left.
+
+A fault in one row's own work (its generator, detokenizer, stop strings, sampling, events)
+fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise); only a
+fault in the shared part (encoder, decoder step) fails the batch.
+"""
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+import torch
+
+from engine import metrics
+from engine.batcher import Job
+from engine.detokenize import IncrementalDetokenizer, StopStringFilter
+from engine.generation import (
+    FINISH_CANCELLED,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    SEED_MESSAGE,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    InvalidGeneration,
+    RowFailed,
+)
+from engine.loading import LoadedModel
+from engine.t5_decoder import T5DecoderStep
+
+logger = logging.getLogger(__name__)
+
+CACHE_START = 128
+FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
+
+
+class Row:
+    """One request's decoding state inside a batch."""
+
+    def __init__(self, job: Job, model: LoadedModel, started_at: float) -> None:
+        self.job = job
+        self.request = job.request
+        self.eos_id = model.eos_id
+        self.started_at = started_at
+        self.detokenizer = IncrementalDetokenizer(model.decode, model.byte_ids, model.special_ids)
+        self.stops = StopStringFilter(job.request.stop)
+        self.generator = _generator(job.request)
+        self.first_token_at: float | None = None
+        self.finish_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finish_reason is None
+
+    def accept(self, token: int, now: float) -> None:
+        """Take the row's next token: stream its text or finish the row."""
+        if self.first_token_at is None:
+            self.first_token_at = now
+            if self.job.record:
+                metrics.TIME_TO_FIRST_TOKEN.observe(now - self.job.submitted_at)
+        if token == self.eos_id and not self.request.ignore_eos:
+            self.detokenizer.ids.append(token)
+            return self.finish(FINISH_STOP, now)
+        piece = self.stops.feed(self.detokenizer.push(token))
+        if self.stops.stopped:
+            return self.finish(FINISH_STOP, now, piece)
+        if len(self.detokenizer.ids) >= self.request.max_tokens:
+            return self.finish(FINISH_LENGTH, now, piece)
+        if piece:
+            self.job.send("delta", (piece, len(self.detokenizer.ids)))
+
+    def advance(self, logits: torch.Tensor, greedy: int, now: float) -> int:
+        """Choose the row's next token and take it; a fault here ends this row alone."""
+        try:
+            token = (
+                greedy if self.generator is None else sample(logits, self.request, self.generator)
+            )
+            self.accept(token, now)
+        except Exception as exc:
+            self.fail(exc)
+            return greedy  # never decoded: the row leaves the batch
+        return token
+
+    def cancel(self, now: float) -> None:
+        """End the row as cancelled; a fault while flushing its text ends it alone."""
+        try:
+            self.finish(FINISH_CANCELLED, now)
+        except Exception as exc:
+            self.fail(exc)
+
+    def fail(self, exc: Exception) -> None:
+        """End the row with an error event (unless its result went out already)."""
+        self.finish_reason = FAILED
+        fail_job(self.job, exc)
+
+    def finish(self, reason: str, now: float, piece: str = "") -> None:
+        """End the row: send the rest of its text, then its result."""
+        self.finish_reason = reason
+        piece += self.stops.feed(self.detokenizer.flush())
+        piece += self.stops.finish()
+        if piece:
+            self.job.send("delta", (piece, len(self.detokenizer.ids)))
+        result = self._result(reason, now)
+        if self.job.record:  # before "done": whoever sees the result sees it counted
+            record_result(result)
+        self.job.finished = True
+        self.job.send("done", result)
+
+    def _result(self, reason: str, now: float) -> GenerationResult:
+        submitted = self.job.submitted_at
+        first = self.first_token_at
+        return GenerationResult(
+            text=self.stops.text,
+            prompt_tokens=len(self.job.prompt_ids),
+            completion_tokens=len(self.detokenizer.ids),
+            finish_reason=reason,
+            queue_seconds=self.started_at - submitted,
+            first_token_seconds=None if first is None else first - submitted,
+            generation_seconds=now - self.started_at,
+            token_ids=list(self.detokenizer.ids),
+        )
+
+
+def record_batch(jobs: list[Job]) -> None:
+    """A batch's size and prompt tokens, in the process that serves /metrics."""
+    metrics.BATCH_SIZE.observe(len(jobs))
+    metrics.PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
+
+
+def record_result(result: GenerationResult, *, first_token: bool = False) -> None:
+    """A finished row's figures (and its time to first token, when not observed as it came)."""
+    if first_token and result.first_token_seconds is not None:
+        metrics.TIME_TO_FIRST_TOKEN.observe(result.first_token_seconds)
+    metrics.GENERATION_SECONDS.observe(result.generation_seconds)
+    metrics.TOKENS_GENERATED.inc(result.completion_tokens)
+    outcome = "cancelled" if result.finish_reason == FINISH_CANCELLED else "completed"
+    metrics.REQUESTS.labels(result=outcome).inc()
+
+
+def fail_job(job: Job, exc: Exception) -> None:
+    """Tell one job its own work failed (counted first, as a result is); its batch goes on."""
+    if job.finished:
+        logger.exception("inference: a row failed after its result was sent")
+        return
+    if isinstance(exc, EngineError):
+        logger.warning("inference: a row was refused: %s", exc)
+        error: EngineError = exc
+    else:
+        logger.exception("inference: a row failed; its batch goes on")
+        error = RowFailed(f"The model failed on this request alone ({type(exc).__name__}).")
+    job.finished = True
+    if job.record:
+        metrics.REQUESTS.labels(result="failed").inc()
+    job.send("error", error)
+
+
+def _generator(request: GenerationRequest) -> torch.Generator | None:
+    if request.temperature == 0:
+        return None  # greedy
+    # One generator per row: a seeded request draws the same numbers whatever its batch-mates.
+    seed = request.seed if request.seed is not None else secrets.randbits(63)
+    try:
+        return torch.Generator(device="cpu").manual_seed(seed)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        # A seed torch refuses (validate() keeps them out; this is for callers that skip it).
+        raise InvalidGeneration("seed", SEED_MESSAGE) from exc
+
+
+def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
+    """Temperature, then nucleus (top_p) sampling of one row, on the CPU for reproducibility."""
+    probs = torch.softmax(logits.float().cpu() / request.temperature, dim=-1)
+    if not torch.isfinite(probs).all():
+        # A temperature so small that logits/temperature overflows: that is greedy decoding.
+        return int(logits.argmax())
+    if request.top_p >= 1.0:
+        return int(torch.multinomial(probs, 1, generator=generator))
+    sorted_probs, order = probs.sort(descending=True)
+    # Keep the smallest head whose mass reaches top_p; the most likely token always stays,
+    # however small top_p is (in float32 a tiny top_p is 0, which would drop every token).
+    drop = (sorted_probs.cumsum(0) - sorted_probs) >= request.top_p
+    drop[0] = False
+    sorted_probs[drop] = 0.0
+    return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+
+
+def _pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for index, prompt in enumerate(prompts):
+        ids[index, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        mask[index, : len(prompt)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class Batch:
+    """The rows still decoding and their caches; rows that end are dropped from all of them."""
+
+    def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
+        self.device = model.device
+        self.rows = rows
+        jobs = [row.job for row in rows]
+        ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
+        encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
+        # No row feeds more than max_tokens inputs to the decoder; start at most 128 positions
+        # (the buffers double when full), so a long max_tokens that ends early costs nothing.
+        capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
+        self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
+        self.next_ids = torch.full(
+            (len(jobs), 1), model.decoder_start_id, dtype=torch.long, device=model.device
+        )
+
+    def step(self) -> list[int]:
+        """One decoder step for every row (a fault here fails the batch); each row then
+        chooses and takes its next token on its own. Returns each row's token."""
+        logits = self.decoder(self.next_ids)
+        greedy = logits.argmax(dim=-1).tolist()
+        now = time.perf_counter()
+        return [
+            row.advance(logits[index], greedy[index], now) for index, row in enumerate(self.rows)
+        ]
+
+    def keep_running(self, tokens: list[int] | None = None) -> None:
+        """Drop ended rows from the batch; tokens become the next step's inputs."""
+        keep = [index for index, row in enumerate(self.rows) if row.running]
+        if tokens is not None:
+            tokens = [tokens[index] for index in keep]
+            self.next_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        if len(keep) == len(self.rows):
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.rows = [self.rows[i] for i in keep]
+        if tokens is None:
+            self.next_ids = self.next_ids[index]
+        self.decoder.keep(index)
+
+
+def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bool]) -> None:
+    """Decode jobs together until every row has ended (or been cancelled)."""
+    if jobs[0].record:
+        record_batch(jobs)
+    with torch.inference_mode():
+        rows = start_rows(model, jobs)
+        if not rows:
+            return
+        batch = Batch(model, rows)
+        while True:
+            _cancel_rows(batch.rows, abort=should_abort())
+            batch.keep_running()
+            if not batch.rows:
+                return
+            batch.keep_running(batch.step())
+            if not batch.rows:
+                return
+
+
+def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:
+    """A Row per job; a job whose own setup raises (a seed torch refuses, say) fails alone."""
+    started = time.perf_counter()
+    rows = []
+    for job in jobs:
+        try:
+            rows.append(Row(job, model, started))
+        except Exception as exc:
+            fail_job(job, exc)
+    return rows
+
+
+def _cancel_rows(rows: list[Row], *, abort: bool) -> None:
+    now = time.perf_counter()
+    for row in rows:
+        if row.running and (abort or row.job.cancelled):
+            row.cancel(now)

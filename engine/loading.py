@@ -1,0 +1,336 @@
+"""Loading: find the model offline, merge the LoRA adapter in full precision, then quantize.
+
+No Django imports. Everything here runs on the engine's model thread.
+"""
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.detokenize import byte_piece_ids, special_ids
+from engine.generation import EngineError
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("auto", "bnb-int8", "torch-int8", "bf16", "none")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MAX_INPUT_TOKENS = 512  # flan-t5 was trained on 512-token inputs
+# Prompts longer than this many characters per allowed token are refused before tokenizing,
+# so a huge body costs no tokenizer time (ordinary text is about 4 characters a token).
+PROMPT_CHARS_PER_TOKEN_CAP = 64
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
+
+
+class ModelLoadError(EngineError):
+    """The model or adapter cannot be loaded; the message says what is missing."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for decoding and the facts the scheduler needs about it."""
+
+    model: Any  # transformers T5ForConditionalGeneration (possibly quantized)
+    tokenizer: Any
+    device: torch.device
+    quantization: str
+    decoder_start_id: int
+    eos_id: int
+    pad_id: int
+    max_input_tokens: int
+    load_seconds: float
+    byte_ids: frozenset[int] = frozenset()  # byte-fallback pieces, held back while streaming
+    special_ids: frozenset[int] = frozenset()  # skipped when decoding
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.max_input_tokens * PROMPT_CHARS_PER_TOKEN_CAP
+
+    def encode(self, text: str) -> list[int]:
+        """The prompt's ids as the model sees them (end-of-sequence token included)."""
+        # encode_batch, not encode: it lets go of the interpreter lock while it works, so a
+        # long prompt encoded on another thread does not stall the event loop (measured:
+        # encode holds it for the whole call).
+        return self.tokenizer.backend_tokenizer.encode_batch([text])[0].ids
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)), without encoding: its words, plus end-of-sequence."""
+        return sum(1 for _ in _WORD.finditer(text)) + 1
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids, special tokens skipped, no clean-up (it cannot be done incrementally)."""
+        return self.tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+# A run of non-space characters holding an ASCII letter or digit: T5's tokenizer splits its
+# input at spaces (Metaspace) and no normalization drops such a character, so each run is at
+# least one token. Counting them is a lower bound on the prompt's tokens, 50x cheaper than
+# encoding it.
+_WORD = re.compile(r"[^ ]*[A-Za-z0-9][^ ]*")
+
+
+def quiet_libraries() -> None:
+    """Silence bitsandbytes' per-matmul warning (one line per 8-bit matmul) and import noise."""
+    # Set before bitsandbytes is first imported (peft and transformers import it indirectly).
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto → cuda when available, else cpu; an explicit cuda without a GPU is an error."""
+    if device not in DEVICES:
+        raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}; got {device!r}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but torch sees no CUDA GPU.")
+    return torch.device(device)
+
+
+def resolve_quantization(quantization: str, device: torch.device) -> str:
+    """auto → bnb-int8 on CUDA, torch-int8 on CPU (about 3x fp32 there, see docs/engine.md)."""
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(
+            f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}."
+        )
+    if quantization == "auto":
+        return "bnb-int8" if device.type == "cuda" else "torch-int8"
+    if quantization == "torch-int8" and device.type != "cpu":
+        raise ModelLoadError(
+            "torch-int8 (dynamic int8) runs on the CPU only; use bnb-int8 or bf16."
+        )
+    return quantization
+
+
+def configure_threads(threads: int) -> int:
+    """Set torch's intra-op threads for the calling (model) thread; 0 means one per core."""
+    count = threads if threads > 0 else len(os.sched_getaffinity(0))
+    # Called on the model thread itself: OpenMP thread counts are per calling thread.
+    torch.set_num_threads(count)
+    # The one model thread runs one op at a time; inter-op pools would only add contention.
+    with contextlib.suppress(RuntimeError):  # can only be set before the first parallel op
+        torch.set_num_interop_threads(1)
+    return count
+
+
+def locate_model(model: str, *, allow_download: bool) -> Path:
+    """A local folder with the model: the folder itself, or a hub id's snapshot in the cache."""
+    path = Path(model).expanduser()
+    if path.is_dir() or model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        return _check_folder(path, what="model", marker="config.json")
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=_HUB_FILES, local_files_only=True))
+    except Exception as cached_exc:
+        if not allow_download or constants.HF_HUB_OFFLINE:
+            off = " Downloads are off (HF_HUB_OFFLINE is set)." if allow_download else ""
+            raise ModelLoadError(_not_cached(model, cached_exc) + off) from cached_exc
+    try:
+        return Path(snapshot_download(model, allow_patterns=_HUB_FILES))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{_not_cached(model, exc)} Downloading it failed too ({type(exc).__name__})."
+        ) from exc
+
+
+def _not_cached(model: str, exc: Exception) -> str:
+    from huggingface_hub import constants
+
+    return (
+        f"Model {model!r} is not a folder on this machine and is not in the Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}): {type(exc).__name__}."
+    )
+
+
+def _check_folder(path: Path, *, what: str, marker: str) -> Path:
+    if not path.is_dir():
+        raise ModelLoadError(f"The {what} folder {str(path)!r} does not exist.")
+    if not (path / marker).is_file():
+        raise ModelLoadError(f"The {what} folder {str(path)!r} has no {marker}.")
+    return path
+
+
+@contextlib.contextmanager
+def _known_warnings() -> Iterator[None]:
+    # Deprecation notices from torch.ao/peft/transformers that say nothing about this model.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        warnings.filterwarnings("ignore", message=".*embeddings are no longer tied.*")
+        yield
+
+
+def load_model(
+    model: str,
+    *,
+    adapter: str = "",
+    quantization: str = "auto",
+    device: str = "auto",
+    max_input_tokens: int = 0,
+    allow_download: bool = True,
+) -> LoadedModel:
+    """Load tokenizer and model, merge the adapter (fp32), quantize, move to the device."""
+    started = time.perf_counter()
+    quiet_libraries()
+    target = resolve_device(device)
+    scheme = resolve_quantization(quantization, target)
+    folder = locate_model(model, allow_download=allow_download)
+    adapter_folder = (
+        _check_folder(Path(adapter).expanduser(), what="adapter", marker="adapter_config.json")
+        if adapter
+        else None
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with _known_warnings():
+        network = _build(folder, adapter_folder, scheme, target)
+    _tune(network, target)
+    loaded = _describe(network.eval(), tokenizer, target, scheme)
+    loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def _describe(network: Any, tokenizer: Any, device: torch.device, scheme: str) -> LoadedModel:
+    config = network.config
+    return LoadedModel(
+        model=network,
+        tokenizer=tokenizer,
+        device=device,
+        quantization=scheme,
+        decoder_start_id=int(config.decoder_start_token_id),
+        eos_id=int(config.eos_token_id),
+        pad_id=int(config.pad_token_id),
+        max_input_tokens=_tokenizer_limit(tokenizer),
+        load_seconds=0.0,
+        byte_ids=byte_piece_ids(tokenizer.get_vocab()),
+        special_ids=special_ids(tokenizer.backend_tokenizer),
+    )
+
+
+def _tune(network: Any, device: torch.device) -> None:
+    """Same functions, faster kernels (about +15% tokens/s on the CPU, docs/benchmarks.md)."""
+    if device.type == "cpu":
+        # Transformers' encoder takes its slow SDPA route with T5's float position-bias mask.
+        network.set_attn_implementation("eager")
+    for parent in list(network.modules()):
+        for name, child in parent.named_children():
+            faster = _faster(child)
+            if faster is not None:
+                setattr(parent, name, faster)
+
+
+def _faster(module: torch.nn.Module) -> torch.nn.Module | None:
+    kind = type(module).__name__
+    if kind == "NewGELUActivation":
+        # The tanh approximation T5 v1.1 uses, as one fused op instead of five.
+        return torch.nn.GELU(approximate="tanh")
+    if kind == "T5LayerNorm" and module.weight.dtype == torch.float32:
+        return FusedRMSNorm(module.weight, module.variance_epsilon)
+    if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+        return DirectDynamicLinear(module)
+    return None
+
+
+class FusedRMSNorm(torch.nn.Module):
+    """T5LayerNorm (RMS norm, no bias, no mean) as torch's single fused op (fp32 only)."""
+
+    def __init__(self, weight: torch.nn.Parameter, eps: float) -> None:
+        super().__init__()
+        self.weight, self.eps = weight, eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), self.weight, self.eps)
+
+
+class DirectDynamicLinear(torch.nn.Module):
+    """A dynamic int8 Linear that calls its kernel directly.
+
+    torch.ao's module goes through the op packet's Python dispatch checks on every call:
+    about 15 µs, which is 10% of a decoder step at one row.
+    """
+
+    def __init__(self, quantized: torch.nn.Module) -> None:
+        super().__init__()
+        self.packed = quantized._packed_params._packed_params
+        self.in_features, self.out_features = quantized.in_features, quantized.out_features
+        self._kernel = torch.ops.quantized.linear_dynamic.default
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # reduce_range=True, as torch.ao's module passes (7-bit activations on x86).
+        return self._kernel(hidden, self.packed, True)
+
+    def weight(self) -> torch.Tensor:
+        # A method, as on torch.ao's module: transformers' T5 feed-forward probes `wo.weight`
+        # and leaves the activations alone when it is not a tensor.
+        return torch.ops.quantized.linear_unpack(self.packed)[0]
+
+
+def _tokenizer_limit(tokenizer: Any) -> int:
+    limit = getattr(tokenizer, "model_max_length", 0) or 0
+    # Tokenizers without a limit report a huge sentinel (int(1e30)).
+    return int(limit) if 0 < limit <= 1_000_000 else DEFAULT_MAX_INPUT_TOKENS
+
+
+def _build(folder: Path, adapter: Path | None, scheme: str, device: torch.device) -> Any:
+    if scheme == "bnb-int8":
+        return _load_bnb_int8(folder, adapter, device)
+    network = _load_full_precision(folder, adapter)
+    if scheme == "torch-int8":
+        return _quantize_dynamic_int8(network)
+    if scheme == "bf16":
+        return network.to(device=device, dtype=torch.bfloat16)
+    return network.to(device)
+
+
+def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
+    from transformers import AutoModelForSeq2SeqLM
+
+    network = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32)
+    if adapter is None:
+        return network
+    from peft import PeftModel
+
+    # Merged in fp32, before any quantization: the served model pays nothing for the adapter
+    # and the LoRA delta is rounded once, together with the base weight.
+    return PeftModel.from_pretrained(network, adapter).merge_and_unload()
+
+
+def _quantize_dynamic_int8(network: Any) -> Any:
+    # In place (no second copy of the weights), then hand the freed fp32 pages back to the OS.
+    torch.ao.quantization.quantize_dynamic(
+        network, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+    )
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return network
+
+
+def _load_bnb_int8(folder: Path, adapter: Path | None, device: torch.device) -> Any:
+    from transformers import AutoModelForSeq2SeqLM, BitsAndBytesConfig
+
+    options: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    if device.type == "cuda":
+        options["device_map"] = {"": device.index or 0}
+    if adapter is None:
+        return AutoModelForSeq2SeqLM.from_pretrained(folder, **options)
+    # bitsandbytes quantizes while loading; merging into the 8-bit model would dequantize,
+    # add and requantize (two roundings). Merge in fp32, save, then load that 8-bit.
+    with tempfile.TemporaryDirectory(prefix="merged-") as merged:
+        _load_full_precision(folder, adapter).save_pretrained(merged)
+        return AutoModelForSeq2SeqLM.from_pretrained(merged, **options)

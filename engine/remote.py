@@ -1,0 +1,197 @@
+"""The engine's handle on a model process (EngineConfig.process): starts it, hands it batches and
+relays their events to the jobs' event loops. The other end is engine/worker.py.
+
+The queue, admission to it and every metric stay in the serving process; the model process only
+loads and decodes. One batch is out at a time, as on the model thread.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import types
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine import metrics
+from engine.batcher import Job
+from engine.decoding import record_batch, record_result
+from engine.generation import GenerationResult
+from engine.loading import LoadedModel, ModelLoadError
+
+if TYPE_CHECKING:
+    from engine.runtime import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelProcessExited(Exception):
+    """The model process ended while it had work (killed, or out of memory)."""
+
+
+class ModelProcess:
+    """One model process; `start()` blocks until it is ready, `run()` serves one batch."""
+
+    def __init__(self, config: "EngineConfig") -> None:
+        self.config = config
+        self.process: Any = None
+        self._conn: Any = None
+        self._send_lock = threading.Lock()  # the engine thread and the event loop both send
+        self._running: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> LoadedModel:
+        """Start the process and wait for its model; ModelLoadError when it cannot load."""
+        # A fresh interpreter (python -m engine.worker), not multiprocessing: a fork would
+        # copy a process with threads, and a spawn would import the server's main module again.
+        ours, theirs = socket.socketpair()
+        with theirs:
+            fd = theirs.fileno()
+            self.process = subprocess.Popen(  # noqa: S603 - our own module, no shell
+                [sys.executable, "-m", "engine.worker", str(fd)],
+                pass_fds=(fd,),
+                env={**os.environ, "PYTHONPATH": _python_path()},
+            )
+        self._conn = Connection(ours.detach())
+        self._send(("config", self.config, logging.getLogger("engine").getEffectiveLevel()))
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._reap()
+            raise ModelLoadError(
+                f"The model process exited while loading (exit code {code})."
+            ) from None
+        if kind == "failed":
+            self._reap()
+            raise ModelLoadError(payload)
+        return _loaded_facade(payload)
+
+    def exit_code(self) -> int | None:
+        """None while the process runs."""
+        return self.process.poll()
+
+    def _reap(self, timeout: float = 10.0) -> int | None:
+        """Wait for the process to end (killing it past the timeout); its exit code."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def run(self, jobs: list[Job]) -> None:
+        """Decode one batch in the model process, delivering each event to its job (on the
+        engine thread); ModelProcessExited if the process dies meanwhile."""
+        if jobs[0].record:
+            record_batch(jobs)
+        with self._send_lock:
+            items = []
+            for job in jobs:
+                job.remote_id = job_id = next(self._ids)
+                self._running[job_id] = job
+                items.append((job_id, job.request, job.prompt_ids, job.cancelled, job.submitted_at))
+            self._send(("batch", items))
+        try:
+            while True:
+                kind, payload = self._recv()
+                if kind == "batch_done":
+                    if payload is not None:
+                        metrics.CUDA_MEMORY_BYTES.set(payload)
+                    return
+                for job_id, event, data in payload:
+                    self._deliver(self._running[job_id], event, data)
+        finally:
+            with self._send_lock:
+                for job in jobs:
+                    self._running.pop(job.remote_id, None)
+
+    def _deliver(self, job: Job, event: str, data: Any) -> None:
+        if event in ("done", "error"):
+            job.finished = True
+            if job.record:
+                if event == "done" and isinstance(data, GenerationResult):
+                    record_result(data, first_token=True)
+                else:
+                    metrics.REQUESTS.labels(result="failed").inc()
+        job.send(event, data)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job the process is decoding (from the event loop); it ends at the next step."""
+        with self._send_lock:
+            if job.remote_id in self._running:
+                self._send(("cancel", job.remote_id))
+
+    def abort(self) -> None:
+        """Cancel every row of the batch being decoded (a shutdown past its deadline)."""
+        with self._send_lock:
+            self._send(("abort",))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the process to end after its batch; kill it past the timeout."""
+        if self.process is None:
+            return
+        with self._send_lock:
+            self._send(("stop",))
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("inference: the model process did not stop in %.0fs; killed", timeout)
+            self._reap(0)
+        self._conn.close()
+
+    def _send(self, message: tuple) -> None:
+        # A process that is gone: the engine thread finds out on its next receive.
+        with contextlib.suppress(OSError, ValueError):
+            self._conn.send(message)
+
+    def _recv(self) -> tuple:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._reap(5)
+            raise ModelProcessExited(f"The model process exited (exit code {code}).") from None
+        except Exception as exc:
+            # A message that cannot be unpickled: the rest of the batch cannot be told apart,
+            # and an engine thread that died here would leave every stream waiting forever.
+            # End the process; the engine fails the batch and starts a new one.
+            logger.exception("inference: unreadable message from the model process")
+            self.process.kill()
+            self._reap(5)
+            raise ModelProcessExited(
+                f"The model process sent a message that could not be read ({type(exc).__name__})."
+            ) from None
+
+
+def _python_path() -> str:
+    """The project's root first, so `-m engine.worker` imports this very package."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _loaded_facade(facts: dict[str, Any]) -> LoadedModel:
+    """What the serving process keeps of the model: its tokenizer (to encode and count prompt
+    tokens before admission) and the facts /readyz and the metrics report; no weights."""
+    from tokenizers import Tokenizer
+
+    tokenizer = types.SimpleNamespace(backend_tokenizer=Tokenizer.from_str(facts["tokenizer"]))
+    return LoadedModel(
+        model=None,
+        tokenizer=tokenizer,
+        device=torch.device(facts["device"]),
+        quantization=facts["quantization"],
+        decoder_start_id=facts["decoder_start_id"],
+        eos_id=facts["eos_id"],
+        pad_id=facts["pad_id"],
+        max_input_tokens=facts["max_input_tokens"],
+        load_seconds=facts["load_seconds"],
+    )

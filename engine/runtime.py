@@ -1,0 +1,434 @@
+"""The inference engine: one model per process, dynamic batching, per-request streams.
+
+No Django imports. `Engine(config).start()` loads the model on its own thread, warms it up and
+then serves batches there; `await engine.submit(request)` returns a GenerationStream whose
+`async for` yields text deltas. The event loop only ever queues jobs and receives events
+(through loop.call_soon_threadsafe); it never runs model code.
+
+With `EngineConfig.process` the model lives in a model process of its own (engine/remote.py,
+engine/worker.py): the thread then only hands it batches and relays its events, and decoding
+no longer competes with the event loop for the interpreter lock. A model process that dies is
+started again; the requests it was decoding fail, as they would with the serving process.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine import metrics
+from engine.batcher import Job, Scheduler
+from engine.decoding import run_batch
+from engine.generation import (
+    EngineError,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationResult,
+    InvalidGeneration,
+    ModelNotReady,
+    PromptTooLong,
+    QueueFull,
+    QueueTimeout,
+    RowFailed,
+)
+from engine.loading import LoadedModel
+from engine.remote import ModelProcess, ModelProcessExited
+from engine.worker import cuda_memory, load_warm, prepare
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "GenerationFailed",
+    "GenerationRequest",
+    "GenerationResult",
+    "GenerationStream",
+    "InvalidGeneration",
+    "ModelNotReady",
+    "PromptTooLong",
+    "QueueFull",
+    "QueueTimeout",
+    "RowFailed",
+]
+
+logger = logging.getLogger(__name__)
+
+LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs; inference/services.py fills it from Django settings."""
+
+    model: str
+    adapter: str = ""
+    quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch: int = 16
+    max_wait_ms: int = 10
+    max_queue: int = 256
+    # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;
+    # 0: no bound (benchmarks). Django's INFERENCE_MAX_QUEUE_WAIT_SECONDS defaults to 30.
+    max_queue_wait: float = 0.0
+    threads: int = 0  # torch intra-op threads; 0: one per available core
+    # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
+    # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
+    nice: int = 0
+    # CPUs the model thread (and its intra-op threads) may run on; empty: wherever the process
+    # may. On a CPU node, keeping the request path off the model's cores (docs/engine.md).
+    cpus: tuple[int, ...] = ()
+    max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
+    max_output_tokens: int = 512
+    allow_download: bool = True  # a hub id missing from the cache may be fetched
+    warmup: bool = True
+    # Decode in a model process of its own (spawned; nice and cpus apply to it) instead of a
+    # thread of the serving process: the request path and the decoder stop sharing one
+    # interpreter lock. Django's INFERENCE_MODEL_PROCESS defaults to on.
+    process: bool = False
+
+
+class GenerationStream:
+    """`async for delta in stream` yields text; then `stream.result` is the GenerationResult."""
+
+    def __init__(self, engine: "Engine", request: GenerationRequest, prompt_ids: list[int]) -> None:
+        self._engine = engine
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.result: GenerationResult | None = None
+        # Completion tokens covered by the deltas yielded so far (what a cut stream is billed).
+        self.tokens_streamed = 0
+        self._job = Job(request, prompt_ids, loop=asyncio.get_running_loop(), deliver=self._deliver)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._job.prompt_ids)
+
+    def _deliver(self, kind: str, payload: Any) -> None:
+        self._events.put_nowait((kind, payload))
+
+    def cancel(self) -> None:
+        """Stop the request (idempotent); a queued one leaves the queue at once."""
+        if self._job.cancelled or self._job.finished:
+            return
+        self._job.cancelled = True
+        self._engine._withdraw(self._job)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            while self.result is None:
+                kind, payload = await self._events.get()
+                if kind == "delta":
+                    text, self.tokens_streamed = payload
+                    yield text
+                elif kind == "done":
+                    self.result = payload
+                else:
+                    raise payload
+        finally:
+            # Reached on a break, an exception or the consuming task's cancellation (a client
+            # that went away): the row must stop costing model time.
+            if self.result is None:
+                self.cancel()
+
+    async def complete(self) -> GenerationResult:
+        """Consume the whole stream and return the result (for non-streaming callers)."""
+        async for _ in self:
+            pass
+        assert self.result is not None  # noqa: S101 - _iterate only ends with a result
+        return self.result
+
+
+class Engine:
+    """Loads one model and serves batches on one model thread; see the module docstring."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._scheduler = Scheduler(
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            max_queue_wait=config.max_queue_wait,
+        )
+        self._model: LoadedModel | None = None
+        self._state, self._detail = STOPPED, "not started"
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._abort = False  # set by stop() past its deadline; read by the model thread
+        self._remote: ModelProcess | None = None  # the model process, when config.process
+        self._starting: ModelProcess | None = None  # the model process being started
+        self._load_ended = False  # stop() came while loading: the load was ended, not awaited
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the model on a new thread, warm up, then serve there (returns at once)."""
+        if self._thread is not None:
+            return
+        self._set_state(LOADING, f"loading {self.config.model}")
+        self._thread = threading.Thread(target=self._main, name="inference-model", daemon=True)
+        self._thread.start()
+
+    @property
+    def is_ready(self) -> bool:
+        """Loaded, warmed up and serving (a cheap check for every request)."""
+        return self._state == READY
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is ready (True) or loading ended otherwise/timed out."""
+        self._ready.wait(timeout)
+        return self._state == READY
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Refuse new work, finish queued and running rows; past timeout cancel them. While
+        the model loads there is nothing to drain: the load is ended, not awaited."""
+        self._scheduler.close()
+        if self._state == LOADING or self._load_ended:
+            self._end_load()
+            return True
+        if self._state == READY:
+            self._set_state(STOPPED, "shutting down")
+        if self._thread is None:
+            return True
+        self._finished.wait(timeout)
+        if not self._finished.is_set():
+            logger.warning("inference drain exceeded %.1fs; cancelling the rest", timeout)
+            self._abort = True
+            if self._remote is not None:
+                self._remote.abort()
+            self._fail_jobs(self._scheduler.drop_all(), ModelNotReady("The engine stopped."))
+            self._finished.wait(10.0)
+        return self._finished.is_set()
+
+    def _end_load(self) -> None:
+        # Nothing is queued while loading (submit needs READY; a restart drops the queue), and
+        # a load on a busy box outlasts any stop's grace period: a stop must not wait for it.
+        self._load_ended = True
+        self._set_state(STOPPED, "shutting down")
+        self._ready.set()
+        starting = self._starting
+        if starting is not None and starting.process is not None:
+            # Its start() then fails and _main_remote ends (a thread's load cannot be cut
+            # short: that daemon thread ends with the interpreter).
+            starting.process.kill()
+
+    def status(self) -> dict[str, Any]:
+        """ok, state (loading|ready|failed|stopped), detail, plus model facts once loaded."""
+        status: dict[str, Any] = {
+            "ok": self._state == READY,
+            "state": self._state,
+            "detail": self._detail,
+            "model": self.config.model,
+            "queue_depth": len(self._scheduler),
+        }
+        if self._remote is not None:
+            status["model_process"] = self._remote.pid
+        if self._model is not None:
+            status["device"] = self._model.device.type
+            status["quantization"] = self._model.quantization
+            status["load_seconds"] = round(self._model.load_seconds, 3)
+        return status
+
+    def _set_state(self, state: str, detail: str) -> None:
+        self._state, self._detail = state, detail
+        metrics.MODEL_READY.set(1 if state == READY else 0)
+
+    # --- requests ----------------------------------------------------------------------------
+    @property
+    def max_input_tokens(self) -> int:
+        return self._loaded().max_input_tokens
+
+    @property
+    def max_output_tokens(self) -> int:
+        return self.config.max_output_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens incl. end-of-sequence; PromptTooLong for a prompt that cannot fit."""
+        model = self._loaded()
+        if len(text) > model.max_prompt_chars:
+            raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
+        return len(model.encode(text))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The prompt's ids (end-of-sequence included), for GenerationRequest.prompt_ids;
+        PromptTooLong for a prompt that cannot fit."""
+        return self._prompt_ids(self._loaded(), text)
+
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration.
+        The stream raises QueueTimeout when it waits longer than max_queue_wait to start,
+        GenerationFailed (RowFailed: this row alone) or InvalidGeneration once it runs."""
+        try:
+            model = self._loaded()
+            request.validate(self.config.max_output_tokens)
+            prompt_ids = self._prompt_ids(model, request.prompt, request.prompt_ids)
+            stream = GenerationStream(self, request, prompt_ids)
+            self._scheduler.put(stream._job)
+        except EngineError:
+            metrics.REQUESTS.labels(result="rejected").inc()
+            raise
+        return stream
+
+    def _prompt_ids(
+        self, model: LoadedModel, prompt: str, known: tuple[int, ...] | None = None
+    ) -> list[int]:
+        """The prompt's ids (encoded now unless `known`); PromptTooLong if they cannot fit."""
+        if known is not None:
+            ids = list(known)
+        elif len(prompt) > model.max_prompt_chars:
+            raise PromptTooLong(model.max_input_tokens, char_limit=model.max_prompt_chars)
+        elif (at_least := model.min_tokens(prompt)) > model.max_input_tokens:
+            # Certainly too long: refused without the tokenizer's time (a flood of these costs
+            # a regular-expression scan each).
+            raise PromptTooLong(model.max_input_tokens, at_least=at_least)
+        else:
+            ids = model.encode(prompt)
+        if len(ids) > model.max_input_tokens:
+            raise PromptTooLong(model.max_input_tokens, tokens=len(ids))
+        return ids
+
+    def _loaded(self) -> LoadedModel:
+        if self._state != READY or self._model is None:
+            raise ModelNotReady(self._reason())
+        return self._model
+
+    def _reason(self) -> str:
+        if self._state == LOADING:
+            return "The model is still loading."
+        if self._state == FAILED:
+            return f"The model could not be loaded: {self._detail}"
+        return f"The engine is not running ({self._detail})."
+
+    def _withdraw(self, job: Job) -> None:
+        # Called on the event loop by cancel(): a job still queued leaves the queue now (its
+        # capacity is free at once); one in a batch is dropped by the model thread next step.
+        if self._scheduler.remove(job):
+            job.finished = True
+            job.send("done", _cancelled_result(job))
+            metrics.REQUESTS.labels(result="cancelled").inc()
+        elif self._remote is not None:
+            self._remote.cancel(job)
+
+    # --- the model thread --------------------------------------------------------------------
+    def _main(self) -> None:
+        if self.config.process:
+            self._main_remote()
+            return
+        try:
+            prepare(self.config)
+            self._model = self._load()
+        except Exception as exc:
+            self._load_failed(exc)
+            return
+        self._now_ready()
+        self._serve(self._model)
+        self._set_state(STOPPED, "stopped")
+        self._finished.set()
+
+    def _load(self) -> LoadedModel:
+        model = load_warm(self.config)
+        self._loaded_in(model.load_seconds)
+        return model
+
+    def _loaded_in(self, seconds: float) -> None:
+        metrics.MODEL_LOAD_SECONDS.set(seconds)
+        logger.info("inference model ready in %.1fs: %s", seconds, self.config.model)
+
+    def _load_failed(self, exc: Exception) -> None:
+        logger.error("inference model failed to load: %s", exc)
+        self._set_state(FAILED, str(exc))
+        self._scheduler.close()
+        self._ready.set()
+        self._finished.set()
+
+    def _now_ready(self) -> None:
+        assert self._model is not None  # noqa: S101 - called once a model is loaded
+        if self._state == LOADING:  # not when stop() came during the load
+            self._set_state(READY, f"{self.config.model} ({self._model.quantization})")
+        self._ready.set()
+
+    def _serve(self, model: LoadedModel) -> None:
+        while jobs := self._scheduler.take_batch():
+            try:
+                run_batch(model, jobs, lambda: self._abort)
+            except Exception as exc:
+                logger.exception("inference batch of %d failed", len(jobs))
+                failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")
+                self._fail_jobs([job for job in jobs if not job.finished], failure)
+            if (used := cuda_memory(model)) is not None:
+                metrics.CUDA_MEMORY_BYTES.set(used)
+
+    # --- the model process (config.process) ---------------------------------------------------
+    def _main_remote(self) -> None:
+        while True:
+            remote = self._starting = ModelProcess(self.config)
+            try:
+                self._model = remote.start()
+            except Exception as exc:
+                if self._load_ended:  # stop() ended the load: not a failure
+                    break
+                self._load_failed(exc)
+                return
+            self._remote = remote
+            self._loaded_in(self._model.load_seconds)
+            self._now_ready()
+            try:
+                self._serve_remote(remote)
+            except ModelProcessExited as exc:
+                if self._state == STOPPED:  # stop() came: no new process
+                    break
+                logger.error("inference: %s Starting it again.", exc)
+                continue
+            remote.stop()
+            break
+        self._set_state(STOPPED, "stopped")
+        self._finished.set()
+
+    def _serve_remote(self, remote: ModelProcess) -> None:
+        # Wakes every second when idle to see that the process is still there: one that died
+        # between batches is started again at once, not when the next request finds it gone.
+        while (jobs := self._scheduler.take_batch(idle=1.0)) != []:
+            if jobs is not None:
+                try:
+                    remote.run(jobs)
+                except ModelProcessExited as exc:
+                    self._restarting(exc, jobs)
+                    raise
+            elif (code := remote.exit_code()) is not None:
+                exc = ModelProcessExited(f"The model process exited (exit code {code}).")
+                self._restarting(exc, [])
+                raise exc
+
+    def _restarting(self, exc: ModelProcessExited, batch: list[Job]) -> None:
+        """The model process is gone: not ready until a new one is (waiters wait for it); its
+        batch fails, the queue is refused (the new process needs as long as the first)."""
+        if self._state == READY:
+            self._ready.clear()
+            self._set_state(LOADING, f"restarting the model process ({exc})")
+        self._remote = None
+        failure = GenerationFailed("The model process exited during this batch.")
+        self._fail_jobs([job for job in batch if not job.finished], failure)
+        self._fail_jobs(self._scheduler.drop_all(), ModelNotReady(self._reason()))
+
+    def _fail_jobs(self, jobs: list[Job], error: EngineError) -> None:
+        for job in jobs:
+            job.finished = True
+            metrics.REQUESTS.labels(result="failed").inc()  # counted before anyone hears of it
+            job.send("error", error)
+
+
+def _cancelled_result(job: Job) -> GenerationResult:
+    waited = time.perf_counter() - job.submitted_at
+    return GenerationResult(
+        text="",
+        prompt_tokens=len(job.prompt_ids),
+        completion_tokens=0,
+        finish_reason="cancelled",
+        queue_seconds=waited,
+        first_token_seconds=None,
+        generation_seconds=0.0,
+    )

@@ -1,0 +1,52 @@
+"""Helpers for tests that run the real engine on the tiny model (used by inference/tests and
+reusable by other apps' tests: build the model once, start engines, collect streams)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from engine.runtime import Engine, EngineConfig, GenerationRequest, GenerationResult
+from engine.runtime import GenerationStream as Stream
+
+TINY_DEFAULTS = {"quantization": "none", "device": "cpu", "max_wait_ms": 20, "threads": 1}
+
+
+def tiny_config(model_dir: Path, **overrides: object) -> EngineConfig:
+    """An EngineConfig for the tiny model: fp32 on one CPU thread unless overridden."""
+    config = EngineConfig(model=str(model_dir), allow_download=False, **TINY_DEFAULTS)  # type: ignore[arg-type]
+    return replace(config, **overrides)
+
+
+def start_ready(config: EngineConfig, timeout: float = 120.0) -> Engine:
+    """Start an engine and block until it is ready; raises with its status otherwise."""
+    engine = Engine(config)
+    engine.start()
+    if not engine.wait_ready(timeout):
+        engine.stop(5)
+        raise RuntimeError(f"engine did not become ready: {engine.status()}")
+    return engine
+
+
+@contextmanager
+def running_engine(config: EngineConfig) -> Iterator[Engine]:
+    """A ready engine for the duration of the block, stopped afterwards."""
+    engine = start_ready(config)
+    try:
+        yield engine
+    finally:
+        engine.stop(10)
+
+
+async def collect(stream: Stream) -> tuple[list[str], GenerationResult]:
+    """Every delta of a stream and its result."""
+    deltas = [delta async for delta in stream]
+    assert stream.result is not None  # noqa: S101 - a finished stream always has one
+    return deltas, stream.result
+
+
+async def generate(engine: Engine, prompt: str, **params: object) -> GenerationResult:
+    """Submit one request and wait for its result (greedy unless told otherwise)."""
+    params.setdefault("temperature", 0.0)
+    stream = await engine.submit(GenerationRequest(prompt=prompt, **params))  # type: ignore[arg-type]
+    return await stream.complete()

@@ -1,0 +1,180 @@
+"""Loading: the adapter, each quantization on the CPU, CUDA, and models that are missing."""
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.loading import (
+    DirectDynamicLinear,
+    FusedRMSNorm,
+    ModelLoadError,
+    load_model,
+    resolve_device,
+    resolve_quantization,
+)
+from engine.runtime import Engine
+from engine.testing import generate, tiny_config
+
+PROMPTS = ["Hello café", "The model runs over the river", "quiet garden", "naïve tenant"]
+
+
+def logits(model, tokenizer, prompt: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    inputs = tokenizer(prompt, return_tensors="pt")
+    start = torch.zeros((1, 1), dtype=torch.long)
+    with torch.inference_mode():
+        return model(**inputs, decoder_input_ids=start).logits[0, -1].float()
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_the_adapter_is_merged_in_full_precision_and_equals_the_unmerged_one(
+    tiny_model_dir: Path, tokenizer
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    merged = load_model(
+        str(tiny_model_dir), adapter=str(tiny_model_dir / "adapter"), quantization="none"
+    )
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir).eval()
+    bare = [logits(base, tokenizer, p) for p in PROMPTS]
+    unmerged = PeftModel.from_pretrained(base, tiny_model_dir / "adapter").eval()
+    assert not any("lora" in name for name, _ in merged.model.named_modules())
+    for prompt, bare_logits in zip(PROMPTS, bare, strict=True):
+        with_adapter = logits(unmerged, tokenizer, prompt)
+        served = logits(merged.model, tokenizer, prompt)
+        assert torch.allclose(served, with_adapter, atol=1e-4, rtol=1e-4)
+        assert (served - bare_logits).abs().max() > 0.1  # the adapter does change the logits
+
+
+async def test_the_adapter_changes_what_the_model_writes(
+    make_engine: Callable[..., Engine], tiny_model_dir: Path
+) -> None:
+    bare = make_engine()
+    adapted = make_engine(adapter=str(tiny_model_dir / "adapter"))
+    bare_out = [(await generate(bare, p, max_tokens=12)).token_ids for p in PROMPTS]
+    adapted_out = [(await generate(adapted, p, max_tokens=12)).token_ids for p in PROMPTS]
+    assert sum(a != b for a, b in zip(bare_out, adapted_out, strict=True)) >= 3
+
+
+def first_query_layer(engine: Engine) -> torch.nn.Module:
+    model = engine._loaded().model
+    return model.encoder.block[0].layer[0].SelfAttention.q
+
+
+@pytest.fixture
+def loud_bitsandbytes() -> Iterator[None]:
+    """Undo Django's LOGGING for bitsandbytes, so only the engine's own silencing counts."""
+    loggers = [logging.getLogger(n) for n in ("bitsandbytes", "bitsandbytes.autograd._functions")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("quantization", ["torch-int8", "bnb-int8", "bf16", "none"])
+async def test_every_quantization_backend_loads_and_generates_on_the_cpu(
+    make_engine: Callable[..., Engine],
+    tiny_model_dir: Path,
+    quantization: str,
+    caplog: pytest.LogCaptureFixture,
+    loud_bitsandbytes: None,
+) -> None:
+    engine = make_engine(quantization=quantization, adapter=str(tiny_model_dir / "adapter"))
+    assert engine.status()["quantization"] == quantization
+    layer = first_query_layer(engine)
+    with caplog.at_level(logging.WARNING):
+        results = [await generate(engine, p, max_tokens=8) for p in PROMPTS]
+    assert all(r.completion_tokens > 0 and r.finish_reason in {"stop", "length"} for r in results)
+    if quantization == "torch-int8":
+        assert isinstance(layer, DirectDynamicLinear)
+    elif quantization == "bnb-int8":
+        import bitsandbytes as bnb
+
+        assert isinstance(layer, bnb.nn.Linear8bitLt)
+        assert layer.weight.dtype == torch.int8
+        # bitsandbytes logs one warning per 8-bit matmul unless silenced.
+        assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]
+    else:
+        expected = torch.bfloat16 if quantization == "bf16" else torch.float32
+        assert layer.weight.dtype == expected
+
+
+def test_auto_picks_dynamic_int8_on_the_cpu_and_refuses_it_on_cuda() -> None:
+    assert resolve_quantization("auto", torch.device("cpu")) == "torch-int8"
+    assert resolve_quantization("auto", torch.device("cuda")) == "bnb-int8"
+    with pytest.raises(ModelLoadError, match="CPU only"):
+        resolve_quantization("torch-int8", torch.device("cuda"))
+    with pytest.raises(ModelLoadError, match="one of"):
+        resolve_quantization("int4", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_load_error() -> None:
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+async def test_bnb_int8_batches_on_cuda(make_engine: Callable[..., Engine], tiny_model_dir) -> None:
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    engine = make_engine(
+        device="cuda", quantization="auto", adapter=str(tiny_model_dir / "adapter")
+    )
+    assert engine.status()["device"] == "cuda" and engine.status()["quantization"] == "bnb-int8"
+    results = await asyncio.gather(*(generate(engine, p, max_tokens=16) for p in PROMPTS))
+    assert all(r.completion_tokens > 0 for r in results)
+    assert REGISTRY.get_sample_value("inference_cuda_memory_bytes") > 0
+
+
+def failed_status(config) -> dict:  # type: ignore[no-untyped-def]
+    engine = Engine(config)
+    engine.start()
+    assert engine.wait_ready(60) is False
+    return engine.status()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"model": "/nonexistent/flan-t5-base"}, "'/nonexistent/flan-t5-base' does not exist"),
+        ({"model": "someone/never-downloaded-t5"}, "is not in the Hugging Face cache"),
+        ({"adapter": "/nonexistent/adapter"}, "adapter folder '/nonexistent/adapter'"),
+    ],
+)
+def test_a_model_that_cannot_be_loaded_leaves_the_engine_failed_with_the_reason(
+    tiny_model_dir: Path, overrides: dict, reason: str
+) -> None:
+    status = failed_status(tiny_config(tiny_model_dir, **overrides))
+    assert status["ok"] is False and status["state"] == "failed"
+    assert reason in status["detail"]
+
+
+def test_a_folder_without_a_model_says_what_is_missing(tmp_path: Path) -> None:
+    status = failed_status(tiny_config(tmp_path))
+    assert status["state"] == "failed" and "has no config.json" in status["detail"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_the_faster_modules_compute_what_they_replace() -> None:
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 64)
+    linear = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False)), {torch.nn.Linear}
+    )[0]
+    assert torch.equal(DirectDynamicLinear(linear)(hidden), linear(hidden))
+    norm = T5LayerNorm(64, eps=1e-6)
+    norm.weight.data.normal_()
+    fused = FusedRMSNorm(norm.weight, norm.variance_epsilon)
+    assert torch.allclose(fused(hidden), norm(hidden), atol=1e-6, rtol=1e-5)

@@ -1,0 +1,241 @@
+"""The model's side of the engine: load, warm up and decode batches, on the engine's model thread
+or in a model process of its own (EngineConfig.process; engine/remote.py is the other end).
+
+No Django imports, and no import of engine.runtime at module level: this module is what a
+spawned model process imports first.
+
+Why a process: the event loop and the decoding loop both run Python, and in one process they
+share one interpreter lock. A request path busy with a flood of refusals then slows every
+decoder step (each torch call gives the lock up and must win it back), and a decoder step holding
+the lock delays the answers to that flood. `python loadtest/bench_gil.py` measures both.
+"""
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from engine.batcher import Job
+from engine.decoding import run_batch
+from engine.generation import GenerationFailed, GenerationRequest
+from engine.loading import LoadedModel, configure_threads, load_model
+
+if TYPE_CHECKING:
+    from engine.runtime import EngineConfig
+
+logger = logging.getLogger("engine.worker")
+
+WARMUP = GenerationRequest(prompt="Warm up.", max_tokens=2, temperature=0.0)
+
+
+def lower_thread_priority(increment: int) -> int:
+    """Raise the calling thread's nice value by `increment` (Linux: nice is per thread, and
+    threads it creates inherit it); its new value, or the old one where that is not possible."""
+    tid = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, tid)
+    if increment <= 0:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+    except OSError as exc:
+        logger.warning("inference: cannot lower the model thread's priority (%s)", exc)
+        return current
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def pin_thread(cpus: tuple[int, ...]) -> set[int]:
+    """Keep the calling thread (and the threads it starts) on these CPUs; its CPUs after."""
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)  # 0: the calling thread (Linux)
+        except OSError as exc:
+            logger.warning("inference: cannot pin the model thread to CPUs %s (%s)", cpus, exc)
+    return os.sched_getaffinity(0)
+
+
+def prepare(config: "EngineConfig") -> None:
+    """Priority, CPUs and torch threads of the thread that will decode (before it loads)."""
+    lower_thread_priority(config.nice)
+    pin_thread(config.cpus)
+    configure_threads(config.threads)
+
+
+def load_warm(config: "EngineConfig") -> LoadedModel:
+    """Load the model and run one tiny generation through the real path: first-call
+    allocations and kernel selection happen here, not in the first client's latency."""
+    started = time.perf_counter()
+    model = load_model(
+        config.model,
+        adapter=config.adapter,
+        quantization=config.quantization,
+        device=config.device,
+        max_input_tokens=config.max_input_tokens,
+        allow_download=config.allow_download,
+    )
+    if config.warmup:
+        warmup = WarmupJob(model.encode(WARMUP.prompt))
+        run_batch(model, [warmup], lambda: False)
+        if warmup.error is not None:  # a row's fault fails it alone: here, it fails the load
+            raise warmup.error
+    model.load_seconds = time.perf_counter() - started
+    return model
+
+
+class WarmupJob(Job):
+    """The warm-up pass: nobody listens to its text, but an error it gets is kept."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        super().__init__(WARMUP, prompt_ids, record=False)
+        self.error: BaseException | None = None
+
+    def send(self, kind: str, payload: object) -> None:
+        if kind == "error" and isinstance(payload, BaseException):
+            self.error = payload
+
+
+def cuda_memory(model: LoadedModel) -> int | None:
+    """Bytes the model's tensors hold on its GPU; None on the CPU."""
+    if model.device.type != "cuda":
+        return None
+    import torch
+
+    with contextlib.suppress(RuntimeError):
+        return int(torch.cuda.memory_allocated(model.device))
+    return None
+
+
+# --- the model process ----------------------------------------------------------------------
+# Messages, parent to child: ("config", EngineConfig, log level) once, then
+# ("batch", [(id, request, prompt_ids, cancelled, submitted_at), ...]),
+# ("cancel", id), ("abort",), ("stop",). Child to parent: ("ready", facts) or ("failed", detail)
+# once; then per batch any number of ("events", [(id, kind, payload), ...]) and one
+# ("batch_done", cuda_bytes). Events are the engine's own: ("delta", (text, tokens)),
+# ("done", GenerationResult), ("error", EngineError).
+
+
+class RemoteJob(Job):
+    """A job in the model process: its events go to an outbox the worker sends once per step."""
+
+    def __init__(
+        self, job_id: int, request: GenerationRequest, prompt_ids: list[int], outbox: list
+    ) -> None:
+        super().__init__(request, prompt_ids, record=False)  # the parent records the metrics
+        self.id = job_id
+        self._outbox = outbox
+
+    def send(self, kind: str, payload: object) -> None:
+        self._outbox.append((self.id, kind, payload))
+
+
+class Worker:
+    """Serves batches from the parent until told to stop or the parent goes away."""
+
+    def __init__(self, conn: Connection, model: LoadedModel) -> None:
+        self.conn, self.model = conn, model
+        self.jobs: dict[int, RemoteJob] = {}
+        self.outbox: list[tuple[int, str, Any]] = []
+        self.aborted = self.stopping = False
+
+    def serve(self) -> None:
+        while not self.stopping:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            if message[0] == "batch":
+                self.run(message[1])
+            else:
+                self.handle(message)
+
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "cancel" and message[1] in self.jobs:
+            self.jobs[message[1]].cancelled = True
+        elif kind == "abort":
+            self.aborted = True
+        elif kind == "stop":
+            self.stopping = True
+
+    def poll(self) -> bool:
+        """Between two decoder steps: send the last step's events, read cancels; abort?"""
+        self.flush()
+        while self.conn.poll():
+            self.handle(self.conn.recv())
+        return self.aborted
+
+    def flush(self) -> None:
+        if self.outbox:
+            events, self.outbox[:] = list(self.outbox), []
+            self.conn.send(("events", events))
+
+    def run(self, items: list[tuple[int, GenerationRequest, list[int], bool, float]]) -> None:
+        self.aborted = False
+        self.jobs = {}
+        for job_id, request, prompt_ids, cancelled, submitted_at in items:
+            job = RemoteJob(job_id, request, prompt_ids, self.outbox)
+            job.cancelled = cancelled
+            # When the serving process queued it (perf_counter is the system's monotonic clock
+            # on Linux, one for every process): queue time and time to first token include the
+            # wait in its queue.
+            job.submitted_at = submitted_at
+            self.jobs[job_id] = job
+        try:
+            run_batch(self.model, list(self.jobs.values()), self.poll)
+        except (EOFError, OSError):
+            raise  # the parent is gone: nothing to tell it
+        except Exception as exc:
+            logger.exception("inference batch of %d failed", len(self.jobs))
+            failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")
+            for job in self.jobs.values():
+                if not job.finished:
+                    job.finished = True
+                    job.send("error", failure)
+        self.flush()
+        self.jobs = {}
+        self.conn.send(("batch_done", cuda_memory(self.model)))
+
+
+def facts(model: LoadedModel) -> dict[str, Any]:
+    """What the parent needs to encode prompts and report the model (the tokenizer as JSON)."""
+    return {
+        "tokenizer": model.tokenizer.backend_tokenizer.to_str(),
+        "device": str(model.device),
+        "quantization": model.quantization,
+        "decoder_start_id": model.decoder_start_id,
+        "eos_id": model.eos_id,
+        "pad_id": model.pad_id,
+        "max_input_tokens": model.max_input_tokens,
+        "load_seconds": model.load_seconds,
+    }
+
+
+def main(conn: Connection) -> None:
+    """The model process: its configuration comes first on the connection, then batches."""
+    try:
+        _, config, log_level = conn.recv()
+    except (EOFError, OSError):
+        return
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s [model process] %(message)s"
+    )
+    try:
+        prepare(config)
+        model = load_warm(config)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("failed", str(exc) or type(exc).__name__))
+        return
+    try:
+        conn.send(("ready", facts(model)))
+        Worker(conn, model).serve()
+    except (EOFError, OSError):
+        pass  # the parent went away mid-batch
+
+
+if __name__ == "__main__":  # python -m engine.worker FD (started by engine/remote.py)
+    import sys
+
+    main(Connection(int(sys.argv[1])))

@@ -1,0 +1,2 @@
+"""The admin console's pages (/console/) and the Django admin's registrations: views, forms,
+charts, read models (`selectors`) and the console's own writes (`services`)."""

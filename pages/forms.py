@@ -1,0 +1,251 @@
+"""Console forms. They validate and explain; the writes happen in tenants.services."""
+
+import secrets
+from datetime import timedelta
+
+from django import forms
+from django.core.validators import RegexValidator
+
+from pages.selectors import ThrottleFilter
+from tenants.durations import parse_duration
+from tenants.models import LIMIT_FIELDS, SCOPES, AdminAction, ApiKey, Tenant
+from tenants.services import SLUG_PATTERN, TENANT_SETTINGS
+
+# Larger limits are certainly typos, and would overflow the limiter's arithmetic.
+MAX_LIMIT = 10**12
+MAX_GRACE = timedelta(days=30)
+
+LIMIT_LABELS = {
+    "rpm": "Requests per minute",
+    "tpm": "Tokens per minute",
+    "max_inflight": "Max in-flight requests",
+    "tokens_per_day": "Tokens per day",
+    "tokens_per_month": "Tokens per month",
+}
+
+EXPIRY_CHOICES = [
+    ("", "Never"),
+    ("1d", "1 day"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+    ("90d", "90 days"),
+    ("365d", "1 year"),
+]
+GRACE_CHOICES = [
+    ("0", "None: the old token stops at once"),
+    ("5m", "5 minutes"),
+    ("1h", "1 hour"),
+    ("1d", "1 day"),
+    ("7d", "7 days"),
+    ("custom", "Custom…"),
+]
+
+
+def _limit_field(name: str) -> forms.IntegerField:
+    label = LIMIT_LABELS[name]
+    message = f"{label} must be a whole number from 1 to {MAX_LIMIT:,}, or empty for no limit."
+    return forms.IntegerField(
+        label=label,
+        required=False,
+        min_value=1,
+        max_value=MAX_LIMIT,
+        help_text="Empty: no limit.",
+        error_messages={"invalid": message, "min_value": message, "max_value": message},
+        widget=forms.NumberInput(attrs={"placeholder": "no limit", "min": 1}),
+    )
+
+
+class LimitsForm(forms.Form):
+    """A tenant's limits; empty means unlimited at the tenant scope."""
+
+    rpm = _limit_field("rpm")
+    tpm = _limit_field("tpm")
+    max_inflight = _limit_field("max_inflight")
+    tokens_per_day = _limit_field("tokens_per_day")
+    tokens_per_month = _limit_field("tokens_per_month")
+    burst_percent = forms.IntegerField(
+        label="Burst percent",
+        min_value=1,
+        max_value=100,
+        initial=20,
+        help_text="Share of the per-minute limits that may arrive at once (1-100).",
+        error_messages={
+            "required": "Burst percent is required (1-100).",
+            "invalid": "Burst percent must be a whole number from 1 to 100.",
+            "min_value": "Burst percent must be a whole number from 1 to 100.",
+            "max_value": "Burst percent must be a whole number from 1 to 100.",
+        },
+    )
+
+    @classmethod
+    def for_tenant(cls, tenant: Tenant, data: object = None) -> "LimitsForm":
+        return cls(data, initial={name: getattr(tenant, name) for name in TENANT_SETTINGS})
+
+    def clean(self) -> dict:
+        data = super().clean()
+        day, month = data.get("tokens_per_day"), data.get("tokens_per_month")
+        if day and month and day > month:
+            self.add_error("tokens_per_day", "Tokens per day cannot be more than tokens per month.")
+        return data
+
+    def settings(self) -> dict[str, int | None]:
+        return {name: self.cleaned_data[name] for name in TENANT_SETTINGS}
+
+    def changes(self, tenant: Tenant) -> dict[str, int | None]:
+        """Only the settings that differ from the tenant's current ones."""
+        return {k: v for k, v in self.settings().items() if getattr(tenant, k) != v}
+
+
+class TenantCreateForm(LimitsForm):
+    """A new tenant: its slug, display name and starting limits."""
+
+    slug = forms.CharField(
+        max_length=64,
+        validators=[
+            RegexValidator(
+                SLUG_PATTERN,
+                "Use 1-64 lowercase letters, digits or hyphens, starting with a letter or digit.",
+            )
+        ],
+        help_text="Lowercase letters, digits and hyphens; used in URLs and metrics.",
+        error_messages={"required": "A slug is required."},
+    )
+    name = forms.CharField(max_length=200, required=False, help_text="Display name.")
+    field_order = ["slug", "name", *LIMIT_FIELDS, "burst_percent"]
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data["slug"]
+        if Tenant.objects.filter(slug=slug).exists():
+            raise forms.ValidationError(f"A tenant with the slug “{slug}” already exists.")
+        return slug
+
+
+class OnceForm(forms.Form):
+    """A form carrying a one-time value, so a re-posted form (a reload) acts only once."""
+
+    once = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("once", secrets.token_urlsafe(24))
+
+
+class IssueKeyForm(OnceForm):
+    """A new key for a tenant."""
+
+    name = forms.CharField(
+        max_length=200, required=False, help_text="What the key is for, e.g. “backend”."
+    )
+    expires_in = forms.ChoiceField(label="Expires", choices=EXPIRY_CHOICES, required=False)
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, s) for s in SCOPES],
+        initial=list(SCOPES),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Pick at least one scope."},
+    )
+
+    def expiry(self) -> timedelta | None:
+        raw = self.cleaned_data["expires_in"]
+        return parse_duration(raw) if raw else None
+
+
+class RotateKeyForm(OnceForm):
+    """A new secret for a key, with how long the old one keeps working."""
+
+    grace = forms.ChoiceField(
+        label="Grace period", choices=GRACE_CHOICES, initial="1h", widget=forms.RadioSelect
+    )
+    custom_grace = forms.CharField(
+        label="Custom grace",
+        max_length=20,
+        required=False,
+        help_text="With “Custom…”: e.g. 30s, 15m, 12h, 3d (at most 30d).",
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        choice = data.get("grace")
+        if choice is None:
+            return data
+        raw = data.get("custom_grace", "").strip() if choice == "custom" else choice
+        if not raw:
+            self.add_error("custom_grace", "Enter a custom grace such as 30s, 15m or 12h.")
+            return data
+        try:
+            data["grace_delta"] = parse_duration(raw)
+        except ValueError:
+            self.add_error("custom_grace", f"“{raw}” is not a duration: use e.g. 30s, 15m, 12h.")
+            return data
+        if data["grace_delta"] > MAX_GRACE:
+            self.add_error("custom_grace", "A grace period can be at most 30 days.")
+        return data
+
+
+class RevokeKeyForm(forms.Form):
+    """The confirmation of a revocation: the admin types the key id."""
+
+    confirm = forms.CharField(
+        label="Type the key id to confirm",
+        max_length=32,
+        error_messages={"required": "Type the key id to confirm."},
+    )
+
+    def __init__(self, *args: object, api_key: ApiKey, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.api_key = api_key
+
+    def clean_confirm(self) -> str:
+        typed = self.cleaned_data["confirm"].strip()
+        if typed != self.api_key.key_id:
+            raise forms.ValidationError("That is not this key's id; nothing was revoked.")
+        return typed
+
+
+class ThrottleFilterForm(forms.Form):
+    """Filters of a tenant's 429 audit (all optional; dates are whole UTC days)."""
+
+    key = forms.ChoiceField(required=False)
+    reason = forms.ChoiceField(required=False)
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def __init__(self, *args: object, tenant: Tenant, reasons: list[str], **kwargs: object):
+        super().__init__(*args, **kwargs)
+        keys = tenant.keys.order_by("key_id").values_list("key_id", "name")
+        self.fields["key"].choices = [("", "All keys")] + [
+            (key_id, f"{key_id} {name}".strip()) for key_id, name in keys
+        ]
+        self.fields["reason"].choices = [("", "All reasons")] + [(r, r) for r in reasons]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            self.add_error("until", "“To” must be on or after “From”.")
+        return data
+
+    def filters(self) -> ThrottleFilter:
+        if not self.is_valid():
+            return ThrottleFilter()
+        data = self.cleaned_data
+        return ThrottleFilter(
+            key_id=data["key"] or None,
+            reason=data["reason"] or None,
+            since=data["since"],
+            until=data["until"],
+        )
+
+
+class AuditFilterForm(forms.Form):
+    """Filters of the admin-action audit log."""
+
+    tenant = forms.CharField(max_length=64, required=False)
+    action = forms.ChoiceField(
+        choices=[("", "All actions"), *AdminAction.Action.choices], required=False
+    )
+    actor = forms.CharField(max_length=200, required=False)
