@@ -107,7 +107,7 @@ def clean_redis() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random T5 with its tokenizer (and an adapter in ./adapter), built once."""
     from engine.loading import quiet_libraries
     from engine.tiny_model import make_tiny_model
@@ -117,14 +117,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
 
 
 @pytest.fixture
-def tenant(db):  # type: ignore[no-untyped-def]
+def tenant(db):
     from tenants.services import tenant_create
 
     return tenant_create(slug="acme", name="Acme", limits={"rpm": 600, "tpm": 100000}, actor="test")
 
 
 @pytest.fixture
-def issued(tenant):  # type: ignore[no-untyped-def]
+def issued(tenant):
     from tenants.services import api_key_issue
 
     return api_key_issue(tenant=tenant, name="primary", actor="test")

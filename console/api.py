@@ -19,8 +19,8 @@ from core.errors import (
 )
 from core.jsonbody import NodeParser
 from inference.api import router as inference_router
+from inference.engines import served_model_id
 from inference.metrics import API_REJECTIONS, endpoint_of
-from inference.services import served_model_id
 from ratelimit.errorcount import count_error_soon, counts_as_error
 from tenants.keycache import KeyRecord
 

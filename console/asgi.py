@@ -1,6 +1,7 @@
 """ASGI entry point for daphne: Django for HTTP, channels' router for WebSockets."""
 
 import os
+from collections.abc import Awaitable, Callable
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -21,7 +22,8 @@ start_flusher()
 # Clients' keys are known before Postgres next goes away (tenants/keycache.py).
 preload_in_background()
 
-http_application = django_application
+# Each layer below wraps the one before: ASGI apps all, of different classes.
+http_application: Callable[..., Awaitable[None]] = django_application
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
@@ -50,11 +52,17 @@ http_application = BodyLimitMiddleware(http_application, settings.DATA_UPLOAD_MA
 
 # Outermost, so it sees the server's own send(): streams bill only what reached the client.
 application = DeliveryProbe(
-    ProtocolTypeRouter({"http": http_application, "websocket": URLRouter(websocket_urlpatterns)})
+    ProtocolTypeRouter(
+        {
+            "http": http_application,
+            # types-channels wants its own URLPattern subclass, which Django's path() never returns.
+            "websocket": URLRouter(websocket_urlpatterns),  # type: ignore[arg-type]
+        }
+    )
 )
 
 if settings.INFERENCE_AUTOLOAD:
-    from inference.services import start_engine
+    from inference.engines import start_engine
 
     # Here, not in AppConfig.ready() (which also runs for migrate and tests): the model loads
     # on its own thread while the server starts; /readyz says 503 until it is ready.

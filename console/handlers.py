@@ -1,3 +1,5 @@
+# Copies private Django code (ASGIHandler.__call__/handle, BaseHandler.load_middleware/
+# get_response_async): tests/test_upstream_mirrors.py fails when the installed release changes it.
 """Two Django ASGI handlers: a lean one for the API paths, the stock one for everything else.
 
 Django's stock ASGI handler runs every request in its own ThreadSensitiveContext, so each
@@ -20,6 +22,7 @@ flood the log. Under a swarm on a small box each hop was a wake-up to wait for.
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
@@ -33,6 +36,7 @@ from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
 API_PREFIXES = ("/v1/", "/healthz", "/readyz")
+AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 
 class ApiHandler(ASGIHandler):
@@ -42,14 +46,17 @@ class ApiHandler(ASGIHandler):
         self._view_middleware: list = []
         self._template_response_middleware: list = []
         self._exception_middleware: list = []
-        handler = convert_exception_to_response(self._get_response_async)
+        # Private in Django (pinned by tests/test_upstream_mirrors.py), so absent from its stubs.
+        handler = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
         for path in reversed(settings.API_MIDDLEWARE):
             middleware = import_string(path)
             # Async-only middleware (checked): nothing here may hop to a thread per request.
             if not getattr(middleware, "async_capable", False):
                 raise ValueError(f"API_MIDDLEWARE entries must be async-capable: {path}")
             handler = convert_exception_to_response(middleware(handler))
-        self._middleware_chain = handler
+        # convert_exception_to_response wraps a coroutine function in one (all of these are),
+        # which its stub's sync-or-async return type cannot say.
+        self._middleware_chain: AsyncGetResponse = handler  # type: ignore[assignment]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,6 +75,8 @@ class ApiHandler(ASGIHandler):
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
+            # create_request returns an error response exactly when it returns no request.
+            assert error_response is not None
             body_file.close()
             await self.send_response(error_response, send)
             error_response.close()
@@ -111,10 +120,16 @@ class ApiHandler(ASGIHandler):
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         set_urlconf(settings.ROOT_URLCONF)
         response = await self._middleware_chain(request)
-        response._resource_closers.append(request.close)
+        # Private (pinned by tests/test_upstream_mirrors.py), so absent from Django's stubs.
+        response._resource_closers.append(request.close)  # type: ignore[attr-defined]
         if response.status_code >= 500:
             log_response(
-                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+                "%s: %s",
+                response.reason_phrase,
+                request.path,
+                # Django logs any response (streaming ones too); its stub asks for HttpResponse.
+                response=response,  # type: ignore[arg-type]
+                request=request,
             )
         return response
 

@@ -20,7 +20,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from core.redis import get_redis
-from inference.services import model_status
+from inference.engines import model_status
 from ratelimit.limiter import health as ratelimit_health
 
 

@@ -8,7 +8,7 @@ from http import HTTPStatus
 
 from asgiref.sync import markcoroutinefunction
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
 from core.errors import InternalError, error_body
 
@@ -30,6 +30,9 @@ class AsyncMiddleware:
     def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        raise NotImplementedError
 
 
 class RequestIdMiddleware(AsyncMiddleware):
@@ -71,7 +74,8 @@ class ApiHttpMetricsMiddleware(AsyncMiddleware):
         self._count(request, response)
         # What SecurityMiddleware and CommonMiddleware would add to a JSON API response.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if not response.streaming and "Content-Length" not in response:
+        # Not streaming: only an HttpResponse holds its whole body.
+        if isinstance(response, HttpResponse) and "Content-Length" not in response:
             response["Content-Length"] = str(len(response.content))
         return response
 

@@ -6,7 +6,7 @@ both busy replicas down when /readyz, run through Django with three dependency c
 request, missed its deadline), and it must never wait on Postgres or Redis: those are shared by
 every replica, so a slow dependency would take them all out at once.
 
-So `ReadinessEndpoint` answers from the model's state (inference.services.model_status(), an
+So `ReadinessEndpoint` answers from the model's state (inference.engines.model_status(), an
 attribute read) and from the last result of `DependencyRefresher`, a thread that runs the same
 checks as console/health.py every REFRESH_SECONDS, each bounded by its own timeout. Status and
 body are built by console.health.readiness(): the model alone decides ready (200) or not (503);
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from console.health import dependency_checks, readiness
-from inference.services import model_status
+from inference.engines import model_status
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ documented in deploy/.env.example and README.md.
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -162,6 +163,8 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL", "")
+# Any: dj_database_url's DBConfig in one branch, a plain dict (a Path for NAME) in the other.
+DATABASES: dict[str, Any]
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 else:
@@ -213,6 +216,8 @@ RATELIMIT_LOGIN_PAIR_PER_MINUTE = env_int("RATELIMIT_LOGIN_PAIR_PER_MINUTE", 5)
 RATELIMIT_LOGIN_USERNAME_PER_MINUTE = env_int("RATELIMIT_LOGIN_USERNAME_PER_MINUTE", 30)
 RATELIMIT_LOGIN_SLOWED_PER_MINUTE = env_int("RATELIMIT_LOGIN_SLOWED_PER_MINUTE", 2)
 
+CACHES: dict[str, dict[str, Any]]
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if REDIS_EMULATED:
     CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

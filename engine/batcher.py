@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from engine import metrics
 from engine.generation import GenerationRequest, ModelNotReady, QueueFull, QueueTimeout
+from engine.messages import Event, Failed
 
-Deliver = Callable[[str, object], None]
+Deliver = Callable[[Event], None]
 
 
 class Job:
@@ -41,14 +42,14 @@ class Job:
         self.queued_at = 0.0  # set by Scheduler.put(), under its lock
         self.remote_id: int | None = None  # its id in the model process (EngineConfig.process)
 
-    def send(self, kind: str, payload: object) -> None:
+    def send(self, event: Event) -> None:
         """Hand an event to the consumer's event loop (called from the model thread)."""
         if self._loop is None or self._deliver is None:
             return
         try:
             # The only way across: the event loop never runs model code, and the model thread
             # never touches asyncio objects directly.
-            self._loop.call_soon_threadsafe(self._deliver, kind, payload)
+            self._loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
             self.cancelled = True
 
@@ -161,7 +162,7 @@ class Scheduler:
             f"The request waited {waited:.1f}s in the queue without starting "
             f"(the limit is {self.max_queue_wait:g}s)."
         )
-        job.send("error", QueueTimeout(message))
+        job.send(Failed(QueueTimeout(message)))
 
     def _wait_for_expired(self) -> list[Job] | None:
         """Block until queued jobs are past their deadline and take them out; None once the

@@ -32,6 +32,7 @@ from engine.generation import (
     RowFailed,
 )
 from engine.loading import LoadedModel
+from engine.messages import Delta, Done, Failed
 from engine.t5_decoder import T5DecoderStep
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Row:
         if len(self.detokenizer.ids) >= self.request.max_tokens:
             return self.finish(FINISH_LENGTH, now, piece)
         if piece:
-            self.job.send("delta", (piece, len(self.detokenizer.ids)))
+            self.job.send(Delta(piece, len(self.detokenizer.ids)))
 
     def advance(self, logits: torch.Tensor, greedy: int, now: float) -> int:
         """Choose the row's next token and take it; a fault here ends this row alone."""
@@ -105,12 +106,12 @@ class Row:
         piece += self.stops.feed(self.detokenizer.flush())
         piece += self.stops.finish()
         if piece:
-            self.job.send("delta", (piece, len(self.detokenizer.ids)))
+            self.job.send(Delta(piece, len(self.detokenizer.ids)))
         result = self._result(reason, now)
-        if self.job.record:  # before "done": whoever sees the result sees it counted
+        if self.job.record:  # before Done: whoever sees the result sees it counted
             record_result(result)
         self.job.finished = True
-        self.job.send("done", result)
+        self.job.send(Done(result))
 
     def _result(self, reason: str, now: float) -> GenerationResult:
         submitted = self.job.submitted_at
@@ -157,7 +158,7 @@ def fail_job(job: Job, exc: Exception) -> None:
     job.finished = True
     if job.record:
         metrics.REQUESTS.labels(result="failed").inc()
-    job.send("error", error)
+    job.send(Failed(error))
 
 
 def _generator(request: GenerationRequest) -> torch.Generator | None:

@@ -1,7 +1,7 @@
 """What a caller hands the engine, what it gets back, and the engine's exceptions.
 
 Plain Python (no Django, no torch) so the API layer can import it cheaply;
-inference/services.py maps the exceptions to core.errors.
+inference/engines.py maps the exceptions to core.errors.
 """
 
 from dataclasses import dataclass, field

@@ -16,18 +16,32 @@ import threading
 import types
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from engine import metrics
 from engine.batcher import Job
+from engine.config import EngineConfig
 from engine.decoding import record_batch, record_result
-from engine.generation import GenerationResult
 from engine.loading import LoadedModel, ModelLoadError
-
-if TYPE_CHECKING:
-    from engine.runtime import EngineConfig
+from engine.messages import (
+    Abort,
+    Batch,
+    BatchDone,
+    BatchRow,
+    Cancel,
+    Configure,
+    Done,
+    Event,
+    Events,
+    Failed,
+    FromModel,
+    LoadFailed,
+    ModelFacts,
+    Stop,
+    ToModel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +53,7 @@ class ModelProcessExited(Exception):
 class ModelProcess:
     """One model process; `start()` blocks until it is ready, `run()` serves one batch."""
 
-    def __init__(self, config: "EngineConfig") -> None:
+    def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.process: Any = None
         self._conn: Any = None
@@ -64,18 +78,18 @@ class ModelProcess:
                 env={**os.environ, "PYTHONPATH": _python_path()},
             )
         self._conn = Connection(ours.detach())
-        self._send(("config", self.config, logging.getLogger("engine").getEffectiveLevel()))
+        self._send(Configure(self.config, logging.getLogger("engine").getEffectiveLevel()))
         try:
-            kind, payload = self._conn.recv()
+            reply = self._conn.recv()
         except (EOFError, OSError):
             code = self._reap()
             raise ModelLoadError(
                 f"The model process exited while loading (exit code {code})."
             ) from None
-        if kind == "failed":
+        if isinstance(reply, LoadFailed):
             self._reap()
-            raise ModelLoadError(payload)
-        return _loaded_facade(payload)
+            raise ModelLoadError(reply.detail)
+        return _loaded_facade(reply.facts)
 
     def exit_code(self) -> int | None:
         """None while the process runs."""
@@ -95,53 +109,58 @@ class ModelProcess:
         if jobs[0].record:
             record_batch(jobs)
         with self._send_lock:
-            items = []
-            for job in jobs:
-                job.remote_id = job_id = next(self._ids)
-                self._running[job_id] = job
-                items.append((job_id, job.request, job.prompt_ids, job.cancelled, job.submitted_at))
-            self._send(("batch", items))
+            self._send(Batch(tuple(self._row(job) for job in jobs)))
         try:
             while True:
-                kind, payload = self._recv()
-                if kind == "batch_done":
-                    if payload is not None:
-                        metrics.CUDA_MEMORY_BYTES.set(payload)
-                    return
-                for job_id, event, data in payload:
-                    self._deliver(self._running[job_id], event, data)
+                match self._recv():
+                    case BatchDone(cuda_bytes):
+                        if cuda_bytes is not None:
+                            metrics.CUDA_MEMORY_BYTES.set(cuda_bytes)
+                        return
+                    case Events(items):
+                        for job_id, event in items:
+                            self._deliver(self._running[job_id], event)
         finally:
             with self._send_lock:
                 for job in jobs:
                     self._running.pop(job.remote_id, None)
 
-    def _deliver(self, job: Job, event: str, data: Any) -> None:
-        if event in ("done", "error"):
-            job.finished = True
-            if job.record:
-                if event == "done" and isinstance(data, GenerationResult):
-                    record_result(data, first_token=True)
-                else:
+    def _row(self, job: Job) -> BatchRow:
+        """The job as the model process gets it, under a new id (called under the send lock)."""
+        job.remote_id = job_id = next(self._ids)
+        self._running[job_id] = job
+        return BatchRow(job_id, job.request, job.prompt_ids, job.cancelled, job.submitted_at)
+
+    def _deliver(self, job: Job, event: Event) -> None:
+        # The metrics live here, in the serving process: counted before the stream hears.
+        match event:
+            case Done(result):
+                job.finished = True
+                if job.record:
+                    record_result(result, first_token=True)
+            case Failed():
+                job.finished = True
+                if job.record:
                     metrics.REQUESTS.labels(result="failed").inc()
-        job.send(event, data)
+        job.send(event)
 
     def cancel(self, job: Job) -> None:
         """Stop a job the process is decoding (from the event loop); it ends at the next step."""
         with self._send_lock:
             if job.remote_id in self._running:
-                self._send(("cancel", job.remote_id))
+                self._send(Cancel(job.remote_id))
 
     def abort(self) -> None:
         """Cancel every row of the batch being decoded (a shutdown past its deadline)."""
         with self._send_lock:
-            self._send(("abort",))
+            self._send(Abort())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the process to end after its batch; kill it past the timeout."""
         if self.process is None:
             return
         with self._send_lock:
-            self._send(("stop",))
+            self._send(Stop())
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -149,12 +168,12 @@ class ModelProcess:
             self._reap(0)
         self._conn.close()
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: ToModel) -> None:
         # A process that is gone: the engine thread finds out on its next receive.
         with contextlib.suppress(OSError, ValueError):
             self._conn.send(message)
 
-    def _recv(self) -> tuple:
+    def _recv(self) -> FromModel:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
@@ -178,20 +197,20 @@ def _python_path() -> str:
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _loaded_facade(facts: dict[str, Any]) -> LoadedModel:
+def _loaded_facade(facts: ModelFacts) -> LoadedModel:
     """What the serving process keeps of the model: its tokenizer (to encode and count prompt
     tokens before admission) and the facts /readyz and the metrics report; no weights."""
     from tokenizers import Tokenizer
 
-    tokenizer = types.SimpleNamespace(backend_tokenizer=Tokenizer.from_str(facts["tokenizer"]))
+    tokenizer = types.SimpleNamespace(backend_tokenizer=Tokenizer.from_str(facts.tokenizer))
     return LoadedModel(
         model=None,
         tokenizer=tokenizer,
-        device=torch.device(facts["device"]),
-        quantization=facts["quantization"],
-        decoder_start_id=facts["decoder_start_id"],
-        eos_id=facts["eos_id"],
-        pad_id=facts["pad_id"],
-        max_input_tokens=facts["max_input_tokens"],
-        load_seconds=facts["load_seconds"],
+        device=torch.device(facts.device),
+        quantization=facts.quantization,
+        decoder_start_id=facts.decoder_start_id,
+        eos_id=facts.eos_id,
+        pad_id=facts.pad_id,
+        max_input_tokens=facts.max_input_tokens,
+        load_seconds=facts.load_seconds,
     )

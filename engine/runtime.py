@@ -16,11 +16,11 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from engine import metrics
 from engine.batcher import Job, Scheduler
+from engine.config import EngineConfig
 from engine.decoding import run_batch
 from engine.generation import (
     EngineError,
@@ -35,12 +35,12 @@ from engine.generation import (
     RowFailed,
 )
 from engine.loading import LoadedModel
+from engine.messages import Delta, Done, Event, Failed
 from engine.remote import ModelProcess, ModelProcessExited
 from engine.worker import cuda_memory, load_warm, prepare
 
 __all__ = [
     "Engine",
-    "EngineConfig",
     "EngineError",
     "GenerationFailed",
     "GenerationRequest",
@@ -59,54 +59,21 @@ logger = logging.getLogger(__name__)
 LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything the engine needs; inference/services.py fills it from Django settings."""
-
-    model: str
-    adapter: str = ""
-    quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
-    device: str = "auto"  # auto | cpu | cuda
-    max_batch: int = 16
-    max_wait_ms: int = 10
-    max_queue: int = 256
-    # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;
-    # 0: no bound (benchmarks). Django's INFERENCE_MAX_QUEUE_WAIT_SECONDS defaults to 30.
-    max_queue_wait: float = 0.0
-    threads: int = 0  # torch intra-op threads; 0: one per available core
-    # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
-    # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
-    nice: int = 0
-    # CPUs the model thread (and its intra-op threads) may run on; empty: wherever the process
-    # may. On a CPU node, keeping the request path off the model's cores (docs/engine.md).
-    cpus: tuple[int, ...] = ()
-    max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
-    max_output_tokens: int = 512
-    allow_download: bool = True  # a hub id missing from the cache may be fetched
-    warmup: bool = True
-    # Decode in a model process of its own (spawned; nice and cpus apply to it) instead of a
-    # thread of the serving process: the request path and the decoder stop sharing one
-    # interpreter lock. Django's INFERENCE_MODEL_PROCESS defaults to on.
-    process: bool = False
-
-
 class GenerationStream:
     """`async for delta in stream` yields text; then `stream.result` is the GenerationResult."""
 
     def __init__(self, engine: "Engine", request: GenerationRequest, prompt_ids: list[int]) -> None:
         self._engine = engine
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
         self.result: GenerationResult | None = None
         # Completion tokens covered by the deltas yielded so far (what a cut stream is billed).
         self.tokens_streamed = 0
-        self._job = Job(request, prompt_ids, loop=asyncio.get_running_loop(), deliver=self._deliver)
+        loop = asyncio.get_running_loop()
+        self._job = Job(request, prompt_ids, loop=loop, deliver=self._events.put_nowait)
 
     @property
     def prompt_tokens(self) -> int:
         return len(self._job.prompt_ids)
-
-    def _deliver(self, kind: str, payload: Any) -> None:
-        self._events.put_nowait((kind, payload))
 
     def cancel(self) -> None:
         """Stop the request (idempotent); a queued one leaves the queue at once."""
@@ -121,14 +88,14 @@ class GenerationStream:
     async def _iterate(self) -> AsyncIterator[str]:
         try:
             while self.result is None:
-                kind, payload = await self._events.get()
-                if kind == "delta":
-                    text, self.tokens_streamed = payload
-                    yield text
-                elif kind == "done":
-                    self.result = payload
-                else:
-                    raise payload
+                match await self._events.get():
+                    case Delta(text, tokens):
+                        self.tokens_streamed = tokens
+                        yield text
+                    case Done(result):
+                        self.result = result
+                    case Failed(error):
+                        raise error
         finally:
             # Reached on a break, an exception or the consuming task's cancellation (a client
             # that went away): the row must stop costing model time.
@@ -308,7 +275,7 @@ class Engine:
         # capacity is free at once); one in a batch is dropped by the model thread next step.
         if self._scheduler.remove(job):
             job.finished = True
-            job.send("done", _cancelled_result(job))
+            job.send(Done(_cancelled_result(job)))
             metrics.REQUESTS.labels(result="cancelled").inc()
         elif self._remote is not None:
             self._remote.cancel(job)
@@ -418,7 +385,7 @@ class Engine:
         for job in jobs:
             job.finished = True
             metrics.REQUESTS.labels(result="failed").inc()  # counted before anyone hears of it
-            job.send("error", error)
+            job.send(Failed(error))
 
 
 def _cancelled_result(job: Job) -> GenerationResult:

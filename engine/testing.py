@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from engine.runtime import Engine, EngineConfig, GenerationRequest, GenerationResult
+from engine.config import EngineConfig
+from engine.runtime import Engine, GenerationRequest, GenerationResult
 from engine.runtime import GenerationStream as Stream
 
 TINY_DEFAULTS = {"quantization": "none", "device": "cpu", "max_wait_ms": 20, "threads": 1}

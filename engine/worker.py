@@ -1,8 +1,8 @@
 """The model's side of the engine: load, warm up and decode batches, on the engine's model thread
 or in a model process of its own (EngineConfig.process; engine/remote.py is the other end).
 
-No Django imports, and no import of engine.runtime at module level: this module is what a
-spawned model process imports first.
+No Django imports, and no import of engine.runtime: this module is what a spawned model process
+imports first. What it receives and answers is in engine/messages.py.
 
 Why a process: the event loop and the decoding loop both run Python, and in one process they
 share one interpreter lock. A request path busy with a flood of refusals then slows every
@@ -16,15 +16,28 @@ import os
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
 
 from engine.batcher import Job
+from engine.config import EngineConfig
 from engine.decoding import run_batch
 from engine.generation import GenerationFailed, GenerationRequest
 from engine.loading import LoadedModel, configure_threads, load_model
-
-if TYPE_CHECKING:
-    from engine.runtime import EngineConfig
+from engine.messages import (
+    Abort,
+    Batch,
+    BatchDone,
+    BatchRow,
+    Cancel,
+    Configure,
+    Event,
+    Events,
+    Failed,
+    LoadFailed,
+    ModelFacts,
+    Ready,
+    Stop,
+    ToModel,
+)
 
 logger = logging.getLogger("engine.worker")
 
@@ -56,14 +69,14 @@ def pin_thread(cpus: tuple[int, ...]) -> set[int]:
     return os.sched_getaffinity(0)
 
 
-def prepare(config: "EngineConfig") -> None:
+def prepare(config: EngineConfig) -> None:
     """Priority, CPUs and torch threads of the thread that will decode (before it loads)."""
     lower_thread_priority(config.nice)
     pin_thread(config.cpus)
     configure_threads(config.threads)
 
 
-def load_warm(config: "EngineConfig") -> LoadedModel:
+def load_warm(config: EngineConfig) -> LoadedModel:
     """Load the model and run one tiny generation through the real path: first-call
     allocations and kernel selection happen here, not in the first client's latency."""
     started = time.perf_counter()
@@ -91,9 +104,9 @@ class WarmupJob(Job):
         super().__init__(WARMUP, prompt_ids, record=False)
         self.error: BaseException | None = None
 
-    def send(self, kind: str, payload: object) -> None:
-        if kind == "error" and isinstance(payload, BaseException):
-            self.error = payload
+    def send(self, event: Event) -> None:
+        if isinstance(event, Failed):
+            self.error = event.error
 
 
 def cuda_memory(model: LoadedModel) -> int | None:
@@ -107,27 +120,24 @@ def cuda_memory(model: LoadedModel) -> int | None:
     return None
 
 
-# --- the model process ----------------------------------------------------------------------
-# Messages, parent to child: ("config", EngineConfig, log level) once, then
-# ("batch", [(id, request, prompt_ids, cancelled, submitted_at), ...]),
-# ("cancel", id), ("abort",), ("stop",). Child to parent: ("ready", facts) or ("failed", detail)
-# once; then per batch any number of ("events", [(id, kind, payload), ...]) and one
-# ("batch_done", cuda_bytes). Events are the engine's own: ("delta", (text, tokens)),
-# ("done", GenerationResult), ("error", EngineError).
+# --- the model process (its messages: engine/messages.py) ------------------------------------
 
 
 class RemoteJob(Job):
     """A job in the model process: its events go to an outbox the worker sends once per step."""
 
-    def __init__(
-        self, job_id: int, request: GenerationRequest, prompt_ids: list[int], outbox: list
-    ) -> None:
-        super().__init__(request, prompt_ids, record=False)  # the parent records the metrics
-        self.id = job_id
+    def __init__(self, row: BatchRow, outbox: list[tuple[int, Event]]) -> None:
+        super().__init__(row.request, row.prompt_ids, record=False)  # the parent records them
+        self.id = row.job_id
+        self.cancelled = row.cancelled
+        # When the serving process queued it (perf_counter is the system's monotonic clock
+        # on Linux, one for every process): queue time and time to first token include the
+        # wait in its queue.
+        self.submitted_at = row.submitted_at
         self._outbox = outbox
 
-    def send(self, kind: str, payload: object) -> None:
-        self._outbox.append((self.id, kind, payload))
+    def send(self, event: Event) -> None:
+        self._outbox.append((self.id, event))
 
 
 class Worker:
@@ -136,7 +146,7 @@ class Worker:
     def __init__(self, conn: Connection, model: LoadedModel) -> None:
         self.conn, self.model = conn, model
         self.jobs: dict[int, RemoteJob] = {}
-        self.outbox: list[tuple[int, str, Any]] = []
+        self.outbox: list[tuple[int, Event]] = []
         self.aborted = self.stopping = False
 
     def serve(self) -> None:
@@ -145,19 +155,19 @@ class Worker:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone
-            if message[0] == "batch":
-                self.run(message[1])
+            if isinstance(message, Batch):
+                self.run(message.rows)
             else:
                 self.handle(message)
 
-    def handle(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "cancel" and message[1] in self.jobs:
-            self.jobs[message[1]].cancelled = True
-        elif kind == "abort":
-            self.aborted = True
-        elif kind == "stop":
-            self.stopping = True
+    def handle(self, message: ToModel) -> None:
+        match message:
+            case Cancel(job_id) if job_id in self.jobs:
+                self.jobs[job_id].cancelled = True
+            case Abort():
+                self.aborted = True
+            case Stop():
+                self.stopping = True
 
     def poll(self) -> bool:
         """Between two decoder steps: send the last step's events, read cancels; abort?"""
@@ -168,20 +178,13 @@ class Worker:
 
     def flush(self) -> None:
         if self.outbox:
-            events, self.outbox[:] = list(self.outbox), []
-            self.conn.send(("events", events))
+            events = Events(tuple(self.outbox))
+            self.outbox.clear()
+            self.conn.send(events)
 
-    def run(self, items: list[tuple[int, GenerationRequest, list[int], bool, float]]) -> None:
+    def run(self, rows: tuple[BatchRow, ...]) -> None:
         self.aborted = False
-        self.jobs = {}
-        for job_id, request, prompt_ids, cancelled, submitted_at in items:
-            job = RemoteJob(job_id, request, prompt_ids, self.outbox)
-            job.cancelled = cancelled
-            # When the serving process queued it (perf_counter is the system's monotonic clock
-            # on Linux, one for every process): queue time and time to first token include the
-            # wait in its queue.
-            job.submitted_at = submitted_at
-            self.jobs[job_id] = job
+        self.jobs = {row.job_id: RemoteJob(row, self.outbox) for row in rows}
         try:
             run_batch(self.model, list(self.jobs.values()), self.poll)
         except (EOFError, OSError):
@@ -192,44 +195,46 @@ class Worker:
             for job in self.jobs.values():
                 if not job.finished:
                     job.finished = True
-                    job.send("error", failure)
+                    job.send(Failed(failure))
         self.flush()
         self.jobs = {}
-        self.conn.send(("batch_done", cuda_memory(self.model)))
+        self.conn.send(BatchDone(cuda_memory(self.model)))
 
 
-def facts(model: LoadedModel) -> dict[str, Any]:
+def facts(model: LoadedModel) -> ModelFacts:
     """What the parent needs to encode prompts and report the model (the tokenizer as JSON)."""
-    return {
-        "tokenizer": model.tokenizer.backend_tokenizer.to_str(),
-        "device": str(model.device),
-        "quantization": model.quantization,
-        "decoder_start_id": model.decoder_start_id,
-        "eos_id": model.eos_id,
-        "pad_id": model.pad_id,
-        "max_input_tokens": model.max_input_tokens,
-        "load_seconds": model.load_seconds,
-    }
+    return ModelFacts(
+        tokenizer=model.tokenizer.backend_tokenizer.to_str(),
+        device=str(model.device),
+        quantization=model.quantization,
+        decoder_start_id=model.decoder_start_id,
+        eos_id=model.eos_id,
+        pad_id=model.pad_id,
+        max_input_tokens=model.max_input_tokens,
+        load_seconds=model.load_seconds,
+    )
 
 
 def main(conn: Connection) -> None:
     """The model process: its configuration comes first on the connection, then batches."""
     try:
-        _, config, log_level = conn.recv()
+        configure: Configure = conn.recv()
     except (EOFError, OSError):
         return
+    config = configure.config
     logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s [model process] %(message)s"
+        level=configure.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [model process] %(message)s",
     )
     try:
         prepare(config)
         model = load_warm(config)
     except Exception as exc:
         with contextlib.suppress(OSError):
-            conn.send(("failed", str(exc) or type(exc).__name__))
+            conn.send(LoadFailed(str(exc) or type(exc).__name__))
         return
     try:
-        conn.send(("ready", facts(model)))
+        conn.send(Ready(facts(model)))
         Worker(conn, model).serve()
     except (EOFError, OSError):
         pass  # the parent went away mid-batch

@@ -1,15 +1,15 @@
-"""/v1 routes: models, completions, chat completions, usage. Thin: schema in, one flow call,
+"""/v1 routes: models, completions, chat completions, usage. Thin: schema in, one service call,
 response out; errors are ApiErrors mapped once in console/api.py."""
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 
 from core.clientaddr import client_ip
-from inference.flow import Run, plan_completion
+from inference.engines import served_model_id
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
 from inference.schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut
-from inference.services import served_model_id
+from inference.services import Run, plan_completion
 from inference.sse import Shape
 from ratelimit.limiter import refuse_if_denied
 from tenants.auth import ApiKeyAuth, require_scope

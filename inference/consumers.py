@@ -40,9 +40,9 @@ from core.errors import (
 from engine.runtime import EngineError
 from inference import metrics
 from inference.delivery import Delivery
-from inference.flow import Run, plan_completion
+from inference.engines import api_error
 from inference.schemas import WsAuth, WsCancel, WsCompletionCreate
-from inference.services import api_error
+from inference.services import Run, plan_completion
 from inference.sse import usage_of
 from ratelimit.errorcount import count_error, counts_as_error
 from tenants.auth import authenticate_token, token_from_headers

@@ -1,3 +1,5 @@
+# Reads private Twisted and daphne state (a transport's dataBuffer/offset/_tempDataLen, daphne's
+# connections): tests/test_upstream_mirrors.py fails when the installed release changes it.
 """Did a streamed piece really reach the client's connection?
 
 A client that drops a stream is billed for what reached its connection, no more: the tokens in

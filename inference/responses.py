@@ -14,8 +14,8 @@ from core.errors import ApiError, ModelUnavailable
 from engine.generation import FINISH_CANCELLED
 from engine.runtime import EngineError, GenerationResult
 from inference.delivery import Delivery, NotStreamed
-from inference.flow import Run
-from inference.services import api_error
+from inference.engines import api_error
+from inference.services import Run
 from inference.sse import DONE, Shape
 from ratelimit.errorcount import count_error, counts_as_error
 

@@ -32,7 +32,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _GenerationParams(BaseModel):
+class GenerationParams(BaseModel):
     """Parameters shared by completions and chat completions."""
 
     model_config = STRICT
@@ -81,7 +81,7 @@ class _GenerationParams(BaseModel):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-class CompletionIn(_GenerationParams):
+class CompletionIn(GenerationParams):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -140,7 +140,7 @@ class ResponseFormat(BaseModel):
     type: str
 
 
-class ChatCompletionIn(_GenerationParams):
+class ChatCompletionIn(GenerationParams):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -182,8 +182,8 @@ class Usage(BaseModel):
 
 
 class CompletionChoice(BaseModel):
-    text: str
     index: int = 0
+    text: str
     logprobs: None = None
     finish_reason: str | None
 
@@ -237,7 +237,7 @@ class WsCancel(BaseModel):
     id: str = Field(min_length=1, max_length=64)
 
 
-class WsCompletionCreate(_GenerationParams):
+class WsCompletionCreate(GenerationParams):
     """{"type": "completion.create", "id": ..., "prompt": ..., ...}: `model` may be left out."""
 
     type: Literal["completion.create"]

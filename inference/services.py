@@ -1,278 +1,224 @@
-"""Glue between Django and the engine: the process's one engine, its lifecycle, error mapping.
+"""One completion from validated input to settled usage: plan → admit → engine → settle.
 
-The API layer calls `engine_encode_prompt()` and `engine_submit()`; both raise core.errors
-ApiErrors (Overloaded, ModelUnavailable, InvalidRequest) instead of engine exceptions.
+Shared by the REST views (plain and SSE) and the WebSocket consumer, so every path admits,
+bills and releases the same way:
+
+- `plan_completion()` checks everything that needs no token reservation (scope, parameters,
+  model, max_tokens, prompt size, readiness) so a bad request reserves nothing; it spends one
+  unit of the key's request rate, so a flood of bad requests is throttled like any other;
+- `Run.start()` reserves prompt + max_tokens in one ADMIT, then queues the generation; a queue
+  that is full releases the admission without counting usage;
+- `Run.finish()` settles exactly once with the tokens that reached the client (all of them for
+  a finished request, those in delivered pieces for a cut stream); a request none of whose
+  answer reached the client is refunded and not counted as usage.
 """
 
 import asyncio
-import atexit
-import logging
-import signal
-import sys
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from pathlib import Path
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
 
-from core.errors import (
-    ApiError,
-    GenerationError,
-    InvalidRequest,
-    ModelUnavailable,
-    Overloaded,
-    PayloadTooLarge,
+from core.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
+from engine.generation import FINISH_CANCELLED
+from engine.runtime import GenerationRequest, GenerationResult, GenerationStream
+from inference import metrics
+from inference.delivery import Delivery
+from inference.engines import (
+    engine_check_request,
+    engine_encode_prompt,
+    engine_submit,
+    served_model_id,
+    served_model_names,
 )
-from engine.runtime import (
-    Engine,
-    EngineConfig,
-    EngineError,
-    GenerationRequest,
-    GenerationStream,
-    InvalidGeneration,
-    ModelNotReady,
-    PromptTooLong,
-    QueueFull,
-    QueueTimeout,
-    RowFailed,
-)
-
-logger = logging.getLogger(__name__)
-
-MODEL_FIX = (
-    "To fix it, set INFERENCE_MODEL to a local folder holding the model (config.json, "
-    "weights and tokenizer files), or put the hub model into this machine's Hugging Face "
-    "cache (`huggingface-cli download google/flan-t5-base` where there is internet, then copy "
-    "the cache folder over); for an offline try-out, `make run-tiny` serves a tiny random model."
-)
-
-_engine: Engine | None = None
-_started = False
-# Guards creating and starting the process's engine (asgi import and tests may race).
-_engine_lock = threading.Lock()
+from inference.schemas import GenerationParams
+from ratelimit.limiter import Admission, admit, charge_refusal, keep_alive, settle
+from tenants.auth import require_scope
+from tenants.keycache import KeyRecord
 
 
-def engine_config() -> EngineConfig:
-    """The engine's configuration from Django settings."""
-    return EngineConfig(
-        model=settings.INFERENCE_MODEL,
-        adapter=settings.INFERENCE_ADAPTER,
-        quantization=settings.INFERENCE_QUANTIZATION,
-        device=settings.INFERENCE_DEVICE,
-        max_batch=settings.INFERENCE_MAX_BATCH,
-        max_wait_ms=settings.INFERENCE_MAX_WAIT_MS,
-        max_queue=settings.INFERENCE_MAX_QUEUE,
-        max_queue_wait=settings.INFERENCE_MAX_QUEUE_WAIT_SECONDS,
-        threads=settings.INFERENCE_THREADS,
-        nice=settings.INFERENCE_MODEL_NICE,
-        cpus=settings.INFERENCE_CPUS,
-        process=settings.INFERENCE_MODEL_PROCESS,
-        max_input_tokens=settings.INFERENCE_MAX_INPUT_TOKENS,
-        max_output_tokens=settings.INFERENCE_MAX_OUTPUT_TOKENS,
-        allow_download=settings.INFERENCE_ALLOW_DOWNLOAD,
+@dataclass(frozen=True)
+class CompletionPlan:
+    """A checked request, ready for admission."""
+
+    record: KeyRecord
+    request: GenerationRequest
+    prompt_tokens: int
+    model: str
+    endpoint: str  # a bounded metrics label: completions | chat.completions | ws
+    stream: bool
+    received_at: float  # time.monotonic() when the request was taken in
+
+    @property
+    def reservation(self) -> int:
+        return self.prompt_tokens + self.request.max_tokens
+
+
+def _check_parameters(params: GenerationParams) -> None:
+    unsupported = params.unsupported()
+    if unsupported is not None:
+        raise InvalidRequest(str(unsupported), param=unsupported.param, code="unsupported_value")
+    if params.model is not None and params.model not in served_model_names():
+        raise NotFound(
+            f"The model '{params.model}' does not exist; GET /v1/models lists the served one.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+async def plan_completion(
+    record: KeyRecord,
+    params: GenerationParams,
+    prompt: str,
+    max_tokens: int | None,
+    *,
+    endpoint: str,
+    stream: bool,
+    client_addr: str | None,
+) -> CompletionPlan:
+    """Validate a request before any token is reserved; raises ApiErrors (4xx, 503). A request
+    refused for its own fault (4xx) spends one unit of the key's request rate."""
+    received_at = time.monotonic()
+    try:
+        return await _plan(record, params, prompt, max_tokens, endpoint, stream, received_at)
+    except ApiError as exc:
+        if 400 <= exc.status < 500 and exc.status != 429:
+            await charge_refusal(record, client_addr=client_addr)
+        raise
+
+
+async def _plan(
+    record: KeyRecord,
+    params: GenerationParams,
+    prompt: str,
+    max_tokens: int | None,
+    endpoint: str,
+    stream: bool,
+    received_at: float,
+) -> CompletionPlan:
+    require_scope(record, "completions")
+    _check_parameters(params)
+    if len(prompt) > settings.API_MAX_PROMPT_CHARS:
+        raise PayloadTooLarge(
+            f"The prompt has {len(prompt)} characters; this node accepts at most "
+            f"{settings.API_MAX_PROMPT_CHARS}.",
+            param="prompt",
+            code="prompt_too_large",
+        )
+    request = GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens or settings.API_DEFAULT_MAX_TOKENS,
+        temperature=1.0 if params.temperature is None else params.temperature,
+        top_p=1.0 if params.top_p is None else params.top_p,
+        stop=tuple(params.stop or ()),
+        seed=params.seed,
     )
+    engine_check_request(request)
+    # Encoded once here (a prompt too long for the model is refused before admission), and
+    # the ids travel with the request: the engine does not encode it again.
+    prompt_ids = await engine_encode_prompt(prompt)
+    request = replace(request, prompt_ids=tuple(prompt_ids))
+    model = params.model or served_model_id()
+    return CompletionPlan(record, request, len(prompt_ids), model, endpoint, stream, received_at)
 
 
-def get_engine() -> Engine:
-    """The process's one engine (created from settings on first use, not started)."""
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            _engine = Engine(engine_config())
-        return _engine
+@dataclass
+class Run:
+    """An admitted, queued generation; `finish()` settles it exactly once."""
 
+    plan: CompletionPlan
+    admission: Admission
+    stream: GenerationStream
+    started_at: float = field(default_factory=time.monotonic)
+    billed_tokens: int = 0  # completion tokens that reached the client so far
+    settled: bool = False
 
-def set_engine(engine: Engine | None) -> Engine | None:
-    """Install another engine as the process's one (tests); returns the previous one."""
-    global _engine, _started
-    with _engine_lock:
-        previous, _engine, _started = _engine, engine, engine is not None
-        return previous
+    @classmethod
+    async def start(cls, plan: CompletionPlan, *, client_addr: str | None) -> "Run":
+        """ADMIT (429s raise here), then queue; a refused queue releases the admission."""
+        admission = await admit(plan.record, tokens=plan.reservation, client_addr=client_addr)
+        try:
+            stream = await engine_submit(plan.request)
+        except BaseException:
+            # Never ran: refund everything, count nothing (the request slot stays spent).
+            await settle(admission, prompt_tokens=0, completion_tokens=0, count_usage=False)
+            raise
+        return cls(plan, admission, stream)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.admission.headers
 
-def start_engine() -> Engine:
-    """Start loading the model in the background (once) and drain it on shutdown."""
-    global _started
-    engine = get_engine()
-    with _engine_lock:
-        if _started:
-            return engine
-        _started = True
-    engine.start()
-    _install_drain(engine, settings.INFERENCE_DRAIN_SECONDS)
-    return engine
+    async def pieces(self, delivery: Delivery) -> AsyncIterator[str]:
+        """The text deltas; after the caller has sent one on, `delivery` says whether it
+        reached the client, and only then are its tokens billed."""
+        async with keep_alive(self.admission):
+            async for text in self.stream:
+                yield text
+                try:
+                    sent = await delivery.sent()
+                except asyncio.CancelledError:
+                    # The client left while we waited: the bytes may still have made it out.
+                    if delivery.sent_so_far():
+                        self.billed_tokens = self.stream.tokens_streamed
+                    raise
+                if sent:
+                    if not self.billed_tokens:
+                        self._observe(metrics.API_TIME_TO_FIRST_BYTE.labels(self.plan.endpoint))
+                    self.billed_tokens = self.stream.tokens_streamed
 
+    @property
+    def result(self) -> GenerationResult | None:
+        return self.stream.result
 
-def model_status() -> dict[str, Any]:
-    """The model's readiness for /readyz: ok, state and a human reason."""
-    if _engine is None or not _started:
+    @property
+    def all_delivered(self) -> bool:
+        """The generation finished and every text piece it produced reached the client."""
+        result = self.stream.result
+        return (
+            result is not None
+            and result.finish_reason != FINISH_CANCELLED
+            and self.billed_tokens == self.stream.tokens_streamed
+        )
+
+    async def finish(self, *, completed: bool) -> None:
+        """Settle once: the whole completion if the client got it all, else what it got
+        (nothing at all when no piece of the answer reached it)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.stream.cancel()
+        result = self.stream.result
+        if completed and result is not None:
+            self.billed_tokens = result.completion_tokens
+            stream = "true" if self.plan.stream else "false"
+            self._observe(metrics.API_COMPLETION_SECONDS.labels(self.plan.endpoint, stream))
+            if not self.plan.stream:  # a whole response: its first byte is its last
+                self._observe(metrics.API_TIME_TO_FIRST_BYTE.labels(self.plan.endpoint))
+        # Billed only when some of the answer reached the client: a request that failed, timed
+        # out in the queue, or whose client left before its first piece is refunded whole and
+        # not counted (its request slot stays spent).
+        delivered = completed or self.billed_tokens > 0
+        # Shielded: a client that goes away must not cancel its own settlement.
+        await asyncio.shield(
+            settle(
+                self.admission,
+                prompt_tokens=self.plan.prompt_tokens if delivered else 0,
+                completion_tokens=self.billed_tokens,
+                count_usage=delivered,
+            )
+        )
+
+    def _observe(self, histogram: Any) -> None:
+        histogram.observe(time.monotonic() - self.plan.received_at)
+
+    def timing_headers(self) -> dict[str, str]:
+        result = self.stream.result
+        if result is None:
+            return {}
         return {
-            "ok": False,
-            "state": "not_loaded",
-            "model": settings.INFERENCE_MODEL,
-            "detail": "the inference engine is not started in this process "
-            "(it starts with the ASGI server unless INFERENCE_AUTOLOAD is off)",
+            "x-queue-time-ms": f"{result.queue_seconds * 1000:.1f}",
+            "x-inference-time-ms": f"{result.generation_seconds * 1000:.1f}",
         }
-    status = _engine.status()
-    if status["state"] == "failed":
-        status["detail"] = f"{status['detail']} {MODEL_FIX}"
-    return status
-
-
-def require_engine() -> Engine:
-    """The ready engine, or ModelUnavailable whose message says why and how to fix it."""
-    engine = _engine
-    # The hot path: one attribute read; the status dict is built only to explain a refusal.
-    if engine is not None and _started and engine.is_ready:
-        return engine
-    raise _unavailable(model_status())
-
-
-# Prompts longer than this are tokenized on a tokenizer thread, not on the event loop: the
-# tokenizer holds the loop's thread for about 0.5 us a character (a 16,000-character prompt
-# stalled every request of the process for 10-60 ms), and releases the interpreter lock while
-# it works on another thread. Shorter ones cost less than the hop (about 0.1 ms).
-INLINE_PROMPT_CHARS = 2048
-# Two threads: a flood of long prompts queues here instead of starting a thread per request.
-_tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenizer")
-
-
-async def engine_encode_prompt(text: str) -> list[int]:
-    """The prompt's ids, once, on admission's side (raises ApiErrors, 413 when too long);
-    long prompts are encoded off the event loop."""
-    engine = require_engine()
-    try:
-        if len(text) <= INLINE_PROMPT_CHARS:
-            return engine.encode_prompt(text)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_tokenizer_pool, engine.encode_prompt, text)
-    except EngineError as exc:
-        raise api_error(exc) from exc
-
-
-def engine_check_request(request: GenerationRequest) -> None:
-    """The engine's own parameter checks (max_tokens within INFERENCE_MAX_OUTPUT_TOKENS...),
-    before admission: a request the engine would refuse spends no tokens."""
-    try:
-        request.validate(require_engine().max_output_tokens)
-    except EngineError as exc:
-        raise api_error(exc) from exc
-
-
-async def engine_submit(request: GenerationRequest) -> GenerationStream:
-    """Queue a generation; raises Overloaded, ModelUnavailable or InvalidRequest."""
-    engine = require_engine()
-    try:
-        return await engine.submit(request)
-    except EngineError as exc:
-        raise api_error(exc) from exc
-
-
-def served_model_id() -> str:
-    """The model id clients see and send: INFERENCE_MODEL_NAME, or the hub id, or for a local
-    folder its name (never a filesystem path)."""
-    return _model_names(settings.INFERENCE_MODEL_NAME, settings.INFERENCE_MODEL)[0]
-
-
-def served_model_names() -> frozenset[str]:
-    """Every name a request may use for the served model."""
-    return _model_names(settings.INFERENCE_MODEL_NAME, settings.INFERENCE_MODEL)[1]
-
-
-@lru_cache(maxsize=4)
-def _model_names(name: str, model: str) -> tuple[str, frozenset[str]]:
-    # Cached: is_dir() is a system call, and this runs on every completion request.
-    served = name or (Path(model).name if Path(model).is_dir() else model)
-    return served, frozenset({served, model, Path(model).name})
-
-
-def api_error(exc: EngineError) -> ApiError:
-    """The client-facing error for an engine exception."""
-    if isinstance(exc, QueueFull):
-        return Overloaded("The model is at capacity; retry shortly.", headers={"Retry-After": "1"})
-    if isinstance(exc, QueueTimeout):
-        # Nothing ran; the node has been busy for a while, so the retry waits a little longer.
-        return Overloaded(
-            "The model is at capacity: the request waited too long for its turn and did not "
-            "run; retry shortly.",
-            headers={"Retry-After": "5"},
-        )
-    if isinstance(exc, PromptTooLong):
-        return PayloadTooLarge(str(exc), param="prompt", code="context_length_exceeded")
-    if isinstance(exc, InvalidGeneration):
-        return InvalidRequest(str(exc), param=exc.param)
-    if isinstance(exc, ModelNotReady):
-        return _unavailable(model_status())
-    if isinstance(exc, RowFailed):
-        # A fault in this request's own work, not the node's: the same request would fail
-        # again, so no retry is suggested (its batch-mates were served).
-        return GenerationError(
-            "The model failed on this request (an error specific to it); sending it again "
-            "unchanged is unlikely to help."
-        )
-    # The batch failed (the model or its process): another try may well succeed.
-    return ModelUnavailable("The model failed on this request; retry it.")
-
-
-def _unavailable(status: dict[str, Any]) -> ModelUnavailable:
-    state = status.get("state")
-    if state == "loading":
-        return ModelUnavailable(
-            "The model is still loading; retry in a few seconds.", headers={"Retry-After": "5"}
-        )
-    if state == "failed":
-        # The reason itself (it may name server paths) is for operators, on /readyz and in
-        # the log; clients get what happened and the fix.
-        return ModelUnavailable(
-            "The model could not be loaded on this node (its /readyz says why). " + MODEL_FIX
-        )
-    if state == "stopped":
-        return ModelUnavailable("This node is shutting down; retry the request.")
-    return ModelUnavailable(
-        "The model is not loaded in this process (INFERENCE_AUTOLOAD is off). " + MODEL_FIX
-    )
-
-
-def _install_drain(engine: Engine, timeout: float) -> None:
-    # Best effort for any server: drain when the interpreter exits normally.
-    atexit.register(engine.stop, timeout)
-    reactor = _running_twisted_reactor()
-    if reactor is not None:
-        # Twisted installs its SIGTERM/SIGINT handlers while starting; wrap them once it runs.
-        reactor.callWhenRunning(_wrap_signal_handlers, engine, timeout)
-
-
-def _running_twisted_reactor() -> Any | None:
-    # Daphne installs the asyncio Twisted reactor before it imports the application.
-    if "twisted.internet.reactor" not in sys.modules:
-        return None
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def _wrap_signal_handlers(engine: Engine, timeout: float) -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(signum)
-        if callable(previous):
-            signal.signal(signum, drain_then(engine, previous, timeout))
-
-
-def drain_then(engine: Engine, previous: Callable[..., Any], timeout: float) -> Callable:
-    """A signal handler: refuse new work, finish running rows, then run `previous`."""
-
-    def handler(signum: int, frame: Any) -> None:
-        logger.info("signal %s: draining the inference engine (at most %.0fs)", signum, timeout)
-
-        def drain() -> None:
-            engine.stop(timeout)
-            # Daphne's own handler stops the reactor only after the drain, so the event loop
-            # keeps delivering the finishing rows to their clients meanwhile.
-            previous(signum, frame)
-
-        threading.Thread(target=drain, name="inference-drain", daemon=True).start()
-
-    return handler

@@ -1,5 +1,8 @@
 """OpenAI's response and Server-Sent Event chunk shapes for completions and chat completions.
 
+The whole (non-streamed) response and every usage object are built from the schemas that
+document them in OpenAPI (inference/schemas.py), so a field added to one is in the other.
+
 Each content chunk also carries `x_completion_tokens`: the completion tokens covered by the text
 sent so far, so a client that cuts a stream knows exactly what it will be billed (a node
 extension; OpenAI's SDKs ignore unknown fields).
@@ -11,6 +14,14 @@ import uuid
 from typing import Any
 
 from engine.runtime import GenerationResult
+from inference.schemas import (
+    ChatChoice,
+    ChatCompletionOut,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionOut,
+    Usage,
+)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -19,12 +30,16 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    total = prompt_tokens + completion_tokens
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
+    )
+
+
 def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+    """The usage object of a response, a stream's usage chunk and a WebSocket's done event."""
+    return _usage(prompt_tokens, completion_tokens).model_dump()
 
 
 class Shape:
@@ -79,16 +94,20 @@ class Shape:
         return event(body)
 
     def response(self, result: GenerationResult, prompt_tokens: int) -> dict[str, Any]:
-        """The whole (non-streamed) response object."""
+        """The whole (non-streamed) response object: ChatCompletionOut or CompletionOut, the
+        schemas the API documents, dumped (their defaults fill object, index, logprobs...)."""
+        usage = _usage(prompt_tokens, result.completion_tokens)
+        finish_reason = result.finish_reason
+        body: ChatCompletionOut | CompletionOut
         if self.chat:
-            choice = {"message": {"role": "assistant", "content": result.text, "refusal": None}}
-            body = self._base("chat.completion")
+            message = ChatMessageOut(content=result.text)
+            choice = ChatChoice(message=message, finish_reason=finish_reason)
+            body = ChatCompletionOut(
+                id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage
+            )
         else:
-            choice = {"text": result.text}
-            body = self._base("text_completion")
-        body["choices"] = [
-            {"index": 0, **choice, "logprobs": None, "finish_reason": result.finish_reason}
-        ]
-        body["usage"] = usage_of(prompt_tokens, result.completion_tokens)
-        body["system_fingerprint"] = None
-        return body
+            text = CompletionChoice(text=result.text, finish_reason=finish_reason)
+            body = CompletionOut(
+                id=self.id, created=self.created, model=self.model, choices=[text], usage=usage
+            )
+        return body.model_dump()

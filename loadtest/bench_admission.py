@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import own_redis  # noqa: E402
+from percentiles import percentile_nearest_rank  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -92,11 +93,6 @@ TYPICAL = _record(
     tenant={"rpm": 10**7, "tpm": 10**9, "max_inflight": 10**5, "tokens_per_day": 10**12},
     key_id="BENCHkey0003",
 )
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 async def _latencies(op: Callable[[], Awaitable[object]], count: int) -> list[float]:
@@ -177,8 +173,8 @@ async def _over_admission(seconds: float, tasks: int) -> tuple[int, int, int, fl
 def _row(name: str, values: list[float]) -> str:
     us = [v * 1e6 for v in values]
     return (
-        f"| {name} | {statistics.median(us):.0f} | {_pct(us, 0.99):.0f} | "
-        f"{_pct(us, 0.999):.0f} | {len(us)} |"
+        f"| {name} | {statistics.median(us):.0f} | {percentile_nearest_rank(us, 0.99):.0f} | "
+        f"{percentile_nearest_rank(us, 0.999):.0f} | {len(us)} |"
     )
 
 
@@ -208,9 +204,9 @@ async def main(args: argparse.Namespace) -> None:
     print(_row("admit(), typical tenant: 4 limits", typical_lat))
     print(_row("admit(), every limit: 8 limits", full_lat))
     print(_row("admit() + settle(), 8 limits (separate loop)", pair_lat))
-    set_p99, set_p50 = _pct(set_lat, 0.99), statistics.median(set_lat)
+    set_p99, set_p50 = percentile_nearest_rank(set_lat, 0.99), statistics.median(set_lat)
     for name, lat in (("typical", typical_lat), ("8 limits", full_lat)):
-        ratio = _pct(lat, 0.99) / set_p99
+        ratio = percentile_nearest_rank(lat, 0.99) / set_p99
         print(f"{name}: admission p99 / SET p99 = {ratio:.2f} (goal <= 2.00); ", end="")
         print(f"p50 / SET p50 = {statistics.median(lat) / set_p50:.2f}")
     print(f"throughput, {args.tasks} tasks in one process: SET {set_rate:,.0f}/s; ", end="")

@@ -35,10 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.config import EngineConfig  # noqa: E402
 from engine.loading import quiet_libraries  # noqa: E402
 from engine.runtime import (  # noqa: E402
     Engine,
-    EngineConfig,
     GenerationRequest,
     GenerationResult,
 )

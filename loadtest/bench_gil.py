@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtest"))
 
 from bench_engine import ensure_model, uptime  # noqa: E402
-from harness import percentile  # noqa: E402
+from percentiles import percentile_nearest_rank  # noqa: E402
 
+from engine.config import EngineConfig  # noqa: E402
 from engine.loading import quiet_libraries  # noqa: E402
-from engine.runtime import EngineConfig  # noqa: E402
 from engine.testing import generate, start_ready  # noqa: E402
 
 PROMPTS = [
@@ -127,16 +127,17 @@ def main() -> int:
     for mode, (alone, loaded) in rows.items():
         a, b = alone["generation"], loaded["generation"]
         slow[mode] = statistics.median(b) / statistics.median(a)
+        p95_a, p95_b = percentile_nearest_rank(a, 0.95), percentile_nearest_rank(b, 0.95)
         print(
-            f"| a {mode} | {statistics.median(a):.0f} / {percentile(a, 0.95):.0f} ms |"
-            f" {statistics.median(b):.0f} / {percentile(b, 0.95):.0f} ms | {slow[mode]:.2f}x |"
+            f"| a {mode} | {statistics.median(a):.0f} / {p95_a:.0f} ms |"
+            f" {statistics.median(b):.0f} / {p95_b:.0f} ms | {slow[mode]:.2f}x |"
         )
     print("\n| model on | small requests p50 / p95 / p99 | count |")
     print("| --- | --- | --- |")
     print(f"| (no decoding) | {_quantiles(floor)} | {len(floor)} |")
     tails = {}
     for mode, (_, loaded) in rows.items():
-        tails[mode] = percentile(loaded["requests"], 0.99)
+        tails[mode] = percentile_nearest_rank(loaded["requests"], 0.99)
         print(f"| a {mode} | {_quantiles(loaded['requests'])} | {len(loaded['requests'])} |")
     print(f"\n| model on | {args.batch} concurrent 64-token completions, tokens/s |")
     print("| --- | --- |")
@@ -171,7 +172,8 @@ async def _floor(args: argparse.Namespace) -> list[float]:
 
 
 def _quantiles(values: list[float]) -> str:
-    return " / ".join(f"{percentile(values, q):.1f}" for q in (0.5, 0.95, 0.99)) + " ms"
+    figures = (percentile_nearest_rank(values, q) for q in (0.5, 0.95, 0.99))
+    return " / ".join(f"{figure:.1f}" for figure in figures) + " ms"
 
 
 if __name__ == "__main__":

@@ -7,12 +7,6 @@ import tempfile
 import time
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The value at fraction q (0-1) of the sorted values (index floor(q * n), capped)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def own_redis(appendonly: bool = False) -> tuple[subprocess.Popen, str]:
     """A redis-server of the script's own on a free loopback port; (process, url)."""
     with socket.socket() as probe:

@@ -75,7 +75,9 @@ class ApiKeyAdmin(ReadOnlyAdmin):
         return TemplateResponse(request, f"admin/tenants/apikey/{template}", context)
 
     @admin.action(description="Rotate selected keys (shows the new tokens once)")
-    def rotate_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
+    def rotate_selected(
+        self, request: HttpRequest, queryset: QuerySet[ApiKey]
+    ) -> HttpResponse | None:
         form = RotateKeyForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
             return self._action_page(request, "rotate_confirm.html", form=form, keys=queryset)
@@ -98,7 +100,9 @@ class ApiKeyAdmin(ReadOnlyAdmin):
         return response
 
     @admin.action(description="Revoke selected keys")
-    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
+    def revoke_selected(
+        self, request: HttpRequest, queryset: QuerySet[ApiKey]
+    ) -> HttpResponse | None:
         if "apply" not in request.POST:
             return self._action_page(request, "revoke_confirm.html", keys=queryset)
         actor = f"admin:{request.user.get_username()}"

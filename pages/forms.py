@@ -1,7 +1,9 @@
 """Console forms. They validate and explain; the writes happen in tenants.services."""
 
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from django import forms
 from django.core.validators import RegexValidator
@@ -78,11 +80,12 @@ class LimitsForm(forms.Form):
     )
 
     @classmethod
-    def for_tenant(cls, tenant: Tenant, data: object = None) -> "LimitsForm":
+    def for_tenant(cls, tenant: Tenant, data: Mapping[str, Any] | None = None) -> "LimitsForm":
         return cls(data, initial={name: getattr(tenant, name) for name in TENANT_SETTINGS})
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         day, month = data.get("tokens_per_day"), data.get("tokens_per_month")
         if day and month and day > month:
             self.add_error("tokens_per_day", "Tokens per day cannot be more than tokens per month.")
@@ -125,7 +128,7 @@ class OnceForm(forms.Form):
 
     once = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not self.is_bound:
             self.initial.setdefault("once", secrets.token_urlsafe(24))
@@ -163,8 +166,9 @@ class RotateKeyForm(OnceForm):
         help_text="With “Custom…”: e.g. 30s, 15m, 12h, 3d (at most 30d).",
     )
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         choice = data.get("grace")
         if choice is None:
             return data
@@ -191,7 +195,7 @@ class RevokeKeyForm(forms.Form):
         error_messages={"required": "Type the key id to confirm."},
     )
 
-    def __init__(self, *args: object, api_key: ApiKey, **kwargs: object) -> None:
+    def __init__(self, *args: Any, api_key: ApiKey, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.api_key = api_key
 
@@ -214,16 +218,21 @@ class ThrottleFilterForm(forms.Form):
         label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
 
-    def __init__(self, *args: object, tenant: Tenant, reasons: list[str], **kwargs: object):
+    def __init__(self, *args: Any, tenant: Tenant, reasons: list[str], **kwargs: Any):
         super().__init__(*args, **kwargs)
         keys = tenant.keys.order_by("key_id").values_list("key_id", "name")
-        self.fields["key"].choices = [("", "All keys")] + [
+        key_field, reason_field = self.fields["key"], self.fields["reason"]
+        # Copies of the ChoiceFields declared above; self.fields types them as any Field.
+        assert isinstance(key_field, forms.ChoiceField)
+        assert isinstance(reason_field, forms.ChoiceField)
+        key_field.choices = [("", "All keys")] + [
             (key_id, f"{key_id} {name}".strip()) for key_id, name in keys
         ]
-        self.fields["reason"].choices = [("", "All reasons")] + [(r, r) for r in reasons]
+        reason_field.choices = [("", "All reasons")] + [(r, r) for r in reasons]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         since, until = data.get("since"), data.get("until")
         if since and until and since > until:
             self.add_error("until", "“To” must be on or after “From”.")

@@ -1,14 +1,23 @@
 """Reads for the console pages. Every sum and count happens in the database (GROUP BY over the
 usage and audit rows); Python only places the aggregated buckets on a time grid."""
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncHour, TruncMinute
 from django.utils import timezone
 
 from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+# A row of values(): column or aggregate name to value.
+Row = Mapping[str, Any]
 
 # Window choices for the charts: how far back, and the bucket each point sums.
 WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
@@ -56,7 +65,7 @@ def _trunc(win: Window, field: str = "minute") -> TruncMinute | TruncHour:
     return cls(field, tzinfo=UTC)
 
 
-def _tokens() -> F:
+def _tokens() -> CombinedExpression:
     return F("prompt_tokens") + F("completion_tokens")
 
 
@@ -85,7 +94,7 @@ def node_totals(win: Window) -> dict[str, int]:
     return {**usage, **counts, "tokens": tokens, "throttled": throttled}
 
 
-def busiest_tenants(win: Window, limit: int = 5) -> list[dict]:
+def busiest_tenants(win: Window, limit: int = 5) -> list[Row]:
     """Tenants with the most accepted requests in the window (and their errors)."""
     rows = (
         _usage(win)
@@ -98,7 +107,7 @@ def busiest_tenants(win: Window, limit: int = 5) -> list[dict]:
     return list(rows[:limit])
 
 
-def most_throttled_tenants(win: Window, limit: int = 5) -> list[dict]:
+def most_throttled_tenants(win: Window, limit: int = 5) -> list[Row]:
     """Tenants with the most 429s in the window, and how many of their keys were refused."""
     rows = (
         _throttles(win)
@@ -109,7 +118,7 @@ def most_throttled_tenants(win: Window, limit: int = 5) -> list[dict]:
     return list(rows[:limit])
 
 
-def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
+def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     """Per-bucket sums of requests, tokens and errors (only buckets that have rows)."""
     rows = _usage(win)
     if tenant is not None:
@@ -122,7 +131,7 @@ def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
     )
 
 
-def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]:
+def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     """Per-bucket sums of 429s (only buckets that have rows)."""
     rows = _throttles(win)
     if tenant is not None:
@@ -135,7 +144,7 @@ def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[dict]
     )
 
 
-def key_buckets(win: Window, tenant: Tenant) -> tuple[list[dict], list[dict]]:
+def key_buckets(win: Window, tenant: Tenant) -> tuple[list[Row], list[Row]]:
     """Per-key, per-bucket requests, errors and 429s of one tenant's keys."""
     usage = (
         _usage(win)
@@ -156,22 +165,43 @@ def key_buckets(win: Window, tenant: Tenant) -> tuple[list[dict], list[dict]]:
     return list(usage), list(throttled)
 
 
-def _sums(rows: QuerySet, by: str, **sums: Aggregate) -> dict[int, dict]:
+class KeyUsage(TypedDict):
+    """The sums tenant_keys attaches to each key it returns."""
+
+    requests: int
+    tokens: int
+    errors: int
+    throttled: int
+
+
+class TenantUsage(KeyUsage):
+    """The sums tenants_with_usage attaches to each tenant it returns."""
+
+    active_keys: int
+
+
+Sums = dict[int, dict[str, int]]
+
+
+def _sums(rows: QuerySet[Any], by: str, **sums: Aggregate) -> Sums:
     """One GROUP BY query: {group id: {name: sum}}."""
     return {row.pop(by): row for row in rows.order_by().values(by).annotate(**sums)}
 
 
-def _attach(objects: list, by: str, *tables: dict[int, dict]) -> list:
+def _attach(objects: list[Any], by: str, names: Iterable[str], *tables: Sums) -> list[Any]:
+    """Set each of `names` on each object: its sum from `tables`, else 0."""
     # Separate grouped queries rather than one join: joining usage to throttles would multiply
     # their rows and inflate both sums, and correlated subqueries ran once per joined row.
     for obj in objects:
+        for name in names:
+            setattr(obj, name, 0)
         for table in tables:
             for name, value in table.get(getattr(obj, by), {}).items():
                 setattr(obj, name, value)
     return objects
 
 
-def _usage_columns(since: datetime, by: str, **where: object) -> tuple[dict, dict]:
+def _usage_columns(since: datetime, by: str, **where: object) -> tuple[Sums, Sums]:
     usage = _sums(
         UsageMinute.objects.filter(minute__gte=since, **where),
         by,
@@ -183,25 +213,22 @@ def _usage_columns(since: datetime, by: str, **where: object) -> tuple[dict, dic
     return usage, _sums(throttles, by, throttled=Sum("count"))
 
 
-def tenants_with_usage(since: datetime) -> list[Tenant]:
+def tenants_with_usage(since: datetime) -> "list[WithAnnotations[Tenant, TenantUsage]]":
     """All tenants with their active keys, requests, tokens, errors and 429s since `since`."""
     live = ApiKey.objects.filter(revoked_at__isnull=True).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
     active = _sums(live, "tenant_id", active_keys=Count("id"))
     tenants = list(Tenant.objects.order_by("slug"))
-    for tenant in tenants:
-        tenant.active_keys, tenant.requests, tenant.tokens, tenant.throttled = 0, 0, 0, 0
-        tenant.errors = 0
-    return _attach(tenants, "id", active, *_usage_columns(since, "tenant_id"))
+    usage, throttles = _usage_columns(since, "tenant_id")
+    return _attach(tenants, "id", TenantUsage.__annotations__, active, usage, throttles)
 
 
-def tenant_keys(tenant: Tenant, since: datetime) -> list[ApiKey]:
+def tenant_keys(tenant: Tenant, since: datetime) -> "list[WithAnnotations[ApiKey, KeyUsage]]":
     """A tenant's keys, newest first, with requests, tokens, errors and 429s since `since`."""
     keys = list(tenant.keys.order_by("-created_at", "-id"))
-    for key in keys:
-        key.requests, key.tokens, key.errors, key.throttled = 0, 0, 0, 0
-    return _attach(keys, "pk", *_usage_columns(since, "api_key_id", tenant=tenant))
+    usage, throttles = _usage_columns(since, "api_key_id", tenant=tenant)
+    return _attach(keys, "pk", KeyUsage.__annotations__, usage, throttles)
 
 
 @dataclass(frozen=True)
@@ -232,7 +259,7 @@ def throttle_events(tenant: Tenant, filters: ThrottleFilter) -> QuerySet[Throttl
     return rows.order_by("-minute", "api_key__key_id", "reason")
 
 
-def throttle_summary(rows: QuerySet[ThrottleEvent]) -> list[dict]:
+def throttle_summary(rows: QuerySet[ThrottleEvent]) -> list[Row]:
     """429 counts per reason for a filtered audit query, biggest first."""
     return list(
         rows.order_by().values("reason").annotate(total=Sum("count")).order_by("-total", "reason")

@@ -29,7 +29,7 @@ from ratelimit import metrics
 from ratelimit.decision import Decision
 from ratelimit.headers import go_duration
 from ratelimit.limiter import check_buckets, runtime
-from ratelimit.limits import Limit
+from ratelimit.limits import Limit, LimitKind
 from ratelimit.local import LocalLimiter
 
 TAG = "{authfail}"
@@ -103,8 +103,8 @@ def _limit(key: str, *, peek: bool) -> Limit:
         # A look that counts nothing: a token-kind limit reserving 0 tokens costs 0 (ADMIT and
         # the local limiter alike), and a bucket one unit shallower refuses exactly when one
         # more failure (a request-kind unit, same emission interval) would be refused.
-        return Limit(NAME, "t", per_minute, per_minute - 1, key)
-    return Limit(NAME, "r", per_minute, per_minute, key)
+        return Limit(NAME, LimitKind.TOKENS, per_minute, per_minute - 1, key)
+    return Limit(NAME, LimitKind.REQUESTS, per_minute, per_minute, key)
 
 
 async def _decide(limit: Limit) -> Decision:

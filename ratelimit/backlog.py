@@ -1,8 +1,9 @@
 """Work the limiter could not finish in Redis, kept in this process until it can be.
 
-- Settles that met a Redis error (or a cancellation mid-call) are queued and retried by the
-  flusher thread. SETTLE is idempotent per lease id, so a retry of one that did run is a no-op.
-- Usage of requests admitted without Redis (failure modes open and local), errors that
+- Settles that met a Redis error twice (or a cancellation mid-call) are queued and retried by
+  the flusher thread. SETTLE is idempotent per lease id, so a retry of one that did run is a no-op.
+- Usage of requests admitted without Redis (failure modes open and local) that Redis still could
+  not take at settle time (COUNT_USAGE, see limiter.settle), errors that
   could not be counted in Redis, and the refusals of the in-process denial cache
   (ratelimit/denycache.py) are summed here per key and minute and written to Postgres by
   the flusher (ratelimit/flush.py). They are lost if the process dies first: the price of an

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from ratelimit.decision import Decision
+from ratelimit.limits import LimitKind
 from tenants.keycache import KeyRecord
 
 # A hair early rather than late: if this clock runs slow against Redis's, Redis decides.
@@ -41,7 +42,11 @@ _denials: dict[int, Denial] = {}
 def remember(record: KeyRecord, decision: Decision) -> None:
     """Keep a Redis refusal if it is one whose wait is certain (a requests-per-minute limit)."""
     binding = decision.binding
-    if not settings.RATELIMIT_DENY_CACHE or binding is None or binding.limit.kind != "r":
+    if (
+        not settings.RATELIMIT_DENY_CACHE
+        or binding is None
+        or binding.limit.kind is not LimitKind.REQUESTS
+    ):
         return
     if decision.retry_after_us <= MARGIN_US:
         return

@@ -8,12 +8,12 @@ against and 429s are in the 429 audit already; neither is counted here.
 """
 
 import asyncio
+from functools import partial
 
 from django.conf import settings
 
-from core.redis import get_redis, get_sync_redis
 from ratelimit import backlog
-from ratelimit.limiter import BACKEND_ERRORS, call_timeout, record_backend_error, runtime
+from ratelimit.limiter import guarded, guarded_sync
 from ratelimit.limits import usage_key
 from ratelimit.scripts import COUNT_ERROR
 from tenants.keycache import KeyRecord
@@ -32,30 +32,22 @@ def _call(record: KeyRecord) -> tuple[list[str], list[str | int]]:
     return [usage_key(record.tenant_id)], [f"{record.api_key_pk}|", ttl_ms]
 
 
+def _ignore(_reply: object) -> None:
+    return None
+
+
 async def count_error(record: KeyRecord) -> None:
     """Count one error answered to this key (never raises for a Redis failure: the count then
     waits in this process's backlog for the flusher)."""
-    if not runtime().breaker.allow():
-        backlog.count_error(record.tenant_id, record.api_key_pk)
-        return
     keys, args = _call(record)
-    try:
-        async with asyncio.timeout(call_timeout()):
-            await COUNT_ERROR.run(get_redis("ratelimit"), keys, args)
-    except BACKEND_ERRORS as exc:
-        record_backend_error("count_error", exc)
-        backlog.count_error(record.tenant_id, record.api_key_pk)
-        return
-    runtime().breaker.success()
+    later = partial(backlog.count_error, record.tenant_id, record.api_key_pk)
+    await guarded("count_error", COUNT_ERROR, keys, args, on_reply=_ignore, fallback=later)
 
 
 def _count_error_blocking(record: KeyRecord) -> None:
     keys, args = _call(record)
-    try:
-        COUNT_ERROR.run_sync(get_sync_redis("ratelimit"), keys, args)
-    except BACKEND_ERRORS as exc:
-        record_backend_error("count_error", exc)
-        backlog.count_error(record.tenant_id, record.api_key_pk)
+    later = partial(backlog.count_error, record.tenant_id, record.api_key_pk)
+    guarded_sync("count_error", COUNT_ERROR, keys, args, on_reply=_ignore, fallback=later)
 
 
 def count_error_soon(record: KeyRecord) -> None:

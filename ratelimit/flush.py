@@ -6,7 +6,8 @@ and ADMIT counts refusals in `rlbuf:v1:{t:<id>}:throttle`. A flush, for each suc
 1. RENAME it to `<live>:batch:<uuid>`: atomic, so the requests that settle afterwards start a
    new live hash and nothing is counted twice or lost between the read and the delete;
 2. in ONE Postgres transaction, insert UsageBatch("<kind>:<uuid>") and add the batch's rows
-   to UsageMinute / ThrottleEvent (upserts that add to what is there);
+   to UsageMinute / ThrottleEvent (upserts that add to what is there; the writes are the
+   tenants app's services: usage_batch_apply, usage_minutes_add, throttle_events_add);
 3. DEL the batch key.
 
 A process that dies after 1 leaves the batch key: the next flush (any process) applies it. One
@@ -20,16 +21,24 @@ import threading
 import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from core.redis import get_sync_redis
 from ratelimit import backlog
 from ratelimit.scripts import preload_sync
-from tenants.models import ApiKey, ThrottleEvent, UsageBatch, UsageMinute
+from tenants.models import ApiKey
+from tenants.services import (
+    Refusals,
+    throttle_events_add,
+    usage_batch_apply,
+    usage_batches_prune,
+    usage_minutes_add,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,27 +125,6 @@ def _usage_rows(flat: dict) -> dict[tuple[int, str], list[int]]:
     return rows
 
 
-UPSERT_USAGE = (
-    "INSERT INTO {table} (tenant_id, api_key_id, minute, requests, prompt_tokens, "
-    "completion_tokens, errors) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (api_key_id, minute) DO UPDATE SET "
-    "requests = {table}.requests + excluded.requests, "
-    "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens, "
-    "errors = {table}.errors + excluded.errors"
-)
-
-
-def upsert_usage(rows: dict[tuple[int, int, datetime], list[int]]) -> None:
-    """Add requests, tokens and errors to UsageMinute rows (tenant, key, minute), creating them."""
-    # The only interpolation is our own model's table name; every value is a parameter.
-    sql = UPSERT_USAGE.format(table=UsageMinute._meta.db_table)  # noqa: S608
-    adapt = connection.ops.adapt_datetimefield_value
-    params = [(t, k, adapt(m), *values) for (t, k, m), values in sorted(rows.items())]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-
-
 def _write_usage(flat: dict, report: FlushReport) -> None:
     parsed = _usage_rows(flat)
     tenants = _tenants_of({pk for pk, _ in parsed})
@@ -150,7 +138,7 @@ def _write_usage(flat: dict, report: FlushReport) -> None:
         report.prompt_tokens += values[1]
         report.completion_tokens += values[2]
         report.errors += values[3]
-    upsert_usage(rows)
+    usage_minutes_add(rows=rows)
     report.usage_rows += len(rows)
     report.usage_batches += 1
 
@@ -169,41 +157,27 @@ def _throttle_rows(flat: dict) -> dict[tuple[int, str, str], dict]:
     return rows
 
 
-def _upsert_throttle(tenant_id: int, pk: int, reason: str, minute: datetime, row: dict) -> None:
-    # First and last seen only ever widen; counts add up; a few distinct addresses are kept.
+def _refusals(tenant_id: int, pk: int, reason: str, minute: datetime, row: dict) -> Refusals:
+    return Refusals(tenant_id, pk, reason, minute, row["n"], row["f"], row["l"], row["a"])
+
+
+def _write_refusals(refusals: list[Refusals]) -> None:
     keep = settings.RATELIMIT_AUDIT_SAMPLE_ADDRESSES
-    event, created = ThrottleEvent.objects.select_for_update().get_or_create(
-        api_key_id=pk,
-        reason=reason,
-        minute=minute,
-        defaults={
-            "tenant_id": tenant_id,
-            "count": row["n"],
-            "first_seen": row["f"],
-            "last_seen": row["l"],
-            "sample_addresses": row["a"][:keep],
-        },
-    )
-    if created:
-        return
-    event.count += row["n"]
-    event.first_seen = min(event.first_seen, row["f"])
-    event.last_seen = max(event.last_seen, row["l"])
-    new = [a for a in row["a"] if a not in event.sample_addresses]
-    event.sample_addresses = (event.sample_addresses + new)[:keep]
-    event.save(update_fields=["count", "first_seen", "last_seen", "sample_addresses"])
+    throttle_events_add(refusals=refusals, keep_addresses=keep)
 
 
 def _write_throttles(flat: dict, report: FlushReport) -> None:
     parsed = _throttle_rows(flat)
     tenants = _tenants_of({pk for pk, _, _ in parsed})
+    refusals = []
     for (pk, reason, minute), row in sorted(parsed.items()):
         if pk not in tenants:
             report.dropped_rows += 1
             continue
-        _upsert_throttle(tenants[pk], pk, reason, _minute(minute), row)
+        refusals.append(_refusals(tenants[pk], pk, reason, _minute(minute), row))
         report.throttle_rows += 1
         report.refusals += row["n"]
+    _write_refusals(refusals)
     report.throttle_batches += 1
 
 
@@ -211,19 +185,13 @@ def write_batch(client: redis.Redis, batch_key: str, report: FlushReport) -> boo
     """Step 2: apply one batch in one transaction; False if its id was already applied."""
     batch_id = batch_id_of(batch_key)
     flat = client.hgetall(batch_key)
-    with transaction.atomic():
-        # Unique batch_id: a second flusher of the same batch blocks here, then finds it.
-        marker, created = UsageBatch.objects.get_or_create(
-            batch_id=batch_id, defaults={"rows": len(flat)}
-        )
-        if not created:
-            report.already_applied += 1
-            return False
-        if batch_id.startswith("usage:"):
-            _write_usage(flat, report)
-        else:
-            _write_throttles(flat, report)
-    return True
+    write = _write_usage if batch_id.startswith("usage:") else _write_throttles
+    applied = usage_batch_apply(
+        batch_id=batch_id, rows=len(flat), write=partial(write, flat, report)
+    )
+    if not applied:
+        report.already_applied += 1
+    return applied
 
 
 def apply_batch(client: redis.Redis, batch_key: str, report: FlushReport) -> None:
@@ -239,8 +207,7 @@ def _flush_local_usage(report: FlushReport) -> None:
     try:
         tenants = _tenants_of({pk for _, pk, _ in taken})
         rows = {(t, pk, _minute(str(m))): v for (t, pk, m), v in taken.items() if pk in tenants}
-        with transaction.atomic():
-            upsert_usage(rows)
+        usage_minutes_add(rows=rows)
     except Exception:
         backlog.restore_usage(taken)  # written next time instead
         raise
@@ -254,15 +221,17 @@ def _flush_local_throttles(report: FlushReport) -> None:
         return
     try:
         known = _tenants_of({pk for _, pk, _, _ in taken})
-        with transaction.atomic():
-            for (tenant_id, pk, reason, minute), row in sorted(taken.items()):
-                if pk not in known:  # a key deleted since: nothing to attach the row to
-                    report.dropped_rows += 1
-                    continue
-                stamps = {"f": _stamp(row["f"]), "l": _stamp(row["l"])}
-                _upsert_throttle(tenant_id, pk, reason, _minute(str(minute)), {**row, **stamps})
-                report.refusals += row["n"]
-                report.local_rows += 1
+        refusals = []
+        for (tenant_id, pk, reason, minute), row in sorted(taken.items()):
+            if pk not in known:  # a key deleted since: nothing to attach the row to
+                report.dropped_rows += 1
+                continue
+            stamps = {"f": _stamp(row["f"]), "l": _stamp(row["l"])}
+            minute_at = _minute(str(minute))
+            refusals.append(_refusals(tenant_id, pk, reason, minute_at, {**row, **stamps}))
+            report.refusals += row["n"]
+            report.local_rows += 1
+        _write_refusals(refusals)
     except Exception:
         backlog.restore_throttles(taken)  # written next time instead
         raise
@@ -275,7 +244,7 @@ def _stamp(microseconds: int) -> datetime:
 def _prune_markers() -> None:
     # A batch key lives at most RATELIMIT_BUFFER_TTL_SECONDS; its marker is useless after.
     cutoff = timezone.now() - timedelta(seconds=2 * settings.RATELIMIT_BUFFER_TTL_SECONDS)
-    UsageBatch.objects.filter(applied_at__lt=cutoff).delete()
+    usage_batches_prune(applied_before=cutoff)
 
 
 def flush(client: redis.Redis | None = None) -> FlushReport:

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from core.errors import ApiError, QuotaExhausted, RateLimited
 from ratelimit.decision import Decision, LimitState
-from ratelimit.limits import DESCRIPTIONS
+from ratelimit.limits import DESCRIPTIONS, LimitKind
 from tenants.keycache import KeyRecord
 
 REQUEST_LABELS = frozenset({"rpm"})
@@ -59,12 +59,12 @@ def _trio(unit: str, state: LimitState) -> dict[str, str]:
 def _policy_item(state: LimitState) -> str:
     limit = state.limit
     item = f'"{limit.name}";q={limit.limit}'
-    if limit.kind == "c":
+    if limit.kind is LimitKind.INFLIGHT:
         return item + ';qu="concurrent-requests"'
-    window = {"r": 60, "t": 60, "d": 86400}.get(limit.kind)
+    window = limit.kind.window_seconds
     item += f";w={window}" if window else ""
     # The draft's quota-unit registry has no tokens: a vendor-prefixed parameter says so.
-    return item + (';node-unit="tokens"' if limit.kind in ("t", "d", "m") else "")
+    return item + (';node-unit="tokens"' if limit.kind.counts_tokens else "")
 
 
 def _ietf(decision: Decision) -> dict[str, str]:
@@ -133,5 +133,5 @@ def denial_error(decision: Decision, record: KeyRecord) -> ApiError:
     )
     error = RateLimited(message, headers=headers)
     # OpenAI reports which dimension tripped in `type`: requests or tokens.
-    error.type = "tokens" if limit.kind == "t" else "requests"
+    error.type = "tokens" if limit.kind is LimitKind.TOKENS else "requests"
     return error

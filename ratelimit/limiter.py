@@ -11,22 +11,32 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 from django.conf import settings
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import Overloaded
-from core.redis import get_redis
+from core.redis import (
+    drop_idle_connections,
+    drop_idle_connections_sync,
+    get_redis,
+    get_sync_redis,
+)
 from ratelimit import backlog, denycache, metrics
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.decision import Decision, parse_reply
 from ratelimit.headers import denial_error, rate_headers
 from ratelimit.limits import (
     Limit,
-    Plan,
+    LimitKind,
+    LimitPlan,
     clamp_reservation,
     lease_key,
     pack_limits,
@@ -35,13 +45,20 @@ from ratelimit.limits import (
     usage_key,
 )
 from ratelimit.local import INFLIGHT_RETRY_US, LocalLimiter
-from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE
+from ratelimit.scripts import ADMIT, COUNT_USAGE, HEARTBEAT, SETTLE, Arg, Script
 from tenants.keycache import KeyRecord
 
 logger = logging.getLogger(__name__)
 
 # What "Redis cannot answer" looks like: refused, reset, timed out, OOM, loading, read-only.
 BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Errors after which the pool's idle sockets may be dead or useless too: Redis restarted (each
+# pooled socket would fail once when reused), a failover left us on a read-only replica, or a
+# stall timed out. Reconnecting them costs less than one failed call each. (asyncio's timeout
+# is the built-in TimeoutError, an OSError.)
+STALE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -110,6 +127,71 @@ def record_backend_error(operation: str, exc: BaseException) -> None:
     logger.warning("rate limiter: Redis %s failed (%s)", operation, type(exc).__name__)
 
 
+async def guarded(
+    operation: str,
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    *,
+    on_reply: Callable[[Any], T],
+    fallback: Callable[[], T],
+) -> T:
+    """Run one script on the limiter's pool behind the circuit breaker: on_reply(reply) when
+    Redis answers, fallback() when the breaker is open or Redis cannot answer in time (the
+    error counted under `operation`). Every limiter call to Redis but the readiness probe
+    (health()) goes through here."""
+    if not runtime().breaker.allow():
+        return fallback()
+    try:
+        async with asyncio.timeout(call_timeout()):
+            reply = await script.run(get_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        if isinstance(exc, STALE_ERRORS):
+            await _drop_idle_connections()
+        return _unanswered(operation, exc, fallback)
+    return _answered(reply, on_reply)
+
+
+def guarded_sync(
+    operation: str,
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    *,
+    on_reply: Callable[[Any], T],
+    fallback: Callable[[], T],
+) -> T:
+    """guarded() for blocking code outside an event loop (a thread): the same breaker and
+    decisions on the blocking pool, whose socket timeout bounds the call."""
+    if not runtime().breaker.allow():
+        return fallback()
+    try:
+        reply = script.run_sync(get_sync_redis("ratelimit"), keys, args)
+    except BACKEND_ERRORS as exc:
+        if isinstance(exc, STALE_ERRORS):
+            with suppress(*BACKEND_ERRORS):
+                drop_idle_connections_sync("ratelimit")
+        return _unanswered(operation, exc, fallback)
+    return _answered(reply, on_reply)
+
+
+async def _drop_idle_connections() -> None:
+    # Best effort: closing a socket that is already dead may fail in its own way.
+    with suppress(*BACKEND_ERRORS):
+        await drop_idle_connections("ratelimit")
+
+
+def _unanswered(operation: str, exc: BaseException, fallback: Callable[[], T]) -> T:
+    record_backend_error(operation, exc)
+    return fallback()
+
+
+def _answered(reply: Any, on_reply: Callable[[Any], T]) -> T:
+    # Before on_reply, which may raise a 429: a refusal is still an answer from Redis.
+    runtime().breaker.success()
+    return on_reply(reply)
+
+
 def _audit_address(addr: str | None) -> str:
     """The caller's address as a normalized IP; anything else is not sampled (the audit
     buffer stores addresses comma-separated under |-separated fields)."""
@@ -134,18 +216,6 @@ def _admit_args(
     )
     address = _audit_address(addr)
     return [lease_id, f"{record.api_key_pk}|", address, " ".join(map(str, numbers)), packed]
-
-
-async def _admit_redis(
-    record: KeyRecord, plan: Plan, reserve: int, lease_id: str, addr: str | None
-) -> Decision:
-    keys = [lease_key(record.tenant_id, lease_id), throttle_key(record.tenant_id), *plan.keys]
-    args = _admit_args(record, plan.packed, reserve, lease_id, addr)
-    started = time.perf_counter()
-    async with asyncio.timeout(call_timeout()):
-        reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
-    metrics.admission_seconds.observe(time.perf_counter() - started)
-    return parse_reply(plan.limits, reply)
 
 
 def _deny(record: KeyRecord, decision: Decision, result: str) -> Exception:
@@ -212,19 +282,30 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
     plan = plan_for(record)
     reserve = clamp_reservation(tokens)
     lease_id = os.urandom(16).hex()  # 128 random bits, as a uuid4 has, at a tenth the cost
-    if runtime().breaker.allow():
-        try:
-            decision = await _admit_redis(record, plan, reserve, lease_id, client_addr)
-        except BACKEND_ERRORS as exc:
-            record_backend_error("admit", exc)
-        else:
-            runtime().breaker.success()
-            if not decision.allowed:
-                denycache.remember(record, decision)
-                raise _deny(record, decision, "denied")
-            metrics.decisions.labels("allowed", "none").inc()
-            return _admission(record, lease_id, reserve, "redis", decision, plan.keys)
-    return _fallback(record, plan.limits, reserve, lease_id)
+    keys = [lease_key(record.tenant_id, lease_id), throttle_key(record.tenant_id), *plan.keys]
+    args = _admit_args(record, plan.packed, reserve, lease_id, client_addr)
+    started = time.perf_counter()
+    return await guarded(
+        "admit",
+        ADMIT,
+        keys,
+        args,
+        on_reply=partial(_admitted, record, plan, reserve, lease_id, started),
+        fallback=partial(_fallback, record, plan.limits, reserve, lease_id),
+    )
+
+
+def _admitted(
+    record: KeyRecord, plan: LimitPlan, reserve: int, lease_id: str, started: float, reply: Any
+) -> Admission:
+    """ADMIT's answer: the admission, or the 429 (remembered by the denial cache)."""
+    metrics.admission_seconds.observe(time.perf_counter() - started)
+    decision = parse_reply(plan.limits, reply)
+    if not decision.allowed:
+        denycache.remember(record, decision)
+        raise _deny(record, decision, "denied")
+    metrics.decisions.labels("allowed", "none").inc()
+    return _admission(record, lease_id, reserve, "redis", decision, plan.keys)
 
 
 async def check_buckets(
@@ -234,18 +315,16 @@ async def check_buckets(
     failed-authentication throttling). `unused_key` stands for ADMIT's lease and audit keys,
     never touched, in the buckets' hash slot. While Redis cannot answer, `local` decides with
     the same numbers, whatever RATELIMIT_FAILURE_MODE says."""
-    if runtime().breaker.allow():
-        args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits(limits)]
-        keys = [unused_key, unused_key, *(limit.key for limit in limits)]
-        try:
-            async with asyncio.timeout(call_timeout()):
-                reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
-        except BACKEND_ERRORS as exc:
-            record_backend_error(operation, exc)
-        else:
-            runtime().breaker.success()
-            return parse_reply(limits, reply)
-    return local.admit(limits, 0, "")
+    args = ["", "", "", f"0 1 1 0 1 {INFLIGHT_RETRY_US}", pack_limits(limits)]
+    keys = [unused_key, unused_key, *(limit.key for limit in limits)]
+    return await guarded(
+        operation,
+        ADMIT,
+        keys,
+        args,
+        on_reply=partial(parse_reply, limits),
+        fallback=partial(local.admit, limits, 0, ""),
+    )
 
 
 async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -> None:
@@ -254,19 +333,23 @@ async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -
     denial cache, before its bodies are parsed) like any other flood. Raises that 429 once the
     rate is spent. A pure check: no lease, no tokens; Redis down: nothing is charged."""
     refuse_if_denied(record, client_addr)
-    limits = tuple(limit for limit in plan_for(record).limits if limit.kind == "r")
-    if not limits or not runtime().breaker.allow():
+    limits = tuple(x for x in plan_for(record).limits if x.kind is LimitKind.REQUESTS)
+    if not limits:
         return
     keys = [lease_key(record.tenant_id, ""), throttle_key(record.tenant_id)]
     keys += [limit.key for limit in limits]
     args = _admit_args(record, pack_limits(limits), 0, "", client_addr)
-    try:
-        async with asyncio.timeout(call_timeout()):
-            reply = await ADMIT.run(get_redis("ratelimit"), keys, args)
-    except BACKEND_ERRORS as exc:
-        record_backend_error("charge", exc)
-        return
-    runtime().breaker.success()
+    await guarded(
+        "charge",
+        ADMIT,
+        keys,
+        args,
+        on_reply=partial(_charged, record, limits),
+        fallback=lambda: None,
+    )
+
+
+def _charged(record: KeyRecord, limits: tuple[Limit, ...], reply: Any) -> None:
     decision = parse_reply(limits, reply)
     if not decision.allowed:
         denycache.remember(record, decision)
@@ -292,42 +375,94 @@ async def settle(
 ) -> bool:
     """Apply the real token count and release the lease, exactly once per lease (a second call
     does nothing). True when this call applied it; False when it was already settled or Redis
-    could not answer (then it is queued and retried by the flusher: SETTLE is idempotent).
-    count_usage=False releases a request that never ran (refunded, not counted as usage)."""
+    could not answer twice in a row (then it is queued and retried by the flusher: SETTLE is
+    idempotent). count_usage=False releases a request that never ran (refunded, not counted
+    as usage). Usage is in Redis's usage buffer when this returns, whenever Redis answers."""
     prompt, completion = max(0, int(prompt_tokens)), max(0, int(completion_tokens))
     if admission.source != "redis":
-        return _settle_locally(admission, prompt, completion, count_usage)
+        return await _settle_locally(admission, prompt, completion, count_usage)
     call = _settle_call(admission, prompt, completion, count_usage)
-    if not runtime().breaker.allow():
-        backlog.defer(call)
-        return False
     try:
-        async with asyncio.timeout(call_timeout()):
-            reply = await SETTLE.run(get_redis("ratelimit"), call.keys, call.args)
-    except BACKEND_ERRORS as exc:
-        record_backend_error("settle", exc)
-        backlog.defer(call)
-        return False
+        settled = await _settle_once(admission, call)
+        if settled is None:
+            # At once, once more: the failed call dropped the pool's idle sockets (a Redis
+            # restart leaves them all dead), and SETTLE is idempotent: a retry of one that ran
+            # finds no lease record and does nothing.
+            settled = await _settle_once(admission, call)
     except asyncio.CancelledError:
         # Cancelled mid-call, the script may or may not have run: a retry is safe either way.
         backlog.defer(call)
         raise
-    runtime().breaker.success()
+    return _settle_later(call) if settled is None else settled
+
+
+async def _settle_once(admission: Admission, call: backlog.Call) -> bool | None:
+    """One SETTLE: its answer (see settle()), or None when Redis could not answer."""
+    return await guarded(
+        "settle",
+        SETTLE,
+        call.keys,
+        call.args,
+        on_reply=partial(_settled, admission),
+        fallback=_no_answer,
+    )
+
+
+def _no_answer() -> None:
+    return None
+
+
+def _settled(admission: Admission, reply: Any) -> bool:
     admission.settled = True
     return int(reply[0]) == 1
 
 
-def _settle_locally(
+def _settle_later(call: backlog.Call) -> bool:
+    backlog.defer(call)  # the flusher retries it
+    return False
+
+
+async def _settle_locally(
     admission: Admission, prompt: int, completion: int, count_usage: bool = True
 ) -> bool:
     if admission.settled:
         return False
+    # Before the first await: a second settle of this admission meanwhile does nothing.
     admission.settled = True
     if admission.source == "local":
         runtime().local.settle(admission.lease_id, prompt + completion)
     if count_usage:
-        backlog.count_usage(admission.tenant_id, admission.api_key_pk, prompt, completion)
+        await _count_usage(admission, prompt, completion)
     return True
+
+
+async def _count_usage(admission: Admission, prompt: int, completion: int) -> None:
+    """The usage of a request admitted without Redis: in Redis's usage buffer if Redis answers
+    now (from there any process's flush bills it, so it outlives this process), else in this
+    process's backlog until the flusher writes it to Postgres. Never retried: COUNT_USAGE has
+    no lease to make it idempotent."""
+    keys = [usage_key(admission.tenant_id)]
+    args: list[Arg] = [
+        f"{admission.api_key_pk}|",
+        prompt,
+        completion,
+        _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
+    ]
+    later = partial(
+        backlog.count_usage, admission.tenant_id, admission.api_key_pk, prompt, completion
+    )
+    try:
+        await guarded("count_usage", COUNT_USAGE, keys, args, on_reply=_ignore, fallback=later)
+    except asyncio.CancelledError:
+        # Cancelled mid-call (settle runs shielded, so the loop is closing): the script may or
+        # may not have run. Counted here too: a rare double count rather than a delivered
+        # answer never billed.
+        later()
+        raise
+
+
+def _ignore(_reply: object) -> None:
+    return None
 
 
 async def heartbeat(admission: Admission) -> bool:
@@ -336,21 +471,19 @@ async def heartbeat(admission: Admission) -> bool:
     if admission.source != "redis":
         return True
     keys = [lease_key(admission.tenant_id, admission.lease_id), *admission.keys]
-    args = [
+    args: list[Arg] = [
         admission.lease_id,
         _ms(settings.RATELIMIT_LEASE_TTL_SECONDS),
         _ms(settings.RATELIMIT_LEASE_RECORD_TTL_SECONDS),
     ]
-    if not runtime().breaker.allow():
-        return True
-    try:
-        async with asyncio.timeout(call_timeout()):
-            reply = await HEARTBEAT.run(get_redis("ratelimit"), keys, args)
-    except BACKEND_ERRORS as exc:
-        record_backend_error("heartbeat", exc)
-        return True
-    runtime().breaker.success()
-    return int(reply[0]) == 1
+    return await guarded(
+        "heartbeat",
+        HEARTBEAT,
+        keys,
+        args,
+        on_reply=lambda reply: int(reply[0]) == 1,
+        fallback=lambda: True,
+    )
 
 
 async def _beat(admission: Admission, interval: float) -> None:
@@ -378,6 +511,7 @@ async def health() -> dict:
     state: dict = {"ok": True, "mode": settings.RATELIMIT_FAILURE_MODE}
     if runtime().breaker.is_open:
         return {**state, "ok": False, "error": "circuit open"}
+    # Not through guarded(): a probe reports the breaker's state, it must not move it.
     probe = lease_key(0, "readyz-probe")
     try:
         async with asyncio.timeout(call_timeout()):

@@ -7,19 +7,54 @@ of one admission carries the tenant's hash tag, so a Redis Cluster keeps them in
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 from django.conf import settings
 
 from tenants.keycache import KeyRecord
 
-# Record field -> (Lua kind, the name used in headers, metrics, audit rows and messages).
+
+class LimitKind(StrEnum):
+    """How a limit counts, as the Lua scripts spell it (the first field of each limit in ADMIT's
+    ARGV[5]): the one table of these wire codes. Python compares members, never the letters."""
+
+    REQUESTS = "r"  # GCRA per minute, one unit per request
+    TOKENS = "t"  # GCRA per minute, the reserved tokens, corrected when settled
+    INFLIGHT = "c"  # leases held at once
+    DAY = "d"  # a token quota per UTC calendar day
+    MONTH = "m"  # a token quota per UTC calendar month
+
+    @property
+    def is_rate(self) -> bool:
+        """A per-minute GCRA bucket, the only kind with a burst."""
+        return self in (LimitKind.REQUESTS, LimitKind.TOKENS)
+
+    @property
+    def is_quota(self) -> bool:
+        """A calendar quota: spent, it stays spent until the period ends."""
+        return self in (LimitKind.DAY, LimitKind.MONTH)
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self in (LimitKind.TOKENS, LimitKind.DAY, LimitKind.MONTH)
+
+    @property
+    def window_seconds(self) -> int | None:
+        """The fixed window a client is told about; None for in-flight (no window) and for a
+        month (its length varies)."""
+        return _WINDOW_SECONDS.get(self)
+
+
+_WINDOW_SECONDS = {LimitKind.REQUESTS: 60, LimitKind.TOKENS: 60, LimitKind.DAY: 86400}
+
+# Record field -> (kind, the name used in headers, metrics, audit rows and messages).
 KINDS = {
-    "rpm": ("r", "rpm"),
-    "tpm": ("t", "tpm"),
-    "max_inflight": ("c", "inflight"),
-    "tokens_per_day": ("d", "tokens-per-day"),
-    "tokens_per_month": ("m", "tokens-per-month"),
+    "rpm": (LimitKind.REQUESTS, "rpm"),
+    "tpm": (LimitKind.TOKENS, "tpm"),
+    "max_inflight": (LimitKind.INFLIGHT, "inflight"),
+    "tokens_per_day": (LimitKind.DAY, "tokens-per-day"),
+    "tokens_per_month": (LimitKind.MONTH, "tokens-per-month"),
 }
 LIMIT_NAMES = tuple(
     f"{scope}-{label}" for scope in ("key", "tenant") for _, label in KINDS.values()
@@ -31,18 +66,21 @@ DESCRIPTIONS = {
     "tokens-per-day": "tokens per day (UTC)",
     "tokens-per-month": "tokens per month (UTC)",
 }
-QUOTA_KINDS = frozenset({"d", "m"})
 
 
 @dataclass(frozen=True)
 class Limit:
-    """One checked limit: its name (e.g. key-rpm), Lua kind, value, burst and state key."""
+    """One checked limit: its name (e.g. key-rpm), kind, value, burst and state key."""
 
     name: str
-    kind: str
+    kind: LimitKind
     limit: int
     burst: int
     key: str
+
+    def __post_init__(self) -> None:
+        # A wire letter given for the kind ("r") becomes its member, so `kind is ...` holds.
+        object.__setattr__(self, "kind", LimitKind(self.kind))
 
     @property
     def label(self) -> str:
@@ -50,7 +88,7 @@ class Limit:
 
     @property
     def is_quota(self) -> bool:
-        return self.kind in QUOTA_KINDS
+        return self.kind.is_quota
 
 
 def tenant_tag(tenant_id: int) -> str:
@@ -75,8 +113,9 @@ def burst_of(limit: int, burst_percent: int) -> int:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """The limits of one key, their state keys, and ADMIT's packed limits argument."""
+class LimitPlan:
+    """What ADMIT is given for one key: the limits it is checked against (key scope first),
+    their state keys, and the packed limits argument (ARGV[5])."""
 
     limits: tuple[Limit, ...]
     keys: tuple[str, ...]
@@ -91,7 +130,7 @@ def _scope_limits(
         if value is None or field not in KINDS:
             continue
         kind, label = KINDS[field]
-        burst = burst_of(value, burst_percent) if kind in ("r", "t") else 0
+        burst = burst_of(value, burst_percent) if kind.is_rate else 0
         found.append(Limit(f"{scope}-{label}", kind, int(value), burst, f"{prefix}:{label}"))
     return found
 
@@ -108,16 +147,16 @@ def _plan(
     burst_percent: int,
     key_values: tuple[tuple[str, int | None], ...],
     tenant_values: tuple[tuple[str, int | None], ...],
-) -> Plan:
+) -> LimitPlan:
     tag = tenant_tag(tenant_id)
     limits = (
         *_scope_limits(key_values, "key", f"rl:v1:{tag}:k:{key_id}", burst_percent),
         *_scope_limits(tenant_values, "tenant", f"rl:v1:{tag}:t:{tenant_id}", burst_percent),
     )
-    return Plan(limits, tuple(x.key for x in limits), pack_limits(limits))
+    return LimitPlan(limits, tuple(x.key for x in limits), pack_limits(limits))
 
 
-def plan_for(record: KeyRecord) -> Plan:
+def plan_for(record: KeyRecord) -> LimitPlan:
     """The limits one request of this key is checked against, key scope first (memoized:
     the same limits give the same plan, so the hot path builds no strings)."""
     return _plan(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ratelimit.decision import Decision, LimitState
-from ratelimit.limits import Limit
+from ratelimit.limits import Limit, LimitKind
 
 MINUTE_US = 60_000_000
 INFLIGHT_RETRY_US = 1_000_000
@@ -77,8 +77,8 @@ class LocalLimiter:
             now = self._now()
             results = []
             for limit in shares:
-                cost = 1 if limit.kind == "r" else min(reserve, limit.limit)
-                if limit.kind == "c":
+                cost = 1 if limit.kind is LimitKind.REQUESTS else min(reserve, limit.limit)
+                if limit.kind is LimitKind.INFLIGHT:
                     results.append((limit, 0, *self._inflight(limit, now)))
                 else:
                     results.append((limit, cost, *self._gcra(limit, cost, now)))
@@ -92,7 +92,7 @@ class LocalLimiter:
 
     def _commit(self, results: list, lease_id: str, now: int) -> None:
         for limit, _, _, _, _, new_tat in results:
-            if limit.kind == "c":
+            if limit.kind is LimitKind.INFLIGHT:
                 self._leases[limit.key][lease_id] = now + self.lease_ttl_us
             else:
                 self._tats[limit.key] = new_tat
@@ -111,9 +111,9 @@ class LocalLimiter:
                 return False
             now = self._now()
             for limit, cost in zip(held.limits, held.costs, strict=True):
-                if limit.kind == "c":
+                if limit.kind is LimitKind.INFLIGHT:
                     self._leases.get(limit.key, {}).pop(lease_id, None)
-                elif limit.kind == "t" and actual_tokens != cost:
+                elif limit.kind is LimitKind.TOKENS and actual_tokens != cost:
                     interval = -(-MINUTE_US // limit.limit)
                     tat = max(self._tats.get(limit.key, now), now)
                     self._tats[limit.key] = tat + (actual_tokens - cost) * interval

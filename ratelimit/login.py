@@ -33,7 +33,7 @@ from django.conf import settings
 
 from ratelimit.decision import Decision
 from ratelimit.limiter import check_buckets, runtime
-from ratelimit.limits import Limit
+from ratelimit.limits import Limit, LimitKind
 
 TAG = "{login}"
 UNUSED_KEY = f"rl:v1:{TAG}:unused"  # ADMIT's record and audit keys: never touched here
@@ -74,7 +74,7 @@ def _digest(kind: str, value: str) -> str:
 def _bucket(name: str, kind: str, per_minute: int, value: str) -> Limit:
     per_minute = max(1, per_minute)  # 0 would divide by zero in the script
     key = f"rl:v1:{TAG}:{kind}:{_digest(kind, value)}"
-    return Limit(name, "r", per_minute, per_minute, key)
+    return Limit(name, LimitKind.REQUESTS, per_minute, per_minute, key)
 
 
 def _lanes(address: str | None, username: str) -> tuple[tuple[Limit, ...], tuple[Limit, ...]]:

@@ -48,7 +48,7 @@ circuit_open = Gauge(
 
 # Every bounded label set starts at 0, so dashboards and alerts see the series before the first
 # event (a counter that appears only after its first error reads as "no data", not 0).
-OPERATIONS = ("admit", "settle", "heartbeat", "login", "count_error", "charge")
+OPERATIONS = ("admit", "settle", "count_usage", "heartbeat", "login", "count_error", "charge")
 for _operation in OPERATIONS:
     backend_errors.labels(_operation)
 for _result in RESULTS:

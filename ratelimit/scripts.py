@@ -56,7 +56,8 @@ ADMIT = Script.read("admit")
 SETTLE = Script.read("settle")
 HEARTBEAT = Script.read("heartbeat")
 COUNT_ERROR = Script.read("count_error")
-ALL = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR)
+COUNT_USAGE = Script.read("count_usage")
+ALL = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR, COUNT_USAGE)
 
 
 async def preload(client: aredis.Redis) -> None:

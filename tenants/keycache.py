@@ -114,7 +114,8 @@ class KeyCache:
         # The records a version change dropped (bounded like _entries): they still vouch that a
         # secret was once this key's (last_known), never that it is valid now.
         self._previous: dict[str, KeyRecord] = {}
-        self._version: bytes | None = None
+        # The version counter as Redis returns it (only ever compared for equality).
+        self._version: bytes | str | None = None
         self._checked_at = float("-inf")
         self._db_down_until = float("-inf")
         self._refreshing: dict[str, asyncio.Task] = {}

@@ -15,7 +15,7 @@ def _limit_field(verbose_name: str, help_text: str) -> models.PositiveBigInteger
     return models.PositiveBigIntegerField(verbose_name, null=True, blank=True, help_text=help_text)
 
 
-def _positive_limits(prefix: str) -> list[models.CheckConstraint]:
+def _positive_limits(prefix: str) -> list[models.BaseConstraint]:
     return [
         models.CheckConstraint(
             condition=Q(**{f"{name}__isnull": True}) | Q(**{f"{name}__gt": 0}),

@@ -1,17 +1,27 @@
 """Writes for tenants and keys: each one atomic, audited with its actor, and announced to every
-process's key cache after commit."""
+process's key cache after commit. Then the writes of usage and of the 429 audit, which the
+rate limiter's flusher (ratelimit/flush.py) moves here from Redis in batches, exactly once."""
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from tenants import keycache, tokens
-from tenants.models import LIMIT_FIELDS, SCOPES, AdminAction, ApiKey, Tenant
+from tenants.models import (
+    LIMIT_FIELDS,
+    SCOPES,
+    AdminAction,
+    ApiKey,
+    Tenant,
+    ThrottleEvent,
+    UsageBatch,
+    UsageMinute,
+)
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TENANT_SETTINGS = (*LIMIT_FIELDS, "burst_percent")
@@ -238,3 +248,94 @@ def api_key_set_limits(*, api_key: ApiKey, changes: Mapping[str, int | None], ac
         )
         _announce()
     return key
+
+
+# (tenant id, API key pk, UTC minute) -> [requests, prompt tokens, completion tokens, errors]
+UsageRows = Mapping[tuple[int, int, datetime], Sequence[int]]
+
+UPSERT_USAGE = (
+    "INSERT INTO {table} (tenant_id, api_key_id, minute, requests, prompt_tokens, "
+    "completion_tokens, errors) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (api_key_id, minute) DO UPDATE SET "
+    "requests = {table}.requests + excluded.requests, "
+    "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens, "
+    "errors = {table}.errors + excluded.errors"
+)
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """The 429s of one key for one reason in one UTC minute, as the limiter counted them."""
+
+    tenant_id: int
+    api_key_id: int
+    reason: str
+    minute: datetime
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    addresses: Sequence[str]
+
+
+def usage_batch_apply(*, batch_id: str, rows: int, write: Callable[[], None]) -> bool:
+    """Run `write` (a batch's usage or refusals) and mark the batch applied, in one
+    transaction, once per batch id: False, with nothing written, when it was applied before."""
+    with transaction.atomic():
+        # Unique batch_id: a second writer of the same batch blocks here until the first
+        # commits, then finds the marker and writes nothing.
+        _, created = UsageBatch.objects.get_or_create(batch_id=batch_id, defaults={"rows": rows})
+        if created:
+            write()
+    return created
+
+
+def usage_batches_prune(*, applied_before: datetime) -> int:
+    """Forget the markers of batches applied before then; returns how many went."""
+    deleted, _ = UsageBatch.objects.filter(applied_at__lt=applied_before).delete()
+    return deleted
+
+
+def usage_minutes_add(*, rows: UsageRows) -> None:
+    """Add requests, tokens and errors to UsageMinute rows (tenant, key, minute), creating
+    them: one upsert statement for every row."""
+    # The only interpolation is our own model's table name; every value is a parameter.
+    sql = UPSERT_USAGE.format(table=UsageMinute._meta.db_table)  # noqa: S608
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [(t, k, adapt(m), *values) for (t, k, m), values in sorted(rows.items())]
+    # Inside a batch's transaction (usage_batch_apply) no savepoint: a failure aborts the batch.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def throttle_events_add(*, refusals: Iterable[Refusals], keep_addresses: int) -> None:
+    """Add refusals to ThrottleEvent rows (key, reason, minute), creating them: counts add
+    up, first and last seen only widen, and at most `keep_addresses` distinct addresses stay."""
+    # One row order for every writer: two flushers lock the rows they share in the same order.
+    ordered = sorted(refusals, key=lambda r: (r.api_key_id, r.reason, r.minute))
+    with transaction.atomic(savepoint=False):
+        for item in ordered:
+            _throttle_event_add(item, keep_addresses)
+
+
+def _throttle_event_add(item: Refusals, keep: int) -> None:
+    event, created = ThrottleEvent.objects.select_for_update().get_or_create(
+        api_key_id=item.api_key_id,
+        reason=item.reason,
+        minute=item.minute,
+        defaults={
+            "tenant_id": item.tenant_id,
+            "count": item.count,
+            "first_seen": item.first_seen,
+            "last_seen": item.last_seen,
+            "sample_addresses": list(item.addresses[:keep]),
+        },
+    )
+    if created:
+        return
+    event.count += item.count
+    event.first_seen = min(event.first_seen, item.first_seen)
+    event.last_seen = max(event.last_seen, item.last_seen)
+    new = [a for a in item.addresses if a not in event.sample_addresses]
+    event.sample_addresses = (event.sample_addresses + new)[:keep]
+    event.save(update_fields=["count", "first_seen", "last_seen", "sample_addresses"])

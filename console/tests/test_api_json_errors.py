@@ -110,7 +110,7 @@ async def test_a_body_that_is_not_a_json_object_is_named_so(
         ("n", 1.0),
     ],
 )
-async def test_parameters_are_not_coerced_from_another_type(issued, field: str, value) -> None:  # type: ignore[no-untyped-def]
+async def test_parameters_are_not_coerced_from_another_type(issued, field: str, value) -> None:
     payload = {"model": "x", "prompt": "Hello", field: value}
     got, headers, raw = await call(
         "POST",

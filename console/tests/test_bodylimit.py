@@ -5,7 +5,7 @@ import json
 from console.bodylimit import BodyLimitMiddleware
 
 
-async def echo_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+async def echo_app(scope: dict, receive, send) -> None:
     """Reads the whole body first, as Django's ASGI handler does, then answers its size."""
     size, more = 0, True
     while more:

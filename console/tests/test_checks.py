@@ -16,7 +16,7 @@ SAFE = {
 }
 
 
-def ids(**overrides: object) -> set[str]:
+def ids(**overrides: object) -> set[str | None]:
     with override_settings(**{**SAFE, **overrides}):
         return {error.id for error in check_production_settings()}
 

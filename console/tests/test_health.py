@@ -2,7 +2,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from console.handlers import ApiHandler
 from console.readiness import NOT_CHECKED, DependencyRefresher, ReadinessEndpoint
 from engine.runtime import Engine
 from engine.testing import start_ready, tiny_config
-from inference.services import set_engine
+from inference.engines import set_engine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -77,9 +77,9 @@ async def asgi_get(app: object, path: str) -> tuple[int, bytes]:
     return start["status"], body["body"]
 
 
-async def wait_for(check: object, what: str) -> None:
+async def wait_for(check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         await asyncio.sleep(0.05)
 

@@ -35,21 +35,21 @@ def test_the_environment_sets_it_and_it_is_off_by_default() -> None:
     assert loaded(SECURE_HSTS_SECONDS=str(YEAR), SECURE_HSTS_PRELOAD="true") == f"{YEAR} True"
 
 
-def test_an_https_answer_carries_strict_transport_security_when_set(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_https_answer_carries_strict_transport_security_when_set(settings) -> None:
     settings.SECURE_HSTS_SECONDS = YEAR
     response = Client().get(PAGE, secure=True)
     assert response.status_code == 200
     assert response["Strict-Transport-Security"] == f"max-age={YEAR}"
 
 
-def test_subdomains_and_preload_are_added_when_asked(settings) -> None:  # type: ignore[no-untyped-def]
+def test_subdomains_and_preload_are_added_when_asked(settings) -> None:
     settings.SECURE_HSTS_SECONDS = YEAR
     settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = settings.SECURE_HSTS_PRELOAD = True
     response = Client().get(PAGE, secure=True)
     assert response["Strict-Transport-Security"] == f"max-age={YEAR}; includeSubDomains; preload"
 
 
-def test_behind_the_proxy_its_https_header_makes_the_request_secure(settings) -> None:  # type: ignore[no-untyped-def]
+def test_behind_the_proxy_its_https_header_makes_the_request_secure(settings) -> None:
     # BEHIND_PROXY: Traefik (or cloudflared, which it trusts) says the client used HTTPS.
     settings.SECURE_HSTS_SECONDS = YEAR
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -58,7 +58,7 @@ def test_behind_the_proxy_its_https_header_makes_the_request_secure(settings) ->
 
 
 @pytest.mark.parametrize(("seconds", "secure"), [(YEAR, False), (0, True)])
-def test_no_header_over_plain_http_or_when_off(settings, seconds: int, secure: bool) -> None:  # type: ignore[no-untyped-def]
+def test_no_header_over_plain_http_or_when_off(settings, seconds: int, secure: bool) -> None:
     # Over plain HTTP a browser ignores the header (RFC 6797), so it is never sent there.
     settings.SECURE_HSTS_SECONDS = seconds
     response = Client().get(PAGE, secure=secure)

@@ -1,5 +1,7 @@
 """client_address(): believe the proxy header only from our own proxy."""
 
+from typing import Any
+
 import pytest
 from django.test import AsyncRequestFactory, RequestFactory, override_settings
 
@@ -10,7 +12,7 @@ TRAEFIK = "10.0.0.2"
 PROXIED = {"TRUSTED_PROXY_HEADER": "X-Forwarded-For", "TRUSTED_PROXY_ADDRESSES": [TRAEFIK]}
 
 
-def scope(peer: str, *headers: tuple[str, str]) -> dict:
+def scope(peer: str, *headers: tuple[str, str]) -> dict[str, Any]:
     return {
         "type": "http",
         "client": (peer, 51234),
@@ -83,7 +85,8 @@ def test_an_ipv4_mapped_peer_counts_as_its_ipv4_address() -> None:
 @override_settings(**PROXIED)
 def test_it_accepts_django_requests_from_asgi_and_from_the_test_factory() -> None:
     asgi = AsyncRequestFactory().get("/", headers={"X-Forwarded-For": "203.0.113.7"})
-    asgi.scope["client"] = (TRAEFIK, 1)
+    # ASGIRequest keeps the scope dict it was given; django-stubs type it as a read-only Mapping.
+    asgi.scope["client"] = (TRAEFIK, 1)  # type: ignore[index]
     assert client_address(asgi) == "203.0.113.7"
     wsgi = RequestFactory().get("/", headers={"X-Forwarded-For": "203.0.113.7"})
     wsgi.META["REMOTE_ADDR"] = TRAEFIK

@@ -5,17 +5,17 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from engine.runtime import Engine
-from inference import services
+from inference import engines
 
 
 @pytest.fixture
 def installed() -> Iterator[Callable[[Engine], Engine]]:
     """Install an engine as the process's one for a test; restore the previous after."""
-    previous = services.set_engine(None)
+    previous = engines.set_engine(None)
 
     def install(engine: Engine) -> Engine:
-        services.set_engine(engine)
+        engines.set_engine(engine)
         return engine
 
     yield install
-    services.set_engine(previous)
+    engines.set_engine(previous)

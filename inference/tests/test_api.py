@@ -7,16 +7,16 @@ from django.test import AsyncClient
 
 from core.redis import get_sync_redis
 from engine.runtime import Engine, GenerationRequest
-from inference import services
+from inference import engines
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def installed() -> Iterator[Callable[[Engine], Engine]]:
-    previous = services.set_engine(None)
-    yield lambda engine: services.set_engine(engine) or engine
-    services.set_engine(previous)
+    previous = engines.set_engine(None)
+    yield lambda engine: engines.set_engine(engine) or engine
+    engines.set_engine(previous)
 
 
 def _rl_state(tenant_id: int) -> list[bytes]:
@@ -30,7 +30,7 @@ def _rl_state(tenant_id: int) -> list[bytes]:
 
 
 async def _complete(token: str, **params: object):  # type: ignore[no-untyped-def]
-    body = {"model": services.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
+    body = {"model": engines.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
     return await AsyncClient().post(
         "/v1/completions",
         body,
@@ -106,17 +106,17 @@ async def test_a_flooding_key_gets_429_before_its_body_is_even_read(
 @pytest.fixture
 def settle_log(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
     """Records each settlement as it happens (the real one still runs)."""
-    from inference import flow
+    from inference import services
 
     log: list[str] = []
-    real = flow.settle
+    real = services.settle
 
     async def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
         outcome = await real(*args, **kwargs)
         log.append("settled")
         return outcome
 
-    monkeypatch.setattr(flow, "settle", recording)
+    monkeypatch.setattr(services, "settle", recording)
     return log
 
 

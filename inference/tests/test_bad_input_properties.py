@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from console.tests.test_api_json_errors import call
 from engine.runtime import Engine
 from inference.consumers import CompletionConsumer
-from inference.services import served_model_id
+from inference.engines import served_model_id
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

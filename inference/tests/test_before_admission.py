@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.redis import get_sync_redis
-from inference import services
+from inference import engines
 from tenants.services import api_key_issue, tenant_set_limits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def complete(token: str, **params: object):  # type: ignore[no-untyped-def]
-    body = {"model": services.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
+    body = {"model": engines.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
     return await AsyncClient().post(
         "/v1/completions",
         body,
@@ -46,7 +46,7 @@ async def test_a_long_prompt_is_encoded_off_the_event_loop(
     monkeypatch.setattr(engine, "encode_prompt", recording)
     loop_thread = threading.current_thread()
     await complete(issued.token, prompt="Hello there. " * 10)
-    await complete(issued.token, prompt="word " * (services.INLINE_PROMPT_CHARS // 5 + 1))
+    await complete(issued.token, prompt="word " * (engines.INLINE_PROMPT_CHARS // 5 + 1))
     assert threads[0] is loop_thread  # short: cheaper than a thread hop
     assert threads[1] is not loop_thread  # long: the event loop keeps serving meanwhile
 

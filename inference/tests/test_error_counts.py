@@ -9,12 +9,12 @@ from asgiref.sync import sync_to_async
 from django.db.models import Sum
 from django.test import AsyncClient
 
-from inference.services import served_model_id
+from inference.engines import served_model_id
 from ratelimit import errorcount, flush, limiter
 from tenants.models import ThrottleEvent, UsageMinute
 from tenants.services import api_key_issue, tenant_create
 
-from .test_services import failed_engine
+from .test_engines import failed_engine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

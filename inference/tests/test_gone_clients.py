@@ -11,7 +11,7 @@ from django.core.handlers.asgi import ASGIHandler
 from console.handlers import ApiHandler, PathDispatcher
 from core.redis import get_sync_redis
 from engine.runtime import GenerationRequest
-from inference import services
+from inference import engines
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +60,7 @@ async def test_a_queued_request_whose_client_left_leaves_the_queue_and_costs_not
     iterator = aiter(busy)
     await anext(iterator)  # the model is busy with it now
     body = b'{"model": "%s", "prompt": "Hello", "max_tokens": 4, "stream": %s}' % (
-        services.served_model_id().encode(),
+        engines.served_model_id().encode(),
         b"true" if stream else b"false",
     )
     app = PathDispatcher(ApiHandler(), ASGIHandler())

@@ -38,7 +38,7 @@ def free_port() -> int:
 def test_importing_the_asgi_app_does_not_load_the_model_when_autoload_is_off(
     tiny_model_dir: Path,
 ) -> None:
-    code = "import console.asgi; from inference import services; print(services.model_status())"
+    code = "import console.asgi; from inference import engines; print(engines.model_status())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,

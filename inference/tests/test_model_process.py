@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from engine.runtime import Engine, GenerationFailed, GenerationRequest, ModelNotReady
 from engine.testing import generate, tiny_config
-from inference import services
+from inference import engines
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["Hello café", "The model runs over the river today and tomorrow", "🙂 東京", "a"]
@@ -158,6 +158,6 @@ def test_the_model_process_ends_when_the_server_is_killed(tiny_model_dir: Path) 
 
 def test_the_django_setting_turns_the_model_process_on(settings) -> None:  # type: ignore[no-untyped-def]
     assert settings.INFERENCE_MODEL_PROCESS is True  # the default
-    assert services.engine_config().process is True
+    assert engines.engine_config().process is True
     with override_settings(INFERENCE_MODEL_PROCESS=False):
-        assert services.engine_config().process is False
+        assert engines.engine_config().process is False

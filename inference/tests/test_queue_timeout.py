@@ -10,9 +10,10 @@ from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
 from engine.batcher import Job, Scheduler
+from engine.messages import Event, Failed
 from engine.runtime import Engine, GenerationRequest, QueueTimeout
 from engine.testing import collect, generate
-from inference import services
+from inference import engines
 
 # Long enough to outlast the queue bound many times over (seconds on the tiny model).
 LONG_RUN = 1500
@@ -24,14 +25,11 @@ def metric(name: str, **labels: str) -> float:
 
 
 def _job(events: asyncio.Queue) -> Job:
-    def deliver(kind: str, payload: object) -> None:
-        events.put_nowait((kind, payload))
-
     request = GenerationRequest("hello")
-    return Job(request, [1], loop=asyncio.get_running_loop(), deliver=deliver)
+    return Job(request, [1], loop=asyncio.get_running_loop(), deliver=events.put_nowait)
 
 
-async def _next_event(events: asyncio.Queue) -> tuple[str, object]:
+async def _next_event(events: asyncio.Queue) -> Event:
     return await asyncio.wait_for(events.get(), timeout=30)
 
 
@@ -43,15 +41,15 @@ async def test_the_queue_expires_jobs_the_model_never_takes_in_order() -> None:
     for job in jobs:
         scheduler.put(job)  # nobody calls take_batch: a model stuck in a long batch
     for _ in jobs:
-        kind, error = await _next_event(events)
-        assert kind == "error" and isinstance(error, QueueTimeout)
-        assert "waited" in str(error)
+        event = await _next_event(events)
+        assert isinstance(event, Failed) and isinstance(event.error, QueueTimeout)
+        assert "waited" in str(event.error)
     assert all(job.finished for job in jobs) and len(scheduler) == 0
     assert metric("inference_queue_depth") == 0
     assert metric("inference_requests_total", result="expired") == expired + 3
     late = _job(events)
     scheduler.put(late)  # the queue emptied meanwhile: the expiry thread must wake again
-    assert (await _next_event(events))[0] == "error" and late.finished
+    assert isinstance(await _next_event(events), Failed) and late.finished
     scheduler.close()
 
 
@@ -64,7 +62,7 @@ async def test_a_job_taken_in_time_is_never_expired() -> None:
     events: asyncio.Queue = asyncio.Queue()
     scheduler.put(later := _job(events))
     # Deadlines expire in queue order: by the time the later job has, the one taken would have.
-    assert (await _next_event(events))[0] == "error" and later.finished
+    assert isinstance(await _next_event(events), Failed) and later.finished
     assert taken_events.empty() and not taken.finished
     scheduler.close()
 
@@ -129,7 +127,7 @@ async def test_a_queue_timeout_answers_503_overloaded_with_retry_after(
     try:
         response = await AsyncClient().post(
             "/v1/completions",
-            {"model": services.served_model_id(), "prompt": "Hello", "max_tokens": 3},
+            {"model": engines.served_model_id(), "prompt": "Hello", "max_tokens": 3},
             content_type="application/json",
             headers={"Authorization": f"Bearer {issued.token}"},
         )
@@ -143,6 +141,6 @@ async def test_a_queue_timeout_answers_503_overloaded_with_retry_after(
 
 
 def test_the_mapping_of_a_queue_timeout_says_overloaded_with_retry_after() -> None:
-    error = services.api_error(QueueTimeout("The request waited 31.0s in the queue ..."))
+    error = engines.api_error(QueueTimeout("The request waited 31.0s in the queue ..."))
     assert (error.status, error.code, error.headers) == (503, "overloaded", {"Retry-After": "5"})
     assert "31.0" not in error.message  # the engine's own words stay in the log

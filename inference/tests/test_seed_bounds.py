@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from core.redis import get_sync_redis
 from engine.generation import SEED_MAX, SEED_MIN
 from engine.runtime import GenerationFailed, InvalidGeneration, RowFailed
-from inference import services
+from inference import engines
 from inference.schemas import WsCompletionCreate
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +21,7 @@ def _limiter_keys(tenant_id: int) -> list[bytes]:
 
 
 async def _complete(token: str, **params: object):  # type: ignore[no-untyped-def]
-    body = {"model": services.served_model_id(), "prompt": "Hello", "max_tokens": 3, **params}
+    body = {"model": engines.served_model_id(), "prompt": "Hello", "max_tokens": 3, **params}
     return await AsyncClient().post(
         "/v1/completions",
         body,
@@ -57,12 +57,12 @@ def test_the_websocket_message_bounds_the_seed_too() -> None:
 
 
 def test_engine_errors_map_to_what_their_cause_deserves() -> None:
-    invalid = services.api_error(InvalidGeneration("seed", "seed must be ..."))
+    invalid = engines.api_error(InvalidGeneration("seed", "seed must be ..."))
     assert (invalid.status, invalid.param) == (400, "seed")
     # One request's own fault would happen again: a 500 that does not ask for a retry.
-    own = services.api_error(RowFailed("The model failed on this request alone (ValueError)."))
+    own = engines.api_error(RowFailed("The model failed on this request alone (ValueError)."))
     assert (own.status, own.type, own.code) == (500, "server_error", "generation_failed")
     assert "retry" not in own.message.lower() and "ValueError" not in own.message
     # A failed batch (the model, its process) may well pass on another try.
-    batch = services.api_error(GenerationFailed("The model failed on this batch: OSError"))
+    batch = engines.api_error(GenerationFailed("The model failed on this batch: OSError"))
     assert (batch.status, batch.code) == (503, "model_unavailable")

@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from loadtest.chaos import report  # noqa: E402
 from loadtest.chaos.hog import CpuHog  # noqa: E402
+from loadtest.chaos.report import write_report  # noqa: E402
+from loadtest.chaos.rundata import RunData, load_access_log, load_records  # noqa: E402
 from loadtest.chaos.stack import CpuMeter, Stack  # noqa: E402
 
 
@@ -379,20 +380,20 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         print("moving usage to Postgres and collecting the figures", flush=True)
         usage = settle_accounting(stack)
         dump_usage_minutes(workdir / "usage_minutes.json")
-        loaded, phases = report.load_records(records)
-        data = report.RunData(
+        # The faults' times (kill, restarts, cut), kept to replay the checks on the work files.
+        (workdir / "events.json").write_text(json.dumps(stack.events, indent=0))
+        loaded, phases = load_records(records)
+        data = RunData(
             records=loaded,
             phases=phases,
             events=stack.events,
-            access=report.load_access_log(stack.access_log),
+            access=load_access_log(stack.access_log),
             usage=usage,
             limits=seeded["limits"],
             leases=leases(stack),
             series=prometheus_series(stack, phases["baseline"], time.time()),
             settings={
-                "local_divisor": 2,
-                "processes": 2,
-                "breaker_seconds": 2.0,
+                **stack.limiter_settings(),
                 "model_cpus": stack.model_cpus,
                 "request_cpus": stack.request_cpus,
                 "cpu_hog": hog.count,
@@ -403,7 +404,7 @@ def run(profile: Profile, args: argparse.Namespace) -> int:
         command = {"full": "make loadtest", "smoke": "make loadtest-smoke"}.get(profile.name)
         if command is None or hog.count:
             command = " ".join(["python -m loadtest.chaos", *sys.argv[1:]])
-        summary = report.write_report(data, out, command)
+        summary = write_report(data, out, command)
     finally:
         hog.stop()
         stack.down()

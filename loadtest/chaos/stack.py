@@ -138,6 +138,7 @@ class Stack:
     # (event loops, Traefik, Redis, Prometheus, Locust) on the lower half.
     isolate_model: bool = False
     model_threads: int = 1  # torch threads per replica's model (INFERENCE_THREADS)
+    breaker_seconds: float = 2.0  # how long the limiter's breaker stays open (settings' default)
     database: str = ""
     redis_port: int = 0
     procs: list[Proc] = field(default_factory=list)
@@ -229,6 +230,7 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "RATELIMIT_FAILURE_MODE": "local",
             "RATELIMIT_LOCAL_DIVISOR": str(self.replicas_count),
+            "RATELIMIT_BREAKER_SECONDS": str(self.breaker_seconds),
             "RATELIMIT_LEASE_TTL_SECONDS": str(self.lease_ttl),
             "RATELIMIT_HEARTBEAT_SECONDS": str(self.lease_ttl / 3),
             "RATELIMIT_FLUSH_SECONDS": "2",
@@ -243,6 +245,16 @@ class Stack:
             "INFERENCE_MAX_BATCH": "16",
             "INFERENCE_MAX_QUEUE": "64",
             "INFERENCE_CPUS": self.model_cpus,
+        }
+
+    def limiter_settings(self) -> dict[str, float]:
+        """The replicas' limiter settings the report's bounds are computed from (app_env)."""
+        return {
+            # One limiter per replica process, each with its share of the limit while Redis
+            # is away (RATELIMIT_LOCAL_DIVISOR above).
+            "local_divisor": self.replicas_count,
+            "processes": self.replicas_count,
+            "breaker_seconds": self.breaker_seconds,
         }
 
     @property

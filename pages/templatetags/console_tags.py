@@ -1,5 +1,7 @@
 """Small display helpers for the console templates."""
 
+from typing import SupportsFloat
+
 from django import template
 
 from pages.charts import compact as compact_number
@@ -9,7 +11,7 @@ register = template.Library()
 
 
 @register.filter
-def compact(value: object) -> str:
+def compact(value: SupportsFloat | None) -> str:
     """12345 -> 12.3k; None -> 0."""
     return compact_number(float(value or 0))
 

@@ -16,32 +16,32 @@ from tenants.models import ApiKey, ThrottleEvent, UsageMinute
 PASSWORD = "correct horse battery staple 42"
 
 
-def tenants_permissions(prefix: str = ""):  # type: ignore[no-untyped-def]
+def tenants_permissions(prefix: str = ""):
     """The tenants app's permissions whose codename starts with `prefix` ("view_": read only)."""
     return Permission.objects.filter(content_type__app_label="tenants", codename__startswith=prefix)
 
 
 @pytest.fixture
-def staff_user(db, django_user_model):  # type: ignore[no-untyped-def]
+def staff_user(db, django_user_model):
     user = django_user_model.objects.create_user("ada", password=PASSWORD, is_staff=True)
     user.user_permissions.set(tenants_permissions())
     return user
 
 
 @pytest.fixture
-def plain_user(db, django_user_model):  # type: ignore[no-untyped-def]
+def plain_user(db, django_user_model):
     return django_user_model.objects.create_user("bob", password=PASSWORD, is_staff=False)
 
 
 @pytest.fixture
-def staff(staff_user) -> Client:  # type: ignore[no-untyped-def]
+def staff(staff_user) -> Client:
     client = Client()
     client.force_login(staff_user)
     return client
 
 
 @pytest.fixture
-def csrf_staff(staff_user) -> Client:  # type: ignore[no-untyped-def]
+def csrf_staff(staff_user) -> Client:
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff_user)
     return client

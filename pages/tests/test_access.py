@@ -40,7 +40,9 @@ def change_urls(key_id: str) -> list[str]:
 
 
 def csrf_token_of(html: str) -> str:
-    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
 
 
 def test_anonymous_visitors_are_sent_to_the_console_login(client: Client, issued) -> None:
@@ -90,7 +92,7 @@ def test_every_form_post_without_a_csrf_token_is_refused(csrf_staff: Client, iss
 
 def test_a_post_with_the_pages_csrf_token_goes_through(csrf_staff: Client, tenant) -> None:
     page = csrf_staff.get("/console/tenants/acme/").content.decode()
-    data = {"rpm": 700, "tpm": 100000, "burst_percent": 20}
+    data: dict[str, int | str] = {"rpm": 700, "tpm": 100000, "burst_percent": 20}
     data["csrfmiddlewaretoken"] = csrf_token_of(page)
     response = csrf_staff.post("/console/tenants/acme/limits/", data)
     assert response.status_code == 302

@@ -25,21 +25,29 @@ TOKEN = re.compile(
 
 
 def once_of(html: str) -> str:
-    return re.search(r'name="once" value="([^"]+)"', html).group(1)
+    match = re.search(r'name="once" value="([^"]+)"', html)
+    assert match, "no once field"
+    return match.group(1)
 
 
-def authenticate(token: str):  # type: ignore[no-untyped-def]
+def token_of(html: str) -> str:
+    match = TOKEN.search(html)
+    assert match, "no token shown"
+    return match.group(1)
+
+
+def authenticate(token: str):
     key_cache.clear()
     return async_to_sync(authenticate_token)(token)
 
 
-def issue(client: Client, **fields: object):  # type: ignore[no-untyped-def]
+def issue(client: Client, **fields: object):
     once = once_of(client.get("/console/tenants/acme/").content.decode())
     data = {"name": "backend", "expires_in": "", "scopes": ["completions", "models"]}
     return client.post("/console/tenants/acme/keys/", {"once": once, **data, **fields})
 
 
-def rotate(client: Client, key: ApiKey, **fields: object):  # type: ignore[no-untyped-def]
+def rotate(client: Client, key: ApiKey, **fields: object):
     url = f"/console/tenants/acme/keys/{key.key_id}/rotate/"
     once = once_of(client.get(url).content.decode())
     return client.post(url, {"once": once, **fields})
@@ -49,7 +57,7 @@ def test_an_issued_token_is_shown_once_and_works(staff: Client, tenant) -> None:
     response = issue(staff)
     assert response.status_code == 200
     html = response.content.decode()
-    token = TOKEN.search(html).group(1)
+    token = token_of(html)
     assert "Copy this token now: it is shown only once." in html
     assert 'data-copy="token"' in html
     record = authenticate(token)
@@ -63,7 +71,7 @@ def test_an_issued_token_is_shown_once_and_works(staff: Client, tenant) -> None:
 
 def test_the_token_page_may_not_be_cached_or_kept(staff: Client, tenant) -> None:
     response = issue(staff)
-    token = TOKEN.search(response.content.decode()).group(1)
+    token = token_of(response.content.decode())
     assert "no-store" in response["Cache-Control"]
     secret = token.rsplit("_", 1)[1]
     session = staff.session
@@ -90,9 +98,9 @@ def test_the_token_page_cannot_be_fetched_with_get(staff: Client, tenant) -> Non
 def test_the_token_never_reaches_the_log(staff: Client, tenant, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     response = issue(staff)
-    secret = TOKEN.search(response.content.decode()).group(1).rsplit("_", 1)[1]
+    secret = token_of(response.content.decode()).rsplit("_", 1)[1]
     rotated = rotate(staff, ApiKey.objects.get(), grace="0")
-    new_secret = TOKEN.search(rotated.content.decode()).group(1).rsplit("_", 1)[1]
+    new_secret = token_of(rotated.content.decode()).rsplit("_", 1)[1]
     assert secret not in caplog.text and new_secret not in caplog.text
 
 
@@ -106,26 +114,28 @@ def test_an_issue_form_without_scopes_is_explained(staff: Client, tenant) -> Non
 def test_a_key_can_be_issued_with_an_expiry(staff: Client, tenant) -> None:
     issue(staff, expires_in="7d")
     expires_at = ApiKey.objects.get().expires_at
+    assert expires_at is not None
     assert abs(expires_at - (timezone.now() + timedelta(days=7))) < timedelta(seconds=30)
 
 
 def test_rotation_keeps_the_old_token_for_the_chosen_grace(staff: Client, issued) -> None:
     response = rotate(staff, issued.api_key, grace="5m")
     html = response.content.decode()
-    new_token = TOKEN.search(html).group(1)
+    new_token = token_of(html)
     assert "The old token keeps working for 5m." in html
     assert "no-store" in response["Cache-Control"]
     assert authenticate(new_token) is not None and authenticate(issued.token) is not None
     key = ApiKey.objects.get()
     assert key.state == "rotating"
     grace_end = timezone.now() + timedelta(minutes=5)
+    assert key.previous_valid_until is not None
     assert abs(key.previous_valid_until - grace_end) < timedelta(seconds=30)
     action = AdminAction.objects.get(action=AdminAction.Action.KEY_ROTATED)
     assert action.actor == "console:ada" and action.after == {"grace_seconds": 300}
 
 
 def test_rotation_without_grace_ends_the_old_token_now(staff: Client, issued) -> None:
-    new_token = TOKEN.search(rotate(staff, issued.api_key, grace="0").content.decode()).group(1)
+    new_token = token_of(rotate(staff, issued.api_key, grace="0").content.decode())
     assert authenticate(issued.token) is None
     assert authenticate(new_token) is not None
 

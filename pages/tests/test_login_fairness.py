@@ -17,7 +17,7 @@ ADMIN_ADDRESS = "198.51.100.77"
 
 
 @pytest.fixture(autouse=True)
-def login_limits(settings):  # type: ignore[no-untyped-def]
+def login_limits(settings):
     settings.RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = 50
     settings.RATELIMIT_LOGIN_PAIR_PER_MINUTE = 3
     settings.RATELIMIT_LOGIN_USERNAME_PER_MINUTE = 6
@@ -25,7 +25,7 @@ def login_limits(settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def without_redis(settings) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def without_redis(settings) -> Iterator[None]:
     settings.RATELIMIT_REDIS_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens
     settings.RATELIMIT_FAILURE_MODE = "open"  # login never fails open
     reset_clients()
@@ -35,7 +35,7 @@ def without_redis(settings) -> Iterator[None]:  # type: ignore[no-untyped-def]
 
 def exhaust(address: str, username: str) -> list[LoginDecision]:
     """Attempts from one address until one is refused (at most 20)."""
-    decisions = []
+    decisions: list[LoginDecision] = []
     while len(decisions) < 20:
         decisions.append(check_login_sync(address=address, username=username))
         if not decisions[-1].allowed:
@@ -82,7 +82,7 @@ def test_under_the_ceiling_an_address_gets_its_full_pair_allowance() -> None:
     assert check_login_sync(address=ADMIN_ADDRESS, username="bob").allowed
 
 
-def test_an_address_is_limited_whatever_usernames_it_tries(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_address_is_limited_whatever_usernames_it_tries(settings) -> None:
     settings.RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = 4
     names = [f"user{i}" for i in range(5)]
     allowed = [check_login_sync(address="192.0.2.4", username=n).allowed for n in names]
@@ -90,7 +90,7 @@ def test_an_address_is_limited_whatever_usernames_it_tries(settings) -> None:  #
     assert check_login_sync(address="192.0.2.5", username="user4").allowed
 
 
-def test_ipv6_addresses_of_one_64_count_as_one_address(settings) -> None:  # type: ignore[no-untyped-def]
+def test_ipv6_addresses_of_one_64_count_as_one_address(settings) -> None:
     settings.RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = 3
     same = ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::9"]
     assert all(check_login_sync(address=a, username=f"u{i}").allowed for i, a in enumerate(same))

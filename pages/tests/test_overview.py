@@ -13,13 +13,15 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def globex_key(db):  # type: ignore[no-untyped-def]
+def globex_key(db):
     tenant = tenant_create(slug="globex", name="Globex", actor="test")
     return api_key_issue(tenant=tenant, name="prod", actor="test").api_key
 
 
 def stat(html: str, name: str) -> int:
-    return int(re.search(rf'id="stat-{name}".*?data-value="(\d+)"', html, re.S).group(1))
+    match = re.search(rf'id="stat-{name}".*?data-value="(\d+)"', html, re.S)
+    assert match, f"no {name} figure"
+    return int(match.group(1))
 
 
 def legend(html: str, chart_id: str) -> dict[str, tuple[int, int]]:
@@ -30,7 +32,9 @@ def legend(html: str, chart_id: str) -> dict[str, tuple[int, int]]:
 
 def path_of(html: str, chart_id: str, css: str) -> str:
     figure = html.split(f'id="{chart_id}"', 1)[1].split("</figure>", 1)[0]
-    return re.search(rf'<path class="line {css}" d="([^"]*)"', figure).group(1)
+    match = re.search(rf'<path class="line {css}" d="([^"]*)"', figure)
+    assert match, f"no {css} line in {chart_id}"
+    return match.group(1)
 
 
 def test_a_new_node_greets_the_admin(staff: Client) -> None:
@@ -62,7 +66,7 @@ def test_totals_cover_the_last_day_of_every_tenant(
     assert "Create the first tenant" not in html
 
 
-def test_the_charts_are_drawn_from_the_rows(staff: Client, issued, add_usage, add_throttle):  # type: ignore[no-untyped-def]
+def test_the_charts_are_drawn_from_the_rows(staff: Client, issued, add_usage, add_throttle):
     add_usage(issued.api_key, 10, 7, 70, 30)
     add_usage(issued.api_key, 40, 3, 30, 0, errors=2)
     add_throttle(issued.api_key, 10, 5)
@@ -108,7 +112,7 @@ def test_the_tenant_page_draws_one_chart_per_key(
     }
 
 
-def test_a_tenant_with_only_errors_is_not_among_the_busiest(staff: Client, issued, add_usage):  # type: ignore[no-untyped-def]
+def test_a_tenant_with_only_errors_is_not_among_the_busiest(staff: Client, issued, add_usage):
     add_usage(issued.api_key, 3, 0, errors=4)
     response = staff.get("/console/")
     assert response.context["busiest"] == []

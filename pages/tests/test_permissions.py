@@ -72,7 +72,7 @@ def state() -> tuple:
     return tenants, keys, AdminAction.objects.count()
 
 
-def signed_in(django_user_model, name: str, perms) -> Client:  # type: ignore[no-untyped-def]
+def signed_in(django_user_model, name: str, perms) -> Client:
     user = django_user_model.objects.create_user(name, password="x" * 20, is_staff=True)
     user.user_permissions.set(perms)
     client = Client()
@@ -81,16 +81,16 @@ def signed_in(django_user_model, name: str, perms) -> Client:  # type: ignore[no
 
 
 @pytest.fixture
-def nobody(django_user_model) -> Client:  # type: ignore[no-untyped-def]
+def nobody(django_user_model) -> Client:
     return signed_in(django_user_model, "nobody", [])
 
 
 @pytest.fixture
-def viewer(django_user_model) -> Client:  # type: ignore[no-untyped-def]
+def viewer(django_user_model) -> Client:
     return signed_in(django_user_model, "viewer", tenants_permissions("view_"))
 
 
-def assert_refused(response, missing: list[str]) -> None:  # type: ignore[no-untyped-def]
+def assert_refused(response, missing: list[str]) -> None:
     html = response.content.decode()
     assert response.status_code == 403, response.request["PATH_INFO"]
     for label in missing:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def audit(issued, add_throttle):  # type: ignore[no-untyped-def]
+def audit(issued, add_throttle):
     """Two keys of acme with 429s of two reasons, one of them two days old."""
     other = api_key_issue(tenant=issued.api_key.tenant, name="=HYPERLINK(1)", actor="t").api_key
     add_throttle(issued.api_key, 1, 5, "key-rpm", ["203.0.113.9"])
@@ -23,7 +23,7 @@ def audit(issued, add_throttle):  # type: ignore[no-untyped-def]
     return issued.api_key, other
 
 
-def rows_of(response) -> list[tuple[str, str, int]]:  # type: ignore[no-untyped-def]
+def rows_of(response) -> list[tuple[str, str, int]]:
     return [(e.api_key.key_id, e.reason, e.count) for e in response.context["page"].object_list]
 
 

@@ -19,6 +19,7 @@ import pytest
 from core.errors import RateLimited
 from ratelimit import limiter
 from ratelimit.tests.helpers import make_record
+from tests.childproc import child_env, start_child
 
 PROCESSES = 4
 SECONDS = 2.0
@@ -35,20 +36,10 @@ INFLIGHT = {"tenant_id": 104, "key_id": "KEYdddddddd1", "key": {"max_inflight": 
 
 
 def _start(plan: dict, env: dict | None = None) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "ratelimit.tests.hammer"],
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            # Exactness of the Redis path is under test: a starved 2-core box must not push
-            # the children into the fallback limiter (tests/test_faults.py covers that).
-            "RATELIMIT_REDIS_TIMEOUT_MS": "2000",
-            **(env or {}),
-        },
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # Exactness of the Redis path is under test: a starved 2-core box must not push the
+    # children into the fallback limiter (tests/test_faults.py covers that).
+    overrides = {"RATELIMIT_REDIS_TIMEOUT_MS": "2000", **(env or {})}
+    child = start_child([sys.executable, "-m", "ratelimit.tests.hammer"], child_env(**overrides))
     child.stdin.write(json.dumps(plan) + "\n")
     child.stdin.flush()
     assert child.stdout.readline().strip() == "ready"

@@ -1,22 +1,17 @@
 """A limit change made with set_limits applies in another OS process within 2 s."""
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 from django.core.management import call_command
 
-from conftest import database_url_for_current_test_db
+from tests.childproc import child_env, django_script, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # A second process authenticates and admits every 20 ms, reporting each change of outcome.
 CHILD = """
 import asyncio, sys, time
-import django
-django.setup()
 from core.errors import RateLimited
 from ratelimit import limiter
 from tenants.auth import authenticate_token
@@ -44,18 +39,7 @@ asyncio.run(main())
 
 
 def test_a_new_limit_reaches_a_running_process_within_two_seconds(tenant, issued) -> None:  # type: ignore[no-untyped-def]
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_current_test_db(),
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        env=env,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    child = start_child(django_script(CHILD), child_env(database=True))
     try:
         call_command("set_limits", tenant.slug, "--rpm", "none", "--tpm", "none")
         child.stdin.write(issued.token + "\n")

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
 from core.errors import Overloaded, RateLimited
-from core.redis import get_sync_redis, reset_clients
+from core.redis import get_redis, get_sync_redis, reset_clients
 from ratelimit import backlog, flush, limiter
 from ratelimit.limits import usage_key
 from ratelimit.scripts import ALL
 from ratelimit.tests.helpers import make_record, usage_totals
+from tenants.models import UsageMinute
 
 TIMEOUT_MS = 50
 # What a call may cost beyond the timeout on a busy 2-core box (scheduling, reconnects).
@@ -247,3 +249,80 @@ def test_the_flusher_thread_preloads_the_scripts_on_a_fresh_redis(own_redis, set
         assert fresh.script_exists(*shas) == [True] * len(ALL)
     finally:
         flush.stop_flusher()
+
+
+POOLED = 5  # sockets the limiter's pool holds when Redis restarts
+
+
+async def _fill_the_pool(record) -> None:  # type: ignore[no-untyped-def]
+    # Concurrent calls each take a socket of their own; back in the pool, they all stay open.
+    admissions = await asyncio.gather(*(limiter.admit(record, tokens=1) for _ in range(POOLED)))
+    assert {a.source for a in admissions} == {"redis"}
+    assert len(get_redis("ratelimit").connection_pool._available_connections) == POOLED
+
+
+def _restart(server: OwnRedis) -> None:
+    server.kill()
+    server.start()  # same port; every socket of the pool now leads to the dead process
+
+
+async def test_a_restarted_redis_costs_one_failed_call_not_one_per_pooled_socket(
+    own_redis, settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings.RATELIMIT_FAILURE_MODE = "open"
+    settings.RATELIMIT_REDIS_TIMEOUT_MS = 500  # reconnects and NOSCRIPT reloads, on a busy box
+    reset_clients()
+    record = make_record(tenant={"rpm": 6000})
+    await _fill_the_pool(record)
+    _restart(own_redis)
+    first = await limiter.admit(record, tokens=1)
+    assert first.source == "open"  # its socket was dead: the one failed call
+    # The failure dropped the pool's other idle sockets: concurrent calls, each on a socket
+    # of the pool, all reach Redis (before the fix, each stale one failed once more).
+    after = await asyncio.gather(*(limiter.admit(record, tokens=1) for _ in range(POOLED)))
+    assert [a.source for a in after] == ["redis"] * POOLED
+
+
+async def test_a_settle_on_a_dead_socket_is_retried_at_once(own_redis, settings) -> None:  # type: ignore[no-untyped-def]
+    record = make_record(tenant_id=9, key={"max_inflight": 1})
+    admission = await limiter.admit(record, tokens=1)
+    # Every client connection dropped, the data kept (as a restart with persistence does).
+    redis.Redis(port=own_redis.port).client_kill_filter(_type="normal", skip_me=True)
+    assert await limiter.settle(admission, prompt_tokens=5, completion_tokens=6) is True
+    assert backlog.pending_count() == 0
+    client = get_sync_redis("ratelimit")
+    assert usage_totals(client.hgetall(usage_key(9))) == {"r": 1, "p": 5, "c": 6}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["local", "open"])
+async def test_usage_of_a_fallback_admission_is_billed_from_redis_once_it_answers(
+    own_redis, settings, issued, mode
+) -> None:  # type: ignore[no-untyped-def]
+    settings.RATELIMIT_FAILURE_MODE = mode
+    key = issued.api_key
+    record = make_record(tenant_id=key.tenant_id, api_key_pk=key.pk, tenant={"rpm": 600})
+    await _fill_the_pool(record)
+    _restart(own_redis)
+    admission = await limiter.admit(record, tokens=1)
+    assert admission.source == mode  # admitted without Redis: no lease there to settle
+    assert await limiter.settle(admission, prompt_tokens=2, completion_tokens=3) is True
+    client = get_sync_redis("ratelimit")
+    assert usage_totals(client.hgetall(usage_key(key.tenant_id))) == {"r": 1, "p": 2, "c": 3}
+    backlog.clear()  # this process dies: whatever it kept in memory is gone
+    report = await sync_to_async(flush.flush)(client)  # any process's flush bills it
+    assert (report.requests, report.prompt_tokens, report.completion_tokens) == (1, 2, 3)
+    row = await UsageMinute.objects.aget(api_key=key)
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 2, 3)
+
+
+async def test_usage_waits_in_the_process_when_redis_still_cannot_answer(
+    own_redis, settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings.RATELIMIT_FAILURE_MODE = "open"
+    errors = _metric("ratelimit_backend_errors_total", operation="count_usage")
+    own_redis.signal(signal.SIGSTOP)
+    admission = await limiter.admit(RECORD, tokens=1)
+    assert await limiter.settle(admission, prompt_tokens=2, completion_tokens=3) is True
+    assert list(backlog.take_usage().values()) == [[1, 2, 3, 0]]
+    assert _metric("ratelimit_backend_errors_total", operation="count_usage") == errors + 1

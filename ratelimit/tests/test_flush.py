@@ -3,9 +3,7 @@ also when the flushing process is killed between its Redis and Postgres steps, a
 several flushers run while requests keep settling."""
 
 import asyncio
-import os
 import subprocess
-import sys
 import threading
 import time
 from io import StringIO
@@ -15,12 +13,12 @@ from django.core.management import call_command
 from django.db.models import Sum
 from django.test import override_settings
 
-from conftest import database_url_for_current_test_db
 from core.errors import RateLimited
 from core.redis import get_sync_redis
 from ratelimit import backlog, flush, limiter
 from ratelimit.tests.helpers import make_record
 from tenants.models import ThrottleEvent, UsageBatch, UsageMinute
+from tests.childproc import child_env, django_script
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,11 +93,11 @@ def test_later_batches_add_to_the_same_minute_row(issued) -> None:  # type: igno
 
 
 CHILD = """
-import os, sys, django
-django.setup()
+import os, sys
 from django.db import transaction
 from core.redis import get_sync_redis
 from ratelimit import flush
+from tenants.models import UsageBatch
 client = get_sync_redis("ratelimit")
 batches = flush.claim_batches(client, "usage")
 print(len(batches), flush=True)
@@ -107,7 +105,7 @@ step = sys.argv[1]
 if step == "mid-transaction":
     with transaction.atomic():
         for key in batches:
-            flush.UsageBatch.objects.create(batch_id=flush.batch_id_of(key))
+            UsageBatch.objects.create(batch_id=flush.batch_id_of(key))
             flush._write_usage(client.hgetall(key), flush.FlushReport())
         os._exit(9)
 if step == "after-commit":
@@ -118,13 +116,12 @@ os._exit(9)  # killed before the next step
 
 
 def _run_child(step: str) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_current_test_db(),
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-    }
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, step], env=env, capture_output=True, text=True, timeout=60
+        django_script(CHILD, step),
+        env=child_env(database=True),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 9 and done.stdout.strip() == "1", done.stderr
 

@@ -12,7 +12,7 @@ from core.errors import QuotaExhausted, RateLimited
 from ratelimit import limiter
 from ratelimit.decision import Decision, LimitState
 from ratelimit.headers import denial_error, denial_headers, go_duration, rate_headers
-from ratelimit.limits import Limit
+from ratelimit.limits import Limit, LimitKind
 from ratelimit.tests.helpers import make_record
 
 SECOND = 1_000_000
@@ -47,7 +47,9 @@ def test_resets_are_written_as_openai_writes_them(us: int, text: str) -> None:
 
 
 def _state(name: str, kind: str, limit: int, remaining: int, reset_us: int) -> LimitState:
-    return LimitState(Limit(name, kind, limit, 1, f"rl:test:{name}"), remaining, reset_us)
+    return LimitState(
+        Limit(name, LimitKind(kind), limit, 1, f"rl:test:{name}"), remaining, reset_us
+    )
 
 
 def test_the_trio_comes_from_the_most_restrictive_limit_or_the_binding_one() -> None:

@@ -22,12 +22,18 @@ CHANGELIST = "/admin/tenants/apikey/"
 TOKEN = re.compile(r'value="(sk_[0-9A-Za-z]{12}_[0-9A-Za-z]{32,})" class="rotated-token"')
 
 
-def authenticate(token: str):  # type: ignore[no-untyped-def]
+def authenticate(token: str):
     key_cache.clear()
     return async_to_sync(authenticate_token)(token)
 
 
-def action(client: Client, name: str, key: ApiKey, **extra: object):  # type: ignore[no-untyped-def]
+def first_group(pattern: str | re.Pattern[str], html: str) -> str:
+    match = re.search(pattern, html)
+    assert match, f"{pattern} not in the page"
+    return match.group(1)
+
+
+def action(client: Client, name: str, key: ApiKey, **extra: object):
     return client.post(CHANGELIST, {"action": name, "_selected_action": [key.pk], **extra})
 
 
@@ -45,10 +51,10 @@ def test_rotation_asks_for_a_grace_then_shows_the_new_token_once(
 ) -> None:
     ask = action(admin_client, "rotate_selected", issued.api_key)
     assert ask.status_code == 200 and "Grace period" in ask.content.decode()
-    once = re.search(r'name="once" value="([^"]+)"', ask.content.decode()).group(1)
+    once = first_group(r'name="once" value="([^"]+)"', ask.content.decode())
     fields = {"apply": "1", "once": once, "grace": "5m"}
     shown = action(admin_client, "rotate_selected", issued.api_key, **fields)
-    token = TOKEN.search(shown.content.decode()).group(1)
+    token = first_group(TOKEN, shown.content.decode())
     assert "no-store" in shown["Cache-Control"]
     assert not [m for m in get_messages(shown.wsgi_request) if token in str(m)]
     assert authenticate(token) is not None and authenticate(issued.token) is not None
@@ -82,7 +88,7 @@ def test_records_are_read_only(admin_client: Client, issued, model: str) -> None
     assert f'href="/admin/tenants/{model}/add/"' not in listing
 
 
-def test_usage_and_429_lists_have_filters_and_a_date_hierarchy(admin_client: Client, issued):  # type: ignore[no-untyped-def]
+def test_usage_and_429_lists_have_filters_and_a_date_hierarchy(admin_client: Client, issued):
     minute = timezone.now().replace(second=0, microsecond=0)
     globex = tenant_create(slug="globex", actor="test")
     other = api_key_issue(tenant=globex, actor="test")

@@ -1,20 +1,15 @@
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import database_url_for_current_test_db
 from tenants.services import api_key_revoke
+from tests.childproc import child_env, django_script, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # A second process authenticates the token every 20 ms and reports each change of outcome.
 CHILD = """
 import asyncio, os, sys, time
-import django
-django.setup()
 from tenants.auth import authenticate_token
 
 async def main():
@@ -34,19 +29,9 @@ asyncio.run(main())
 
 
 def test_a_second_process_sees_a_revocation_within_a_second(issued) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_current_test_db(),
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        env=env,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    child = start_child(django_script(CHILD), child_env(database=True))
     try:
+        assert child.stdin is not None and child.stdout is not None  # both piped
         child.stdin.write(issued.token + "\n")
         child.stdin.flush()
         first = child.stdout.readline().split()

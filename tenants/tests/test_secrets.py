@@ -1,6 +1,5 @@
 import io
 import logging
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -13,6 +12,7 @@ from django.test import AsyncClient, override_settings
 
 from tenants.auth import authenticate_token
 from tenants.services import api_key_issue, api_key_rotate
+from tests.childproc import child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,9 +65,7 @@ def test_the_pg_dump_of_the_database_holds_no_secret(issued) -> None:
 
 
 def test_the_commands_print_the_token_but_nothing_else(tenant) -> None:
-    from conftest import database_url_for_current_test_db
-
-    env = {**os.environ, "DATABASE_URL": database_url_for_current_test_db()}
+    env = child_env(database=True)
     result = subprocess.run(
         [sys.executable, "manage.py", "issue_key", "acme"],
         env=env,

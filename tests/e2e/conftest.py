@@ -123,7 +123,7 @@ def app_env(django_db_setup: None, e2e_dir: Path, tiny_model_dir: Path) -> dict[
 
 
 @pytest.fixture(scope="module")
-def api_token(app_env: dict[str, str], django_db_blocker) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def api_token(app_env: dict[str, str], django_db_blocker) -> Iterator[str]:
     """A tenant and a key made by the real commands (committed, visible to the replicas)."""
     slug = f"e2e-{uuid.uuid4().hex[:8]}"
     manage(app_env, "create_tenant", slug, "--rpm", "6000", "--tpm", "1000000")

@@ -62,7 +62,7 @@ class Customer:
 
 
 @pytest.fixture
-def customer(transactional_db, api_server) -> Customer:  # type: ignore[no-untyped-def]
+def customer(transactional_db, api_server) -> Customer:
     """A tenant with room for the tests' traffic, and one key."""
     from tenants.services import api_key_issue, tenant_create
 

@@ -16,7 +16,7 @@ from tests.e2e.api.conftest import Customer, model_name
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def post(server, path: str, body: bytes, token: str | None, **headers: str):  # type: ignore[no-untyped-def]
+def post(server, path: str, body: bytes, token: str | None, **headers: str):
     headers = {"Content-Type": "application/json", **headers}
     if token:
         headers["Authorization"] = f"Bearer {token}"

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 STREAMS = 20
 
 
-def _payload(api_server, customer: Customer) -> dict:  # type: ignore[no-untyped-def]
+def _payload(api_server, customer: Customer) -> dict:
     return {
         "model": model_name(api_server),
         "prompt": long_prompt(api_server, customer.token),
@@ -26,7 +26,7 @@ def _payload(api_server, customer: Customer) -> dict:  # type: ignore[no-untyped
     }
 
 
-def _prompt_tokens(api_server, customer: Customer, payload: dict) -> int:  # type: ignore[no-untyped-def]
+def _prompt_tokens(api_server, customer: Customer, payload: dict) -> int:
     import openai
 
     sdk = openai.OpenAI(base_url=f"{api_server.url}/v1", api_key=customer.token, max_retries=0)
@@ -44,7 +44,7 @@ def _usage() -> tuple[int, int, int]:
     )
 
 
-def _check(received: list[Received], customer: Customer, prompt_tokens: int, before) -> None:  # type: ignore[no-untyped-def]
+def _check(received: list[Received], customer: Customer, prompt_tokens: int, before) -> None:
     assert wait_for_release(customer.tenant_id) == []
     assert sum(not got.finished for got in received) >= STREAMS // 2  # really cut mid-way
     requests, prompt, completion = (now - then for now, then in zip(_usage(), before, strict=True))

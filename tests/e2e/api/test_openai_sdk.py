@@ -1,5 +1,7 @@
 """The official openai package against the live node: the shapes it parses, the errors it raises."""
 
+from typing import Any
+
 import openai
 import pytest
 
@@ -8,8 +10,14 @@ from tests.e2e.api.conftest import Customer, model_name
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def client(server, token: str) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+def client(server, token: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0, timeout=60)
+
+
+def body_of(error: openai.APIError) -> dict[str, Any]:
+    """The error object the SDK parsed from the response."""
+    assert isinstance(error.body, dict), error.body
+    return error.body
 
 
 def test_completions_come_back_in_openai_shape(api_server, customer: Customer) -> None:
@@ -22,11 +30,10 @@ def test_completions_come_back_in_openai_shape(api_server, customer: Customer) -
     assert response.object == "text_completion" and response.model == model
     choice = response.choices[0]
     assert choice.finish_reason in ("stop", "length")
-    assert response.usage.completion_tokens >= 1
-    assert (
-        response.usage.total_tokens
-        == response.usage.prompt_tokens + response.usage.completion_tokens
-    )
+    usage = response.usage
+    assert usage is not None
+    assert usage.completion_tokens >= 1
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     again = sdk.completions.create(
         model=model, prompt="Name a colour.", max_tokens=5, temperature=0
     )
@@ -74,7 +81,8 @@ def test_streams_end_with_usage_when_asked(api_server, customer: Customer) -> No
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens >= 1
     plain = sdk.chat.completions.create(
         model=model_name(api_server),
         messages=[{"role": "user", "content": "Count."}],
@@ -98,11 +106,11 @@ def test_the_sdk_raises_its_own_error_classes(api_server, customer: Customer) ->
     model = model_name(api_server)
     with pytest.raises(openai.AuthenticationError) as denied:
         client(api_server, "sk_" + "A" * 12 + "_" + "B" * 40).models.list()
-    assert denied.value.body["code"] == "invalid_api_key"
+    assert body_of(denied.value)["code"] == "invalid_api_key"
     sdk = client(api_server, customer.token)
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.completions.create(model=model, prompt="x", n=3)
-    assert bad.value.body["param"] == "n"
+    assert body_of(bad.value)["param"] == "n"
     tenant_set_limits(
         tenant=Tenant.objects.get(slug=customer.slug),
         changes={"rpm": 1, "burst_percent": 1},
@@ -122,7 +130,7 @@ def test_the_sdk_raises_its_own_error_classes(api_server, customer: Customer) ->
             break
         assert time.monotonic() < deadline, "the new limit never applied"
         time.sleep(0.2)
-    assert limited.body["code"] == "rate_limit_exceeded"
+    assert body_of(limited)["code"] == "rate_limit_exceeded"
     headers = limited.response.headers
     assert int(headers["retry-after"]) >= 1 and int(headers["retry-after-ms"]) > 0
     assert headers["x-ratelimit-limit-requests"] == "1"

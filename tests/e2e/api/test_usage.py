@@ -6,6 +6,7 @@ import urllib.request
 
 import openai
 import pytest
+from openai.types import CompletionUsage
 from websockets.asyncio.client import connect
 
 from ratelimit.flush import flush
@@ -15,7 +16,7 @@ from tests.e2e.api.conftest import Customer, model_name, wait_for_release
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def _ws_usage(server, token: str, count: int) -> list[dict]:  # type: ignore[no-untyped-def]
+def _ws_usage(server, token: str, count: int) -> list[dict]:
     async def run() -> list[dict]:
         url = server.url.replace("http://", "ws://") + "/ws/v1/completions"
         async with connect(url, additional_headers={"X-API-Key": token}) as ws:
@@ -30,7 +31,7 @@ def _ws_usage(server, token: str, count: int) -> list[dict]:  # type: ignore[no-
                         }
                     )
                 )
-            done = []
+            done: list[dict] = []
             async with asyncio.timeout(60):
                 while len(done) < count:
                     frame = json.loads(await ws.recv())
@@ -42,20 +43,25 @@ def _ws_usage(server, token: str, count: int) -> list[dict]:  # type: ignore[no-
     return asyncio.run(run())
 
 
-def _http_usage(server, token: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def _dump(usage: CompletionUsage | None) -> dict:
+    assert usage is not None, "no usage in the reply"
+    return usage.model_dump()
+
+
+def _http_usage(server, token: str) -> list[dict]:
     sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0)
     model = model_name(server)
     seen = []
     for n in range(3):
         seen.append(
-            sdk.completions.create(
-                model=model, prompt=f"Item {n}", max_tokens=4 + n
-            ).usage.model_dump()
+            _dump(sdk.completions.create(model=model, prompt=f"Item {n}", max_tokens=4 + n).usage)
         )
         seen.append(
-            sdk.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": f"Hello {n}"}], max_tokens=5
-            ).usage.model_dump()
+            _dump(
+                sdk.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": f"Hello {n}"}], max_tokens=5
+                ).usage
+            )
         )
     chunks = list(
         sdk.completions.create(
@@ -66,11 +72,11 @@ def _http_usage(server, token: str) -> list[dict]:  # type: ignore[no-untyped-de
             stream_options={"include_usage": True},
         )
     )
-    seen.append(chunks[-1].usage.model_dump())
+    seen.append(_dump(chunks[-1].usage))
     return seen
 
 
-def test_the_usage_clients_saw_is_what_usage_and_postgres_say(api_server, customer: Customer):  # type: ignore[no-untyped-def]
+def test_the_usage_clients_saw_is_what_usage_and_postgres_say(api_server, customer: Customer):
     seen = _http_usage(api_server, customer.token) + _ws_usage(api_server, customer.token, 3)
     # A stream settles right after its last byte: wait for that before moving usage.
     assert wait_for_release(customer.tenant_id) == []

@@ -12,11 +12,11 @@ from tests.e2e.api.conftest import Customer
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def ws_url(server) -> str:  # type: ignore[no-untyped-def]
+def ws_url(server) -> str:
     return server.url.replace("http://", "ws://") + "/ws/v1/completions"
 
 
-async def frames_until(ws, predicate, seconds: float = 30.0) -> list[dict]:  # type: ignore[no-untyped-def]
+async def frames_until(ws, predicate, seconds: float = 30.0) -> list[dict]:
     seen: list[dict] = []
     async with asyncio.timeout(seconds):
         while not seen or not predicate(seen[-1]):
@@ -75,7 +75,7 @@ async def test_two_requests_share_one_socket(api_server, customer: Customer) -> 
     assert "".join(f["text"] for f in frames if f["type"] == "completion.delta") == text["one"]
 
 
-async def long_prompt(ws) -> str:  # type: ignore[no-untyped-def]
+async def long_prompt(ws) -> str:
     """A prompt whose greedy completion runs to its max_tokens (no early end of sequence)."""
     for n in range(20):
         prompt = f"Tell story number {n}."

@@ -8,6 +8,9 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,7 +61,7 @@ class NodeApi:
         return self._send(request).status
 
 
-def wait_until(check: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
+def wait_until(check: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
     """Call `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -58,6 +58,13 @@ def make_driver(profile: Path) -> webdriver.Chrome:
     return driver
 
 
+def attribute(element: WebElement, name: str) -> str:
+    """An attribute the page must carry (a missing one fails the test)."""
+    value = element.get_attribute(name)
+    assert value is not None, f"no {name} attribute"
+    return value
+
+
 class ConsoleBrowser:
     """The console as an admin uses it: each method is one thing an admin does."""
 
@@ -142,7 +149,7 @@ class ConsoleBrowser:
         self.fill("#id_name", name)
         Select(self.find("#id_expires_in")).select_by_value(expires)
         self.submit("button[name=issue]")
-        return self.find("#token").get_attribute("value")
+        return attribute(self.find("#token"), "value")
 
     def copy_token(self) -> str:
         """Click Copy and return what the clipboard then holds."""
@@ -159,7 +166,7 @@ class ConsoleBrowser:
         return self.find(f"#keys-table tr[data-key-id='{key_id}']")
 
     def key_state(self, key_id: str) -> str:
-        return self.key_row(key_id).get_attribute("data-state")
+        return attribute(self.key_row(key_id), "data-state")
 
     def rotate_key(self, key_id: str, *, custom_grace: str | None = None, grace: str = "") -> str:
         """Rotate from the keys table; returns the new token read off the page."""
@@ -171,7 +178,7 @@ class ConsoleBrowser:
             self.fill("#id_custom_grace", custom_grace)
         self.step("rotate-form", focus="h1")
         self.submit("button[name=rotate]")
-        return self.find("#token").get_attribute("value")
+        return attribute(self.find("#token"), "value")
 
     def set_limits(self, **limits: object) -> None:
         for field, value in limits.items():
@@ -192,7 +199,7 @@ class ConsoleBrowser:
     def chart_totals(self, chart_id: str) -> dict[str, int]:
         """A chart's series totals as its legend states them (label -> total)."""
         items = self.find_all(f"#{chart_id} .legend-item")
-        return {i.get_attribute("data-label"): int(i.get_attribute("data-total")) for i in items}
+        return {attribute(i, "data-label"): int(attribute(i, "data-total")) for i in items}
 
     def hover_chart(self, chart_id: str, fraction: float) -> str:
         """Point at a chart `fraction` of the way across its plot; returns the read-out shown."""

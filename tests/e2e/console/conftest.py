@@ -36,7 +36,7 @@ def daphne_server_env(tiny_model_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterator[LiveDaphne]:  # type: ignore[no-untyped-def]
+def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterator[LiveDaphne]:
     """A daphne serving the whole project (the tiny model too) on this test's database and
     Redis, once /readyz says it is ready."""
     env = {
@@ -60,7 +60,7 @@ def node_api(daphne_server: LiveDaphne, tiny_model_dir: Path) -> NodeApi:
 
 
 @pytest.fixture
-def staff_account(transactional_db, django_user_model):  # type: ignore[no-untyped-def]
+def staff_account(transactional_db, django_user_model):
     """Staff with every permission of the tenants app: the journey reads every page and
     creates a tenant, issues, rotates and revokes a key and changes limits."""
     from django.contrib.auth.models import Permission

@@ -15,7 +15,7 @@ from tenants.models import ApiKey, ThrottleEvent, UsageMinute
 REASONS = ("key-rpm", "tenant-tpm")
 
 
-def _minute(minutes_ago: int):  # type: ignore[no-untyped-def]
+def _minute(minutes_ago: int):
     return timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
 
 

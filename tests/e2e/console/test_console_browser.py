@@ -19,7 +19,13 @@ from ratelimit.flush import flush
 from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
 from tenants.services import api_key_issue, tenant_create
 from tests.e2e.console.apiclient import NodeApi, wait_until
-from tests.e2e.console.browser import STAFF_PASSWORD, STAFF_USERNAME, TOKEN, ConsoleBrowser
+from tests.e2e.console.browser import (
+    STAFF_PASSWORD,
+    STAFF_USERNAME,
+    TOKEN,
+    ConsoleBrowser,
+    attribute,
+)
 from tests.e2e.console.seed import seed_throttles, seed_usage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -48,7 +54,7 @@ def key_totals(key: ApiKey) -> dict[str, int]:
     return {"requests": sums["r"] or 0, "errors": sums["e"] or 0}
 
 
-def flush_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+def flush_until(check, timeout: float = 10) -> None:
     """Move the Redis buffers to Postgres until `check()` holds (an error is counted by a task
     that may end just after its response was sent)."""
 
@@ -147,12 +153,14 @@ def rotate_with_short_grace(
     # Inside the grace both tokens work (checked first: the grace is short).
     assert api.complete(old_token).status == 200
     assert api.complete(new_token).status == 200
-    assert new_token != old_token and TOKEN.match(new_token).group(1) == key.key_id
+    match = TOKEN.match(new_token)
+    assert new_token != old_token and match and match.group(1) == key.key_id
     assert f"keeps working for {GRACE_S}s" in console.find("#token-note").text
     console.step("rotated-token", mask="#token")
     console.open_tenant("acme")
     assert console.key_state(key.key_id) == "rotating"
     key.refresh_from_db()
+    assert key.previous_valid_until is not None
     wait_until(lambda: api.models_status(old_token) == 401, GRACE_S + 10, interval=0.25)
     assert timezone.now() >= key.previous_valid_until  # refused only once the grace was over
     assert api.complete(new_token).status == 200
@@ -178,6 +186,7 @@ def edit_a_limit(console: ConsoleBrowser, api: NodeApi, token: str) -> None:
     console.set_limits(burst_percent=20, rpm=1200)
     assert any(m.startswith("Limits saved (rpm)") for m in console.messages())
     change = AdminAction.objects.filter(action=AdminAction.Action.LIMITS_CHANGED).first()
+    assert change and change.before is not None and change.after is not None
     assert change.actor == f"console:{STAFF_USERNAME}"
     assert (change.before["rpm"], change.after["rpm"]) == (600, 1200)
     # The next responses follow the saved limit (every worker's key cache; about half a second,
@@ -190,7 +199,7 @@ def force_a_429(console: ConsoleBrowser, api: NodeApi, key: ApiKey, token: str) 
     console.set_limits(rpm=LOW_RPM)
     assert any(m.startswith("Limits saved (rpm)") for m in console.messages())
 
-    def refused():  # type: ignore[no-untyped-def]
+    def refused():
         answer = api.complete(token)
         assert answer.status in (200, 429), answer.body
         return answer if answer.status == 429 else None
@@ -212,7 +221,7 @@ def find_the_429(console: ConsoleBrowser, key: ApiKey) -> None:
     (row,) = console.find_all("#throttle-table tbody tr")
     assert key.key_id in row.text and "127.0.0.1" in row.text
     console.step("throttle-audit")
-    export = console.find("#csv-export").get_attribute("href").removeprefix(console.base_url)
+    export = attribute(console.find("#csv-export"), "href").removeprefix(console.base_url)
     rows = list(csv.DictReader(io.StringIO(console.fetch_text(export))))
     assert [(r["key_id"], r["reason"], r["count"]) for r in rows] == [
         (key.key_id, "tenant-rpm", "1")
@@ -250,7 +259,7 @@ def read_the_audit_log(console: ConsoleBrowser) -> None:
 
 
 def stat(console: ConsoleBrowser, name: str) -> int:
-    return int(console.find(f"#stat-{name} .stat-value").get_attribute("data-value"))
+    return int(attribute(console.find(f"#stat-{name} .stat-value"), "data-value"))
 
 
 def see_the_overview(console: ConsoleBrowser, api: NodeApi, seeded: Seeded) -> None:
@@ -276,7 +285,7 @@ def see_the_overview(console: ConsoleBrowser, api: NodeApi, seeded: Seeded) -> N
 
 def test_an_admin_runs_a_tenant_from_the_console(
     console: ConsoleBrowser, node_api: NodeApi, staff_account
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     seeded = Seeded()
     sign_in(console)
     create_tenant(console)

@@ -11,7 +11,7 @@ from django.test import AsyncClient, override_settings
 from core.errors import InvalidRequest, ModelUnavailable, Overloaded, PayloadTooLarge
 from engine.runtime import Engine, GenerationRequest
 from engine.testing import tiny_config
-from inference import services
+from inference import engines
 
 
 def failed_engine(tiny_model_dir: Path) -> Engine:
@@ -23,10 +23,10 @@ def failed_engine(tiny_model_dir: Path) -> Engine:
 
 def test_a_failed_model_names_the_reason_and_the_fix(installed, tiny_model_dir: Path) -> None:
     installed(failed_engine(tiny_model_dir))
-    status = services.model_status()
+    status = engines.model_status()
     assert status["state"] == "failed" and "does not exist" in status["detail"]
     with pytest.raises(ModelUnavailable) as unavailable:
-        services.require_engine()
+        engines.require_engine()
     message = unavailable.value.message
     assert "could not be loaded" in message and "INFERENCE_MODEL" in message
     assert "make run-tiny" in message and unavailable.value.status == 503
@@ -78,34 +78,34 @@ async def test_readyz_stays_200_but_degraded_when_a_shared_dependency_fails(
 async def test_engine_errors_become_client_errors(installed, make_engine) -> None:
     engine = installed(make_engine(max_batch=1, max_queue=1, max_wait_ms=0, max_input_tokens=8))
     with pytest.raises(PayloadTooLarge) as too_long:
-        await services.engine_submit(GenerationRequest("the model runs " * 10))
+        await engines.engine_submit(GenerationRequest("the model runs " * 10))
     assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
     assert too_long.value.status == 413
     with pytest.raises(InvalidRequest) as invalid:
-        await services.engine_submit(GenerationRequest("hi", top_p=2.0))
+        await engines.engine_submit(GenerationRequest("hi", top_p=2.0))
     assert invalid.value.param == "top_p"
     long = GenerationRequest("hi", max_tokens=400, ignore_eos=True)
-    running = await services.engine_submit(long)
+    running = await engines.engine_submit(long)
     iterator = aiter(running)
     await anext(iterator)  # running: it has left the queue for its batch
-    queued = await services.engine_submit(long)
+    queued = await engines.engine_submit(long)
     with pytest.raises(Overloaded) as overloaded:
-        await services.engine_submit(long)
+        await engines.engine_submit(long)
     assert overloaded.value.headers == {"Retry-After": "1"} and overloaded.value.status == 503
     for stream in (running, queued):
         stream.cancel()
     await iterator.aclose()
-    ids = await services.engine_encode_prompt("the model")
+    ids = await engines.engine_encode_prompt("the model")
     assert len(ids) == engine.count_tokens("the model")
     with pytest.raises(PayloadTooLarge):
-        await services.engine_encode_prompt("the model runs " * 10)  # 8 tokens at most here
+        await engines.engine_encode_prompt("the model runs " * 10)  # 8 tokens at most here
 
 
 async def test_a_loading_model_asks_clients_to_retry(installed, tiny_model_dir: Path) -> None:
     engine = installed(Engine(tiny_config(tiny_model_dir)))
     engine._set_state("loading", "loading")
     with pytest.raises(ModelUnavailable) as unavailable:
-        await services.engine_submit(GenerationRequest("hi"))
+        await engines.engine_submit(GenerationRequest("hi"))
     assert "still loading" in unavailable.value.message
     assert unavailable.value.headers == {"Retry-After": "5"}
 
@@ -114,10 +114,10 @@ def test_start_engine_builds_the_engine_from_settings_once(installed, tiny_model
     with override_settings(
         INFERENCE_MODEL=str(tiny_model_dir), INFERENCE_QUANTIZATION="none", INFERENCE_MAX_BATCH=3
     ):
-        engine = services.start_engine()
-        assert services.start_engine() is engine is services.get_engine()
+        engine = engines.start_engine()
+        assert engines.start_engine() is engine is engines.get_engine()
     try:
-        assert engine.wait_ready(60) and services.model_status()["ok"] is True
+        assert engine.wait_ready(60) and engines.model_status()["ok"] is True
         assert engine.config.max_batch == 3 and engine.status()["quantization"] == "none"
     finally:
         engine.stop(10)
@@ -134,7 +134,7 @@ async def test_the_signal_handler_drains_then_hands_over(installed, make_engine)
         assert engine.status()["state"] == "stopped"  # only after the drain
         loop.call_soon_threadsafe(handed_over.set)
 
-    services.drain_then(engine, previous, 30)(signal.SIGTERM, None)
+    engines.drain_then(engine, previous, 30)(signal.SIGTERM, None)
     result = await stream.complete()
     await asyncio.wait_for(handed_over.wait(), 30)
     assert result.finish_reason == "length" and result.completion_tokens == 40

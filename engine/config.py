@@ -1,0 +1,35 @@
+"""The engine's configuration: a module of its own, so the model process (engine/worker.py) and
+its handle (engine/remote.py) can import it without the engine (engine/runtime.py)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs; inference/engines.py fills it from Django settings."""
+
+    model: str
+    adapter: str = ""
+    quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch: int = 16
+    max_wait_ms: int = 10
+    max_queue: int = 256
+    # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;
+    # 0: no bound (benchmarks). Django's INFERENCE_MAX_QUEUE_WAIT_SECONDS defaults to 30.
+    max_queue_wait: float = 0.0
+    threads: int = 0  # torch intra-op threads; 0: one per available core
+    # Added to the model thread's nice value (and its intra-op threads', which inherit it): on
+    # a shared CPU, answering requests (429s, auth, streaming) goes before batch work.
+    nice: int = 0
+    # CPUs the model thread (and its intra-op threads) may run on; empty: wherever the process
+    # may. On a CPU node, keeping the request path off the model's cores (docs/engine.md).
+    cpus: tuple[int, ...] = ()
+    max_input_tokens: int = 0  # 0: the tokenizer's model_max_length (512 for flan-t5)
+    max_output_tokens: int = 512
+    allow_download: bool = True  # a hub id missing from the cache may be fetched
+    warmup: bool = True
+    # Decode in a model process of its own (spawned; nice and cpus apply to it) instead of a
+    # thread of the serving process: the request path and the decoder stop sharing one
+    # interpreter lock. Django's INFERENCE_MODEL_PROCESS defaults to on.
+    process: bool = False

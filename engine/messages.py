@@ -1,0 +1,152 @@
+"""What the engine's parts tell each other: the events a job receives, and the messages between
+the serving process (engine/remote.py) and the model process (engine/worker.py).
+
+Events. A job gets any number of Delta (text and the completion tokens it covers so far), then
+exactly one Done (its GenerationResult) or Failed (an EngineError for its stream to raise). The
+model thread or the model process sends them (engine/decoding.py), the queue sends Failed for a
+job that waited too long (engine/batcher.py), the engine Done or Failed for a job it withdraws or
+gives up on (engine/runtime.py); GenerationStream turns them into text, a result or a raise.
+
+The model process protocol, over one multiprocessing Connection (every message is pickled, so
+every type here must stay picklable: engine/tests/test_messages.py checks it):
+
+    server -> model   Configure                      once, first
+    model -> server   Ready (ModelFacts) | LoadFailed   once: loaded and warmed up, or why not
+    server -> model   Batch (BatchRow, ...)          one batch at a time, then for that batch:
+    model -> server   Events ((job id, event), ...)  at most once per decoder step
+    model -> server   BatchDone                      once, after the batch's last Events
+    server -> model   Cancel | Abort                 any time (read between decoder steps)
+    server -> model   Stop                           end after the batch being decoded
+
+A model process whose connection closes ends; a server that finds it closed starts a new one.
+"""
+
+from dataclasses import dataclass
+
+from engine.config import EngineConfig
+from engine.generation import EngineError, GenerationRequest, GenerationResult
+
+# --- events a job receives ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """More text for the stream; `tokens`: the completion tokens it covers so far, in all."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The job ended with a result (also a cancelled one); the last event it gets."""
+
+    result: GenerationResult
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job ended with an error its stream raises; the last event it gets."""
+
+    error: EngineError
+
+
+Event = Delta | Done | Failed
+
+
+# --- server process -> model process ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """The first message: what to load, and the serving process's log level for the engine."""
+
+    config: EngineConfig
+    log_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One job of a Batch; `submitted_at` is the server's perf_counter when it was queued."""
+
+    job_id: int
+    request: GenerationRequest
+    prompt_ids: list[int]
+    cancelled: bool
+    submitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Decode these rows together; answered by Events and one BatchDone."""
+
+    rows: tuple[BatchRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop one row of the batch being decoded (it ends cancelled at the next step)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Cancel every row of the batch being decoded (a shutdown past its deadline)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """End the process once the batch being decoded is done."""
+
+
+ToModel = Configure | Batch | Cancel | Abort | Stop
+
+
+# --- model process -> server process ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the server keeps of the model: its tokenizer (as JSON, to encode and count prompt
+    tokens before admission) and the facts /readyz and the metrics report; no weights."""
+
+    tokenizer: str
+    device: str
+    quantization: str
+    decoder_start_id: int
+    eos_id: int
+    pad_id: int
+    max_input_tokens: int
+    load_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The model is loaded and warmed up; batches may come."""
+
+    facts: ModelFacts
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    """The model could not be loaded (the process then ends); `detail` says why."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """The events of one decoder step, each with the id of its job (BatchRow.job_id)."""
+
+    items: tuple[tuple[int, Event], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """The batch ended (every row has had its last event); the GPU's bytes in use, or None."""
+
+    cuda_bytes: int | None
+
+
+FromModel = Ready | LoadFailed | Events | BatchDone

@@ -1,0 +1,25 @@
+-- COUNT_USAGE: the usage of one request that has no lease in Redis to settle (admitted by the
+-- fallback while Redis could not answer: failure modes open and local), counted in the tenant's
+-- usage buffer with the very fields SETTLE writes: "<api key pk>|<UTC minute, epoch s>|r/p/c".
+-- The flusher moves it to UsageMinute with the rest (RENAME, then one transaction per batch),
+-- exactly once, whichever process flushes: the count outlives the process that made it.
+-- Not idempotent (there is no lease to spend): the caller runs it once and never retries it.
+--
+-- KEYS[1]  usage buffer hash  rlbuf:v1:{t:<tenant>}:usage
+--
+-- ARGV[1]  usage field prefix, "<api key pk>|"
+-- ARGV[2]  prompt tokens (>= 0)
+-- ARGV[3]  completion tokens (>= 0)
+-- ARGV[4]  usage buffer TTL, ms (the flusher must run more often than this)
+--
+-- Returns the minute's request count in this buffer so far.
+
+local time = redis.call('TIME')
+local minute = math.floor(tonumber(time[1]) / 60) * 60
+local field = ARGV[1] .. string.format('%d', minute) .. '|'
+local requests = redis.call('HINCRBY', KEYS[1], field .. 'r', 1)
+redis.call('HINCRBY', KEYS[1], field .. 'p', string.format('%d', tonumber(ARGV[2])))
+redis.call('HINCRBY', KEYS[1], field .. 'c', string.format('%d', tonumber(ARGV[3])))
+-- Every buffer key has a TTL, as SETTLE gives it: a node with no flusher leaks nothing.
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return requests
