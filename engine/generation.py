@@ -5,6 +5,7 @@ inference/engines.py maps the exceptions to core.errors.
 """
 
 from dataclasses import dataclass, field
+from typing import Self
 
 FINISH_STOP = "stop"  # end of sequence or a stop string
 FINISH_LENGTH = "length"  # max_tokens reached
@@ -65,7 +66,7 @@ class InvalidGeneration(EngineError):
         super().__init__(message)
         self.param = param
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str]]:
         # It travels from the model process as an event (pickled): args holds only the message.
         return type(self), (self.param, str(self))
 

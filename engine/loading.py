@@ -62,7 +62,8 @@ class LoadedModel:
         # encode_batch, not encode: it lets go of the interpreter lock while it works, so a
         # long prompt encoded on another thread does not stall the event loop (measured:
         # encode holds it for the whole call).
-        return self.tokenizer.backend_tokenizer.encode_batch([text])[0].ids
+        ids: list[int] = self.tokenizer.backend_tokenizer.encode_batch([text])[0].ids
+        return ids
 
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text)), without encoding: its words, plus end-of-sequence."""
@@ -70,7 +71,8 @@ class LoadedModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ids, special tokens skipped, no clean-up (it cannot be done incrementally)."""
-        return self.tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=True)
+        text: str = self.tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
 
 
 # A run of non-space characters holding an ASCII letter or digit: T5's tokenizer splits its
@@ -235,11 +237,13 @@ def _tune(network: Any, device: torch.device) -> None:
 
 
 def _faster(module: torch.nn.Module) -> torch.nn.Module | None:
-    kind = type(module).__name__
-    if kind == "NewGELUActivation":
+    # Imported here, as the loaders import transformers: importing this module stays cheap.
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    if type(module).__name__ == "NewGELUActivation":
         # The tanh approximation T5 v1.1 uses, as one fused op instead of five.
         return torch.nn.GELU(approximate="tanh")
-    if kind == "T5LayerNorm" and module.weight.dtype == torch.float32:
+    if isinstance(module, T5LayerNorm) and module.weight.dtype == torch.float32:
         return FusedRMSNorm(module.weight, module.variance_epsilon)
     if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
         return DirectDynamicLinear(module)
@@ -264,7 +268,7 @@ class DirectDynamicLinear(torch.nn.Module):
     about 15 µs, which is 10% of a decoder step at one row.
     """
 
-    def __init__(self, quantized: torch.nn.Module) -> None:
+    def __init__(self, quantized: torch.ao.nn.quantized.dynamic.Linear) -> None:
         super().__init__()
         self.packed = quantized._packed_params._packed_params
         self.in_features, self.out_features = quantized.in_features, quantized.out_features
@@ -272,12 +276,14 @@ class DirectDynamicLinear(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # reduce_range=True, as torch.ao's module passes (7-bit activations on x86).
-        return self._kernel(hidden, self.packed, True)
+        out: torch.Tensor = self._kernel(hidden, self.packed, True)
+        return out
 
     def weight(self) -> torch.Tensor:
         # A method, as on torch.ao's module: transformers' T5 feed-forward probes `wo.weight`
         # and leaves the activations alone when it is not a tensor.
-        return torch.ops.quantized.linear_unpack(self.packed)[0]
+        weight: torch.Tensor = torch.ops.quantized.linear_unpack(self.packed)[0]
+        return weight
 
 
 def _tokenizer_limit(tokenizer: Any) -> int:
@@ -312,7 +318,8 @@ def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
 
 def _quantize_dynamic_int8(network: Any) -> Any:
     # In place (no second copy of the weights), then hand the freed fp32 pages back to the OS.
-    torch.ao.quantization.quantize_dynamic(
+    # torch leaves quantize_dynamic unannotated.
+    torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         network, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
     )
     gc.collect()
@@ -324,7 +331,9 @@ def _quantize_dynamic_int8(network: Any) -> Any:
 def _load_bnb_int8(folder: Path, adapter: Path | None, device: torch.device) -> Any:
     from transformers import AutoModelForSeq2SeqLM, BitsAndBytesConfig
 
-    options: dict[str, Any] = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    # transformers leaves BitsAndBytesConfig's __init__ unannotated.
+    config = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = {"quantization_config": config}
     if device.type == "cuda":
         options["device_map"] = {"": device.index or 0}
     if adapter is None:

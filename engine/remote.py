@@ -16,7 +16,6 @@ import threading
 import types
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -55,8 +54,8 @@ class ModelProcess:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.process: Any = None
-        self._conn: Any = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
         self._send_lock = threading.Lock()  # the engine thread and the event loop both send
         self._running: dict[int, Job] = {}
         self._ids = itertools.count(1)
@@ -93,10 +92,12 @@ class ModelProcess:
 
     def exit_code(self) -> int | None:
         """None while the process runs."""
+        assert self.process is not None, "the model process was never started"
         return self.process.poll()
 
     def _reap(self, timeout: float = 10.0) -> int | None:
         """Wait for the process to end (killing it past the timeout); its exit code."""
+        assert self.process is not None, "the model process was never started"
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -109,7 +110,8 @@ class ModelProcess:
         if jobs[0].record:
             record_batch(jobs)
         with self._send_lock:
-            self._send(Batch(tuple(self._row(job) for job in jobs)))
+            rows = tuple(self._row(job) for job in jobs)
+            self._send(Batch(rows))
         try:
             while True:
                 match self._recv():
@@ -122,8 +124,8 @@ class ModelProcess:
                             self._deliver(self._running[job_id], event)
         finally:
             with self._send_lock:
-                for job in jobs:
-                    self._running.pop(job.remote_id, None)
+                for row in rows:
+                    self._running.pop(row.job_id, None)
 
     def _row(self, job: Job) -> BatchRow:
         """The job as the model process gets it, under a new id (called under the send lock)."""
@@ -166,16 +168,22 @@ class ModelProcess:
         except subprocess.TimeoutExpired:
             logger.warning("inference: the model process did not stop in %.0fs; killed", timeout)
             self._reap(0)
+        # Opened together with the process, in start().
+        assert self._conn is not None
         self._conn.close()
 
     def _send(self, message: ToModel) -> None:
         # A process that is gone: the engine thread finds out on its next receive.
+        assert self._conn is not None, "the model process was never started"
         with contextlib.suppress(OSError, ValueError):
             self._conn.send(message)
 
     def _recv(self) -> FromModel:
+        assert self.process is not None and self._conn is not None, "never started"
         try:
-            return self._conn.recv()
+            # What worker.py sends is a FromModel (pickles are untyped).
+            message: FromModel = self._conn.recv()
+            return message
         except (EOFError, OSError):
             code = self._reap(5)
             raise ModelProcessExited(f"The model process exited (exit code {code}).") from None

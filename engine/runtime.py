@@ -366,9 +366,9 @@ class Engine:
                     self._restarting(exc, jobs)
                     raise
             elif (code := remote.exit_code()) is not None:
-                exc = ModelProcessExited(f"The model process exited (exit code {code}).")
-                self._restarting(exc, [])
-                raise exc
+                exited = ModelProcessExited(f"The model process exited (exit code {code}).")
+                self._restarting(exited, [])
+                raise exited
 
     def _restarting(self, exc: ModelProcessExited, batch: list[Job]) -> None:
         """The model process is gone: not ready until a new one is (waiters wait for it); its

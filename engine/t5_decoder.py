@@ -62,7 +62,8 @@ class T5DecoderStep:
         hidden = self.decoder.final_layer_norm(hidden)
         if self.output_scale is not None:
             hidden = hidden * self.output_scale
-        return self.lm_head(hidden)[:, -1, :]
+        logits: Tensor = self.lm_head(hidden)
+        return logits[:, -1, :]
 
     def _self_attention(
         self, index: int, layer: Any, hidden: Tensor, bias: Tensor, position: int
@@ -75,14 +76,16 @@ class T5DecoderStep:
         keys, values = self.keys[index][:, :, :end], self.values[index][:, :, :end]
         # T5 does not scale the scores; the relative position bias carries the positions.
         scores = torch.matmul(self._split(attention.q(normed)), keys.transpose(2, 3)) + bias
-        return hidden + attention.o(self._merge(torch.softmax(scores, dim=-1), values))
+        attended: Tensor = attention.o(self._merge(torch.softmax(scores, dim=-1), values))
+        return hidden + attended
 
     def _cross_attention(self, index: int, layer: Any, hidden: Tensor) -> Tensor:
         attention = layer.EncDecAttention
         keys, values = self.cross[index]
         query = self._split(attention.q(layer.layer_norm(hidden)))
         scores = torch.matmul(query, keys) + self.cross_bias
-        return hidden + attention.o(self._merge(torch.softmax(scores, dim=-1), values))
+        attended: Tensor = attention.o(self._merge(torch.softmax(scores, dim=-1), values))
+        return hidden + attended
 
     def _merge(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         out = torch.matmul(weights, values).transpose(1, 2)

@@ -5,17 +5,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from engine.config import EngineConfig
 from engine.runtime import Engine, GenerationRequest, GenerationResult
 from engine.runtime import GenerationStream as Stream
 
-TINY_DEFAULTS = {"quantization": "none", "device": "cpu", "max_wait_ms": 20, "threads": 1}
 
-
-def tiny_config(model_dir: Path, **overrides: object) -> EngineConfig:
+# Any: the overrides are EngineConfig's fields, each of its own type; replace() refuses a name
+# that is not one.
+def tiny_config(model_dir: Path, **overrides: Any) -> EngineConfig:
     """An EngineConfig for the tiny model: fp32 on one CPU thread unless overridden."""
-    config = EngineConfig(model=str(model_dir), allow_download=False, **TINY_DEFAULTS)  # type: ignore[arg-type]
+    config = EngineConfig(
+        model=str(model_dir),
+        allow_download=False,
+        quantization="none",
+        device="cpu",
+        max_wait_ms=20,
+        threads=1,
+    )
     return replace(config, **overrides)
 
 
@@ -46,8 +54,9 @@ async def collect(stream: Stream) -> tuple[list[str], GenerationResult]:
     return deltas, stream.result
 
 
-async def generate(engine: Engine, prompt: str, **params: object) -> GenerationResult:
+# Any: the params are GenerationRequest's fields, each of its own type.
+async def generate(engine: Engine, prompt: str, **params: Any) -> GenerationResult:
     """Submit one request and wait for its result (greedy unless told otherwise)."""
     params.setdefault("temperature", 0.0)
-    stream = await engine.submit(GenerationRequest(prompt=prompt, **params))  # type: ignore[arg-type]
+    stream = await engine.submit(GenerationRequest(prompt=prompt, **params))
     return await stream.complete()

@@ -81,7 +81,8 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 400) -> Any:
     wrapped as a transformers PreTrainedTokenizerFast."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
+    # transformers leaves this class's __init__ unannotated.
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=_train_unigram(seed, vocab_size),
         pad_token=PAD,
         eos_token=EOS,
@@ -148,7 +149,9 @@ def _rescore(pieces: list[str], corpus: list[str]) -> list[tuple[str, float]]:
 def _t5_config(shape: T5Shape, vocab_size: int) -> Any:
     from transformers import T5Config
 
-    config = T5Config(
+    # T5Config is a dataclass: its typed __init__ lists the declared fields only; other
+    # keywords (the two below) reach PreTrainedConfig's __post_init__ at run time.
+    config = T5Config(  # type: ignore[call-arg]
         d_model=shape.d_model,
         d_kv=shape.d_kv,
         d_ff=shape.d_ff,
@@ -175,7 +178,9 @@ def build_t5(folder: Path, shape: T5Shape, tokenizer: Any, seed: int = 0) -> int
 
     vocab_size = shape.vocab_size or len(tokenizer)
     torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(_t5_config(shape, vocab_size)).eval()
+    model = T5ForConditionalGeneration(_t5_config(shape, vocab_size))
+    # transformers leaves PreTrainedModel.eval unannotated.
+    model.eval()  # type: ignore[no-untyped-call]
     # A separate output matrix (flan-t5 has one). A large std on the tiny model gives peaked
     # logits, so greedy choices are far from ties and batch-invariance tests are meaningful.
     head = torch.empty(vocab_size, shape.d_model).normal_(0.0, shape.lm_head_std)
@@ -215,7 +220,7 @@ def build_adapter(
         )
         peft_model = get_peft_model(base, config)
     _set_strength(peft_model, strength)
-    peft_model.save_pretrained(adapter_folder)
+    peft_model.save_pretrained(str(adapter_folder))
 
 
 def _set_strength(peft_model: Any, strength: float) -> None:
@@ -226,9 +231,16 @@ def _set_strength(peft_model: Any, strength: float) -> None:
     with torch.no_grad():
         for module in peft_model.modules():
             if isinstance(module, LoraLayer):
-                a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                a, b = _weight(module.lora_A["default"]), _weight(module.lora_B["default"])
                 delta = (b @ a) * module.scaling["default"]
-                b.mul_(strength * module.base_layer.weight.norm() / delta.norm())
+                b.mul_(strength * _weight(module.base_layer).norm() / delta.norm())
+
+
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    # LoRA's A and B and the layers it adapts (q and v) are all Linear: a weight tensor each.
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:

@@ -1,14 +1,21 @@
 """/v1 routes: models, completions, chat completions, usage. Thin: schema in, one service call,
 response out; errors are ApiErrors mapped once in console/api.py."""
 
-from django.http import HttpRequest, HttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Router, Schema
 
 from core.clientaddr import client_ip
 from inference.engines import served_model_id
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
-from inference.schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut
+from inference.schemas import (
+    ChatCompletionIn,
+    ChatCompletionOut,
+    CompletionIn,
+    CompletionOut,
+    GenerationParams,
+)
 from inference.services import Run, plan_completion
 from inference.sse import Shape
 from ratelimit.limiter import refuse_if_denied
@@ -17,6 +24,14 @@ from tenants.keycache import KeyRecord
 from tenants.selectors import tenant_usage_summary
 
 router = Router(auth=ApiKeyAuth())
+
+
+class KeyedRequest(ASGIRequest):
+    """The request a view here gets, as the type checker sees it (django-stubs' pattern; never
+    instantiated): an ASGIRequest on which ninja set `auth` to the caller's key, since ApiKeyAuth
+    runs before every view and a refused request never reaches one."""
+
+    auth: KeyRecord
 
 
 class CompletionsAuth(ApiKeyAuth):
@@ -63,12 +78,18 @@ class UsageOut(Schema):
 
 
 @router.get("/models", response=ModelListOut, tags=["models"], summary="List the served model")
-async def list_models(request: HttpRequest) -> ModelListOut:
+async def list_models(request: KeyedRequest) -> ModelListOut:
     require_scope(request.auth, "models")
     return ModelListOut(data=[ModelOut(id=served_model_id())])
 
 
-async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bool) -> HttpResponse:  # type: ignore[no-untyped-def]
+async def _respond(
+    request: KeyedRequest,
+    body: GenerationParams,
+    prompt: str,
+    max_tokens: int | None,
+    chat: bool,
+) -> JsonResponse | StreamingHttpResponse:
     endpoint = "chat.completions" if chat else "completions"
     client_addr = client_ip(request)
     plan = await plan_completion(
@@ -94,7 +115,9 @@ async def _respond(request: HttpRequest, body, prompt: str, max_tokens, chat: bo
     tags=["completions"],
     summary="Create a completion (stream: true for Server-Sent Events)",
 )
-async def create_completion(request: HttpRequest, body: CompletionIn) -> HttpResponse:
+async def create_completion(
+    request: KeyedRequest, body: CompletionIn
+) -> JsonResponse | StreamingHttpResponse:
     return await _respond(request, body, body.prompt_text, body.max_tokens, chat=False)
 
 
@@ -105,12 +128,14 @@ async def create_completion(request: HttpRequest, body: CompletionIn) -> HttpRes
     tags=["completions"],
     summary="Create a chat completion (messages become one flan-style prompt)",
 )
-async def create_chat_completion(request: HttpRequest, body: ChatCompletionIn) -> HttpResponse:
+async def create_chat_completion(
+    request: KeyedRequest, body: ChatCompletionIn
+) -> JsonResponse | StreamingHttpResponse:
     prompt = render_chat(body.messages)
     return await _respond(request, body, prompt, body.max_new_tokens, chat=True)
 
 
 @router.get("/usage", response=UsageOut, tags=["usage"], summary="The caller's tenant usage")
-async def get_usage(request: HttpRequest) -> UsageOut:
+async def get_usage(request: KeyedRequest) -> UsageOut:
     require_scope(request.auth, "usage")
     return UsageOut(**await tenant_usage_summary(request.auth.tenant_id))

@@ -21,6 +21,7 @@ Protocol (every frame JSON, every answer carrying the client's `id`):
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -59,8 +60,8 @@ KEY_RECHECK_SECONDS = 1.0
 KEY_NOT_ACCEPTED = "This API key is no longer accepted."
 
 
-def _header(scope: dict, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
@@ -85,16 +86,17 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         self.record: KeyRecord | None = None
         self.token: str | None = None  # kept to check the key again as it is now
         self.ending = False
-        self.tasks: dict[str, asyncio.Task] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self.runs: dict[str, Run] = {}
         self.delivery = Delivery(self.scope)
         self.client_addr = client_ip(self.scope)
-        self.timers: list[asyncio.TimerHandle | asyncio.Task] = []
+        self.timers: list[asyncio.TimerHandle | asyncio.Task[None]] = []
         await self.accept()
         loop = asyncio.get_running_loop()
         self.timers.append(loop.call_later(settings.WS_MAX_LIFETIME_SECONDS, self._expire))
+        headers = self.scope.get("headers", [])
         token = token_from_headers(
-            _header(self.scope, b"authorization"), _header(self.scope, b"x-api-key")
+            _header(headers, b"authorization"), _header(headers, b"x-api-key")
         )
         if token is not None:
             await self._authenticate(token)
@@ -271,8 +273,10 @@ class CompletionConsumer(AsyncWebsocketConsumer):
 
     async def _done(self, request_id: str, run: Run) -> bool:
         result = run.result
-        cancelled = result is None or result.finish_reason == "cancelled"
-        tokens = run.billed_tokens if cancelled else result.completion_tokens
+        if result is None or result.finish_reason == "cancelled":
+            tokens, finish_reason = run.billed_tokens, "cancelled"
+        else:
+            tokens, finish_reason = result.completion_tokens, result.finish_reason
         # Every delta has reached the client: settle before the done frame, so a client that
         # holds a done frame holds a settled request, whatever happens to this process next.
         await run.finish(completed=run.all_delivered)
@@ -280,7 +284,7 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             {
                 "type": "completion.done",
                 "id": request_id,
-                "finish_reason": "cancelled" if cancelled else result.finish_reason,
+                "finish_reason": finish_reason,
                 "usage": usage_of(run.plan.prompt_tokens, tokens),
             }
         )

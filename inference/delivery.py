@@ -13,11 +13,12 @@ Under other servers the probe is absent and every piece counts as delivered.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from functools import partial
 from typing import Any
 
 Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]  # an ASGI event, received or sent
 PROBE_KEY = "delivery_probe"
 MAX_WAIT_STEP = 0.01  # seconds between checks of a buffer the client is slow to read
 
@@ -77,7 +78,7 @@ def _daphne_probe(send: Callable[..., Awaitable[None]]) -> Probe | None:
 class Delivery:
     """Per stream: after each piece is sent, was it delivered?"""
 
-    def __init__(self, scope: Scope | None) -> None:
+    def __init__(self, scope: Mapping[str, Any] | None) -> None:
         self.probe: Probe | None = None if scope is None else scope.get(PROBE_KEY)
 
     async def sent(self) -> bool:
@@ -112,7 +113,12 @@ class DeliveryProbe:
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
         probe = _daphne_probe(send)
         if probe is not None:
             scope = {**scope, PROBE_KEY: probe}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from django.conf import settings
@@ -266,10 +267,12 @@ def _wrap_signal_handlers(engine: Engine, timeout: float) -> None:
             signal.signal(signum, drain_then(engine, previous, timeout))
 
 
-def drain_then(engine: Engine, previous: Callable[..., Any], timeout: float) -> Callable:
+def drain_then(
+    engine: Engine, previous: Callable[..., Any], timeout: float
+) -> Callable[[int, FrameType | None], None]:
     """A signal handler: refuse new work, finish running rows, then run `previous`."""
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %s: draining the inference engine (at most %.0fs)", signum, timeout)
 
         def drain() -> None:

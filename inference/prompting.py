@@ -12,7 +12,9 @@ from typing import Protocol
 
 
 class Message(Protocol):
-    role: str
+    # Read-only, so a schema whose role is a Literal of some roles is a Message too.
+    @property
+    def role(self) -> str: ...
 
     @property
     def text(self) -> str: ...

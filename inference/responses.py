@@ -8,7 +8,8 @@ CancelledError when the client drops the connection (Django cancels the response
 import time
 from collections.abc import AsyncIterator
 
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import JsonResponse, StreamingHttpResponse
 
 from core.errors import ApiError, ModelUnavailable
 from engine.generation import FINISH_CANCELLED
@@ -36,7 +37,7 @@ async def _generate(run: Run) -> GenerationResult:
     return result
 
 
-async def json_response(request: HttpRequest, run: Run, shape: Shape) -> JsonResponse:
+async def json_response(request: ASGIRequest, run: Run, shape: Shape) -> JsonResponse:
     """Generate the whole completion, settle, answer with one JSON object. A client that left
     meanwhile cancels the view (console/handlers.py), so its generation stops and nothing is
     billed; one found gone once the answer is ready is not billed either."""
@@ -56,7 +57,7 @@ async def json_response(request: HttpRequest, run: Run, shape: Shape) -> JsonRes
     return response
 
 
-def stream_response(request: HttpRequest, run: Run, shape: Shape) -> StreamingHttpResponse:
+def stream_response(request: ASGIRequest, run: Run, shape: Shape) -> StreamingHttpResponse:
     """An SSE response; the rate-limit headers go out before the first byte."""
     response = StreamingHttpResponse(
         _events(run, shape, Delivery(request.scope)), content_type="text/event-stream"

@@ -243,4 +243,6 @@ class WsCompletionCreate(GenerationParams):
     type: Literal["completion.create"]
     id: str = Field(min_length=1, max_length=64)
     prompt: str
+    # Optional on the socket only: pydantic lets a subclass widen a field; mypy calls it an
+    # incompatible override.
     model: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]

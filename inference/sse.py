@@ -78,7 +78,7 @@ class Shape:
         return event(chunk)
 
     def closing(self, finish_reason: str) -> bytes:
-        choice = {"delta": {}} if self.chat else {"text": ""}
+        choice: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
         return event(self._chunk(choice, finish_reason))
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:

@@ -21,10 +21,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+# Run as a file: the project's root is not on the path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import own_redis  # noqa: E402
-from percentiles import percentile_nearest_rank  # noqa: E402
+from loadtest.harness import own_redis  # noqa: E402
+from loadtest.percentiles import percentile_nearest_rank  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -162,6 +162,8 @@ async def _over_admission(seconds: float, tasks: int) -> tuple[int, int, int, fl
                 admission = await limiter.admit(record, tokens=0)
             except RateLimited:
                 continue
+            # Admitted by Redis (the bench's own server): the decision is there.
+            assert admission.decision is not None
             admitted.append(admission.decision.now_us)
             await limiter.settle(admission, prompt_tokens=0, completion_tokens=0)
 

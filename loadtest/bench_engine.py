@@ -95,7 +95,8 @@ def make_prompts(base: Path, count: int) -> list[str]:
 
     from engine.tiny_model import _WORDS
 
-    tokenizer, rng, prompts = AutoTokenizer.from_pretrained(base), random.Random(7), []
+    tokenizer, rng = AutoTokenizer.from_pretrained(base), random.Random(7)
+    prompts: list[str] = []
     while len(prompts) < count:
         words: list[str] = []
         while len(tokenizer(" ".join(words)).input_ids) < PROMPT_TOKENS:

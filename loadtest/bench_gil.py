@@ -28,14 +28,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "loadtest"))
-
-from bench_engine import ensure_model, uptime  # noqa: E402
-from percentiles import percentile_nearest_rank  # noqa: E402
 
 from engine.config import EngineConfig  # noqa: E402
 from engine.loading import quiet_libraries  # noqa: E402
+from engine.runtime import Engine  # noqa: E402
 from engine.testing import generate, start_ready  # noqa: E402
+from loadtest.bench_engine import ensure_model, uptime  # noqa: E402
+from loadtest.percentiles import percentile_nearest_rank  # noqa: E402
 
 PROMPTS = [
     "Summarize in one sentence: the quarterly sales report was discussed at length today.",
@@ -74,7 +73,7 @@ async def request_stream(rate: float, work: float, stop: asyncio.Event) -> list[
     return latencies
 
 
-async def measure(engine, args: argparse.Namespace, with_requests: bool) -> dict:  # type: ignore[no-untyped-def]
+async def measure(engine: Engine, args: argparse.Namespace, with_requests: bool) -> dict:
     stop = asyncio.Event()
     requests = (
         asyncio.create_task(request_stream(args.rate, args.work_ms / 1000, stop))
@@ -152,7 +151,7 @@ def main() -> int:
     return 0
 
 
-async def batch_throughput(engine, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
+async def batch_throughput(engine: Engine, args: argparse.Namespace) -> float:
     started = time.perf_counter()
     results = await asyncio.gather(
         *(

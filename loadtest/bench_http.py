@@ -33,11 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "loadtest"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
-from harness import own_redis  # noqa: E402
-from percentiles import percentile_nearest_rank  # noqa: E402
+from loadtest.harness import own_redis  # noqa: E402
+from loadtest.percentiles import percentile_nearest_rank  # noqa: E402
 
 PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 PARSER.add_argument("--seconds", type=float, default=5.0)
@@ -134,24 +133,31 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, headers: dict, body: bytes | None):  # type: ignore[no-untyped-def]
-        if self.writer is None:
+    async def streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection's reader and writer, opened on first use."""
+        if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        return self.reader, self.writer
+
+    async def request(
+        self, method: str, path: str, headers: dict, body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await self.streams()
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body or b'')}")
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status = int(head.split(" ", 2)[1])
         fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
         fields = {name.lower(): value for name, value in fields.items()}
         if fields.get("transfer-encoding") == "chunked":
             payload = b""
-            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
-                payload += (await self.reader.readexactly(size + 2))[:-2]
-            await self.reader.readuntil(b"\r\n")
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                payload += (await reader.readexactly(size + 2))[:-2]
+            await reader.readuntil(b"\r\n")
         else:
-            payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
+            payload = await reader.readexactly(int(fields.get("content-length", "0")))
         return status, fields, payload
 
     def close(self) -> None:
@@ -161,7 +167,7 @@ class Connection:
 
 async def one_request(
     url: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None
-):  # type: ignore[no-untyped-def]
+) -> tuple[int, dict[str, str], bytes]:
     connection = Connection(url)
     try:
         return await connection.request(method, path, headers or {}, body)
@@ -232,19 +238,20 @@ async def engine_ttft_sum(url: str) -> float:
 
 async def first_content_after(connection: "Connection", headers: dict, body: bytes) -> float:
     """Send one streamed completion; seconds until its first content chunk; read it all."""
+    reader, writer = await connection.streams()
     started = time.perf_counter()
     lines = ["POST /v1/completions HTTP/1.1", f"Host: {connection.host}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     lines.append(f"Content-Length: {len(body)}")
-    connection.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    head = await connection.reader.readuntil(b"\r\n\r\n")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    head = await reader.readuntil(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n")[0], head
     first = None
-    while size := int((await connection.reader.readuntil(b"\r\n")).strip(), 16):
-        chunk = await connection.reader.readexactly(size + 2)
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        chunk = await reader.readexactly(size + 2)
         if first is None and b"x_completion_tokens" in chunk:
             first = time.perf_counter() - started
-    await connection.reader.readuntil(b"\r\n")
+    await reader.readuntil(b"\r\n")
     assert first is not None
     return first
 
@@ -257,9 +264,7 @@ async def overhead(url: str, roomy: str, count: int) -> list[float]:
     headers = {"Authorization": f"Bearer {roomy}", "Content-Type": "application/json"}
     gaps = []
     connection = Connection(url)
-    connection.reader, connection.writer = await asyncio.open_connection(
-        connection.host, int(connection.port)
-    )
+    await connection.streams()
     try:
         for n in range(count + 20):
             before = await engine_ttft_sum(url)

@@ -91,6 +91,12 @@ def median_ms(read: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
+def first_tenant() -> Tenant:
+    tenant = Tenant.objects.first()
+    assert tenant is not None  # seed() made them
+    return tenant
+
+
 def overview_client() -> Client:
     # Console pages need the tenants app's permissions besides staff status (pages/access.py).
     user, _ = get_user_model().objects.update_or_create(
@@ -119,7 +125,7 @@ def main() -> None:
         "node_charts (3 series)": lambda: charts.node_charts(win),
         "tenants_with_usage": lambda: list(selectors.tenants_with_usage(win.start)),
         "tenant page charts": lambda: charts.key_charts(
-            Tenant.objects.first(), list(Tenant.objects.first().keys.all()), win
+            first_tenant(), list(first_tenant().keys.all()), win
         ),
         "GET /console/ (whole page)": lambda: client.get("/console/"),
         "GET /console/tenants/": lambda: client.get("/console/tenants/"),

@@ -13,9 +13,11 @@ import os
 import random
 import time
 import uuid
+from typing import Any
 
 import websocket
-from locust import FastHttpUser, LoadTestShape, between, events, task
+from locust import FastHttpUser, LoadTestShape, User, between, events, task
+from locust.env import Environment
 
 CONFIG = json.loads(open(os.environ["CHAOS_CONFIG"]).read())  # noqa: SIM115, PTH123
 SEED = CONFIG["seed"]
@@ -92,7 +94,8 @@ class ApiUser(FastHttpUser):
         try:
             with self.client.post(
                 "/v1/completions",
-                data=payload,
+                # locust's annotation leaves out bytes, which its docstring and client take.
+                data=payload,  # type: ignore[arg-type]
                 headers=headers(token, request_id),
                 stream=stream,
                 catch_response=True,
@@ -251,6 +254,7 @@ class WsUser(FastHttpUser):
             self.ws.close()
 
     def _connect(self) -> None:
+        assert self.host is not None  # locust refuses to start a user without one
         url = self.host.replace("http://", "ws://") + "/ws/v1/completions"
         request_id = f"chaos-ws-{uuid.uuid4().hex}"
         started = time.time()
@@ -284,7 +288,8 @@ class WsUser(FastHttpUser):
         started = time.time()
         entry: dict = {"kind": "ws", "key": self.key, "id": request_id, "t0": started}
         entry["conn"] = self.conn_id
-        frame = {"type": "completion.create", "id": request_id, "prompt": prompt()}
+        frame: dict[str, object] = {"type": "completion.create", "id": request_id}
+        frame["prompt"] = prompt()
         frame |= {"max_tokens": MAX_TOKENS, "temperature": 0.7}
         try:
             self.ws.send(json.dumps(frame))
@@ -298,8 +303,9 @@ class WsUser(FastHttpUser):
                     entry |= {"status": 200, "usage": message["usage"], "complete": True}
                     break
                 elif message["type"] == "error":
-                    code = (message.get("error") or {}).get("code")
-                    entry |= {"status": WS_ERROR_STATUS.get(code, 400), "code": code}
+                    error: dict[str, Any] = message.get("error") or {}  # OpenAI's error object
+                    code: str | None = error.get("code")
+                    entry |= {"status": WS_ERROR_STATUS.get(code or "", 400), "code": code}
                     entry["complete"] = False
                     break
         except Exception as exc:  # the socket dropped (a killed replica)
@@ -325,7 +331,7 @@ class ChaosShape(LoadTestShape):
             self.marked.add(name)
             record(event="phase", name=name, t=time.time())
 
-    def tick(self):  # type: ignore[no-untyped-def]
+    def tick(self) -> tuple[int, float, list[type[User]]] | None:
         elapsed = self.get_run_time()
         baseline, swarm = self.phases["baseline_s"], self.phases["swarm_s"]
         small = sum(CONFIG["users"][name] for name in ("rest", "sse", "ws"))
@@ -340,5 +346,5 @@ class ChaosShape(LoadTestShape):
 
 
 @events.quitting.add_listener
-def _close_records(environment, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def _close_records(environment: Environment, **kwargs: object) -> None:
     _records.flush()

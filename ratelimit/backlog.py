@@ -17,11 +17,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import redis
 
-from ratelimit.scripts import SETTLE
+from ratelimit.scripts import SETTLE, Arg
 
 if TYPE_CHECKING:
     from tenants.keycache import KeyRecord
@@ -39,14 +39,24 @@ class Call:
     """One SETTLE call: its KEYS and ARGV."""
 
     keys: list[str]
-    args: list[str | int]
+    args: list[Arg]
 
 
 _pending: deque[Call] = deque(maxlen=MAX_PENDING)
 _usage: dict[UsageKey, list[int]] = {}
 ThrottleKey = tuple[int, int, str, int]  # tenant id, api key pk, reason, minute (epoch s)
-# Per ThrottleKey: {"n": count, "f": first seen us, "l": last seen us, "a": [addresses]}.
-_throttles: dict[ThrottleKey, dict] = {}
+
+
+class ThrottleRow(TypedDict):
+    """Per ThrottleKey: the refusals counted, first and last seen (epoch us), addresses."""
+
+    n: int
+    f: int
+    l: int  # noqa: E741 (the letters of ADMIT's audit buffer fields)
+    a: list[str]
+
+
+_throttles: dict[ThrottleKey, ThrottleRow] = {}
 # The event loop adds while the flusher thread takes.
 _lock = threading.Lock()
 # Set when billed work waits here: the flusher runs soon instead of at its next interval.
@@ -108,7 +118,7 @@ def count_throttle(record: "KeyRecord", reason: str, address: str) -> None:
             row["a"].append(address)
 
 
-def take_throttles() -> dict[ThrottleKey, dict]:
+def take_throttles() -> dict[ThrottleKey, ThrottleRow]:
     """Every in-process refusal counted so far (give them back with restore_throttles())."""
     global _throttles
     with _lock:
@@ -116,7 +126,7 @@ def take_throttles() -> dict[ThrottleKey, dict]:
     return taken
 
 
-def restore_throttles(rows: dict[ThrottleKey, dict]) -> None:
+def restore_throttles(rows: dict[ThrottleKey, ThrottleRow]) -> None:
     with _lock:
         for key, row in rows.items():
             mine = _throttles.setdefault(key, {"n": 0, "f": row["f"], "l": row["l"], "a": []})

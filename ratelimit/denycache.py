@@ -71,7 +71,9 @@ def _aged(decision: Decision, elapsed_us: int) -> Decision:
     states = tuple(
         state._replace(reset_us=max(0, state.reset_us - elapsed_us)) for state in decision.states
     )
-    binding = next(s for s in states if s.limit is decision.binding.limit)  # type: ignore[union-attr]
+    # remember() keeps only refusals with a binding limit.
+    assert decision.binding is not None
+    binding = next(s for s in states if s.limit is decision.binding.limit)
     return replace(
         decision,
         binding=binding,

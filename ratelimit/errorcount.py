@@ -15,11 +15,11 @@ from django.conf import settings
 from ratelimit import backlog
 from ratelimit.limiter import guarded, guarded_sync
 from ratelimit.limits import usage_key
-from ratelimit.scripts import COUNT_ERROR
+from ratelimit.scripts import COUNT_ERROR, Arg
 from tenants.keycache import KeyRecord
 
 # Tasks started by count_error_soon(): the loop keeps only weak references to tasks.
-_running: set[asyncio.Task] = set()
+_running: set[asyncio.Task[None]] = set()
 
 
 def counts_as_error(status: int) -> bool:
@@ -27,7 +27,7 @@ def counts_as_error(status: int) -> bool:
     return status >= 400 and status not in (401, 429)
 
 
-def _call(record: KeyRecord) -> tuple[list[str], list[str | int]]:
+def _call(record: KeyRecord) -> tuple[list[str], list[Arg]]:
     ttl_ms = max(1, int(settings.RATELIMIT_BUFFER_TTL_SECONDS * 1000))
     return [usage_key(record.tenant_id)], [f"{record.api_key_pk}|", ttl_ms]
 

@@ -19,9 +19,11 @@ transaction inserts nothing. See docs/usage-accounting.md.
 import logging
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Required, TypedDict
 
 import redis
 from django.conf import settings
@@ -43,6 +45,18 @@ from tenants.services import (
 logger = logging.getLogger(__name__)
 
 KINDS = ("usage", "throttle")
+
+# A buffer hash as HGETALL returns it (bytes without decode_responses).
+Fields = Mapping[bytes | str, bytes | str]
+
+
+class _Refused(TypedDict, total=False):
+    """One audit row read from a throttle buffer: count, first and last seen, addresses."""
+
+    n: Required[int]
+    f: datetime
+    l: datetime  # noqa: E741 (the letters of ADMIT's audit buffer fields)
+    a: Required[list[str]]
 
 
 @dataclass
@@ -116,7 +130,7 @@ def _tenants_of(api_key_pks: set[int]) -> dict[int, int]:
 USAGE_LETTERS = "rpce"
 
 
-def _usage_rows(flat: dict) -> dict[tuple[int, str], list[int]]:
+def _usage_rows(flat: Fields) -> dict[tuple[int, str], list[int]]:
     rows: dict[tuple[int, str], list[int]] = {}
     for name, value in flat.items():
         pk, minute, letter = _text(name).split("|")
@@ -125,7 +139,7 @@ def _usage_rows(flat: dict) -> dict[tuple[int, str], list[int]]:
     return rows
 
 
-def _write_usage(flat: dict, report: FlushReport) -> None:
+def _write_usage(flat: Fields, report: FlushReport) -> None:
     parsed = _usage_rows(flat)
     tenants = _tenants_of({pk for pk, _ in parsed})
     rows = {}
@@ -143,8 +157,8 @@ def _write_usage(flat: dict, report: FlushReport) -> None:
     report.usage_batches += 1
 
 
-def _throttle_rows(flat: dict) -> dict[tuple[int, str, str], dict]:
-    rows: dict[tuple[int, str, str], dict] = {}
+def _throttle_rows(flat: Fields) -> dict[tuple[int, str, str], _Refused]:
+    rows: dict[tuple[int, str, str], _Refused] = {}
     for name, value in flat.items():
         pk, reason, minute, letter = _text(name).split("|")
         row = rows.setdefault((int(pk), reason, minute), {"n": 0, "a": []})
@@ -152,12 +166,14 @@ def _throttle_rows(flat: dict) -> dict[tuple[int, str, str], dict]:
             row["n"] += int(value)
         elif letter == "a":
             row["a"] = _text(value).split(",")
-        else:
-            row[letter] = datetime.fromtimestamp(int(value) / 1_000_000, tz=UTC)
+        elif letter == "f":
+            row["f"] = _stamp(int(value))
+        elif letter == "l":
+            row["l"] = _stamp(int(value))
     return rows
 
 
-def _refusals(tenant_id: int, pk: int, reason: str, minute: datetime, row: dict) -> Refusals:
+def _refusals(tenant_id: int, pk: int, reason: str, minute: datetime, row: _Refused) -> Refusals:
     return Refusals(tenant_id, pk, reason, minute, row["n"], row["f"], row["l"], row["a"])
 
 
@@ -166,7 +182,7 @@ def _write_refusals(refusals: list[Refusals]) -> None:
     throttle_events_add(refusals=refusals, keep_addresses=keep)
 
 
-def _write_throttles(flat: dict, report: FlushReport) -> None:
+def _write_throttles(flat: Fields, report: FlushReport) -> None:
     parsed = _throttle_rows(flat)
     tenants = _tenants_of({pk for pk, _, _ in parsed})
     refusals = []
@@ -226,9 +242,9 @@ def _flush_local_throttles(report: FlushReport) -> None:
             if pk not in known:  # a key deleted since: nothing to attach the row to
                 report.dropped_rows += 1
                 continue
-            stamps = {"f": _stamp(row["f"]), "l": _stamp(row["l"])}
+            stamped: _Refused = {**row, "f": _stamp(row["f"]), "l": _stamp(row["l"])}
             minute_at = _minute(str(minute))
-            refusals.append(_refusals(tenant_id, pk, reason, minute_at, {**row, **stamps}))
+            refusals.append(_refusals(tenant_id, pk, reason, minute_at, stamped))
             report.refusals += row["n"]
             report.local_rows += 1
         _write_refusals(refusals)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,6 +59,7 @@ BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 STALE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 T = TypeVar("T")
+R = TypeVar("R")  # a script's reply
 
 
 @dataclass
@@ -129,11 +130,11 @@ def record_backend_error(operation: str, exc: BaseException) -> None:
 
 async def guarded(
     operation: str,
-    script: Script,
+    script: Script[R],
     keys: Sequence[str],
     args: Sequence[Arg],
     *,
-    on_reply: Callable[[Any], T],
+    on_reply: Callable[[R], T],
     fallback: Callable[[], T],
 ) -> T:
     """Run one script on the limiter's pool behind the circuit breaker: on_reply(reply) when
@@ -154,11 +155,11 @@ async def guarded(
 
 def guarded_sync(
     operation: str,
-    script: Script,
+    script: Script[R],
     keys: Sequence[str],
     args: Sequence[Arg],
     *,
-    on_reply: Callable[[Any], T],
+    on_reply: Callable[[R], T],
     fallback: Callable[[], T],
 ) -> T:
     """guarded() for blocking code outside an event loop (a thread): the same breaker and
@@ -186,7 +187,7 @@ def _unanswered(operation: str, exc: BaseException, fallback: Callable[[], T]) -
     return fallback()
 
 
-def _answered(reply: Any, on_reply: Callable[[Any], T]) -> T:
+def _answered(reply: R, on_reply: Callable[[R], T]) -> T:
     # Before on_reply, which may raise a 429: a refusal is still an answer from Redis.
     runtime().breaker.success()
     return on_reply(reply)
@@ -296,7 +297,12 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
 
 
 def _admitted(
-    record: KeyRecord, plan: LimitPlan, reserve: int, lease_id: str, started: float, reply: Any
+    record: KeyRecord,
+    plan: LimitPlan,
+    reserve: int,
+    lease_id: str,
+    started: float,
+    reply: bytes | str,
 ) -> Admission:
     """ADMIT's answer: the admission, or the 429 (remembered by the denial cache)."""
     metrics.admission_seconds.observe(time.perf_counter() - started)
@@ -349,7 +355,7 @@ async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -
     )
 
 
-def _charged(record: KeyRecord, limits: tuple[Limit, ...], reply: Any) -> None:
+def _charged(record: KeyRecord, limits: tuple[Limit, ...], reply: bytes | str) -> None:
     decision = parse_reply(limits, reply)
     if not decision.allowed:
         denycache.remember(record, decision)
@@ -360,7 +366,7 @@ def _settle_call(
     admission: Admission, prompt: int, completion: int, count_usage: bool = True
 ) -> backlog.Call:
     keys = [lease_key(admission.tenant_id, admission.lease_id), usage_key(admission.tenant_id)]
-    args = [
+    args: list[Arg] = [
         admission.lease_id,
         prompt,
         completion,
@@ -412,7 +418,7 @@ def _no_answer() -> None:
     return None
 
 
-def _settled(admission: Admission, reply: Any) -> bool:
+def _settled(admission: Admission, reply: list[int]) -> bool:
     admission.settled = True
     return int(reply[0]) == 1
 
@@ -506,9 +512,9 @@ async def keep_alive(admission: Admission, interval: float | None = None) -> Asy
             await task
 
 
-async def health() -> dict:
+async def health() -> dict[str, bool | str]:
     """For /readyz: the breaker's state and one real script call on the limiter's pool."""
-    state: dict = {"ok": True, "mode": settings.RATELIMIT_FAILURE_MODE}
+    state: dict[str, bool | str] = {"ok": True, "mode": settings.RATELIMIT_FAILURE_MODE}
     if runtime().breaker.is_open:
         return {**state, "ok": False, "error": "circuit open"}
     # Not through guarded(): a probe reports the breaker's state, it must not move it.

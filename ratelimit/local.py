@@ -19,6 +19,9 @@ MINUTE_US = 60_000_000
 INFLIGHT_RETRY_US = 1_000_000
 MAX_HELD = 10_000
 
+# One limit checked: the limit, its cost, allowed, retry after (us), its state, its new TAT.
+_Checked = tuple[Limit, int, bool, int, LimitState, int]
+
 
 @dataclass
 class _Held:
@@ -75,7 +78,7 @@ class LocalLimiter:
         shares = tuple(self.share(limit) for limit in limits if not limit.is_quota)
         with self._lock:
             now = self._now()
-            results = []
+            results: list[_Checked] = []
             for limit in shares:
                 cost = 1 if limit.kind is LimitKind.REQUESTS else min(reserve, limit.limit)
                 if limit.kind is LimitKind.INFLIGHT:
@@ -90,7 +93,7 @@ class LocalLimiter:
             self._commit(results, lease_id, now)
             return Decision(True, None, 0, now, tuple(r[4] for r in results))
 
-    def _commit(self, results: list, lease_id: str, now: int) -> None:
+    def _commit(self, results: list[_Checked], lease_id: str, now: int) -> None:
         for limit, _, _, _, _, new_tat in results:
             if limit.kind is LimitKind.INFLIGHT:
                 self._leases[limit.key][lease_id] = now + self.lease_ttl_us

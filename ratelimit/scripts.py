@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -18,10 +19,13 @@ from ratelimit.metrics import noscript_reloads
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 Arg = str | int
+# A script's reply as redis-py decodes it: a Lua string is bytes (no decode_responses), a
+# number an int, a table a list. Covariant: every script's reply is an object (ALL).
+Reply = TypeVar("Reply", covariant=True)
 
 
 @dataclass(frozen=True)
-class Script:
+class Script(Generic[Reply]):
     """One Lua file and its SHA1, callable on a sync or an asyncio client."""
 
     name: str
@@ -29,35 +33,41 @@ class Script:
     sha: str
 
     @classmethod
-    def read(cls, name: str) -> "Script":
+    def read(cls, name: str) -> "Script[Reply]":
         source = (LUA_DIR / f"{name}.lua").read_text()
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
 
-    async def run(self, client: aredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> list:
+    async def run(self, client: aredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         """EVALSHA; on NOSCRIPT load the source once and call again."""
+        # redis-py types every EVALSHA reply Any: what the script returns is in its header.
+        reply: Reply
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            reply = await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             noscript_reloads.inc()
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            reply = await client.evalsha(self.sha, len(keys), *keys, *args)
+        return reply
 
-    def run_sync(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> list:
+    def run_sync(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         """The same as run() for blocking clients (threads, commands)."""
+        reply: Reply
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            reply = client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             noscript_reloads.inc()
             client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            reply = client.evalsha(self.sha, len(keys), *keys, *args)
+        return reply
 
 
-ADMIT = Script.read("admit")
-SETTLE = Script.read("settle")
-HEARTBEAT = Script.read("heartbeat")
-COUNT_ERROR = Script.read("count_error")
-COUNT_USAGE = Script.read("count_usage")
-ALL = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR, COUNT_USAGE)
+# Each one's reply, as its header in lua/ describes it.
+ADMIT: Script[bytes | str] = Script.read("admit")
+SETTLE: Script[list[int]] = Script.read("settle")
+HEARTBEAT: Script[list[int]] = Script.read("heartbeat")
+COUNT_ERROR: Script[int] = Script.read("count_error")
+COUNT_USAGE: Script[int] = Script.read("count_usage")
+ALL: tuple[Script[object], ...] = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR, COUNT_USAGE)
 
 
 async def preload(client: aredis.Redis) -> None:

@@ -11,7 +11,7 @@ from engine.testing import start_ready, tiny_config
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def tokenizer(tiny_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -20,17 +20,17 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+def backend(tiny_model_dir: Path):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
 
 
-def decoder(backend):  # type: ignore[no-untyped-def]
+def decoder(backend):
     return lambda ids: backend.decode(list(ids), skip_special_tokens=True)
 
 
-def stream(backend, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+def stream(backend, ids: list[int]) -> list[str]:
     detokenizer = IncrementalDetokenizer(
         decoder(backend), byte_piece_ids(backend.get_vocab()), special_ids(backend)
     )

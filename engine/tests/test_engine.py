@@ -340,9 +340,14 @@ def test_the_model_thread_runs_at_a_lower_priority_than_the_process(make_engine)
 async def test_ids_from_encode_prompt_are_not_encoded_again(engine, monkeypatch) -> None:
     prompt = "the model runs"
     ids = engine.encode_prompt(prompt)
-    calls = []
-    real = engine._model.encode
-    monkeypatch.setattr(engine._model, "encode", lambda text: calls.append(text) or real(text))
+    calls: list[str] = []
+    real: Callable[[str], list[int]] = engine._model.encode
+
+    def encode(text: str) -> list[int]:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(engine._model, "encode", encode)
     request = GenerationRequest(prompt, max_tokens=2, temperature=0.0, prompt_ids=tuple(ids))
     result = await (await engine.submit(request)).complete()
     assert calls == [] and result.prompt_tokens == len(ids)

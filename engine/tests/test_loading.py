@@ -3,10 +3,12 @@
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from engine.config import EngineConfig
 from engine.loading import (
     DirectDynamicLinear,
     FusedRMSNorm,
@@ -21,11 +23,12 @@ from engine.testing import generate, tiny_config
 PROMPTS = ["Hello café", "The model runs over the river", "quiet garden", "naïve tenant"]
 
 
-def logits(model, tokenizer, prompt: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def logits(model: Any, tokenizer: Any, prompt: str) -> torch.Tensor:
     inputs = tokenizer(prompt, return_tensors="pt")
     start = torch.zeros((1, 1), dtype=torch.long)
     with torch.inference_mode():
-        return model(**inputs, decoder_input_ids=start).logits[0, -1].float()
+        last: torch.Tensor = model(**inputs, decoder_input_ids=start).logits[0, -1]
+        return last.float()
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -60,8 +63,8 @@ async def test_the_adapter_changes_what_the_model_writes(
 
 
 def first_query_layer(engine: Engine) -> torch.nn.Module:
-    model = engine._loaded().model
-    return model.encoder.block[0].layer[0].SelfAttention.q
+    query: torch.nn.Module = engine._loaded().model.encoder.block[0].layer[0].SelfAttention.q
+    return query
 
 
 @pytest.fixture
@@ -133,10 +136,11 @@ async def test_bnb_int8_batches_on_cuda(make_engine: Callable[..., Engine], tiny
     assert engine.status()["device"] == "cuda" and engine.status()["quantization"] == "bnb-int8"
     results = await asyncio.gather(*(generate(engine, p, max_tokens=16) for p in PROMPTS))
     assert all(r.completion_tokens > 0 for r in results)
-    assert REGISTRY.get_sample_value("inference_cuda_memory_bytes") > 0
+    cuda_bytes = REGISTRY.get_sample_value("inference_cuda_memory_bytes")
+    assert cuda_bytes is not None and cuda_bytes > 0
 
 
-def failed_status(config) -> dict:  # type: ignore[no-untyped-def]
+def failed_status(config: EngineConfig) -> dict[str, Any]:
     engine = Engine(config)
     engine.start()
     assert engine.wait_ready(60) is False
@@ -152,7 +156,7 @@ def failed_status(config) -> dict:  # type: ignore[no-untyped-def]
     ],
 )
 def test_a_model_that_cannot_be_loaded_leaves_the_engine_failed_with_the_reason(
-    tiny_model_dir: Path, overrides: dict, reason: str
+    tiny_model_dir: Path, overrides: dict[str, str], reason: str
 ) -> None:
     status = failed_status(tiny_config(tiny_model_dir, **overrides))
     assert status["ok"] is False and status["state"] == "failed"

@@ -11,6 +11,7 @@ from engine.generation import SEED_MAX, SEED_MIN
 from engine.runtime import (
     Engine,
     GenerationRequest,
+    GenerationResult,
     GenerationStream,
     InvalidGeneration,
     RowFailed,
@@ -26,7 +27,7 @@ class ExplodingStop(str):
 
     __slots__ = ()
 
-    def startswith(self, *args: object) -> bool:  # type: ignore[override]
+    def startswith(self, *args: object) -> bool:
         raise RuntimeError("a fault in this row's stop filter")
 
 
@@ -34,7 +35,9 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def _one_batch_with(engine: Engine, bad: GenerationRequest) -> tuple[list, GenerationStream]:
+async def _one_batch_with(
+    engine: Engine, bad: GenerationRequest
+) -> tuple[list[tuple[list[str], GenerationResult]], GenerationStream]:
     """Four good greedy rows and one bad row, submitted together so they share one batch."""
     batches = metric("inference_batch_size_count")
     good = [GenerationRequest(p, max_tokens=12, temperature=0) for p in GOOD]
@@ -46,7 +49,9 @@ async def _one_batch_with(engine: Engine, bad: GenerationRequest) -> tuple[list,
     return results, bad_stream
 
 
-async def _assert_good_rows_as_alone(engine: Engine, together: list) -> None:
+async def _assert_good_rows_as_alone(
+    engine: Engine, together: list[tuple[list[str], GenerationResult]]
+) -> None:
     alone = [await generate(engine, prompt, max_tokens=12) for prompt in GOOD]
     assert [r.token_ids for _, r in together] == [r.token_ids for r in alone]
     assert ["".join(deltas) for deltas, _ in together] == [r.text for r in alone]

@@ -3,6 +3,7 @@
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -63,7 +64,7 @@ async def test_rest_answers_every_bad_body_with_a_4xx_in_the_openai_shape(
         {"prompt": "fine", "stop": ["\ud800"]},
     ],
 )
-async def test_rest_refuses_a_lone_surrogate_with_a_400(issued, payload: dict) -> None:
+async def test_rest_refuses_a_lone_surrogate_with_a_400(issued, payload: dict[str, object]) -> None:
     path = "/v1/chat/completions" if "messages" in payload else "/v1/completions"
     body = json.dumps({"model": "m", **payload}).encode()
     status, _, raw = await call("POST", path, body, Authorization=f"Bearer {issued.token}")
@@ -89,10 +90,11 @@ async def open_socket(token: str | None = None) -> WebsocketCommunicator:
     return communicator
 
 
-async def next_frame(communicator: WebsocketCommunicator) -> dict:
+async def next_frame(communicator: WebsocketCommunicator) -> dict[str, Any]:
     output = await communicator.receive_output(timeout=30)
     assert output["type"] == "websocket.send", output  # not a close (1011 or any other)
-    return json.loads(output["text"])
+    frame: dict[str, Any] = json.loads(output["text"])
+    return frame
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -110,7 +112,7 @@ async def test_an_unauthenticated_socket_answers_every_bad_frame_and_stays_open(
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(request=requests)
 async def test_an_authenticated_socket_answers_every_bad_create_and_stays_open(
-    issued, request: dict
+    issued, request: dict[str, object]
 ) -> None:
     communicator = await open_socket(issued.token)
     frame = {**request, "type": "completion.create", "id": "x"}
@@ -150,7 +152,7 @@ async def test_bad_frames_leave_the_sockets_other_streams_running(
     await communicator.disconnect()
 
 
-async def test_bad_frames_log_no_traceback(caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_frames_log_no_traceback(caplog) -> None:
     communicator = await open_socket()
     for bad in (deep(30_000), "[" * 30_000, json.dumps({"type": "auth", "api_key": "\ud800"})):
         await communicator.send_to(text_data=bad)

@@ -17,7 +17,7 @@ from tenants.services import api_key_issue, tenant_set_limits
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def complete(token: str, **params: object):  # type: ignore[no-untyped-def]
+async def complete(token: str, **params: object):
     body = {"model": engines.served_model_id(), "prompt": "Hello", "max_tokens": 4, **params}
     return await AsyncClient().post(
         "/v1/completions",
@@ -41,7 +41,8 @@ async def test_a_long_prompt_is_encoded_off_the_event_loop(
 
     def recording(text: str) -> list[int]:
         threads.append(threading.current_thread())
-        return real(text)
+        ids: list[int] = real(text)
+        return ids
 
     monkeypatch.setattr(engine, "encode_prompt", recording)
     loop_thread = threading.current_thread()
@@ -88,7 +89,7 @@ def test_the_cheap_token_bound_never_exceeds_the_real_count(tiny_loaded, text: s
 
 
 @pytest.fixture(scope="module")
-def tiny_loaded(tiny_model_dir):  # type: ignore[no-untyped-def]
+def tiny_loaded(tiny_model_dir):
     from engine.loading import load_model
 
     return load_model(str(tiny_model_dir), quantization="none", device="cpu")
@@ -101,7 +102,13 @@ async def test_a_prompt_certainly_too_long_is_refused_without_encoding(
     encoded: list[str] = []
     model = engine._loaded()
     real = model.encode
-    monkeypatch.setattr(model, "encode", lambda text: encoded.append(text) or real(text))
+
+    def recording(text: str) -> list[int]:
+        encoded.append(text)
+        ids: list[int] = real(text)
+        return ids
+
+    monkeypatch.setattr(model, "encode", recording)
     response = await complete(issued.token, prompt="word " * 600)  # 600 words > 512 tokens
     error = response.json()["error"]
     assert response.status_code == 413 and "at least 601" in error["message"], error

@@ -3,6 +3,7 @@
 import asyncio
 import signal
 import socket
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,8 @@ async def test_engine_errors_become_client_errors(installed, make_engine) -> Non
     assert overloaded.value.headers == {"Retry-After": "1"} and overloaded.value.status == 503
     for stream in (running, queued):
         stream.cancel()
+    # aiter() of a stream is its generator, which aclose() ends.
+    assert isinstance(iterator, AsyncGenerator)
     await iterator.aclose()
     ids = await engines.engine_encode_prompt("the model")
     assert len(ids) == engine.count_tokens("the model")

@@ -22,7 +22,7 @@ GOOD = {"prompt": "Translate to German: hello", "max_tokens": 2, "temperature": 
 BAD = {"prompt": "hello", "max_tokens": -3}  # max_tokens must be at least 1
 
 
-async def _complete(body: dict, token: str | None = None):  # type: ignore[no-untyped-def]
+async def _complete(body: dict[str, object], token: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = {"model": served_model_id(), **body}
     return await AsyncClient().post(

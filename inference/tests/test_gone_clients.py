@@ -3,6 +3,8 @@ non-streamed request leaves the queue, and nothing is counted as usage."""
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
@@ -16,25 +18,26 @@ from inference import engines
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def counted_usage(tenant_id: int) -> list[bytes]:
+def counted_usage(tenant_id: int) -> list[bytes | str]:
     """Usage fields counted for the tenant (requests or tokens; error counts aside)."""
     redis = get_sync_redis()
     keys = redis.scan_iter(match=f"rl*:v1:{{t:{tenant_id}}}:usage")
-    return [f for key in keys for f in redis.hkeys(key) if not f.endswith(b"|e")]
+    fields = [f for key in keys for f in redis.hkeys(key)]
+    return [f for f in fields if not (isinstance(f, bytes) and f.endswith(b"|e"))]
 
 
 def leases(tenant_id: int) -> list[bytes]:
     return list(get_sync_redis().scan_iter(match=f"rl:v1:{{t:{tenant_id}}}:lease:*"))
 
 
-async def wait_for(condition, what: str, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition: Callable[[], object], what: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
 
 
-def request_scope(token: str, body: bytes) -> dict:
+def request_scope(token: str, body: bytes) -> dict[str, Any]:
     return {
         "type": "http",
         "method": "POST",

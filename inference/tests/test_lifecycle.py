@@ -32,7 +32,7 @@ def server_env(tiny_model_dir: Path, **extra: str) -> dict[str, str]:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def test_importing_the_asgi_app_does_not_load_the_model_when_autoload_is_off(
@@ -51,7 +51,7 @@ def test_importing_the_asgi_app_does_not_load_the_model_when_autoload_is_off(
     assert "'state': 'not_loaded'" in out.stdout
 
 
-def wait_ready(port: int, server: subprocess.Popen, timeout: float = 90.0) -> None:
+def wait_ready(port: int, server: subprocess.Popen[str], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.poll() is None, "daphne exited early"

@@ -156,7 +156,7 @@ def test_the_model_process_ends_when_the_server_is_killed(tiny_model_dir: Path) 
         server.kill()
 
 
-def test_the_django_setting_turns_the_model_process_on(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_django_setting_turns_the_model_process_on(settings) -> None:
     assert settings.INFERENCE_MODEL_PROCESS is True  # the default
     assert engines.engine_config().process is True
     with override_settings(INFERENCE_MODEL_PROCESS=False):

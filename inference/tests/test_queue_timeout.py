@@ -24,19 +24,19 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _job(events: asyncio.Queue) -> Job:
+def _job(events: asyncio.Queue[Event]) -> Job:
     request = GenerationRequest("hello")
     return Job(request, [1], loop=asyncio.get_running_loop(), deliver=events.put_nowait)
 
 
-async def _next_event(events: asyncio.Queue) -> Event:
+async def _next_event(events: asyncio.Queue[Event]) -> Event:
     return await asyncio.wait_for(events.get(), timeout=30)
 
 
 async def test_the_queue_expires_jobs_the_model_never_takes_in_order() -> None:
     scheduler = Scheduler(max_batch=1, max_wait_ms=0, max_queue=8, max_queue_wait=0.05)
     expired = metric("inference_requests_total", result="expired")
-    events: asyncio.Queue = asyncio.Queue()
+    events: asyncio.Queue[Event] = asyncio.Queue()
     jobs = [_job(events) for _ in range(3)]
     for job in jobs:
         scheduler.put(job)  # nobody calls take_batch: a model stuck in a long batch
@@ -55,11 +55,11 @@ async def test_the_queue_expires_jobs_the_model_never_takes_in_order() -> None:
 
 async def test_a_job_taken_in_time_is_never_expired() -> None:
     scheduler = Scheduler(max_batch=1, max_wait_ms=0, max_queue=8, max_queue_wait=0.05)
-    taken_events: asyncio.Queue = asyncio.Queue()
+    taken_events: asyncio.Queue[Event] = asyncio.Queue()
     taken = _job(taken_events)
     scheduler.put(taken)
     assert scheduler.take_batch() == [taken]  # queued: returns at once
-    events: asyncio.Queue = asyncio.Queue()
+    events: asyncio.Queue[Event] = asyncio.Queue()
     scheduler.put(later := _job(events))
     # Deadlines expire in queue order: by the time the later job has, the one taken would have.
     assert isinstance(await _next_event(events), Failed) and later.finished

@@ -5,6 +5,7 @@ request, and a socket lives at most WS_MAX_LIFETIME_SECONDS."""
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -45,10 +46,10 @@ async def create(communicator: WebsocketCommunicator, request_id: str) -> None:
     await communicator.send_to(text_data=json.dumps(frame))
 
 
-async def final_frame(communicator: WebsocketCommunicator) -> dict:
+async def final_frame(communicator: WebsocketCommunicator) -> dict[str, Any]:
     """Frames until a done or error frame; that one."""
     while True:
-        frame = json.loads(await communicator.receive_from(timeout=WAIT))
+        frame: dict[str, Any] = json.loads(await communicator.receive_from(timeout=WAIT))
         if frame["type"] in ("completion.done", "error"):
             return frame
 

@@ -46,7 +46,7 @@ async def test_a_socket_works_while_the_channel_layer_is_unreachable(settings, i
 async def test_a_key_that_cannot_be_checked_closes_with_try_again_later(
     issued, monkeypatch
 ) -> None:
-    async def unreachable(key_id: str):  # type: ignore[no-untyped-def]
+    async def unreachable(key_id: str) -> None:
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(keycache, "_load_record", unreachable)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest.chaos.hog import CpuHog  # noqa: E402
 from loadtest.chaos.report import write_report  # noqa: E402
-from loadtest.chaos.rundata import RunData, load_access_log, load_records  # noqa: E402
+from loadtest.chaos.rundata import Leases, RunData, load_access_log, load_records  # noqa: E402
 from loadtest.chaos.stack import CpuMeter, Stack  # noqa: E402
 
 
@@ -120,8 +120,7 @@ def ensure_model(profile: Profile) -> tuple[Path, Path, str, str]:
         if not (folder / "config.json").is_file():
             make_tiny_model(folder)
         return folder, folder / "adapter", "tiny-t5", "none"
-    sys.path.insert(0, str(ROOT / "loadtest"))
-    from bench_engine import ensure_model as ensure_base  # the same model bench_engine uses
+    from loadtest.bench_engine import ensure_model as ensure_base  # bench_engine's model
 
     base, adapter = ensure_base(ROOT / ".cache" / "bench")
     return base, adapter, "flan-t5-base", "torch-int8"
@@ -151,7 +150,8 @@ class Progress(threading.Thread):
         self.phases: dict[str, float] = {}
 
     def run(self) -> None:
-        started, offset, counts, last_total = time.time(), 0, {}, 0
+        started, offset, last_total = time.time(), 0, 0
+        counts: dict[str, int] = {}
         while not self.stop.wait(5):
             with self.records.open() as handle:
                 handle.seek(offset)
@@ -270,19 +270,19 @@ def settle_accounting(stack: Stack) -> dict[str, dict[str, int]]:
     return previous or {}
 
 
-def leases(stack: Stack) -> dict:
+def leases(stack: Stack) -> Leases:
     """Live in-flight leases (zset members not yet expired), and lease records never settled
     per tenant id (rl:v1:{t:<id>}:lease:<lease id>)."""
     import redis
 
-    client = redis.Redis(port=stack.redis_port)
+    client = redis.Redis(port=stack.redis_port, decode_responses=True)
     seconds, micros = client.time()
     now_us = seconds * 1_000_000 + micros
-    live, unsettled = 0, {}
-    for key in client.scan_iter("rl:v1:*", count=1000):
-        name = key.decode()
-        if client.type(key).decode() == "zset":
-            live += client.zcount(key, f"({now_us}", "+inf")
+    live = 0
+    unsettled: dict[str, int] = {}
+    for name in client.scan_iter("rl:v1:*", count=1000):
+        if client.type(name) == "zset":
+            live += client.zcount(name, f"({now_us}", "+inf")
         elif ":lease:" in name:
             tenant = name.split("{t:", 1)[1].split("}", 1)[0]
             unsettled[tenant] = unsettled.get(tenant, 0) + 1

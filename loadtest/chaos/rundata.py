@@ -10,9 +10,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
-HTTP_KINDS = ("rest", "sse", "hostile", "invalid", "oversized_prompt", "oversized_body")
-HTTP_KINDS += ("oversized_max_tokens",)
+HTTP_KINDS: tuple[str, ...] = ("rest", "sse", "hostile", "invalid")
+HTTP_KINDS += ("oversized_prompt", "oversized_body", "oversized_max_tokens")
 WELL_BEHAVED_HTTP = ("rest", "sse")
 FAULTS = ("redis_stopping", "replica_killed", "postgres_cut")
 
@@ -25,6 +26,14 @@ class Check:
     timed: bool = False  # a speed goal (reported, never asserted by tests)
 
 
+class Leases(TypedDict, total=False):
+    """What the limiter left in Redis at the end (empty where a test needs none)."""
+
+    live: int  # in-flight leases not yet expired
+    unsettled_records: int  # lease records never settled
+    by_tenant: dict[str, int]  # tenant id -> its unsettled lease records
+
+
 @dataclass
 class RunData:
     records: list[dict]
@@ -33,7 +42,7 @@ class RunData:
     access: list[dict]
     usage: dict[str, dict[str, int]]  # key name -> requests, prompt_tokens, completion_tokens
     limits: dict
-    leases: dict[str, int]
+    leases: Leases
     series: dict[str, list[tuple[float, float]]]
     settings: dict
     profile: dict
@@ -46,7 +55,8 @@ class RunData:
 
 def load_records(path: Path) -> tuple[list[dict], dict[str, float]]:
     """The clients' records, and when each phase (baseline, swarm, end) began."""
-    records, phases = [], {}
+    records: list[dict] = []
+    phases: dict[str, float] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -60,7 +70,7 @@ def load_records(path: Path) -> tuple[list[dict], dict[str, float]]:
 
 def load_access_log(path: Path) -> list[dict]:
     """Traefik's JSON access log: request id, replica, status, start and end (epoch s)."""
-    entries = []
+    entries: list[dict] = []
     if not path.exists():
         return entries
     for line in path.read_text(errors="replace").splitlines():

@@ -6,6 +6,10 @@ a file in the run's work directory (never the report, never the repository) for 
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tenants.models import ApiKey
 
 # slug -> (tenant limits, {key name: key limit overrides}). Well-behaved tenants stay far within
 # their limits; mallory floods far past hers (each key capped on its own too).
@@ -74,7 +78,8 @@ def seed() -> dict:
     return {"keys": keys, "invalid_tokens": invalid, "limits": limits}
 
 
-def _key(pk: int):  # type: ignore[no-untyped-def]
+def _key(pk: int) -> "ApiKey":
+    # Imported here: the models load only after the orchestrator's django.setup().
     from tenants.models import ApiKey
 
     return ApiKey.objects.get(pk=pk)

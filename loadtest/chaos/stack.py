@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
-def wait_for(check, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -107,11 +108,16 @@ class Replica(Proc):
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    def ready(self) -> bool:
+        return http_status(f"{self.url}/readyz") == 200
+
 
 class Supervisor(threading.Thread):
     """Restarts any replica that exits, recording when (the run's events)."""
 
-    def __init__(self, replicas: list[Replica], on_restart) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, replicas: list[Replica], on_restart: Callable[[Replica, int | None], None]
+    ) -> None:
         super().__init__(name="supervisor", daemon=True)
         self.replicas, self.on_restart = replicas, on_restart
         self.stopping = threading.Event()
@@ -213,7 +219,7 @@ class Stack:
         self.supervisor = Supervisor(self.replicas, self._restarted)
         self.supervisor.start()
         for replica in self.replicas:
-            wait_for(lambda r=replica: http_status(f"{r.url}/readyz") == 200, r_name(replica), 300)
+            wait_for(replica.ready, r_name(replica), 300)
         self._start_traefik_and_prometheus()
 
     def app_env(self) -> dict[str, str]:

@@ -13,8 +13,11 @@ import time
 
 import django
 
+# What a group reports: a Redis instant (us) per admission, or a lease's (start, end) in s.
+Sample = int | tuple[float, float]
 
-async def _rate(record, tokens: int, deadline: float, out: list) -> None:  # type: ignore[no-untyped-def]
+
+async def _rate(record, tokens: int, deadline: float, out: list[Sample]) -> None:
     from core.errors import RateLimited
     from ratelimit import limiter
 
@@ -25,11 +28,12 @@ async def _rate(record, tokens: int, deadline: float, out: list) -> None:  # typ
             await asyncio.sleep(0)
             continue
         assert admission.source == "redis", "the fallback limiter answered"
+        assert admission.decision is not None  # Redis's admissions carry its decision
         out.append(admission.decision.now_us)
         await limiter.settle(admission, prompt_tokens=tokens, completion_tokens=0)
 
 
-async def _inflight(record, hold: float, deadline: float, out: list) -> None:  # type: ignore[no-untyped-def]
+async def _inflight(record, hold: float, deadline: float, out: list[Sample]) -> None:
     from core.errors import RateLimited
     from ratelimit import limiter
 
@@ -46,10 +50,11 @@ async def _inflight(record, hold: float, deadline: float, out: list) -> None:  #
         await limiter.settle(admission, prompt_tokens=1, completion_tokens=0)
 
 
-async def _hold(record, count: int) -> None:  # type: ignore[no-untyped-def]
+async def _hold(record, count: int) -> None:
     from ratelimit import limiter
 
     held = [await limiter.admit(record, tokens=1) for _ in range(count)]
+    assert held[0].decision is not None  # Redis's admissions carry its decision
     # The first admission's instant: its lease is the first to expire (the last one's would make
     # a slot that comes back on time look early by the time the admissions took).
     print("held", held[0].decision.now_us, flush=True)
@@ -67,7 +72,7 @@ async def main() -> None:
         await _hold(groups[0][0], plan["hold"])
         return
     deadline = time.monotonic() + plan["seconds"]
-    results: list[list] = [[] for _ in groups]
+    results: list[list[Sample]] = [[] for _ in groups]
     tasks = []
     for (record, g), out in zip(groups, results, strict=True):
         for _ in range(g["tasks"]):

@@ -2,10 +2,11 @@
 sends, so in-process (lupa) and real-Redis runs drive the scripts the same way."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from ratelimit import limiter
 from ratelimit.limits import lease_key, plan_for, plan_limits, throttle_key
+from ratelimit.scripts import Arg
 from ratelimit.tests.model import Spec
 from tenants.keycache import KeyRecord
 from tenants.models import LIMIT_FIELDS
@@ -14,6 +15,18 @@ from tenants.models import LIMIT_FIELDS
 def limits_dict(values: Mapping[str, int | None] | None = None) -> dict[str, int | None]:
     values = dict(values or {})
     return {name: values.get(name) for name in LIMIT_FIELDS}
+
+
+class RecordFields(TypedDict, total=False):
+    """make_record()'s keyword arguments, for records described as data."""
+
+    tenant_id: int
+    api_key_pk: int
+    key_id: str
+    tenant: Mapping[str, int | None] | None
+    key: Mapping[str, int | None] | None
+    burst_percent: int
+    slug: str
 
 
 def make_record(
@@ -76,7 +89,9 @@ def settle_call(
     return call.keys, call.args
 
 
-def heartbeat_call(record: KeyRecord, lease: str, lease_ms: int, record_ms: int) -> tuple:
+def heartbeat_call(
+    record: KeyRecord, lease: str, lease_ms: int, record_ms: int
+) -> tuple[list[str], list[Arg]]:
     keys = [lease_key(record.tenant_id, lease), *(x.key for x in plan_limits(record))]
     return keys, [lease, lease_ms, record_ms]
 

@@ -7,12 +7,14 @@ false, arrays as 1-based tables, integers as numbers, Lua numbers in replies tru
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import lupa.lua51 as lua51
 
 from ratelimit.decision import decode_reply
 from ratelimit.scripts import ADMIT, HEARTBEAT, SETTLE, Script
+
+R = TypeVar("R")  # a script's reply
 
 
 def _arg(value: Any) -> str:
@@ -116,7 +118,8 @@ class FakeRedis:
     def _hash(self, key: str) -> dict[str, str]:
         if not self._alive(key):
             self.data[key] = {}
-        return self.data[key]
+        values: dict[str, str] = self.data[key]
+        return values
 
     def _drop_if_empty(self, key: str) -> None:
         if key in self.data and not self.data[key]:
@@ -155,7 +158,8 @@ class FakeRedis:
     def _zset(self, key: str) -> dict[str, float]:
         if not self._alive(key):
             self.data[key] = {}
-        return self.data[key]
+        members: dict[str, float] = self.data[key]
+        return members
 
     def cmd_zadd(self, key: str, *args: str) -> int:
         xx = args[0].upper() == "XX"
@@ -212,7 +216,7 @@ class FakeRedis:
         return len(doomed)
 
     # --- scripts ----------------------------------------------------------------------------
-    def _function(self, script: Script) -> Any:
+    def _function(self, script: Script[object]) -> Any:
         if script.name not in self._functions:
             self._functions[script.name] = self.lua.execute(
                 "return function(KEYS, ARGV, redis) " + script.source + "\nend"
@@ -231,11 +235,13 @@ class FakeRedis:
             return int(value)  # Redis truncates Lua numbers in replies
         return value
 
-    def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def run(self, script: Script[R], keys: Sequence[str], args: Sequence[Any]) -> R:
         function = self._function(script)
         lua_keys = self._table([str(k) for k in keys])
         lua_args = self._table([str(a) for a in args])
-        return self._reply(function(lua_keys, lua_args, self._redis_table))
+        # Shaped as redis-py replies, so of the type the script declares.
+        reply: R = self._reply(function(lua_keys, lua_args, self._redis_table))
+        return reply
 
     def admit(self, keys: Sequence[str], args: Sequence[Any]) -> list[int]:
         return decode_reply(self.run(ADMIT, keys, args))

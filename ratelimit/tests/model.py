@@ -3,8 +3,10 @@ apart from the Lua: plain Python integers and the datetime calendar. Property te
 on the same operations and require identical replies."""
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import TypedDict
 
 MINUTE = 60_000_000
 DAY = 86_400_000_000
@@ -17,6 +19,18 @@ class Spec:
     burst: int
     name: str
     key: str
+
+
+class Check(TypedDict):
+    """One limit checked by admit(): its verdict, wait, (left, reset) after an admission and
+    before it, how to apply it to a lease, and what the lease record keeps (cost, x)."""
+
+    ok: bool
+    wait: int
+    after: tuple[int, int]
+    before: tuple[int, int]
+    apply: Callable[[str], None]
+    record: tuple[int, int]
 
 
 @dataclass
@@ -46,10 +60,10 @@ class Model:
     quotas: dict[str, tuple[int, int]] = field(default_factory=dict)
     leases: dict[str, dict[str, int]] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)
-    usage: Counter = field(default_factory=Counter)
-    audit: Counter = field(default_factory=Counter)
+    usage: Counter[tuple[int, str]] = field(default_factory=Counter)
+    audit: Counter[str] = field(default_factory=Counter)
 
-    def _gcra(self, s: Spec, now: int, reserve: int) -> dict:
+    def _gcra(self, s: Spec, now: int, reserve: int) -> Check:
         cost = 1 if s.kind == "r" else min(reserve, s.limit)
         interval = -(-MINUTE // s.limit)
         tat = max(self.tats.get(s.key, now), now)
@@ -64,7 +78,7 @@ class Model:
             "record": (cost, interval),
         }
 
-    def _quota(self, s: Spec, now: int, reserve: int) -> dict:
+    def _quota(self, s: Spec, now: int, reserve: int) -> Check:
         index, end = period(s.kind, now)
         stored = self.quotas.get(s.key)
         used = stored[1] if stored and stored[0] == index else 0
@@ -78,7 +92,7 @@ class Model:
             "record": (cost, index),
         }
 
-    def _inflight(self, s: Spec, now: int, lease_ttl_us: int, retry_cap: int) -> dict:
+    def _inflight(self, s: Spec, now: int, lease_ttl_us: int, retry_cap: int) -> Check:
         live = [e for e in self.leases.get(s.key, {}).values() if e > now]
         reset = min(live) - now if live else lease_ttl_us
 
@@ -97,8 +111,8 @@ class Model:
             "record": (0, 0),
         }
 
-    def admit(self, now: int, specs: list[Spec], reserve: int, lease: str, **ttl: int) -> list:
-        checks = []
+    def admit(self, now: int, specs: list[Spec], reserve: int, lease: str, **ttl: int) -> list[int]:
+        checks: list[Check] = []
         for s in specs:
             if s.kind in "rt":
                 checks.append(self._gcra(s, now, reserve))
@@ -137,7 +151,7 @@ class Model:
             return None
         return record
 
-    def settle(self, now: int, lease: str, prompt: int, completion: int) -> list:
+    def settle(self, now: int, lease: str, prompt: int, completion: int) -> list[int]:
         record = self._live_record(lease, now)
         if record is None:
             return [0, 0, now]
@@ -161,7 +175,7 @@ class Model:
         self.usage[(minute, "c")] += completion
         return [1, actual - record.reserve, now]
 
-    def heartbeat(self, now: int, lease: str, lease_ms: int, record_ms: int) -> list:
+    def heartbeat(self, now: int, lease: str, lease_ms: int, record_ms: int) -> list[int]:
         record = self._live_record(lease, now)
         if record is None:
             return [0, now]

@@ -11,7 +11,7 @@ from tenants.models import ThrottleEvent
 pytestmark = pytest.mark.django_db
 
 
-def test_the_throttle_audit_is_read_only_and_filterable(issued) -> None:  # type: ignore[no-untyped-def]
+def test_the_throttle_audit_is_read_only_and_filterable(issued) -> None:
     at = datetime(2026, 5, 4, 3, 2, tzinfo=UTC)
     ThrottleEvent.objects.create(
         tenant=issued.api_key.tenant,

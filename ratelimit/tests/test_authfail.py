@@ -10,7 +10,7 @@ from ratelimit.tests.test_faults import _free_port
 
 
 @pytest.fixture(autouse=True)
-def five_a_minute(settings):  # type: ignore[no-untyped-def]
+def five_a_minute(settings):
     settings.API_AUTH_FAILURES_PER_MINUTE = 5  # one per 12 s after a burst of 5
 
 
@@ -64,14 +64,14 @@ async def test_an_ipv6_client_counts_as_its_64() -> None:
     await refuse_if_blocked("2001:db8:0:2::1")  # the next /64 is someone else
 
 
-async def test_no_address_or_a_zero_limit_is_never_limited(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_no_address_or_a_zero_limit_is_never_limited(settings) -> None:
     await fail(None, 10)
     settings.API_AUTH_FAILURES_PER_MINUTE = 0
     await fail("192.0.2.50", 10)
     assert list(get_sync_redis().scan_iter("*")) == []
 
 
-async def test_a_refusal_is_remembered_without_asking_redis_again(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_a_refusal_is_remembered_without_asking_redis_again(settings) -> None:
     await fail("192.0.2.60", 5)
     with pytest.raises(RateLimited):
         await refuse_if_blocked("192.0.2.60")
@@ -84,7 +84,7 @@ async def test_a_refusal_is_remembered_without_asking_redis_again(settings) -> N
     assert after == errors  # refused in process: no Redis call was even tried
 
 
-async def test_without_redis_a_local_limiter_still_throttles(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_without_redis_a_local_limiter_still_throttles(settings) -> None:
     settings.RATELIMIT_REDIS_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens
     settings.RATELIMIT_FAILURE_MODE = "open"  # failed authentications never fail open
     reset_clients()

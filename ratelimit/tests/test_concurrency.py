@@ -18,7 +18,7 @@ import pytest
 
 from core.errors import RateLimited
 from ratelimit import limiter
-from ratelimit.tests.helpers import make_record
+from ratelimit.tests.helpers import RecordFields, make_record
 from tests.childproc import child_env, start_child
 
 PROCESSES = 4
@@ -35,18 +35,30 @@ TOKENS = {"tenant_id": 103, "key_id": "KEYcccccccc1", "tenant": {"tpm": 3000}}
 INFLIGHT = {"tenant_id": 104, "key_id": "KEYdddddddd1", "key": {"max_inflight": 3}}
 
 
-def _start(plan: dict, env: dict | None = None) -> subprocess.Popen:
+def _start(plan: dict[str, object], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     # Exactness of the Redis path is under test: a starved 2-core box must not push the
     # children into the fallback limiter (tests/test_faults.py covers that).
     overrides = {"RATELIMIT_REDIS_TIMEOUT_MS": "2000", **(env or {})}
-    child = start_child([sys.executable, "-m", "ratelimit.tests.hammer"], child_env(**overrides))
-    child.stdin.write(json.dumps(plan) + "\n")
-    child.stdin.flush()
-    assert child.stdout.readline().strip() == "ready"
+    child = start_child(
+        [sys.executable, "-m", "ratelimit.tests.hammer"], child_env(database=False, **overrides)
+    )
+    _send(child, json.dumps(plan))
+    assert _receive(child).strip() == "ready"
     return child
 
 
-def _plan(index: int) -> dict:
+def _send(child: subprocess.Popen[str], line: str) -> None:
+    assert child.stdin is not None  # a pipe (start_child)
+    child.stdin.write(line + "\n")
+    child.stdin.flush()
+
+
+def _receive(child: subprocess.Popen[str]) -> str:
+    assert child.stdout is not None  # a pipe (start_child)
+    return child.stdout.readline()
+
+
+def _plan(index: int) -> dict[str, object]:
     group_b = TENANT_B1 if index < 2 else TENANT_B2
     groups = [
         {"record": KEY_BOUND, "tasks": 3},
@@ -79,9 +91,8 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 def test_four_processes_never_exceed_any_bound() -> None:
     children = [_start(_plan(i)) for i in range(PROCESSES)]
     for child in children:
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    results = [json.loads(child.stdout.readline()) for child in children]
+        _send(child, "go")
+    results = [json.loads(_receive(child)) for child in children]
     for child in children:
         assert child.wait(timeout=10) == 0
     key_bound = [t for r in results for t in r[0]]
@@ -100,13 +111,12 @@ def test_four_processes_never_exceed_any_bound() -> None:
 
 
 async def test_a_crashed_holders_slots_come_back_after_the_lease_ttl() -> None:
-    record = {"tenant_id": 105, "key_id": "KEYeeeeeeee1", "key": {"max_inflight": 3}}
+    record: RecordFields = {"tenant_id": 105, "key_id": "KEYeeeeeeee1", "key": {"max_inflight": 3}}
     child = _start(
         {"groups": [{"record": record}], "hold": 3}, {"RATELIMIT_LEASE_TTL_SECONDS": "1"}
     )
-    child.stdin.write("go\n")
-    child.stdin.flush()
-    word, admitted_at = child.stdout.readline().split()
+    _send(child, "go")
+    word, admitted_at = _receive(child).split()
     assert word == "held"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
@@ -121,5 +131,6 @@ async def test_a_crashed_holders_slots_come_back_after_the_lease_ttl() -> None:
             await asyncio.sleep(0.02)
     else:
         pytest.fail("the crashed holder's slot never came back")
+    assert admission.decision is not None  # Redis's admissions carry its decision
     waited = (admission.decision.now_us - int(admitted_at)) / 1_000_000
     assert 1.0 <= waited <= 1.5

@@ -38,9 +38,10 @@ asyncio.run(main())
 """
 
 
-def test_a_new_limit_reaches_a_running_process_within_two_seconds(tenant, issued) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_limit_reaches_a_running_process_within_two_seconds(tenant, issued) -> None:
     child = start_child(django_script(CHILD), child_env(database=True))
     try:
+        assert child.stdin is not None and child.stdout is not None  # pipes (start_child)
         call_command("set_limits", tenant.slug, "--rpm", "none", "--tpm", "none")
         child.stdin.write(issued.token + "\n")
         child.stdin.flush()

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def fresh_limiter():  # type: ignore[no-untyped-def]
+def fresh_limiter():
     limiter.reset_state()
     yield
     limiter.reset_state()
@@ -44,13 +44,13 @@ def admit_calls() -> ScriptCalls:
     return ScriptCalls()
 
 
-async def _key(**limits: int):  # type: ignore[no-untyped-def]
+async def _key(**limits: int):
     tenant = await sync_to_async(tenant_create)(slug="flood", limits=limits, actor="t")
     issued = await sync_to_async(api_key_issue)(tenant=tenant, actor="t")
     return tenant, await authenticate_token(issued.token)
 
 
-async def test_an_rpm_refusal_is_repeated_without_redis_until_its_retry_time(admit_calls):  # type: ignore[no-untyped-def]
+async def test_an_rpm_refusal_is_repeated_without_redis_until_its_retry_time(admit_calls):
     _, record = await _key(rpm=60, burst_percent=1)  # one request, then one a second
     await limiter.admit(record, tokens=1, client_addr="192.0.2.1")
     with pytest.raises(RateLimited) as first:
@@ -68,7 +68,7 @@ async def test_an_rpm_refusal_is_repeated_without_redis_until_its_retry_time(adm
     assert admission.lease_id and len(admit_calls) == 3
 
 
-async def test_cached_refusals_are_audited_like_the_others(admit_calls) -> None:  # type: ignore[no-untyped-def]
+async def test_cached_refusals_are_audited_like_the_others(admit_calls) -> None:
     _, record = await _key(rpm=60, burst_percent=1)
     await limiter.admit(record, tokens=1)
     for n in range(7):
@@ -81,7 +81,7 @@ async def test_cached_refusals_are_audited_like_the_others(admit_calls) -> None:
     assert len({a for e in events for a in e.sample_addresses}) >= 5
 
 
-async def test_token_refusals_always_ask_redis(admit_calls) -> None:  # type: ignore[no-untyped-def]
+async def test_token_refusals_always_ask_redis(admit_calls) -> None:
     _, record = await _key(tpm=100, burst_percent=1)
     await limiter.admit(record, tokens=100)  # a whole minute's tokens at once
     for _ in range(2):
@@ -90,7 +90,7 @@ async def test_token_refusals_always_ask_redis(admit_calls) -> None:  # type: ig
     assert len(admit_calls) == 3
 
 
-async def test_a_limit_change_ends_a_cached_refusal(admit_calls) -> None:  # type: ignore[no-untyped-def]
+async def test_a_limit_change_ends_a_cached_refusal(admit_calls) -> None:
     tenant, record = await _key(rpm=60, burst_percent=1)
     await limiter.admit(record, tokens=1)
     with pytest.raises(RateLimited):
@@ -102,7 +102,7 @@ async def test_a_limit_change_ends_a_cached_refusal(admit_calls) -> None:  # typ
     assert (await limiter.admit(token_record, tokens=1)).lease_id
 
 
-async def authenticate_token_of(record):  # type: ignore[no-untyped-def]
+async def authenticate_token_of(record):
     from tenants.keycache import key_cache
 
     return await key_cache.get(record.key_id)

@@ -19,11 +19,11 @@ from tenants.services import api_key_issue
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _record(api_key):  # type: ignore[no-untyped-def]
+def _record(api_key):
     return make_record(tenant_id=api_key.tenant_id, api_key_pk=api_key.pk, key_id=api_key.key_id)
 
 
-def _count(record, times: int = 1) -> None:  # type: ignore[no-untyped-def]
+def _count(record, times: int = 1) -> None:
     async def run() -> None:
         for _ in range(times):
             await errorcount.count_error(record)
@@ -45,7 +45,7 @@ def test_every_error_but_401_and_429_counts(status: int, counted: bool) -> None:
     assert errorcount.counts_as_error(status) is counted
 
 
-def test_errors_move_with_the_usage_of_their_key_once(issued, tenant) -> None:  # type: ignore[no-untyped-def]
+def test_errors_move_with_the_usage_of_their_key_once(issued, tenant) -> None:
     first, second = (
         _record(issued.api_key),
         _record(api_key_issue(tenant=tenant, name="second", actor="test").api_key),
@@ -70,7 +70,7 @@ def test_errors_move_with_the_usage_of_their_key_once(issued, tenant) -> None:  
     assert not get_sync_redis().exists(buffer)
 
 
-def test_an_error_counted_while_a_batch_is_written_goes_to_the_next_batch(issued) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_counted_while_a_batch_is_written_goes_to_the_next_batch(issued) -> None:
     record = _record(issued.api_key)
     _count(record)
     client = get_sync_redis("ratelimit")
@@ -87,10 +87,10 @@ def test_an_error_counted_while_a_batch_is_written_goes_to_the_next_batch(issued
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
-def test_errors_that_redis_cannot_take_wait_in_the_process(issued, settings) -> None:  # type: ignore[no-untyped-def]
+def test_errors_that_redis_cannot_take_wait_in_the_process(issued, settings) -> None:
     settings.RATELIMIT_REDIS_URL = f"redis://127.0.0.1:{_closed_port()}/0"
     settings.RATELIMIT_BREAKER_ERRORS = 10  # every call below tries Redis
     reset_clients()
@@ -105,13 +105,14 @@ def test_errors_that_redis_cannot_take_wait_in_the_process(issued, settings) -> 
     after = REGISTRY.get_sample_value(
         "ratelimit_backend_errors_total", {"operation": "count_error"}
     )
+    assert before is not None and after is not None  # the labels exist from the start
     assert after - before == 3
     backlog.count_error(record.tenant_id, record.api_key_pk)
     report = flush.flush(get_sync_redis())  # the flusher's own Redis is the default one
     assert report.local_rows == 1 and _errors_by_key() == {record.api_key_pk: 1}
 
 
-def test_count_error_soon_runs_as_a_task_of_the_running_loop(issued) -> None:  # type: ignore[no-untyped-def]
+def test_count_error_soon_runs_as_a_task_of_the_running_loop(issued) -> None:
     record = _record(issued.api_key)
 
     async def from_a_handler() -> None:
@@ -123,7 +124,7 @@ def test_count_error_soon_runs_as_a_task_of_the_running_loop(issued) -> None:  #
     assert flush.flush().errors == 1
 
 
-def test_a_writer_that_predates_the_column_still_inserts_usage(issued) -> None:  # type: ignore[no-untyped-def]
+def test_a_writer_that_predates_the_column_still_inserts_usage(issued) -> None:
     from django.db import connection
 
     # The flush SQL of a replica not yet upgraded names no errors column: the database default

@@ -23,12 +23,12 @@ from tests.childproc import child_env, django_script
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _record(issued, **limits):  # type: ignore[no-untyped-def]
+def _record(issued, **limits):
     key = issued.api_key
     return make_record(tenant_id=key.tenant_id, api_key_pk=key.pk, key_id=key.key_id, **limits)
 
 
-def _serve(record, count: int, prompt: int = 7, completion: int = 5) -> None:  # type: ignore[no-untyped-def]
+def _serve(record, count: int, prompt: int = 7, completion: int = 5) -> None:
     async def run() -> None:
         for _ in range(count):
             admission = await limiter.admit(record, tokens=prompt + completion)
@@ -37,7 +37,7 @@ def _serve(record, count: int, prompt: int = 7, completion: int = 5) -> None:  #
     asyncio.run(run())
 
 
-def _totals() -> dict:
+def _totals() -> dict[str, int | None]:
     return UsageMinute.objects.aggregate(
         r=Sum("requests"), p=Sum("prompt_tokens"), c=Sum("completion_tokens")
     )
@@ -48,7 +48,7 @@ def _buffers() -> list[bytes]:
 
 
 @override_settings(RATELIMIT_DENY_CACHE=False)  # every refusal through Redis's own buffer
-def test_it_moves_usage_and_refusals_once_and_empties_the_buffers(issued) -> None:  # type: ignore[no-untyped-def]
+def test_it_moves_usage_and_refusals_once_and_empties_the_buffers(issued) -> None:
     record = _record(issued, key={"rpm": 3}, burst_percent=100)
 
     async def refuse() -> None:
@@ -80,7 +80,7 @@ def test_it_moves_usage_and_refusals_once_and_empties_the_buffers(issued) -> Non
     assert _totals() == {"r": 3, "p": 21, "c": 15}
 
 
-def test_later_batches_add_to_the_same_minute_row(issued) -> None:  # type: ignore[no-untyped-def]
+def test_later_batches_add_to_the_same_minute_row(issued) -> None:
     record = _record(issued)
     _serve(record, 2)
     flush.flush()
@@ -133,7 +133,7 @@ def _flush_command() -> str:
 
 
 @pytest.mark.parametrize("step", ["after-rename", "mid-transaction", "after-commit"])
-def test_a_flusher_killed_between_its_steps_loses_and_doubles_nothing(issued, step) -> None:  # type: ignore[no-untyped-def]
+def test_a_flusher_killed_between_its_steps_loses_and_doubles_nothing(issued, step) -> None:
     _serve(_record(issued), 4)
     _run_child(step)
     batch_keys = [k for k in _buffers() if b":batch:" in k]
@@ -148,7 +148,7 @@ def test_a_flusher_killed_between_its_steps_loses_and_doubles_nothing(issued, st
     assert _buffers() == []
 
 
-def test_concurrent_flushers_count_every_settled_request_exactly_once(issued) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_flushers_count_every_settled_request_exactly_once(issued) -> None:
     record = _record(issued)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -177,7 +177,7 @@ def test_concurrent_flushers_count_every_settled_request_exactly_once(issued) ->
     assert UsageBatch.objects.count() > 1  # the flushers really interleaved with settles
 
 
-def test_rows_of_unknown_keys_are_dropped_and_reported(issued) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_unknown_keys_are_dropped_and_reported(issued) -> None:
     _serve(make_record(tenant_id=issued.api_key.tenant_id, api_key_pk=999_999), 1)
     _serve(_record(issued), 1)
     report = flush.flush()
@@ -185,7 +185,7 @@ def test_rows_of_unknown_keys_are_dropped_and_reported(issued) -> None:  # type:
     assert _totals()["r"] == 1 and _buffers() == []
 
 
-def test_usage_admitted_without_redis_is_written_from_the_process(issued) -> None:  # type: ignore[no-untyped-def]
+def test_usage_admitted_without_redis_is_written_from_the_process(issued) -> None:
     backlog.count_usage(issued.api_key.tenant_id, issued.api_key.pk, 11, 13)
     backlog.count_usage(issued.api_key.tenant_id, issued.api_key.pk, 1, 1)
     assert flush.flush().local_rows == 1
@@ -194,7 +194,7 @@ def test_usage_admitted_without_redis_is_written_from_the_process(issued) -> Non
 
 
 @override_settings(RATELIMIT_FLUSH_SECONDS=0.1)
-def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:  # type: ignore[no-untyped-def]
+def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:
     thread = flush.start_flusher()
     try:
         assert thread is not None and thread.daemon and flush.start_flusher() is thread
@@ -208,7 +208,7 @@ def test_the_flusher_thread_moves_usage_in_the_background(issued) -> None:  # ty
 
 
 @override_settings(RATELIMIT_FLUSH_SECONDS=60)
-def test_usage_left_in_the_process_reaches_postgres_at_once(issued) -> None:  # type: ignore[no-untyped-def]
+def test_usage_left_in_the_process_reaches_postgres_at_once(issued) -> None:
     """Counted in process (Redis away), usage is written within moments, not at the next of
     a minute's intervals: a process killed soon after the outage loses nothing."""
     thread = flush.start_flusher()

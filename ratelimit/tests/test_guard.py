@@ -5,7 +5,6 @@ answered by the fallback, an answer closes the breaker, and any other error is n
 import asyncio
 import socket
 from collections.abc import Sequence
-from typing import cast
 
 import pytest
 from prometheus_client import REGISTRY
@@ -98,7 +97,7 @@ def test_an_answer_closes_the_breaker_even_when_it_becomes_an_error(settings) ->
     assert not breaker.is_open
 
 
-class SlowScript:
+class SlowScript(Script[list[int]]):
     """A script that never answers in time."""
 
     async def run(self, client: object, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
@@ -106,7 +105,7 @@ class SlowScript:
         return [1]
 
 
-class BrokenScript:
+class BrokenScript(Script[list[int]]):
     """A script whose call fails with an error that is not Redis's."""
 
     async def run(self, client: object, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
@@ -123,7 +122,7 @@ def test_a_call_past_its_timeout_is_counted_and_falls_back(settings) -> None:
     async def call() -> str:
         return await limiter.guarded(
             "heartbeat",
-            cast(Script, SlowScript()),
+            SlowScript("slow", "", ""),
             KEYS,
             ARGS,
             on_reply=_unexpected,
@@ -140,7 +139,7 @@ def test_an_error_that_is_not_redis_s_is_raised_not_counted() -> None:
     async def call() -> str:
         return await limiter.guarded(
             "heartbeat",
-            cast(Script, BrokenScript()),
+            BrokenScript("broken", "", ""),
             KEYS,
             ARGS,
             on_reply=_unexpected,
@@ -152,7 +151,7 @@ def test_an_error_that_is_not_redis_s_is_raised_not_counted() -> None:
     with pytest.raises(ValueError, match="a bug"):
         limiter.guarded_sync(
             "heartbeat",
-            cast(Script, BrokenScript()),
+            BrokenScript("broken", "", ""),
             KEYS,
             ARGS,
             on_reply=_unexpected,

@@ -100,7 +100,7 @@ async def test_ietf_fields_are_off_by_default() -> None:
     assert "RateLimit" not in admission.headers and "RateLimit-Policy" not in admission.headers
 
 
-async def test_ietf_fields_parse_and_agree_with_the_trio(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_ietf_fields_parse_and_agree_with_the_trio(settings) -> None:
     settings.RATELIMIT_IETF_HEADERS = True
     record = make_record(
         key={"rpm": 2, "max_inflight": 4},

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("login_limits")
 
 
 @pytest.fixture
-def login_limits(settings):  # type: ignore[no-untyped-def]
+def login_limits(settings):
     settings.RATELIMIT_LOGIN_ADDRESS_PER_MINUTE = 6  # one per 10 s after a burst of 6
     settings.RATELIMIT_LOGIN_PAIR_PER_MINUTE = 3  # one per 20 s after a burst of 3
     settings.RATELIMIT_LOGIN_USERNAME_PER_MINUTE = 3
@@ -56,7 +56,7 @@ def test_the_sync_wrapper_serves_synchronous_views() -> None:
     ]
 
 
-async def test_without_redis_a_local_limiter_still_throttles(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_without_redis_a_local_limiter_still_throttles(settings) -> None:
     settings.RATELIMIT_REDIS_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens
     settings.RATELIMIT_FAILURE_MODE = "open"  # login never fails open
     reset_clients()

@@ -12,11 +12,11 @@ from ratelimit.tests.luaharness import FakeRedis
 SECOND = 1_000_000
 
 
-def _us(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp()) * SECOND
+def _us(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()) * SECOND
 
 
-def _admit(fake: FakeRedis, record, tokens: int, lease: str) -> list[int]:  # type: ignore[no-untyped-def]
+def _admit(fake: FakeRedis, record, tokens: int, lease: str) -> list[int]:
     return fake.admit(*admit_call(record, tokens, lease))
 
 
@@ -32,7 +32,7 @@ def _admit(fake: FakeRedis, record, tokens: int, lease: str) -> list[int]:  # ty
     ],
 )
 def test_a_quota_rolls_over_exactly_at_the_utc_calendar_boundary(
-    kind: str, before: tuple, boundary: tuple
+    kind: str, before: tuple[int, ...], boundary: tuple[int, ...]
 ) -> None:
     record = make_record(tenant={kind: 1000})
     fake = FakeRedis(_us(*before))

@@ -45,7 +45,7 @@ def _maybe(low: int, high: int) -> st.SearchStrategy[int | None]:
     return st.one_of(st.none(), st.integers(low, high))
 
 
-def _limits() -> st.SearchStrategy[dict]:
+def _limits() -> st.SearchStrategy[dict[str, int | None]]:
     return st.fixed_dictionaries(
         {
             "rpm": _maybe(1, 8),
@@ -57,7 +57,9 @@ def _limits() -> st.SearchStrategy[dict]:
     )
 
 
-_ops = st.one_of(
+# ("admit", tokens), ("settle", which, prompt, completion), ("heartbeat", which), ("advance", us)
+Op = tuple[str, int] | tuple[str, int, int, int]
+_ops: st.SearchStrategy[Op] = st.one_of(
     st.tuples(st.just("admit"), st.integers(0, 700)),
     st.tuples(st.just("settle"), st.integers(0, 60), st.integers(0, 400), st.integers(0, 400)),
     st.tuples(st.just("heartbeat"), st.integers(0, 60)),
@@ -71,10 +73,10 @@ _ops = st.one_of(
 @dataclass
 class Scenario:
     start_us: int
-    key: dict
-    tenant: dict
+    key: dict[str, int | None]
+    tenant: dict[str, int | None]
     burst: int
-    ops: list
+    ops: list[Op]
 
 
 @st.composite
@@ -164,7 +166,7 @@ class LupaRun:
         reply = self.fake.heartbeat(*heartbeat_call(self.record, lease, LEASE_MS, RECORD_MS))
         assert reply == self.model.heartbeat(self.fake.now_us, lease, LEASE_MS, RECORD_MS)
 
-    def step(self, op: tuple) -> None:
+    def step(self, op: Op) -> None:
         if op[0] == "advance":
             self.fake.now_us += op[1]
         else:
@@ -236,7 +238,7 @@ class RedisRun:
             reply = HEARTBEAT.run_sync(self.client, *call)
             assert reply == self.model.heartbeat(reply[1], lease, REAL_LEASE_MS, 3_600_000)
 
-    def step(self, op: tuple) -> None:
+    def step(self, op: Op) -> None:
         if op[0] == "advance":
             # Real time cannot jump; a short sleep still lets 20 ms leases expire mid-run.
             time.sleep(min(op[1], 8_000) / SECOND)

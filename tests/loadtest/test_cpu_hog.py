@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import psutil
 
@@ -18,12 +19,16 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def burnt_half_a_second(pid: int) -> bool:
+    return cpu_seconds(pid) >= 0.5
+
+
 def test_a_hog_spins_until_it_is_stopped() -> None:
     with CpuHog(2) as hog:
         pids = hog.pids
         assert len(pids) == 2
         for pid in pids:
-            wait_until(lambda pid=pid: cpu_seconds(pid) >= 0.5, "a hog to burn CPU", WAIT_SECONDS)
+            wait_until(partial(burnt_half_a_second, pid), "a hog to burn CPU", WAIT_SECONDS)
     assert not any(alive(pid) for pid in pids) and hog.processes == []
 
 
