@@ -267,6 +267,13 @@ INFERENCE_QUANTIZATION = env_choice(
 )
 INFERENCE_DEVICE = env_choice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda"))
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16)
+# continuous: waiting requests join the running batch between decoder steps; static: a batch
+# runs until its last row ends (kept for comparison, docs/engine.md).
+INFERENCE_SCHEDULER = env_choice("INFERENCE_SCHEDULER", "continuous", ("continuous", "static"))
+# Tokens the running rows may hold in the caches (each row: prompt + max_tokens).
+INFERENCE_TOKEN_BUDGET = env_int("INFERENCE_TOKEN_BUDGET", 16384)
+# Encoder tokens (newcomers x longest prompt) run between two decoder steps.
+INFERENCE_MAX_PREFILL_TOKENS = env_int("INFERENCE_MAX_PREFILL_TOKENS", 1024)
 INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 # A queued request that has not started after this many seconds gets 503 overloaded (0: no bound).

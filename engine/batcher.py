@@ -1,15 +1,21 @@
-"""The bounded queue between the event loop and the one model thread, how batches form, and
-how long a job may wait in it."""
+"""The bounded queue between the event loop and the one model thread, how batches form, which
+waiting jobs join a running batch between two decoder steps, and how long a job may wait.
+
+The order in which waiting jobs are admitted is the JobQueue's (FIFO here); the Scheduler
+owns the bounds: the queue's length, rows per batch, the token budget and the encoder tokens
+run between two steps.
+"""
 
 import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from engine import metrics
 from engine.generation import GenerationRequest, ModelNotReady, QueueFull, QueueTimeout
-from engine.messages import Event, Failed
+from engine.messages import Delta, Event, Failed
 
 Deliver = Callable[[Event], None]
 
@@ -41,9 +47,17 @@ class Job:
         self.finished = False
         self.queued_at = 0.0  # set by Scheduler.put(), under its lock
         self.remote_id: int | None = None  # its id in the model process (EngineConfig.process)
+        self._last_delta_at: float | None = None  # only ever touched by the thread that sends
+
+    @property
+    def tokens(self) -> int:
+        """What the job may come to hold in the caches: its prompt and its max_tokens."""
+        return len(self.prompt_ids) + self.request.max_tokens
 
     def send(self, event: Event) -> None:
         """Hand an event to the consumer's event loop (called from the model thread)."""
+        if self.record and isinstance(event, Delta):
+            self._time_delta()
         if self._loop is None or self._deliver is None:
             return
         try:
@@ -53,26 +67,144 @@ class Job:
         except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
             self.cancelled = True
 
+    def _time_delta(self) -> None:
+        # The gap a client sees between two pieces of text (a token that completes no
+        # character adds to the next gap); the first piece's wait is time to first token.
+        now = time.perf_counter()
+        if self._last_delta_at is not None:
+            metrics.TOKEN_GAP_SECONDS.observe(now - self._last_delta_at)
+        self._last_delta_at = now
+
+
+def prefill_fits(count: int, widest: int, limit: int) -> bool:
+    """Whether `count` newcomers whose longest prompt has `widest` tokens fit one admission's
+    encoder budget (0: no bound): they are encoded together, padded to the longest."""
+    return limit == 0 or count * widest <= limit
+
+
+class _Room:
+    """The room a batch has for newcomers: asked once per candidate, in admission order; True
+    counts the job in (the queue then takes it)."""
+
+    def __init__(self, running: Sequence[Job], token_budget: int, prefill: int) -> None:
+        self.rows = len(running)
+        self.held = sum(job.tokens for job in running)
+        self.token_budget, self.prefill = token_budget, prefill
+        self.newcomers = self.widest = 0
+
+    def fits(self, job: Job) -> bool:
+        # The first job of an empty batch always fits: one too large for the budget runs
+        # alone rather than never.
+        width = max(self.widest, len(job.prompt_ids))
+        if self.rows or self.newcomers:
+            if self.token_budget and self.held + job.tokens > self.token_budget:
+                return False
+            if self.newcomers and not prefill_fits(self.newcomers + 1, width, self.prefill):
+                return False
+        self.newcomers += 1
+        self.held += job.tokens
+        self.widest = width
+        return True
+
+
+class JobQueue(Protocol):
+    """The waiting jobs, in the order they are admitted (engine/fairness.py may reorder them
+    across tenants). Called only under the Scheduler's lock."""
+
+    def push(self, job: Job) -> None:
+        """Add a job (put() checked the bound)."""
+
+    def remove(self, job: Job) -> bool:
+        """Take this job out (a cancel, an expiry); False when it is not queued."""
+
+    def displace(self, job: Job) -> Job | None:
+        """For a full queue: a queued job to refuse in `job`'s stead (taken out), or None."""
+
+    def take(self, max_rows: int, fits: Callable[[Job], bool]) -> list[Job]:
+        """Take up to max_rows jobs in admission order while `fits` accepts them (asked once
+        per candidate; True: the job is taken, and counted by `fits`)."""
+
+    def oldest(self) -> Job | None:
+        """The job queued first (deadlines run from it), or None when empty."""
+
+    def clear(self) -> list[Job]:
+        """Take every job out and return them."""
+
+    def __len__(self) -> int: ...
+
+
+class FifoQueue:
+    """First come, first served."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+
+    def push(self, job: Job) -> None:
+        self._jobs.append(job)
+
+    def remove(self, job: Job) -> bool:
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return False
+        return True
+
+    def displace(self, job: Job) -> Job | None:
+        return None  # first come, first served: the newcomer is the one refused
+
+    def take(self, max_rows: int, fits: Callable[[Job], bool]) -> list[Job]:
+        # In order, stopping at the first job that does not fit: a long prompt is not
+        # overtaken for ever by short ones.
+        taken: list[Job] = []
+        while self._jobs and len(taken) < max_rows and fits(self._jobs[0]):
+            taken.append(self._jobs.popleft())
+        return taken
+
+    def oldest(self) -> Job | None:
+        return self._jobs[0] if self._jobs else None
+
+    def clear(self) -> list[Job]:
+        jobs = list(self._jobs)
+        self._jobs.clear()
+        return jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
 
 class Scheduler:
-    """A bounded FIFO of jobs; hands the model thread batches of up to max_batch."""
+    """A bounded queue of jobs; hands the model thread batches of up to max_batch rows, and
+    (continuous batching) newcomers for the running batch between two decoder steps."""
 
     def __init__(
-        self, *, max_batch: int, max_wait_ms: int, max_queue: int, max_queue_wait: float = 0.0
+        self,
+        *,
+        max_batch: int,
+        max_wait_ms: int,
+        max_queue: int,
+        max_queue_wait: float = 0.0,
+        token_budget: int = 0,
+        max_prefill_tokens: int = 0,
+        queue: JobQueue | None = None,
     ) -> None:
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0, max_wait_ms) / 1000.0
         self.max_queue = max(1, max_queue)
         self.max_queue_wait = max(0.0, max_queue_wait)  # seconds; 0: no bound
-        # One lock guards _pending and _closed; it is held only for list operations, never
+        self.token_budget = max(0, token_budget)  # 0: no bound
+        self.max_prefill_tokens = max(0, max_prefill_tokens)  # 0: no bound
+        # One lock guards _pending and _closed; it is held only for queue operations, never
         # while the model runs. Two conditions on it: put()'s notify() must wake the model
         # thread, never the expiry thread in its stead.
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
         self._expiry = threading.Condition(lock)
-        self._pending: deque[Job] = deque()
+        self._pending: JobQueue = FifoQueue() if queue is None else queue
         self._closed = False
         self._reaper: threading.Thread | None = None
+        # Called (under the lock, on the caller's thread) after each put(): the model
+        # process's handle waits on its connection and needs a wake-up of its own.
+        self.on_put: Callable[[], None] | None = None
 
     def put(self, job: Job) -> None:
         """Queue a job, or refuse it at once (QueueFull, or ModelNotReady when closed)."""
@@ -80,24 +212,37 @@ class Scheduler:
             if self._closed:
                 raise ModelNotReady("The engine is shutting down.")
             if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"The request queue is full ({self.max_queue} waiting).")
-            # Stamped under the lock: the queue stays in deadline order, so the expiry
-            # thread only ever looks at its head.
+                # A fair queue may refuse a flooding tenant's newest job in this one's stead.
+                if (displaced := self._pending.displace(job)) is None:
+                    raise QueueFull(self._full())
+                self._refuse(displaced)
+            # Stamped under the lock: the oldest job's deadline is the first to come, so the
+            # expiry thread only ever looks at the oldest.
             job.queued_at = time.perf_counter()
-            self._pending.append(job)
+            self._pending.push(job)
             metrics.QUEUE_DEPTH.set(len(self._pending))
             self._cond.notify()
+            if self.on_put is not None:
+                self.on_put()
             if self.max_queue_wait and len(self._pending) == 1:
                 # The only moment the expiry thread may be waiting without a deadline.
                 self._start_expiry()
                 self._expiry.notify()
 
+    def _full(self) -> str:
+        return f"The request queue is full ({self.max_queue} waiting)."
+
+    def _refuse(self, job: Job) -> None:
+        # Out of the queue under the lock already (a cancel finds nothing to remove): refused
+        # as a newcomer is, it never ran and nothing is billed.
+        job.finished = True
+        metrics.REQUESTS.labels(result="rejected").inc()
+        job.send(Failed(QueueFull(self._full())))
+
     def remove(self, job: Job) -> bool:
         """Take a job out of the queue (a cancel before it ran); False when not queued."""
         with self._cond:
-            try:
-                self._pending.remove(job)
-            except ValueError:
+            if not self._pending.remove(job):
                 return False
             metrics.QUEUE_DEPTH.set(len(self._pending))
             return True
@@ -114,18 +259,38 @@ class Scheduler:
                     return []
                 if self._wait_for_company():
                     break
-            size = min(self.max_batch, len(self._pending))
-            batch = [self._pending.popleft() for _ in range(size)]
-            metrics.QUEUE_DEPTH.set(len(self._pending))
+            # A batch that starts stalls no running stream: no bound on its encoder tokens.
+            batch = self._take([], prefill=0)
+            self.track(batch)
             return batch
+
+    def take_joiners(self, running: Sequence[Job]) -> list[Job]:
+        """Without blocking: the waiting jobs that join the running batch now (between two
+        decoder steps), within the free rows, the token budget and the encoder tokens one
+        admission may run. Also updates the running rows' gauges."""
+        with self._cond:
+            joiners = self._take(running, prefill=self.max_prefill_tokens if running else 0)
+            self.track([*running, *joiners])
+            return joiners
+
+    def _take(self, running: Sequence[Job], prefill: int) -> list[Job]:
+        room = _Room(running, self.token_budget, prefill)
+        taken = self._pending.take(self.max_batch - len(running), room.fits)
+        if taken:
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+        return taken
+
+    def track(self, running: Sequence[Job]) -> None:
+        """Set the running rows' gauges (rows, and the tokens they may hold)."""
+        metrics.RUNNING_ROWS.set(len(running))
+        metrics.CACHE_TOKENS.set(sum(job.tokens for job in running))
 
     def _wait_for_company(self) -> bool:
         # The oldest job waits at most max_wait in all; jobs that queued while the previous
         # batch ran have waited already and start at once. False: the queue emptied (cancels).
-        deadline = self._pending[0].submitted_at + self.max_wait
-        while self._pending and len(self._pending) < self.max_batch and not self._closed:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+        while (oldest := self._pending.oldest()) is not None and not self._closed:
+            remaining = oldest.submitted_at + self.max_wait - time.perf_counter()
+            if len(self._pending) >= self.max_batch or remaining <= 0:
                 break
             self._cond.wait(remaining)
         return bool(self._pending)
@@ -171,24 +336,25 @@ class Scheduler:
             while not (self._closed and not self._pending):
                 now = time.perf_counter()
                 expired = []
-                while self._pending and self._pending[0].queued_at + self.max_queue_wait <= now:
-                    expired.append(self._pending.popleft())
+                while (oldest := self._pending.oldest()) is not None and (
+                    oldest.queued_at + self.max_queue_wait <= now
+                ):
+                    self._pending.remove(oldest)
+                    expired.append(oldest)
                 if expired:
                     metrics.QUEUE_DEPTH.set(len(self._pending))
                     return expired
-                # Until the head's deadline (later jobs' are later); a job that becomes the
-                # head meanwhile has a later one, and an empty queue waits for put().
-                head = self._pending[0] if self._pending else None
+                # Until the oldest job's deadline (later jobs' are later); a job that becomes
+                # the oldest meanwhile has a later one, and an empty queue waits for put().
                 self._expiry.wait(
-                    None if head is None else head.queued_at + self.max_queue_wait - now
+                    None if oldest is None else oldest.queued_at + self.max_queue_wait - now
                 )
             return None
 
     def drop_all(self) -> list[Job]:
         """Empty the queue and return what was in it (shutdown past its deadline)."""
         with self._cond:
-            jobs = list(self._pending)
-            self._pending.clear()
+            jobs = self._pending.clear()
             metrics.QUEUE_DEPTH.set(0)
             return jobs
 

@@ -13,6 +13,15 @@ class EngineConfig:
     quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
     device: str = "auto"  # auto | cpu | cuda
     max_batch: int = 16
+    # "continuous": rows join the running batch between decoder steps (engine/decoding.py);
+    # "static": a batch runs until its last row ends, newcomers wait for the next one.
+    scheduler: str = "continuous"
+    # Tokens the running rows may hold in the caches, counted per row as its prompt plus its
+    # max_tokens (what it may come to hold); a row larger than the budget still runs alone.
+    token_budget: int = 16384
+    # Encoder tokens (newcomers x their longest prompt) run between two decoder steps: a
+    # burst of long prompts joins over several steps instead of stalling running streams.
+    max_prefill_tokens: int = 1024
     max_wait_ms: int = 10
     max_queue: int = 256
     # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;

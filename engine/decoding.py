@@ -3,7 +3,10 @@
 
 Each row stops on its own (end of sequence, its max_tokens, its stop strings, cancellation);
 finished rows leave the batch (their cache rows are dropped), so the remaining rows decode
-at the smaller batch size, and the batch ends when no row is left.
+at the smaller batch size. With continuous batching (an `admit` callback) newcomers join
+between two steps: their encoder runs once, together, and their caches go beside the running
+rows'. Either way the batch ends when no row is left (with continuous batching the next
+one starts at once if jobs wait).
 
 A fault in one row's own work (its generator, detokenizer, stop strings, sampling, events)
 fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise); only a
@@ -13,7 +16,7 @@ fault in the shared part (encoder, decoder step) fails the batch.
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_START = 128
 FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
+
+# Between two steps: given the running rows' jobs, the jobs that join now (never blocks).
+Admit = Callable[[Sequence[Job]], list[Job]]
 
 
 class Row:
@@ -131,6 +137,11 @@ class Row:
 def record_batch(jobs: list[Job]) -> None:
     """A batch's size and prompt tokens, in the process that serves /metrics."""
     metrics.BATCH_SIZE.observe(len(jobs))
+    record_join(jobs)
+
+
+def record_join(jobs: Sequence[Job]) -> None:
+    """The prompt tokens of jobs that joined a running batch."""
     metrics.PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
 
 
@@ -203,25 +214,40 @@ def _pad(
 
 
 class Batch:
-    """The rows still decoding and their caches; rows that end are dropped from all of them."""
+    """The rows still decoding and their caches; rows that end are dropped from all of them,
+    rows that join are added to all of them."""
 
     def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
+        self.model = model
         self.device = model.device
-        self.rows = rows
-        jobs = [row.job for row in rows]
+        self.rows: list[Row] = []
+        self.decoder: T5DecoderStep | None = None
+        self.next_ids = torch.empty((0, 1), dtype=torch.long, device=model.device)
+        self.join(rows)
+
+    def join(self, rows: list[Row]) -> None:
+        """Encode the newcomers together and add them; they decode from the next step on."""
+        if not rows:
+            return
+        model, jobs = self.model, [row.job for row in rows]
         ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
         encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
-        # No row feeds more than max_tokens inputs to the decoder; start at most 128 positions
-        # (the buffers double when full), so a long max_tokens that ends early costs nothing.
-        capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
-        self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
-        self.next_ids = torch.full(
-            (len(jobs), 1), model.decoder_start_id, dtype=torch.long, device=model.device
-        )
+        if self.decoder is None:
+            # No row feeds more than max_tokens inputs to the decoder; start at most 128
+            # positions (the buffers double when full), so a long max_tokens that ends early
+            # costs nothing.
+            capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
+            self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
+        else:
+            self.decoder.extend(encoded, mask)
+        self.rows += rows
+        start = torch.full((len(rows), 1), model.decoder_start_id, dtype=torch.long)
+        self.next_ids = torch.cat([self.next_ids, start.to(self.device)])
 
     def step(self) -> list[int]:
         """One decoder step for every row (a fault here fails the batch); each row then
         chooses and takes its next token on its own. Returns each row's token."""
+        assert self.decoder is not None  # noqa: S101 - only stepped with rows
         logits = self.decoder(self.next_ids)
         greedy = logits.argmax(dim=-1).tolist()
         now = time.perf_counter()
@@ -234,33 +260,56 @@ class Batch:
         keep = [index for index, row in enumerate(self.rows) if row.running]
         if tokens is not None:
             tokens = [tokens[index] for index in keep]
-            self.next_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
+            self.next_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+            self.next_ids = self.next_ids.view(len(tokens), 1)
         if len(keep) == len(self.rows):
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.rows = [self.rows[i] for i in keep]
         if tokens is None:
             self.next_ids = self.next_ids[index]
-        self.decoder.keep(index)
+        if not self.rows:
+            self.decoder = None  # the next rows start on fresh caches (and a fresh clock)
+        elif self.decoder is not None:
+            self.decoder.keep(index)
 
 
-def run_batch(model: LoadedModel, jobs: list[Job], should_abort: Callable[[], bool]) -> None:
-    """Decode jobs together until every row has ended (or been cancelled)."""
-    if jobs[0].record:
+def run_batch(
+    model: LoadedModel,
+    jobs: list[Job],
+    should_abort: Callable[[], bool],
+    *,
+    admit: Admit | None = None,
+    stepped: Callable[[float], None] | None = None,
+) -> None:
+    """Decode jobs together until every row has ended (or been cancelled). With `admit`,
+    newcomers join between steps (and are appended to `jobs`, so a caller that fails the
+    batch fails them too); `stepped` gets each iteration's seconds (join and step)."""
+    record = jobs[0].record
+    if record:
         record_batch(jobs)
     with torch.inference_mode():
-        rows = start_rows(model, jobs)
-        if not rows:
-            return
-        batch = Batch(model, rows)
+        batch = Batch(model, start_rows(model, jobs))
         while True:
-            _cancel_rows(batch.rows, abort=should_abort())
+            started = time.perf_counter()
+            abort = should_abort()
+            _cancel_rows(batch.rows, abort=abort)
             batch.keep_running()
+            # After the leaves: a row that ended or was cancelled frees its place at once. A
+            # batch whose rows all ended ends (the next one starts at once if jobs wait).
+            if admit is not None and not abort and batch.rows:
+                joiners = admit([row.job for row in batch.rows])
+                jobs += joiners
+                if joiners and record:
+                    record_join(joiners)
+                batch.join(start_rows(model, joiners))
             if not batch.rows:
                 return
             batch.keep_running(batch.step())
-            if not batch.rows:
-                return
+            if stepped is not None:
+                stepped(time.perf_counter() - started)
+            elif record:
+                metrics.STEP_SECONDS.observe(time.perf_counter() - started)
 
 
 def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:
@@ -273,6 +322,13 @@ def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:
         except Exception as exc:
             fail_job(job, exc)
     return rows
+
+
+def cancel_jobs(model: LoadedModel, jobs: list[Job]) -> None:
+    """End jobs that never ran as cancelled (newcomers left over by an abort)."""
+    now = time.perf_counter()
+    for row in start_rows(model, jobs):
+        row.cancel(now)
 
 
 def _cancel_rows(rows: list[Row], *, abort: bool) -> None:

@@ -4,6 +4,7 @@ Plain Python (no Django, no torch) so the API layer can import it cheaply;
 inference/engines.py maps the exceptions to core.errors.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -92,8 +93,18 @@ class GenerationRequest:
     seed: int | None = None
     # Keep generating past the end-of-sequence token (benchmarks, like vLLM's ignore_eos).
     ignore_eos: bool = False
+    # Whose request it is and that tenant's share when tenants wait for the model together
+    # (engine/fairness.py); "" is one anonymous tenant (benchmarks, the warm-up).
+    tenant: str = ""
+    weight: float = 1.0
     # The prompt's ids when the caller has them already (Engine.encode_prompt): not encoded again.
     prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The caller's mistake, not a client's (weights come from a database constraint, > 0):
+        # the fair queue divides by it.
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"weight must be a positive number, not {self.weight!r}")
 
     def validate(self, max_output_tokens: int) -> None:
         """Raise InvalidGeneration for out-of-range parameters."""

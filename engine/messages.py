@@ -13,10 +13,18 @@ every type here must stay picklable: engine/tests/test_messages.py checks it):
     server -> model   Configure                      once, first
     model -> server   Ready (ModelFacts) | LoadFailed   once: loaded and warmed up, or why not
     server -> model   Batch (BatchRow, ...)          one batch at a time, then for that batch:
-    model -> server   Events ((job id, event), ...)  at most once per decoder step
+    server -> model   Join (BatchRow, ...)           any number (continuous batching): rows
+                                                     that join the running batch (read between
+                                                     decoder steps)
+    model -> server   Events ((job id, event), ...)  once per decoder step (step times)
     model -> server   BatchDone                      once, after the batch's last Events
     server -> model   Cancel | Abort                 any time (read between decoder steps)
     server -> model   Stop                           end after the batch being decoded
+
+A Join can cross the BatchDone of a batch that just ended: the model process then starts a
+batch with its rows (answered by Events and a BatchDone of its own), and the server waits for
+BatchDone until every row it sent has ended. An Abort also ends rows sent by Join that had not
+started (as cancelled).
 
 A model process whose connection closes ends; a server that finds it closed starts a new one.
 """
@@ -84,6 +92,13 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class Join:
+    """Rows that join the batch being decoded at its next step (or start one, if it ended)."""
+
+    rows: tuple[BatchRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """Stop one row of the batch being decoded (it ends cancelled at the next step)."""
 
@@ -100,7 +115,7 @@ class Stop:
     """End the process once the batch being decoded is done."""
 
 
-ToModel = Configure | Batch | Cancel | Abort | Stop
+ToModel = Configure | Batch | Join | Cancel | Abort | Stop
 
 
 # --- model process -> server process ------------------------------------------------------------
@@ -137,9 +152,11 @@ class LoadFailed:
 
 @dataclass(frozen=True, slots=True)
 class Events:
-    """The events of one decoder step, each with the id of its job (BatchRow.job_id)."""
+    """The events of one decoder step, each with the id of its job (BatchRow.job_id), and the
+    seconds of the steps since the last Events (for the server's step histogram)."""
 
     items: tuple[tuple[int, Event], ...]
+    step_seconds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

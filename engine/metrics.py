@@ -10,8 +10,29 @@ REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed", "expired")
 
 QUEUE_DEPTH = Gauge(
     "inference_queue_depth",
-    "Requests waiting for the model (not yet in a batch).",
+    "Requests waiting for the model (not yet in a batch): the waiting rows.",
     multiprocess_mode="livesum",
+)
+RUNNING_ROWS = Gauge(
+    "inference_running_rows",
+    "Rows in the batch being decoded.",
+    multiprocess_mode="livesum",
+)
+CACHE_TOKENS = Gauge(
+    "inference_cache_tokens",
+    "Tokens the running rows may hold in the caches (prompt plus max_tokens each; "
+    "INFERENCE_TOKEN_BUDGET bounds it).",
+    multiprocess_mode="livesum",
+)
+STEP_SECONDS = Histogram(
+    "inference_step_seconds",
+    "One decoder step of the running batch (newcomers' encoder time included).",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5),
+)
+TOKEN_GAP_SECONDS = Histogram(
+    "inference_token_gap_seconds",
+    "Between two pieces of one stream's text, as the engine hands them out.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 BATCH_SIZE = Histogram(
     "inference_batch_size",

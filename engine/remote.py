@@ -1,8 +1,11 @@
 """The engine's handle on a model process (EngineConfig.process): starts it, hands it batches and
 relays their events to the jobs' event loops. The other end is engine/worker.py.
 
-The queue, admission to it and every metric stay in the serving process; the model process only
-loads and decodes. One batch is out at a time, as on the model thread.
+The queue, admission to it, the choice of the rows that join a running batch (continuous
+batching) and every metric stay in the serving process; the model process only loads and
+decodes. One batch is out at a time, as on the model thread; while it runs, the engine thread
+waits on the connection and on a wake-up the queue pokes on every put, and between the two
+sends newcomers (Join) that the model process reads between two decoder steps.
 """
 
 import contextlib
@@ -14,7 +17,8 @@ import subprocess
 import sys
 import threading
 import types
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
@@ -22,7 +26,7 @@ import torch
 from engine import metrics
 from engine.batcher import Job
 from engine.config import EngineConfig
-from engine.decoding import record_batch, record_result
+from engine.decoding import Admit, record_batch, record_join, record_result
 from engine.loading import LoadedModel, ModelLoadError
 from engine.messages import (
     Abort,
@@ -36,6 +40,7 @@ from engine.messages import (
     Events,
     Failed,
     FromModel,
+    Join,
     LoadFailed,
     ModelFacts,
     Stop,
@@ -57,8 +62,14 @@ class ModelProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()  # the engine thread and the event loop both send
-        self._running: dict[int, Job] = {}
+        self._running: dict[int, Job] = {}  # sent and not ended; under the send lock
         self._ids = itertools.count(1)
+        # Poked by the queue on every put (from the event loop): the engine thread, waiting on
+        # the connection, then looks for newcomers. Non-blocking: a full socket is a wake-up
+        # pending already, and the event loop must never wait here.
+        self._waker, self._woken = socket.socketpair()
+        self._waker.setblocking(False)
+        self._woken.setblocking(False)
 
     @property
     def pid(self) -> int | None:
@@ -98,34 +109,76 @@ class ModelProcess:
     def _reap(self, timeout: float = 10.0) -> int | None:
         """Wait for the process to end (killing it past the timeout); its exit code."""
         assert self.process is not None, "the model process was never started"
+        self._close_waker()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(5)
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: list[Job], admit: Admit | None = None) -> None:
         """Decode one batch in the model process, delivering each event to its job (on the
-        engine thread); ModelProcessExited if the process dies meanwhile."""
+        engine thread); ModelProcessExited if the process dies meanwhile. With `admit`,
+        newcomers join it (and are appended to `jobs`) until no row runs."""
         if jobs[0].record:
             record_batch(jobs)
         with self._send_lock:
-            rows = tuple(self._row(job) for job in jobs)
-            self._send(Batch(rows))
+            sent = [self._row(job) for job in jobs]
+            self._send(Batch(tuple(sent)))
         try:
             while True:
-                match self._recv():
+                if admit is not None:
+                    self._join(jobs, admit)
+                match self._next(wakeable=admit is not None):
                     case BatchDone(cuda_bytes):
                         if cuda_bytes is not None:
                             metrics.CUDA_MEMORY_BYTES.set(cuda_bytes)
-                        return
-                    case Events(items):
+                        # Rows still out were sent by a Join that crossed this BatchDone:
+                        # the model process decodes them in a batch of its own.
+                        if not self._running:
+                            return
+                    case Events(items, step_seconds):
+                        self._record_steps(jobs, step_seconds)
                         for job_id, event in items:
-                            self._deliver(self._running[job_id], event)
+                            self._deliver(job_id, event)
         finally:
             with self._send_lock:
-                for row in rows:
-                    self._running.pop(row.job_id, None)
+                self._running.clear()
+
+    def _join(self, jobs: list[Job], admit: Admit) -> None:
+        """Send the newcomers the queue lets join the rows still out (none once none is)."""
+        with self._send_lock:
+            running: Sequence[Job] = list(self._running.values())
+        if not running:
+            return
+        joiners = admit(running)
+        if not joiners:
+            return
+        jobs += joiners
+        if joiners[0].record:
+            record_join(joiners)
+        with self._send_lock:
+            self._send(Join(tuple(self._row(job) for job in joiners)))
+
+    def _next(self, *, wakeable: bool) -> FromModel | None:
+        """The model process's next message; None when the queue woke us first."""
+        assert self._conn is not None, "the model process was never started"
+        if wakeable and self._conn not in wait([self._conn, self._woken]):
+            with contextlib.suppress(OSError):  # BlockingIOError: drained
+                while self._woken.recv(4096):
+                    pass
+            return None
+        return self._recv()
+
+    def wake(self) -> None:
+        """A job was queued (called by the queue, from any thread): look for newcomers."""
+        with contextlib.suppress(OSError):  # full: a wake-up is pending already
+            self._waker.send(b"\0")
+
+    def _record_steps(self, jobs: list[Job], step_seconds: tuple[float, ...]) -> None:
+        if jobs[0].record:
+            for seconds in step_seconds:
+                metrics.STEP_SECONDS.observe(seconds)
 
     def _row(self, job: Job) -> BatchRow:
         """The job as the model process gets it, under a new id (called under the send lock)."""
@@ -133,8 +186,12 @@ class ModelProcess:
         self._running[job_id] = job
         return BatchRow(job_id, job.request, job.prompt_ids, job.cancelled, job.submitted_at)
 
-    def _deliver(self, job: Job, event: Event) -> None:
+    def _deliver(self, job_id: int, event: Event) -> None:
         # The metrics live here, in the serving process: counted before the stream hears.
+        with self._send_lock:
+            job = self._running[job_id]
+            if isinstance(event, Done | Failed):
+                del self._running[job_id]  # its row has ended: no more Cancel for it
         match event:
             case Done(result):
                 job.finished = True
@@ -171,6 +228,12 @@ class ModelProcess:
         # Opened together with the process, in start().
         assert self._conn is not None
         self._conn.close()
+        self._close_waker()
+
+    def _close_waker(self) -> None:
+        # A wake() after this (a put racing the restart) fails quietly on the closed socket.
+        self._waker.close()
+        self._woken.close()
 
     def _send(self, message: ToModel) -> None:
         # A process that is gone: the engine thread finds out on its next receive.

@@ -1,9 +1,11 @@
-"""The inference engine: one model per process, dynamic batching, per-request streams.
+"""The inference engine: one model per process, continuous batching, per-request streams.
 
 No Django imports. `Engine(config).start()` loads the model on its own thread, warms it up and
 then serves batches there; `await engine.submit(request)` returns a GenerationStream whose
 `async for` yields text deltas. The event loop only ever queues jobs and receives events
-(through loop.call_soon_threadsafe); it never runs model code.
+(through loop.call_soon_threadsafe); it never runs model code. With `EngineConfig.scheduler`
+"continuous" (the default) waiting jobs join the running batch between two decoder steps;
+"static" keeps a batch closed until its last row ends.
 
 With `EngineConfig.process` the model lives in a model process of its own (engine/remote.py,
 engine/worker.py): the thread then only hands it batches and relays its events, and decoding
@@ -22,6 +24,7 @@ from engine import metrics
 from engine.batcher import Job, Scheduler
 from engine.config import EngineConfig
 from engine.decoding import run_batch
+from engine.fairness import FairQueue
 from engine.generation import (
     EngineError,
     GenerationFailed,
@@ -57,6 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+SCHEDULERS = ("continuous", "static")
 
 
 class GenerationStream:
@@ -114,13 +118,23 @@ class Engine:
     """Loads one model and serves batches on one model thread; see the module docstring."""
 
     def __init__(self, config: EngineConfig) -> None:
+        if config.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"EngineConfig.scheduler is one of {SCHEDULERS}, not {config.scheduler!r}"
+            )
         self.config = config
         self._scheduler = Scheduler(
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue,
             max_queue_wait=config.max_queue_wait,
+            token_budget=config.token_budget,
+            max_prefill_tokens=config.max_prefill_tokens,
+            # Newcomers join fairly between tenants, by weight (engine/fairness.py).
+            queue=FairQueue[Job](),
         )
+        # Between two decoder steps: newcomers for the running batch (continuous batching).
+        self._admit = self._scheduler.take_joiners if config.scheduler == "continuous" else None
         self._model: LoadedModel | None = None
         self._state, self._detail = STOPPED, "not started"
         self._thread: threading.Thread | None = None
@@ -321,11 +335,13 @@ class Engine:
     def _serve(self, model: LoadedModel) -> None:
         while jobs := self._scheduler.take_batch():
             try:
-                run_batch(model, jobs, lambda: self._abort)
+                # Rows that join are appended to jobs: a failed batch fails them too.
+                run_batch(model, jobs, lambda: self._abort, admit=self._admit)
             except Exception as exc:
                 logger.exception("inference batch of %d failed", len(jobs))
                 failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")
                 self._fail_jobs([job for job in jobs if not job.finished], failure)
+            self._scheduler.track([])
             if (used := cuda_memory(model)) is not None:
                 metrics.CUDA_MEMORY_BYTES.set(used)
 
@@ -341,6 +357,8 @@ class Engine:
                 self._load_failed(exc)
                 return
             self._remote = remote
+            if self._admit is not None:
+                self._scheduler.on_put = remote.wake
             self._loaded_in(self._model.load_seconds)
             self._now_ready()
             try:
@@ -361,10 +379,13 @@ class Engine:
         while (jobs := self._scheduler.take_batch(idle=1.0)) != []:
             if jobs is not None:
                 try:
-                    remote.run(jobs)
+                    # Rows that join are appended to jobs: a lost process fails them too.
+                    remote.run(jobs, admit=self._admit)
                 except ModelProcessExited as exc:
                     self._restarting(exc, jobs)
                     raise
+                finally:
+                    self._scheduler.track([])
             elif (code := remote.exit_code()) is not None:
                 exited = ModelProcessExited(f"The model process exited (exit code {code}).")
                 self._restarting(exited, [])
@@ -377,6 +398,7 @@ class Engine:
             self._ready.clear()
             self._set_state(LOADING, f"restarting the model process ({exc})")
         self._remote = None
+        self._scheduler.on_put = None
         failure = GenerationFailed("The model process exited during this batch.")
         self._fail_jobs([job for job in batch if not job.finished], failure)
         self._fail_jobs(self._scheduler.drop_all(), ModelNotReady(self._reason()))

@@ -5,7 +5,14 @@ the eager attention path); tests compare its logits with the transformers forwar
 
 Its caches are its own: the self-attention keys and values of every layer in preallocated
 buffers (doubled when full), and the cross-attention keys and values computed once from the
-encoder output. Rows leave the batch with `keep()`.
+encoder output. Rows leave the batch with `keep()` and join it with `extend()`.
+
+Rows that join a running batch share one column clock (TGI's layout): every step writes one
+column for every row; a row that joined at column c masks the columns before c. T5's relative
+position bias depends only on the distance between key and query, and on the shared clock a
+row's distances are its own ones shifted, so one bias serves every row and a row's logits are
+those of decoding it alone. Columns no row needs any more are trimmed when the buffers fill,
+so a steady flow of rows does not grow them forever.
 """
 
 from typing import Any
@@ -27,13 +34,19 @@ class T5DecoderStep:
         self.heads, self.head_dim = config.num_heads, config.d_kv
         self.output_scale = config.d_model**-0.5 if config.scale_decoder_outputs else None
         rows, dtype = encoded.shape[0], encoded.dtype
-        # Padded encoder positions get the most negative value, as transformers' masks do.
-        self.cross_bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        self.cross_bias = _padding_bias(mask, dtype)
         self.cross = [self._cross_kv(block, encoded) for block in self.blocks]
         shape = (rows, self.heads, max(1, capacity), self.head_dim)
         self.keys = [encoded.new_empty(shape) for _ in self.blocks]
         self.values = [encoded.new_empty(shape) for _ in self.blocks]
-        self.length = 0
+        self.length = 0  # the shared column clock: columns written so far
+        # The column each row joined at (all 0 in a batch nobody joined: then no mask).
+        self.starts = torch.zeros(rows, dtype=torch.long, device=encoded.device)
+        self.joined = False  # some row starts after column 0 (read every step: a plain bool)
+
+    @property
+    def rows(self) -> int:
+        return int(self.starts.shape[0])
 
     def _split(self, states: torch.Tensor) -> torch.Tensor:
         rows, positions, _ = states.shape
@@ -47,12 +60,11 @@ class T5DecoderStep:
         return keys, self._split(attention.v(encoded)).contiguous()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.length == self.keys[0].shape[2]:
+            self._make_room()
         position = self.length
-        if position == self.keys[0].shape[2]:
-            self._grow()
         hidden = self.decoder.embed_tokens(tokens)
-        first = self.blocks[0].layer[0].SelfAttention
-        bias = first.compute_bias(1, position + 1, device=hidden.device, past_seen_tokens=position)
+        bias = self._self_bias(hidden.device, position)
         for index, block in enumerate(self.blocks):
             hidden = self._self_attention(index, block.layer[0], hidden, bias, position)
             hidden = self._cross_attention(index, block.layer[1], hidden)
@@ -64,6 +76,18 @@ class T5DecoderStep:
             hidden = hidden * self.output_scale
         logits: Tensor = self.lm_head(hidden)
         return logits[:, -1, :]
+
+    def _self_bias(self, device: torch.device, position: int) -> Tensor:
+        # The query sits at column `position`, the keys at columns 0..position: distances
+        # -position..0 whatever the row's own start, so one bias for all rows ...
+        first = self.blocks[0].layer[0].SelfAttention
+        bias: Tensor = first.compute_bias(1, position + 1, device=device, past_seen_tokens=position)
+        if not self.joined:
+            return bias
+        # ... and each row masks the columns before its start (written by other rows' steps).
+        columns = torch.arange(position + 1, device=device)
+        before = (columns[None, :] < self.starts[:, None])[:, None, None, :]
+        return torch.where(before, torch.finfo(bias.dtype).min, bias)
 
     def _self_attention(
         self, index: int, layer: Any, hidden: Tensor, bias: Tensor, position: int
@@ -91,13 +115,20 @@ class T5DecoderStep:
         out = torch.matmul(weights, values).transpose(1, 2)
         return out.reshape(out.shape[0], out.shape[1], self.heads * self.head_dim)
 
-    def _grow(self) -> None:
-        # Doubling: a row that runs long costs a few copies, not one per step.
+    def _make_room(self) -> None:
+        # The buffers are full: drop the columns before every row's start (lazily, here, so
+        # a leave or a join costs no copy), and double the buffers only if that frees none.
+        offset = int(self.starts.min()) if self.rows else self.length
+        capacity = self.keys[0].shape[2]
+        if offset == 0:
+            capacity *= 2  # doubling: a row that runs long costs a few copies, not one a step
         for caches in (self.keys, self.values):
             for index, old in enumerate(caches):
-                new = old.new_empty((*old.shape[:2], 2 * old.shape[2], old.shape[3]))
-                new[:, :, : self.length] = old[:, :, : self.length]
+                new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
+                new[:, :, : self.length - offset] = old[:, :, offset : self.length]
                 caches[index] = new
+        self.length -= offset
+        self._set_starts(self.starts - offset)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices) in every cache."""
@@ -105,9 +136,59 @@ class T5DecoderStep:
         self.cross = [(keys[rows], values[rows]) for keys, values in self.cross]
         self.keys = [self._filled_rows(keys, rows) for keys in self.keys]
         self.values = [self._filled_rows(values, rows) for values in self.values]
+        self._set_starts(self.starts[rows])
 
     def _filled_rows(self, cache: Tensor, rows: Tensor) -> Tensor:
         # Copy only the filled positions: the rest of a fresh buffer stays untouched memory.
         kept = cache.new_empty((len(rows), *cache.shape[1:]))
         kept[:, :, : self.length] = cache[rows, :, : self.length]
         return kept
+
+    def extend(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add rows (their encoder output and mask) that start decoding at the next step."""
+        width = max(encoded.shape[1], self.cross_bias.shape[-1])
+        bias = _padding_bias(mask, encoded.dtype)
+        lowest = torch.finfo(encoded.dtype).min
+        self.cross_bias = torch.cat([_pad_last(b, width, lowest) for b in (self.cross_bias, bias)])
+        joined = []
+        for (keys, values), block in zip(self.cross, self.blocks, strict=True):
+            new_keys, new_values = self._cross_kv(block, encoded)
+            keys = torch.cat([_pad_last(keys, width), _pad_last(new_keys, width)])
+            values = torch.cat([_pad_columns(values, width), _pad_columns(new_values, width)])
+            joined.append((keys, values))
+        self.cross = joined
+        self.keys = [self._fresh_rows(keys, encoded.shape[0]) for keys in self.keys]
+        self.values = [self._fresh_rows(values, encoded.shape[0]) for values in self.values]
+        start = torch.full((encoded.shape[0],), self.length, dtype=torch.long)
+        self._set_starts(torch.cat([self.starts, start.to(self.starts.device)]))
+
+    def _set_starts(self, starts: Tensor) -> None:
+        self.starts = starts
+        self.joined = bool(starts.any())
+
+    def _fresh_rows(self, cache: Tensor, count: int) -> Tensor:
+        # Zeros, not empty memory, in the columns the newcomers mask: a masked score's weight
+        # is exactly 0, but 0 times a NaN left in uninitialized memory is NaN.
+        fresh = cache.new_zeros((count, *cache.shape[1:]))
+        return torch.cat([cache, fresh])
+
+
+def _padding_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    # Padded encoder positions get the most negative value, as transformers' masks do.
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def _pad_last(tensor: Tensor, width: int, value: float | Tensor = 0.0) -> Tensor:
+    """Pad the last dimension to `width` (cross keys: masked by the bias, so zeros do)."""
+    missing = width - tensor.shape[-1]
+    if missing == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, missing), value=float(value))
+
+
+def _pad_columns(tensor: Tensor, width: int) -> Tensor:
+    """Pad the encoder positions (the next-to-last dimension) of cross values to `width`."""
+    missing = width - tensor.shape[-2]
+    if missing == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, 0, 0, missing))

@@ -15,11 +15,13 @@ import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from engine.batcher import Job
+from engine.batcher import Job, prefill_fits
 from engine.config import EngineConfig
-from engine.decoding import run_batch
+from engine.decoding import cancel_jobs, run_batch
 from engine.generation import GenerationFailed, GenerationRequest
 from engine.loading import LoadedModel, configure_threads, load_model
 from engine.messages import (
@@ -32,6 +34,7 @@ from engine.messages import (
     Event,
     Events,
     Failed,
+    Join,
     LoadFailed,
     ModelFacts,
     Ready,
@@ -143,10 +146,13 @@ class RemoteJob(Job):
 class Worker:
     """Serves batches from the parent until told to stop or the parent goes away."""
 
-    def __init__(self, conn: Connection, model: LoadedModel) -> None:
+    def __init__(self, conn: Connection, model: LoadedModel, max_prefill_tokens: int = 0) -> None:
         self.conn, self.model = conn, model
+        self.max_prefill_tokens = max_prefill_tokens
         self.jobs: dict[int, RemoteJob] = {}
+        self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch
         self.outbox: list[tuple[int, Event]] = []
+        self.steps: list[float] = []  # seconds of the steps since the last Events
         self.aborted = self.stopping = False
 
     def serve(self) -> None:
@@ -155,13 +161,19 @@ class Worker:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone
-            if isinstance(message, Batch):
-                self.run(message.rows)
-            else:
-                self.handle(message)
+            match message:
+                # A Join that crossed the BatchDone of the batch it meant starts one.
+                case Batch(rows) | Join(rows):
+                    self.run(rows)
+                case _:
+                    self.handle(message)
 
     def handle(self, message: ToModel) -> None:
         match message:
+            case Join(rows):
+                for row in rows:
+                    job = self.jobs[row.job_id] = RemoteJob(row, self.outbox)
+                    self.waiting.append(job)
             case Cancel(job_id) if job_id in self.jobs:
                 self.jobs[job_id].cancelled = True
             case Abort():
@@ -176,17 +188,48 @@ class Worker:
             self.handle(self.conn.recv())
         return self.aborted
 
+    def admit(self, running: Sequence[Job]) -> list[Job]:
+        """Between two steps: the rows sent by Join that start now. The server bounded them
+        by rows and tokens; several Joins may come during one step, so the encoder budget
+        between two steps is kept here."""
+        limit = self.max_prefill_tokens
+        taken: list[Job] = []
+        widest = 0
+        while self.waiting:
+            width = max(widest, len(self.waiting[0].prompt_ids))
+            if taken and not prefill_fits(len(taken) + 1, width, limit):
+                break
+            taken.append(self.waiting.popleft())
+            widest = width
+        return taken
+
     def flush(self) -> None:
-        if self.outbox:
-            events = Events(tuple(self.outbox))
+        if self.outbox or self.steps:
+            events = Events(tuple(self.outbox), tuple(self.steps))
             self.outbox.clear()
+            self.steps.clear()
             self.conn.send(events)
 
     def run(self, rows: tuple[BatchRow, ...]) -> None:
         self.aborted = False
         self.jobs = {row.job_id: RemoteJob(row, self.outbox) for row in rows}
+        jobs: list[Job] = list(self.jobs.values())
+        while jobs:
+            self._decode(jobs)
+            # Rows sent by Join as the batch's last row ended start a batch of their own (an
+            # abort ends them cancelled).
+            jobs = list(self.waiting)
+            self.waiting.clear()
+            if self.aborted:
+                cancel_jobs(self.model, jobs)
+                jobs = []
+        self.flush()
+        self.jobs = {}
+        self.conn.send(BatchDone(cuda_memory(self.model)))
+
+    def _decode(self, jobs: list[Job]) -> None:
         try:
-            run_batch(self.model, list(self.jobs.values()), self.poll)
+            run_batch(self.model, jobs, self.poll, admit=self.admit, stepped=self.steps.append)
         except (EOFError, OSError):
             raise  # the parent is gone: nothing to tell it
         except Exception as exc:
@@ -196,9 +239,7 @@ class Worker:
                 if not job.finished:
                     job.finished = True
                     job.send(Failed(failure))
-        self.flush()
-        self.jobs = {}
-        self.conn.send(BatchDone(cuda_memory(self.model)))
+            self.waiting.clear()  # failed with the rest
 
 
 def facts(model: LoadedModel) -> ModelFacts:
@@ -235,7 +276,7 @@ def main(conn: Connection) -> None:
         return
     try:
         conn.send(Ready(facts(model)))
-        Worker(conn, model).serve()
+        Worker(conn, model, config.max_prefill_tokens).serve()
     except (EOFError, OSError):
         pass  # the parent went away mid-batch
 

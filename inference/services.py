@@ -114,6 +114,9 @@ async def _plan(
         top_p=1.0 if params.top_p is None else params.top_p,
         stop=tuple(params.stop or ()),
         seed=params.seed,
+        # Waiting requests are admitted fairly between tenants, by weight (engine/fairness.py).
+        tenant=record.tenant_slug,
+        weight=record.scheduling_weight,
     )
     engine_check_request(request)
     # Encoded once here (a prompt too long for the model is refused before admission), and

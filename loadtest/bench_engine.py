@@ -21,11 +21,13 @@ prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Measured in
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,6 +43,15 @@ from engine.runtime import (  # noqa: E402
     Engine,
     GenerationRequest,
     GenerationResult,
+)
+from loadtest.openloop import (  # noqa: E402
+    Planned,
+    closed_loop_capacity,
+    drive_ct2,
+    drive_engine,
+    mixed_plan,
+    single_request,
+    summarize,
 )
 
 PROMPT_TOKENS = NEW_TOKENS = 64
@@ -65,6 +76,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-ct2", action="store_true")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
+    parser.add_argument("--mode", choices=("closed", "open", "all"), default="closed")
+    parser.add_argument("--duration", type=float, default=60.0, help="open loop: s per load")
+    parser.add_argument("--loads", default="0.6,0.9,1.2", help="open loop: x static capacity")
+    parser.add_argument("--capacity-seconds", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=1)
     return parser.parse_args()
 
 
@@ -115,7 +131,10 @@ def best(runs: list[Figures]) -> Figures:
 
 
 # --- our engine ---------------------------------------------------------------------------------
-def start_engine(args: argparse.Namespace, backend: str, base: Path, adapter: Path) -> Engine:
+# Any: the options are EngineConfig's fields, each of its own type.
+def start_engine(
+    args: argparse.Namespace, backend: str, base: Path, adapter: Path, **options: Any
+) -> Engine:
     config = EngineConfig(
         model=str(base),
         adapter=str(adapter),
@@ -125,6 +144,7 @@ def start_engine(args: argparse.Namespace, backend: str, base: Path, adapter: Pa
         max_wait_ms=args.max_wait_ms,
         threads=args.threads,
         allow_download=False,
+        **options,
     )
     engine = Engine(config)
     engine.start()
@@ -286,18 +306,24 @@ def ct2_model(base: Path, adapter: Path, workdir: Path) -> Path:
     return output
 
 
+def ct2_translator(args: argparse.Namespace, base: Path, adapter: Path) -> Any:
+    """CTranslate2 int8 on the merged weights, with as many threads as our engine."""
+    import ctranslate2
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    return ctranslate2.Translator(
+        str(ct2_model(base, adapter, args.workdir)), compute_type="int8", intra_threads=threads
+    )
+
+
 def ct2_runner(
     args: argparse.Namespace, base: Path, adapter: Path, prompts: list[str]
 ) -> Callable[[int], Figures]:
     """A function that runs CTranslate2 int8 on the first `level` prompts as one batch."""
-    import ctranslate2
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    threads = args.threads or len(os.sched_getaffinity(0))
-    translator = ctranslate2.Translator(
-        str(ct2_model(base, adapter, args.workdir)), compute_type="int8", intra_threads=threads
-    )
+    translator = ct2_translator(args, base, adapter)
     sources = [tokenizer.convert_ids_to_tokens(tokenizer(p).input_ids) for p in prompts]
     options = {"beam_size": 1, "max_decoding_length": NEW_TOKENS, "min_decoding_length": NEW_TOKENS}
     translator.translate_batch(sources[:1], **options)  # warm-up
@@ -347,6 +373,190 @@ def load_anchors(args: argparse.Namespace, base: Path, adapter: Path, prompts: l
     return anchors
 
 
+# --- open loop ----------------------------------------------------------------------------------
+SINGLE = Planned(0.0, 128, 64)  # the single request the goals compare with: mid-sized
+
+
+def stream_model(workdir: Path, base: Path) -> Path:
+    """The same weights, with a tokenizer that has a piece for every id the model can write.
+
+    The random model writes ids from its whole 32,128-row lm_head, and 97% are past the
+    1,000-piece tokenizer: they have no text, so no delta, and a client could not time them.
+    Pieces w1000... give each its own delta, as flan-t5's 32,100 pieces do."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = workdir / "base-stream"
+    if not (folder / "tokenizer.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "generation_config.json", "model.safetensors"):
+            if (base / name).is_file() and not (folder / name).exists():
+                (folder / name).symlink_to(base / name)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+        tokenizer.add_tokens([f"w{i}" for i in range(len(tokenizer), vocab)])
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def scheduler_variants() -> list[str]:
+    """static first (its capacity sets the loads), then continuous; `engine` alone while
+    EngineConfig has no scheduler setting (the engine then batches statically)."""
+    if "scheduler" in {option.name for option in dataclasses.fields(EngineConfig)}:
+        return ["static", "continuous"]
+    return ["engine"]
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[list[float]]:
+    """The largest resident set (MiB) of process pid while the block runs, sampled."""
+    import psutil
+
+    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+
+
+def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
+    """Poisson arrivals at each load through each scheduler and CTranslate2; the goals."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)  # the prompts' ids: the same in both
+    folder = stream_model(args.workdir, base)
+    rows: dict[str, dict[float, Figures]] = {}
+    singles: dict[str, Figures] = {}
+    plans: dict[float, list[Planned]] = {}
+    for variant in scheduler_variants():
+        options = {} if variant == "engine" else {"scheduler": variant}
+        # The served layout: a model process of its own (its RSS is the model's), no refusals.
+        engine = start_engine(
+            args, HEADLINE, folder, adapter, process=True, max_queue=100_000, **options
+        )
+        try:
+            if not plans:
+                plans = load_plans(args, engine, tokenizer)
+            singles[variant] = single_engine(engine, tokenizer)
+            rows[variant] = {}
+            for load, plan in plans.items():
+                with peak_rss(engine.status()["model_process"]) as peak:
+                    records = asyncio.run(drive_engine(engine, plan, tokenizer))
+                rows[variant][load] = {**summarize(records), "rss_mib": peak[0]}
+                print(f"  {variant:<12} {open_row(load, rows[variant][load])}", flush=True)
+        finally:
+            engine.stop(60)
+    if not args.no_ct2:
+        ct2_open_loop(args, base, adapter, tokenizer, plans, rows, singles)
+    print_open_loop(rows, singles)
+
+
+def single_engine(engine: Engine, tokenizer: Any) -> Figures:
+    """The single request's figures on the idle engine, after one unmeasured."""
+    asyncio.run(drive_engine(engine, [SINGLE], tokenizer))
+    return single_request(lambda: asyncio.run(drive_engine(engine, [SINGLE], tokenizer))[0])
+
+
+def load_plans(
+    args: argparse.Namespace, engine: Engine, tokenizer: Any
+) -> dict[float, list[Planned]]:
+    """The static engine's closed-loop capacity, then one arrival plan per load from it."""
+    rate = asyncio.run(
+        closed_loop_capacity(engine, tokenizer, args.max_batch, args.capacity_seconds, args.seed)
+    )
+    print(
+        f"open loop: capacity {rate:.2f} requests/s (closed loop, {args.max_batch} clients, "
+        f"{args.capacity_seconds:.0f} s); {args.duration:.0f} s per load",
+        flush=True,
+    )
+    loads = [float(load) for load in args.loads.split(",")]
+    return {
+        load: mixed_plan(load * rate, args.duration, args.seed + index)
+        for index, load in enumerate(loads)
+    }
+
+
+def ct2_open_loop(
+    args: argparse.Namespace,
+    base: Path,
+    adapter: Path,
+    tokenizer: Any,
+    plans: dict[float, list[Planned]],
+    rows: dict[str, dict[float, Figures]],
+    singles: dict[str, Figures],
+) -> None:
+    """The same plans through CTranslate2 int8, served one batch per arrival window."""
+    try:
+        translator = ct2_translator(args, base, adapter)
+    except ImportError:
+        print("  ct2-int8 not installed (pip install torch==2.13.0 '.[bench]')", flush=True)
+        return
+    # Runs in this process, which holds torch and the tokenizer too: its RSS is an upper bound.
+    singles["ct2-int8"] = single_request(
+        lambda: drive_ct2(translator, [SINGLE], tokenizer, args.max_batch)[0]
+    )
+    rows["ct2-int8"] = {}
+    for load, plan in plans.items():
+        with peak_rss(os.getpid()) as peak:
+            records = drive_ct2(translator, plan, tokenizer, args.max_batch)
+        rows["ct2-int8"][load] = {**summarize(records), "rss_mib": peak[0]}
+        print(f"  {'ct2-int8':<12} {open_row(load, rows['ct2-int8'][load])}", flush=True)
+
+
+def open_row(load: float, row: Figures) -> str:
+    if not row.get("requests"):
+        return f"{load:4.0%}  nothing served"
+    return (
+        f"{load:4.0%} {row['requests']:5.0f} {row['refused']:4.0f} {row['tokens_per_s']:7.1f}"
+        f"  {row['ttft_p50']:6.0f} {row['ttft_p95']:6.0f} {row['ttft_p99']:6.0f}"
+        f"  {row['gap_p50']:5.0f} {row['gap_p99']:5.0f}"
+        f"  {row['e2e_p50']:6.0f} {row['e2e_p99']:6.0f}  {row['rss_mib']:6.0f}"
+    )
+
+
+def print_open_loop(rows: dict[str, dict[float, Figures]], singles: dict[str, Figures]) -> None:
+    print("\nopen loop (ms; tok/s over first arrival to last answer; RSS MiB, peak)")
+    print(
+        f"  {'system':<12} load   req refd   tok/s  ttft p50    p95    p99  gap p50  p99"
+        "  e2e p50    p99     RSS"
+    )
+    for name, by_load in rows.items():
+        for load, row in by_load.items():
+            print(f"  {name:<12} {open_row(load, row)}")
+    for name, single in singles.items():
+        print(
+            f"  {name:<12} single request: ttft {single['ttft']:6.0f} ms, "
+            f"{single['per_token']:5.1f} ms per token"
+        )
+    for name in (name for name in rows if name != "ct2-int8"):
+        print_goals(name, rows, singles[name])
+
+
+def print_goals(name: str, rows: dict[str, dict[float, Figures]], single: Figures) -> None:
+    """The issue's goals at 90% load (the load nearest it)."""
+    load = min(rows[name], key=lambda found: abs(found - 0.9))
+    row, ct2 = rows[name][load], rows.get("ct2-int8", {}).get(load)
+    if not row.get("requests"):
+        return
+    print(f"goals, {name} at {load:.0%} load:")
+    print(f"  ttft p95 / single ttft        {row['ttft_p95'] / single['ttft']:5.2f}x (goal <= 3x)")
+    if ct2 and ct2.get("requests"):
+        ratio = row["tokens_per_s"] / ct2["tokens_per_s"]
+        print(f"  tok/s / ct2-int8 tok/s        {ratio:5.2f}x (goal >= 1.2x)")
+    ratio = row["gap_p99"] / single["per_token"]
+    print(f"  gap p99 / single per token    {ratio:5.2f}x (goal <= 2x)")
+
+
 # --- report --------------------------------------------------------------------------------------
 def fmt(row: Figures) -> str:
     ttft = f"  ttft {row['ttft_mean'] * 1000:7.1f} ms" if row.get("ttft_mean") else ""
@@ -381,6 +591,15 @@ def main() -> None:
     quiet_libraries()
     print(f"start: {uptime()}", flush=True)
     base, adapter = ensure_model(args.workdir)
+    if args.mode != "closed":
+        open_loop(args, base, adapter)
+    if args.mode != "open":
+        closed_loop(args, base, adapter)
+    print(f"end:   {uptime()}")
+
+
+def closed_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
+    """Every backend at each concurrency, the ratio rounds at 16 and the ratios."""
     prompts = make_prompts(base, max([*args.levels, RATIO_LEVEL]))
     anchors = load_anchors(args, base, adapter, prompts)
     results: dict[str, Any] = {}
@@ -396,7 +615,6 @@ def main() -> None:
         finally:
             engine.stop(60)
     print_ratios(rounds, results)
-    print(f"end:   {uptime()}")
 
 
 if __name__ == "__main__":

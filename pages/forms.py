@@ -10,7 +10,7 @@ from django.core.validators import RegexValidator
 
 from pages.selectors import ThrottleFilter
 from tenants.durations import parse_duration
-from tenants.models import LIMIT_FIELDS, SCOPES, AdminAction, ApiKey, Tenant
+from tenants.models import MAX_WEIGHT, SCOPES, AdminAction, ApiKey, Tenant
 from tenants.services import SLUG_PATTERN, TENANT_SETTINGS
 
 # Larger limits are certainly typos, and would overflow the limiter's arithmetic.
@@ -78,10 +78,28 @@ class LimitsForm(forms.Form):
             "max_value": "Burst percent must be a whole number from 1 to 100.",
         },
     )
+    scheduling_weight = forms.IntegerField(
+        label="Scheduling weight",
+        required=False,
+        min_value=1,
+        max_value=MAX_WEIGHT,
+        initial=1,
+        help_text="Share of the model while tenants wait for it together: weight 2 is served "
+        "twice the tokens of weight 1. Empty: 1.",
+        error_messages={
+            key: f"Scheduling weight must be a whole number from 1 to {MAX_WEIGHT:,}."
+            for key in ("invalid", "min_value", "max_value")
+        },
+    )
 
     @classmethod
     def for_tenant(cls, tenant: Tenant, data: Mapping[str, Any] | None = None) -> "LimitsForm":
         return cls(data, initial={name: getattr(tenant, name) for name in TENANT_SETTINGS})
+
+    def clean_scheduling_weight(self) -> int:
+        # Empty is the default weight, never "none": every tenant has a share.
+        weight: int | None = self.cleaned_data["scheduling_weight"]
+        return 1 if weight is None else weight
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -114,7 +132,7 @@ class TenantCreateForm(LimitsForm):
         error_messages={"required": "A slug is required."},
     )
     name = forms.CharField(max_length=200, required=False, help_text="Display name.")
-    field_order = ["slug", "name", *LIMIT_FIELDS, "burst_percent"]
+    field_order = ["slug", "name", *TENANT_SETTINGS]
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]

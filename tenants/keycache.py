@@ -68,6 +68,7 @@ class KeyRecord:
     secret_hash: str = field(repr=False)
     previous_hash: str = field(repr=False)
     previous_valid_until: datetime | None = None
+    scheduling_weight: int = 1  # the tenant's share when tenants wait for the model together
 
     @classmethod
     def from_row(cls, key: ApiKey) -> "KeyRecord":
@@ -88,6 +89,7 @@ class KeyRecord:
             secret_hash=key.secret_hash,
             previous_hash=key.previous_hash,
             previous_valid_until=key.previous_valid_until,
+            scheduling_weight=tenant.scheduling_weight,
         )
 
     def usable_at(self, now: datetime) -> bool:

@@ -10,6 +10,10 @@ LIMIT_FIELDS = ("rpm", "tpm", "max_inflight", "tokens_per_day", "tokens_per_mont
 
 SCOPES = ("completions", "models", "usage")
 
+# A tenant's scheduling weight is 1 to this: relative shares, and a bound that keeps one
+# tenant's share of a full queue meaningful.
+MAX_WEIGHT = 1000
+
 
 def _limit_field(verbose_name: str, help_text: str) -> models.PositiveBigIntegerField:
     return models.PositiveBigIntegerField(verbose_name, null=True, blank=True, help_text=help_text)
@@ -41,6 +45,14 @@ class Tenant(models.Model):
         help_text="Share of the per-minute limits that may arrive at once (1-100). "
         "In any trailing minute a client gets at most limit x (1 + burst%).",
     )
+    # The database default keeps writers that predate the column (a replica not yet upgraded)
+    # working.
+    scheduling_weight = models.PositiveSmallIntegerField(
+        default=1,
+        db_default=1,
+        help_text="Share of the model while tenants wait for it together (1-1000): a tenant of "
+        "weight 2 is served twice the tokens of one of weight 1.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -51,6 +63,11 @@ class Tenant(models.Model):
             models.CheckConstraint(
                 condition=Q(burst_percent__gte=1) & Q(burst_percent__lte=100),
                 name="tenant_burst_percent_range",
+            ),
+            # The engine's fair queue divides by it (engine/fairness.py).
+            models.CheckConstraint(
+                condition=Q(scheduling_weight__gte=1) & Q(scheduling_weight__lte=MAX_WEIGHT),
+                name="tenant_scheduling_weight_range",
             ),
         ]
 

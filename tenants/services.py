@@ -14,6 +14,7 @@ from django.utils import timezone
 from tenants import keycache, tokens
 from tenants.models import (
     LIMIT_FIELDS,
+    MAX_WEIGHT,
     SCOPES,
     AdminAction,
     ApiKey,
@@ -24,7 +25,9 @@ from tenants.models import (
 )
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-TENANT_SETTINGS = (*LIMIT_FIELDS, "burst_percent")
+# Changed, audited and announced together (tenant_set_limits); the scheduling weight is the
+# tenant's share of the model while tenants wait for it together (engine/fairness.py).
+TENANT_SETTINGS = (*LIMIT_FIELDS, "burst_percent", "scheduling_weight")
 
 
 class TenantError(ValueError):
@@ -47,6 +50,9 @@ def _validate_settings(changes: Mapping[str, int | None], allowed: Iterable[str]
         if name == "burst_percent":
             if not isinstance(value, int) or not 1 <= value <= 100:
                 raise TenantError("burst_percent must be an integer from 1 to 100")
+        elif name == "scheduling_weight":
+            if not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
+                raise TenantError(f"scheduling_weight must be an integer from 1 to {MAX_WEIGHT}")
         elif value is not None and (not isinstance(value, int) or value <= 0):
             raise TenantError(f"{name} must be a positive integer, or empty for no limit")
 

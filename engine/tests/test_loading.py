@@ -10,13 +10,13 @@ import torch
 
 from engine.config import EngineConfig
 from engine.loading import (
-    DirectDynamicLinear,
     FusedRMSNorm,
     ModelLoadError,
     load_model,
     resolve_device,
     resolve_quantization,
 )
+from engine.rowint8 import RowInt8Linear
 from engine.runtime import Engine
 from engine.testing import generate, tiny_config
 
@@ -94,7 +94,7 @@ async def test_every_quantization_backend_loads_and_generates_on_the_cpu(
         results = [await generate(engine, p, max_tokens=8) for p in PROMPTS]
     assert all(r.completion_tokens > 0 and r.finish_reason in {"stop", "length"} for r in results)
     if quantization == "torch-int8":
-        assert isinstance(layer, DirectDynamicLinear)
+        assert isinstance(layer, RowInt8Linear)
     elif quantization == "bnb-int8":
         import bitsandbytes as bnb
 
@@ -174,11 +174,36 @@ def test_the_faster_modules_compute_what_they_replace() -> None:
 
     torch.manual_seed(0)
     hidden = torch.randn(3, 5, 64)
-    linear = torch.ao.quantization.quantize_dynamic(
-        torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False)), {torch.nn.Linear}
-    )[0]
-    assert torch.equal(DirectDynamicLinear(linear)(hidden), linear(hidden))
     norm = T5LayerNorm(64, eps=1e-6)
     norm.weight.data.normal_()
     fused = FusedRMSNorm(norm.weight, norm.variance_epsilon)
     assert torch.allclose(fused(hidden), norm(hidden), atol=1e-6, rtol=1e-5)
+
+
+def file_mapped_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the model's tensors whose memory lies in a mapping of a .safetensors file."""
+    spans = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5].endswith(".safetensors"):
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                spans.append((start, end))
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [
+        name
+        for name, tensor in tensors
+        if any(start <= tensor.untyped_storage().data_ptr() < end for start, end in spans)
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc")
+def test_an_int8_model_lets_go_of_the_checkpoint_file_it_was_loaded_from(
+    tiny_model_dir: Path,
+) -> None:
+    # A full-precision load serves straight from the file mapping: the check sees it ...
+    assert file_mapped_tensors(load_model(str(tiny_model_dir), quantization="none").model)
+    # ... while what stays fp32 after quantizing (embeddings, norms) is copied out of it, so
+    # the mapping, mostly fp32 weights nobody reads any more, goes with the last view into it.
+    quantized = load_model(str(tiny_model_dir), quantization="torch-int8").model
+    assert file_mapped_tensors(quantized) == []

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,3 +41,54 @@ def test_decoder_steps_match_the_transformers_forward_also_after_dropping_rows(
                 ours.keep(rows)
                 cache.batch_select_indices(rows)
                 encoded, mask, tokens = encoded[rows], mask[rows], tokens[rows]
+
+
+def _alone(model: Any, tokenizer: Any, prompt: str, steps: int) -> list[torch.Tensor]:
+    """Each step's logits of one prompt decoded on its own (greedy)."""
+    inputs = tokenizer([prompt], return_tensors="pt")
+    encoded = model.get_encoder()(**inputs)[0]
+    decoder = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=4)
+    tokens, logits = torch.zeros((1, 1), dtype=torch.long), []
+    for _ in range(steps):
+        logits.append(decoder(tokens)[0])
+        tokens = logits[-1].argmax(-1).view(1, 1)
+    return logits
+
+
+def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir), quantization="none")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    joins = {0: [PROMPTS[0]], 3: [PROMPTS[1], PROMPTS[2]], 9: [PROMPTS[0]]}  # step: newcomers
+    leaves = {6: PROMPTS[0]}  # the first row leaves at step 6 (a cancel, say)
+    steps = 16
+    with torch.inference_mode():
+        alone = {prompt: _alone(model, tokenizer, prompt, steps) for prompt in PROMPTS}
+        decoder: T5DecoderStep | None = None
+        rows: list[tuple[str, int]] = []
+        tokens = torch.zeros((0, 1), dtype=torch.long)
+        for step in range(steps):
+            if step in leaves:
+                assert decoder is not None
+                index = rows.index((leaves[step], rows[0][1]))
+                kept = [i for i in range(len(rows)) if i != index]
+                decoder.keep(torch.tensor(kept))
+                rows, tokens = [rows[i] for i in kept], tokens[kept]
+            if step in joins:
+                inputs = tokenizer(joins[step], return_tensors="pt", padding=True)
+                encoded = model.get_encoder()(**inputs)[0]
+                if decoder is None:
+                    decoder = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=2)
+                else:
+                    decoder.extend(encoded, inputs.attention_mask)
+                rows += [(prompt, step) for prompt in joins[step]]
+                fresh = torch.zeros((len(joins[step]), 1), dtype=torch.long)
+                tokens = torch.cat([tokens, fresh])
+            assert decoder is not None
+            logits = decoder(tokens)
+            for index, (prompt, joined) in enumerate(rows):
+                expected = alone[prompt][step - joined]
+                assert torch.allclose(logits[index], expected, atol=1e-5, rtol=1e-5), (step, prompt)
+            tokens = logits.argmax(-1, keepdim=True)
+    assert decoder is not None
+    # The columns written before the oldest remaining row joined (step 3) were trimmed.
+    assert decoder.length == steps - 3

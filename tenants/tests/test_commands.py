@@ -73,7 +73,7 @@ def test_set_limits_changes_only_what_is_given(tenant) -> None:
     out = run("set_limits", "acme", "--rpm", "30", "--tpm", "none")
     assert out.strip() == (
         "rpm=30 tpm=none max_inflight=none tokens_per_day=none "
-        "tokens_per_month=none burst_percent=20"
+        "tokens_per_month=none burst_percent=20 scheduling_weight=1"
     )
     tenant.refresh_from_db()
     assert (tenant.rpm, tenant.tpm) == (30, None)

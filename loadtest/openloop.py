@@ -1,0 +1,216 @@
+"""Open-loop load for loadtest/bench_engine.py: Poisson arrivals of mixed requests, the same
+arrivals driven through our engine (as streams) and through CTranslate2 the way a server
+would use it (one batch per arrival window), and the figures of one run.
+
+Open loop: a request arrives at its planned time whether or not the earlier ones are done, as
+clients of a public API do; a closed loop (N clients each waiting for its answer) slows its
+own arrivals down as the server slows and hides queueing.
+"""
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.percentiles import percentile_nearest_rank
+
+PROMPT_TOKENS = (16, 256)  # inclusive bounds, end-of-sequence token included
+NEW_TOKENS = (8, 128)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of the plan: when it arrives (seconds after the start) and its size."""
+
+    at: float
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclass
+class Record:
+    """What the client saw of one request (perf_counter times)."""
+
+    arrival: float
+    token_times: list[float] = field(default_factory=list)
+    end: float = 0.0
+    refused: bool = False
+
+
+def poisson_arrivals(rate: float, duration: float, seed: int) -> list[float]:
+    """Arrival times in [0, duration) of a Poisson process of `rate` per second."""
+    rng, now = random.Random(seed), 0.0
+    times: list[float] = []
+    while True:
+        now += rng.expovariate(rate)
+        if now >= duration:
+            return times
+        times.append(now)
+
+
+def mixed_plan(rate: float, duration: float, seed: int) -> list[Planned]:
+    """Poisson arrivals, each with a prompt and a max_tokens drawn uniformly from the bounds."""
+    rng = random.Random(seed + 1)
+    return [
+        Planned(at, rng.randint(*PROMPT_TOKENS), rng.randint(*NEW_TOKENS))
+        for at in poisson_arrivals(rate, duration, seed)
+    ]
+
+
+def prompt_ids(tokenizer: Any, count: int, seed: int = 7) -> list[int]:
+    """Exactly `count` ids of ordinary words, ending with the end-of-sequence token."""
+    from engine.tiny_model import _WORDS
+
+    rng = random.Random(seed + count)
+    text = " ".join(rng.choice(_WORDS) for _ in range(count))
+    ids: list[int] = tokenizer(text).input_ids
+    return ids[: count - 1] + [tokenizer.eos_token_id]
+
+
+# --- driving our engine --------------------------------------------------------------------------
+async def drive_engine(engine: Any, plan: list[Planned], tokenizer: Any) -> list[Record]:
+    """Submit each planned request at its time as a greedy stream; record what arrives."""
+    from engine.runtime import GenerationRequest
+
+    requests = [
+        GenerationRequest(
+            prompt="",  # the ids are given: the engine does not encode
+            prompt_ids=tuple(prompt_ids(tokenizer, item.prompt_tokens)),
+            max_tokens=item.max_tokens,
+            temperature=0.0,
+            ignore_eos=True,  # exact token counts, as in the closed-loop runs
+        )
+        for item in plan
+    ]
+    start, tasks = time.perf_counter(), []
+    for item, request in zip(plan, requests, strict=True):
+        if (delay := start + item.at - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(stream_one(engine, request, start + item.at)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def stream_one(engine: Any, request: Any, arrival: float) -> Record:
+    """One stream: the time each token reached the client (tokens that came in one delta
+    share its time)."""
+    from engine.generation import QueueFull
+
+    record = Record(arrival)
+    try:
+        stream = await engine.submit(request)
+    except QueueFull:
+        record.refused, record.end = True, time.perf_counter()
+        return record
+    async for _ in stream:
+        now = time.perf_counter()
+        record.token_times += [now] * (stream.tokens_streamed - len(record.token_times))
+    record.end = time.perf_counter()
+    return record
+
+
+async def closed_loop_capacity(
+    engine: Any, tokenizer: Any, clients: int, seconds: float, seed: int
+) -> float:
+    """Requests per second with `clients` clients, each sending mixed requests back to back."""
+    plan = mixed_plan(1000.0, 10_000.0, seed)  # sizes only: times are ignored here
+    done, start = 0, time.perf_counter()
+
+    async def client(offset: int) -> None:
+        nonlocal done
+        index = offset
+        while time.perf_counter() - start < seconds:
+            item = plan[index % len(plan)]
+            await drive_engine(
+                engine, [Planned(0.0, item.prompt_tokens, item.max_tokens)], tokenizer
+            )
+            done, index = done + 1, index + clients
+
+    await asyncio.gather(*(client(offset) for offset in range(clients)))
+    return done / (time.perf_counter() - start)
+
+
+# --- driving CTranslate2 -------------------------------------------------------------------------
+def drive_ct2(translator: Any, plan: list[Planned], tokenizer: Any, max_batch: int) -> list[Record]:
+    """A CTranslate2 server's loop: whatever arrived while the last batch ran is the next batch
+    (at most max_batch); each row stops at its own max_tokens; tokens timed as they come."""
+    sources = [
+        tokenizer.convert_ids_to_tokens(prompt_ids(tokenizer, item.prompt_tokens)) for item in plan
+    ]
+    records = [Record(0.0) for _ in plan]
+    start, served = time.perf_counter(), 0
+    while served < len(plan):
+        if (delay := start + plan[served].at - time.perf_counter()) > 0:
+            time.sleep(delay)
+        now = time.perf_counter() - start
+        window = [i for i in range(served, len(plan)) if plan[i].at <= now][:max_batch]
+        for index in window:
+            records[index].arrival = start + plan[index].at
+        ct2_batch(
+            translator,
+            [sources[i] for i in window],
+            [plan[i] for i in window],
+            [records[i] for i in window],
+        )
+        served += len(window)
+    return records
+
+
+def ct2_batch(
+    translator: Any, sources: list[list[str]], items: list[Planned], records: list[Record]
+) -> None:
+    """One greedy batch; the callback times each token and ends a row at its max_tokens."""
+    lock = threading.Lock()
+
+    def on_token(step: Any) -> bool:
+        with lock:  # the callback may come from CTranslate2's worker threads
+            record = records[step.batch_id]
+            record.token_times.append(time.perf_counter())
+            return len(record.token_times) >= items[step.batch_id].max_tokens
+
+    longest = max(item.max_tokens for item in items)
+    translator.translate_batch(
+        sources,
+        beam_size=1,
+        max_decoding_length=longest,
+        min_decoding_length=longest,  # end-of-sequence ignored, as in our engine's runs
+        callback=on_token,
+    )
+    end = time.perf_counter()
+    for record in records:
+        record.end = end
+
+
+# --- figures -------------------------------------------------------------------------------------
+def summarize(records: list[Record]) -> dict[str, float]:
+    """Throughput (tokens over first arrival to last answer) and latency percentiles, ms."""
+    served = [record for record in records if not record.refused and record.token_times]
+    if not served:
+        return {"requests": 0.0, "refused": float(len(records))}
+    ttft = [(record.token_times[0] - record.arrival) * 1000 for record in served]
+    gaps = [(b - a) * 1000 for r in served for a, b in itertools.pairwise(r.token_times)]
+    e2e = [(record.end - record.arrival) * 1000 for record in served]
+    wall = max(record.end for record in served) - min(record.arrival for record in served)
+    figures = {
+        "requests": float(len(served)),
+        "refused": float(len(records) - len(served)),
+        "tokens_per_s": sum(len(record.token_times) for record in served) / wall,
+    }
+    for name, values in (("ttft", ttft), ("gap", gaps), ("e2e", e2e)):
+        for q in (0.5, 0.95, 0.99):
+            figures[f"{name}_p{round(q * 100)}"] = percentile_nearest_rank(values, q)
+    return figures
+
+
+def single_request(run: Callable[[], Record], runs: int = 3) -> dict[str, float]:
+    """Median time to first token and time per token of one request on an idle server, ms."""
+    records = [run() for _ in range(runs)]
+    ttft = sorted((r.token_times[0] - r.arrival) * 1000 for r in records)
+    per_token = sorted(
+        (r.token_times[-1] - r.token_times[0]) * 1000 / max(1, len(r.token_times) - 1)
+        for r in records
+    )
+    return {"ttft": ttft[len(ttft) // 2], "per_token": per_token[len(per_token) // 2]}

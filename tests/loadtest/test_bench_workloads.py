@@ -1,0 +1,74 @@
+"""The benches' generated workloads: the open loop's Poisson arrivals and mixed sizes, and the
+quality bench's reverse-the-words task with its held-out split."""
+
+import statistics
+
+from loadtest.bench_quality import MAX_WORDS, MIN_WORDS, examples, is_held_out, reverse_words
+from loadtest.openloop import (
+    NEW_TOKENS,
+    PROMPT_TOKENS,
+    Record,
+    mixed_plan,
+    poisson_arrivals,
+    summarize,
+)
+
+
+def test_poisson_arrivals_come_at_the_asked_mean_rate() -> None:
+    times = poisson_arrivals(rate=20.0, duration=500.0, seed=3)
+    # 10,000 expected; a Poisson count's standard deviation is 100, so 3% is 3 of them.
+    assert abs(len(times) / 500.0 - 20.0) < 0.6
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # Exponential gaps: their standard deviation equals their mean (1/rate).
+    assert abs(statistics.mean(gaps) - 0.05) < 0.003
+    assert abs(statistics.stdev(gaps) - 0.05) < 0.005
+
+
+def test_poisson_arrivals_are_sorted_inside_the_duration() -> None:
+    times = poisson_arrivals(rate=5.0, duration=30.0, seed=1)
+    assert times == sorted(times)
+    assert all(0.0 < at < 30.0 for at in times)
+
+
+def test_the_same_seed_gives_the_same_plan_and_another_seed_another() -> None:
+    assert mixed_plan(4.0, 60.0, seed=7) == mixed_plan(4.0, 60.0, seed=7)
+    assert mixed_plan(4.0, 60.0, seed=7) != mixed_plan(4.0, 60.0, seed=8)
+
+
+def test_the_plan_mixes_sizes_across_their_whole_bounds() -> None:
+    plan = mixed_plan(50.0, 60.0, seed=2)
+    prompts = [item.prompt_tokens for item in plan]
+    new = [item.max_tokens for item in plan]
+    assert PROMPT_TOKENS[0] <= min(prompts) < 30 and 240 < max(prompts) <= PROMPT_TOKENS[1]
+    assert NEW_TOKENS[0] <= min(new) < 15 and 120 < max(new) <= NEW_TOKENS[1]
+
+
+def test_summarize_measures_from_the_arrival_not_the_submission() -> None:
+    # Arrived at 0, first token at 0.5 s, then tokens 0.1 s apart, done at 0.8 s.
+    record = Record(0.0, token_times=[0.5, 0.6, 0.7, 0.8], end=0.8)
+    figures = summarize([record, Record(0.0, refused=True)])
+    assert figures["requests"] == 1.0 and figures["refused"] == 1.0
+    assert round(figures["ttft_p50"]) == 500
+    assert round(figures["gap_p99"]) == 100
+    assert round(figures["e2e_p99"]) == 800
+    assert round(figures["tokens_per_s"]) == 5
+
+
+def test_the_answer_is_the_words_in_reverse_order() -> None:
+    assert reverse_words("the quick model runs") == "runs model quick the"
+
+
+def test_held_out_examples_are_never_training_examples() -> None:
+    held_out = examples(300, seed=1, held_out=True)
+    training = examples(3000, seed=1, held_out=False)
+    assert all(is_held_out(source) for source, _ in held_out)
+    assert not {source for source, _ in held_out} & {source for source, _ in training}
+
+
+def test_examples_are_seeded_and_within_the_word_bounds() -> None:
+    assert examples(50, seed=4, held_out=False) == examples(50, seed=4, held_out=False)
+    lengths = {len(source.split()) for source, _ in examples(500, seed=4, held_out=False)}
+    assert lengths == set(range(MIN_WORDS, MAX_WORDS + 1))
+    for source, answer in examples(50, seed=4, held_out=True):
+        assert answer.split() == source.split()[::-1]
+        assert len(set(source.split())) == len(source.split())  # distinct words
