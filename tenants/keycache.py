@@ -10,9 +10,12 @@ A request never waits on Postgres for a key its process knows: a record whose TT
 served while one background load refreshes it (stale-while-revalidate), and while Postgres
 cannot answer it keeps being served for up to API_KEY_STALE_SECONDS (stale-if-error). A failed
 or slow load (over API_KEY_LOAD_TIMEOUT_SECONDS) makes the process leave Postgres alone for
-API_KEY_DB_BACKOFF_SECONDS. A key never seen before waits for its load, and gets 503
-service_unavailable when Postgres cannot answer, never a 500. A version change still drops
-everything at once: what was revoked is not served stale.
+API_KEY_DB_BACKOFF_SECONDS. A key never seen before waits for its load; when Postgres cannot
+answer, the shared snapshot in Redis (tenants/keysnapshot.py) says what any process last
+learned of it, as stale as this process's own copy could be, and only when that says nothing
+either does it get 503 service_unavailable, never a 500. Every load writes that snapshot. A
+version change still drops everything at once, and deletes the changed keys' snapshots: what
+was revoked is not served stale.
 
 Anyone can send well-formed tokens with made-up key ids, so what they cost is bounded: an id
 Postgres does not know is remembered in its own LRU of at most API_KEY_NEGATIVE_CACHE_SIZE ids
@@ -24,12 +27,14 @@ before any lookup (tenants/auth.py, ratelimit/authfail.py).
 """
 
 import asyncio
+import json
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -41,12 +46,13 @@ from django.utils import timezone
 
 from core.errors import DependencyUnavailable
 from core.redis import get_redis, get_sync_redis
-from tenants import metrics
+from tenants import keysnapshot, metrics
+from tenants.keysnapshot import VERSION_KEY as VERSION_KEY
 from tenants.models import ApiKey
 
 logger = logging.getLogger(__name__)
 
-VERSION_KEY = "auth:v1:version"
+_DATETIMES = ("expires_at", "last_used_at", "previous_valid_until")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,24 @@ class KeyRecord:
             previous_valid_until=key.previous_valid_until,
             scheduling_weight=tenant.scheduling_weight,
         )
+
+    def to_json(self) -> str:
+        """The record for the shared snapshot: the peppered hashes it holds, never a secret."""
+        data: dict[str, object] = asdict(self)
+        data["scopes"] = sorted(self.scopes)
+        for name in _DATETIMES:
+            value = getattr(self, name)
+            data[name] = value.isoformat() if value is not None else None
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, payload: str) -> "KeyRecord":
+        data = json.loads(payload)
+        data["scopes"] = frozenset(data["scopes"])
+        for name in _DATETIMES:
+            if data[name] is not None:
+                data[name] = datetime.fromisoformat(data[name])
+        return cls(**data)
 
     def usable_at(self, now: datetime) -> bool:
         if self.revoked or not self.tenant_active:
@@ -159,7 +183,14 @@ class KeyCache:
             if was_unknown:
                 metrics.stale_key_records.inc()
                 return None
-            raise
+            # Never seen here (a process that just restarted): what another process learned
+            # from Postgres, as stale as this one's own copy could be (keysnapshot.py).
+            found, record = await self._recall(key_id)
+            if not found:
+                metrics.key_lookups_unavailable.inc()
+                raise
+            metrics.stale_key_records.inc()
+            return record
 
     def last_known(self, key_id: str) -> KeyRecord | None:
         """The last record this process held for key_id, however old or invalidated (to tell a
@@ -230,21 +261,40 @@ class KeyCache:
         record = await self._load(key_id)
         if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
             self._store(key_id, record)
+            _share(key_id, record, version)
         return record
 
-    def _store(self, key_id: str, record: KeyRecord | None) -> None:
-        now = time.monotonic()
+    def _store(self, key_id: str, record: KeyRecord | None, learned: float | None = None) -> None:
+        """Keep what Postgres said about key_id, as of `learned` (monotonic; default now)."""
+        learned = time.monotonic() if learned is None else learned
         if record is not None:
             self._unknown.pop(key_id, None)
-            self._entries[key_id] = (record, now)
+            self._entries[key_id] = (record, learned)
             return
         self._entries.pop(key_id, None)  # a deleted row is now as unknown as a made-up id
         if settings.API_KEY_NEGATIVE_CACHE_SIZE <= 0:
             return
-        self._unknown[key_id] = now
+        self._unknown[key_id] = learned
         self._unknown.move_to_end(key_id)
         while len(self._unknown) > settings.API_KEY_NEGATIVE_CACHE_SIZE:
             self._unknown.popitem(last=False)
+
+    async def _recall(self, key_id: str) -> tuple[bool, KeyRecord | None]:
+        """(found, record) from the shared snapshot; found with None is a known-unknown id.
+        Kept here at its true age, so this process serves it no longer than its own copy."""
+        version = self._version
+        recalled = await keysnapshot.recall(key_id)
+        if recalled is None:
+            return False, None
+        try:
+            payload = recalled.payload
+            record = KeyRecord.from_json(payload) if payload is not None else None
+        except (ValueError, TypeError, KeyError) as exc:  # written by another release
+            logger.warning("key cache: unreadable key snapshot (%s)", type(exc).__name__)
+            return False, None
+        if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
+            self._store(key_id, record, time.monotonic() - recalled.age)
+        return True, record
 
     async def _load(self, key_id: str) -> KeyRecord | None:
         try:
@@ -271,10 +321,10 @@ class KeyCache:
             self._refreshing.pop(key_id, None)
         if self._version == version:  # a change seen meanwhile emptied the cache: keep it so
             self._store(key_id, record)
+            _share(key_id, record, version)
 
     @staticmethod
     def _unavailable() -> DependencyUnavailable:
-        metrics.key_lookups_unavailable.inc()
         return DependencyUnavailable(
             "API keys cannot be checked right now; please retry shortly.",
             headers={"Retry-After": str(max(1, round(settings.API_KEY_DB_BACKOFF_SECONDS)))},
@@ -350,11 +400,29 @@ def preload_in_background() -> threading.Thread | None:
     return thread
 
 
-def bump_version() -> None:
-    """Tell every process to drop its cached key records (call after commit)."""
+_snapshot_tasks: set[asyncio.Task] = set()
+
+
+def _share(key_id: str, record: KeyRecord | None, version: bytes | str | None) -> None:
+    """Write what Postgres just said to the shared snapshot, in the background: a request never
+    waits on it, and a Redis that cannot take it costs nothing but the fallback."""
+    payload = record.to_json() if record is not None else None
+    task = asyncio.create_task(keysnapshot.remember(key_id, payload, version))
+    _snapshot_tasks.add(task)  # held until done: the loop keeps only weak references
+    task.add_done_callback(_snapshot_tasks.discard)
+
+
+def bump_version(key_ids: Iterable[str] = ()) -> None:
+    """Tell every process to drop its cached key records, and drop the shared snapshots of the
+    keys the change touched (call after commit)."""
     try:
+        # One MULTI: a load from before the change writes its snapshot either before this (and
+        # it is deleted here) or after (and finds the version moved: lua/remember_key.lua).
+        pipe = get_sync_redis().pipeline(transaction=True)
         # A random value, not a counter: a Redis restart can never replay an old version.
-        get_sync_redis().set(VERSION_KEY, uuid.uuid4().hex)
+        pipe.set(VERSION_KEY, uuid.uuid4().hex)
+        keysnapshot.forget(pipe, key_ids)
+        pipe.execute()
     except Exception as exc:  # Redis down: caches still expire after API_KEY_CACHE_SECONDS.
         logger.warning("key cache: cannot bump the version counter (%s)", type(exc).__name__)
 

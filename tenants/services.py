@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -68,9 +69,14 @@ def _audit(action: str, *, actor: str, tenant: Tenant, key_id: str = "", **data:
     )
 
 
-def _announce() -> None:
-    # After commit only: a process that reloads on the signal must see the committed row.
-    transaction.on_commit(keycache.bump_version)
+def _announce(key_ids: Iterable[str]) -> None:
+    # After commit only: a process that reloads on the signal must see the committed row. The
+    # keys changed lose their shared snapshot with it (tenants/keysnapshot.py).
+    transaction.on_commit(partial(keycache.bump_version, list(key_ids)))
+
+
+def _key_ids_of(tenant: Tenant) -> list[str]:
+    return list(ApiKey.objects.filter(tenant=tenant).values_list("key_id", flat=True))
 
 
 def tenant_create(
@@ -116,7 +122,7 @@ def tenant_set_limits(*, tenant: Tenant, changes: Mapping[str, int | None], acto
             before=before,
             after=_settings_of(tenant),
         )
-        _announce()
+        _announce(_key_ids_of(tenant))
     return tenant
 
 
@@ -137,7 +143,7 @@ def tenant_set_active(
             before=before,
             after={"active": tenant.active, "name": tenant.name},
         )
-        _announce()
+        _announce(_key_ids_of(tenant))
     return tenant
 
 
@@ -184,7 +190,7 @@ def api_key_issue(
                 "expires_at": expires_at.isoformat() if expires_at else None,
             },
         )
-        _announce()
+        _announce([key.key_id])
     return IssuedKey(key, tokens.format_token(settings.API_KEY_PREFIX, key.key_id, secret))
 
 
@@ -218,7 +224,7 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor: str) -> IssuedKe
             key_id=key.key_id,
             after={"grace_seconds": int(grace.total_seconds())},
         )
-        _announce()
+        _announce([key.key_id])
     return IssuedKey(key, tokens.format_token(settings.API_KEY_PREFIX, key.key_id, secret))
 
 
@@ -231,7 +237,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: str) -> ApiKey:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         _audit(AdminAction.Action.KEY_REVOKED, actor=actor, tenant=key.tenant, key_id=key.key_id)
-        _announce()
+        _announce([key.key_id])
     return key
 
 
@@ -252,7 +258,7 @@ def api_key_set_limits(*, api_key: ApiKey, changes: Mapping[str, int | None], ac
             before=before,
             after=_settings_of(key),
         )
-        _announce()
+        _announce([key.key_id])
     return key
 
 
