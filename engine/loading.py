@@ -294,13 +294,22 @@ def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
 
 def _quantize_rows_int8(network: Any) -> Any:
     """Every Linear to row-scaled int8 in place, then let go of the checkpoint's file."""
-    rowint8.quantize_rows(network)
+    rowint8.quantize_rows(network, FUSED_T5)
     own_memory(network)
     gc.collect()
     # Hand the freed fp32 pages back to the OS.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     return network
+
+
+# T5's Linears that read one input, fused into one packed matrix each (about 10% faster, see
+# docs/engine.md): cross-attention's q reads the decoder's state, its k and v the encoder's.
+FUSED_T5: dict[str, list[tuple[str, ...]]] = {
+    "SelfAttention": [("q", "k", "v")],
+    "EncDecAttention": [("k", "v")],
+    "DenseReluDense": [("wi_0", "wi_1")],
+}
 
 
 def own_memory(network: torch.nn.Module) -> None:

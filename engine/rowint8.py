@@ -8,13 +8,18 @@ weights that fbgemm packs (the kernel `linear_dynamic` uses), accumulated in int
 multiplied back by `m`. Integer accumulation is exact and every other step is elementwise or
 per row, so a row's output is bitwise the same whatever its batch-mates and batch size.
 
-Layers that read the same input (T5's q, k and v; wi_0 and wi_1) share one `RowScale`, so
-`m` and `x / m` are computed once for them. No Django imports.
+Layers that read the same input (T5's q, k and v; wi_0 and wi_1) are best fused into one
+packed matrix (`quantize_rows`' groups): one scaling, one larger product, and the layers become
+slices of its output. Per-channel weight scales and per-row activation scales make the fused
+product bitwise the unfused ones side by side. Unfused siblings share one `RowScale`, so `m`
+and `x / m` are computed once for them. No Django imports.
 """
 
+import itertools
 import warnings
 import weakref
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -24,6 +29,7 @@ GRID_SCALE = 1.0 / 63
 GRID_ZERO = 64
 _TINY = torch.finfo(torch.float32).tiny
 _KERNEL = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
+Result = TypeVar("Result")
 
 
 def supported() -> bool:
@@ -31,34 +37,55 @@ def supported() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
 
 
-class RowScale:
-    """Each row's largest magnitude and the input divided by it, shared by layers of one input.
+class LastInput(Generic[Result]):
+    """What was computed from the last input, reused while that very tensor is passed again.
 
-    Only the model thread calls it. The cached input is held through a weak reference whose
-    callback drops the cache when the input is freed, so a long encoder input's scaled copy
-    does not outlive it; a different input simply replaces the cache.
+    Only the model thread calls it. The input is held through a weak reference whose callback
+    drops the result when the input is freed, so a long encoder input's result does not
+    outlive it; a different input simply replaces it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compute: Callable[[torch.Tensor], Result]) -> None:
+        self._compute = compute
         self._source: weakref.ref[torch.Tensor] | None = None
-        self._scaled: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._scaled: Result | None = None
 
-    def __call__(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden / m, m) with m each row's largest magnitude."""
-        source, scaled = self._source, self._scaled
+    def __call__(self, hidden: torch.Tensor) -> Result:
+        source, result = self._source, self._scaled
         # Identity, not equality: q, k and v are called with the very same tensor, and T5
         # does not write into it between the calls.
-        if scaled is not None and source is not None and source() is hidden:
-            return scaled
-        # An all-zero row divides by the smallest normal float: zeros in, zeros out.
-        peak = hidden.abs().amax(-1, keepdim=True).clamp_min_(_TINY)
-        scaled = (hidden / peak, peak)
-        self._source, self._scaled = weakref.ref(hidden, self._forget), scaled
-        return scaled
+        if result is not None and source is not None and source() is hidden:
+            return result
+        result = self._compute(hidden)
+        self._source, self._scaled = weakref.ref(hidden, self._forget), result
+        return result
 
     def _forget(self, source: "weakref.ref[torch.Tensor]") -> None:
         if self._source is source:
             self._source, self._scaled = None, None
+
+
+class RowScale(LastInput[tuple[torch.Tensor, torch.Tensor]]):
+    """(hidden / m, m) with m each row's largest magnitude, shared by layers of one input."""
+
+    def __init__(self) -> None:
+        super().__init__(_scale_rows)
+
+
+def _scale_rows(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # An all-zero row divides by the smallest normal float: zeros in, zeros out.
+    peak = hidden.abs().amax(-1, keepdim=True).clamp_min_(_TINY)
+    return hidden / peak, peak
+
+
+def _row_int8(hidden: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
+    """The product itself, without any caching: scale each row, multiply, scale back."""
+    scaled, peak = _scale_rows(hidden)
+    out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, packed)
+    out.mul_(peak)
+    if bias is not None:
+        out.add_(bias)
+    return out
 
 
 class RowInt8Linear(torch.nn.Module):
@@ -93,6 +120,63 @@ class RowInt8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class FusedRowInt8(torch.nn.Module):
+    """Linears that read one input as one packed int8 matrix; call returns their outputs.
+
+    The outputs are views into one product, kept for the last input (`LastInput`): the
+    `RowInt8Slice` children that replace the Linears each ask for theirs with that input.
+    """
+
+    bias: torch.Tensor | None
+
+    def __init__(self, linears: Sequence[torch.nn.Linear]) -> None:
+        super().__init__()
+        self.in_features = linears[0].in_features
+        self.widths = [linear.out_features for linear in linears]
+        ends = list(itertools.accumulate(self.widths))
+        self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+        self.packed = pack_weight(torch.cat([linear.weight.detach() for linear in linears]))
+        # A group with any bias adds one for all (zeros where a Linear had none); T5 has none.
+        biases = [linear.bias for linear in linears]
+        bias = None
+        if any(b is not None for b in biases):
+            pairs = zip(biases, self.widths, strict=True)
+            parts = [torch.zeros(w) if b is None else b.detach() for b, w in pairs]
+            bias = torch.cat(parts)
+        self.register_buffer("bias", bias)
+        self.outputs = LastInput(self._compute)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.outputs(hidden)
+
+    def _compute(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = _row_int8(hidden, self.packed, self.bias)
+        return tuple(out[..., start:end] for start, end in self.bounds)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={'+'.join(map(str, self.widths))}"
+
+
+class RowInt8Slice(torch.nn.Module):
+    """One Linear of a `FusedRowInt8` group: its slice of the group's product."""
+
+    def __init__(self, group: FusedRowInt8, index: int) -> None:
+        super().__init__()
+        self.group, self.index = group, index
+        self.in_features, self.out_features = group.in_features, group.widths[index]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.group.outputs(hidden)[self.index]
+        return out
+
+    def weight(self) -> torch.Tensor:
+        # A method, as on RowInt8Linear (transformers probes `weight` and leaves methods alone).
+        start, end = self.group.bounds[self.index]
+        weight: torch.Tensor = torch.ops.quantized.linear_unpack(self.group.packed)[0]
+        rows: torch.Tensor = weight.dequantize()[start:end]
+        return rows
+
+
 def pack_weight(weight: torch.Tensor) -> Any:
     """fbgemm's packed form of weight, quantized symmetrically per output channel."""
     peak = weight.float().abs().amax(dim=1).clamp_min(1e-12)
@@ -106,15 +190,31 @@ def pack_weight(weight: torch.Tensor) -> Any:
         return torch.ops.quantized.linear_prepack(quantized, None)
 
 
-def quantize_rows(network: torch.nn.Module) -> torch.nn.Module:
-    """Replace every nn.Linear in network, in place, by a RowInt8Linear; returns network.
+def quantize_rows(
+    network: torch.nn.Module, groups: Mapping[str, Sequence[Sequence[str]]] | None = None
+) -> torch.nn.Module:
+    """Replace every nn.Linear in network, in place, by row-scaled int8; returns network.
 
-    Siblings (the Linear children of one module) share a RowScale: in T5 those are the ones
-    that read the same input.
+    groups maps a module's name (its last component: "SelfAttention") to the names of its
+    Linear children that read one input and are fused into one `FusedRowInt8`. The other
+    Linear children of one module share a RowScale: in T5 those are the ones that read the
+    same input (and a different input only misses the shared cache).
     """
-    for parent in list(network.modules()):
+    groups = groups or {}
+    for path, parent in list(network.named_modules()):
+        for names in groups.get(path.rpartition(".")[2], ()):
+            _fuse(parent, names)
         linears = [(n, c) for n, c in parent.named_children() if type(c) is torch.nn.Linear]
         scale = RowScale()
         for name, child in linears:
             setattr(parent, name, RowInt8Linear(child, scale))
     return network
+
+
+def _fuse(parent: torch.nn.Module, names: Sequence[str]) -> None:
+    linears = [getattr(parent, name, None) for name in names]
+    if not all(type(linear) is torch.nn.Linear for linear in linears):
+        return  # not this architecture (T5 v1.0's single `wi`): left to the plain path
+    group = FusedRowInt8(linears)  # type: ignore[arg-type]
+    for index, name in enumerate(names):
+        setattr(parent, name, RowInt8Slice(group, index))

@@ -8,8 +8,10 @@ Three parts, all in this one process except the memory one (a fresh process per 
   call, the minimum over interleaved rounds, the ratio row/today, the largest change of row 0
   when its 15 mates change (Δmates) and the relative error against fp64;
 - model: the flan-t5-base-shaped random model (built once under --workdir, shared with
-  bench_engine.py) quantized both ways: the encoder over 16 prompts of 64 tokens, and one
-  decoder step (no cache) at 1 and 16 rows;
+  bench_engine.py) quantized three ways: today, row-scaled Linear by Linear (`row`), and
+  row-scaled with q/k/v, cross k/v and wi_0/wi_1 fused as torch-int8 loads it (`fused`); the
+  encoder over 16 prompts of 64 tokens, and one engine decoder step (`T5DecoderStep`, column 8)
+  at 1 and 16 rows;
 - memory: resident memory (VmRSS) of a process that loaded that model in torch-int8, the way
   torch-int8 loaded before (quantize_dynamic in place, fp32 file still mapped) and now
   (`engine.loading.load_model`), against the quantized model's own bytes.
@@ -192,37 +194,50 @@ def swap_linears(network: torch.nn.Module, make: Callable[[torch.nn.Linear], Any
 
 
 def model_calls(network: Any, rows: tuple[int, ...]) -> dict[str, Timed]:
+    """The encoder over 16 prompts of 64 tokens, and one T5DecoderStep (the engine's) at
+    column 8 of a batch of `rows`, its clock set back before each call (same work each time)."""
+    from engine.t5_decoder import T5DecoderStep
+
     prompts = torch.randint(2, 1000, (16, 64))
     encoded = network.encoder(input_ids=prompts).last_hidden_state
+    mask = torch.ones(prompts.shape, dtype=torch.long)
 
     def step(count: int) -> Timed:
-        start = torch.zeros((count, 1), dtype=torch.long)
-        states = encoded[:count]
-        return lambda: network.lm_head(
-            network.decoder(input_ids=start, encoder_hidden_states=states).last_hidden_state
-        )
+        decoder = T5DecoderStep(network, encoded[:count], mask[:count], capacity=16)
+        tokens = torch.zeros((count, 1), dtype=torch.long)
+        for _ in range(8):
+            decoder(tokens)
+
+        def call() -> object:
+            decoder.length = 8
+            return decoder(tokens)
+
+        return call
 
     calls = {"encoder 16x64": lambda: network.encoder(input_ids=prompts)}
     return calls | {f"decoder step r{count}": step(count) for count in rows}
 
 
 def bench_model(args: argparse.Namespace) -> None:
+    from engine.loading import FUSED_T5
     from engine.rowint8 import quantize_rows
 
     base = ensure_base(args.workdir)
-    today = swap_linears(load_fp32(base), TodayLinear)
-    now = quantize_rows(load_fp32(base))
-    print("model (flan-t5-base shape), ms per call:", flush=True)
+    networks = {
+        "today": swap_linears(load_fp32(base), TodayLinear),
+        "row": quantize_rows(load_fp32(base)),
+        "fused": quantize_rows(load_fp32(base), FUSED_T5),
+    }
+    print("model (flan-t5-base shape), ms per call (ratios to today):", flush=True)
     with torch.inference_mode():
-        before, after = model_calls(today, ROWS), model_calls(now, ROWS)
-        for name in before:
-            us = best_us({"today": before[name], "row": after[name]}, args.rounds, repeat=3)
-            ratio = us["row"] / us["today"]
-            print(
-                f"  {name:16} today {us['today'] / 1e3:7.2f}  row {us['row'] / 1e3:7.2f} "
-                f"({ratio:.2f}x)",
-                flush=True,
+        calls = {name: model_calls(network, ROWS) for name, network in networks.items()}
+        for case in calls["today"]:
+            us = best_us({name: of[case] for name, of in calls.items()}, args.rounds, repeat=3)
+            ratios = "  ".join(
+                f"{name} {us[name] / 1e3:7.2f} ({us[name] / us['today']:.2f}x)"
+                for name in ("row", "fused")
             )
+            print(f"  {case:16} today {us['today'] / 1e3:7.2f}  {ratios}", flush=True)
 
 
 # --- memory -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from engine.loading import (
     resolve_device,
     resolve_quantization,
 )
-from engine.rowint8 import RowInt8Linear
+from engine.rowint8 import RowInt8Slice
 from engine.runtime import Engine
 from engine.testing import generate, tiny_config
 
@@ -94,7 +94,7 @@ async def test_every_quantization_backend_loads_and_generates_on_the_cpu(
         results = [await generate(engine, p, max_tokens=8) for p in PROMPTS]
     assert all(r.completion_tokens > 0 and r.finish_reason in {"stop", "length"} for r in results)
     if quantization == "torch-int8":
-        assert isinstance(layer, RowInt8Linear)
+        assert isinstance(layer, RowInt8Slice)  # q, fused with k and v
     elif quantization == "bnb-int8":
         import bitsandbytes as bnb
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from engine.rowint8 import RowInt8Linear, RowScale, quantize_rows
+from engine.rowint8 import FusedRowInt8, RowInt8Linear, RowInt8Slice, RowScale, quantize_rows
 from engine.runtime import Engine
 from engine.testing import generate
 
@@ -90,6 +90,34 @@ def test_layers_that_read_one_input_share_its_scaling_until_it_is_freed() -> Non
     del hidden
     gc.collect()
     assert scale._scaled is None  # the scaled copy does not outlive its input
+
+
+def test_a_fused_group_gives_bitwise_what_its_linears_give_apart_whatever_the_mates() -> None:
+    parts = [linear(), linear(256, 64), torch.nn.Linear(256, 32)]  # the last one with a bias
+    fused, apart = FusedRowInt8(parts), [RowInt8Linear(part) for part in parts]
+    row = torch.randn(256, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        for batch in batches(row):
+            outputs = fused(batch)
+            assert [o.shape[-1] for o in outputs] == [192, 64, 32]
+            assert all(torch.equal(o, a(batch)) for o, a in zip(outputs, apart, strict=True))
+            assert all(
+                torch.equal(o[0], a(row[None])[0]) for o, a in zip(outputs, apart, strict=True)
+            )
+
+
+def test_named_groups_are_fused_and_their_linears_become_slices() -> None:
+    block = torch.nn.Module()
+    block.attention = torch.nn.Module()
+    block.attention.q, block.attention.k, block.attention.o = linear(), linear(), linear(192, 256)
+    quantize_rows(block, {"attention": [("q", "k")], "other": [("o",)]})
+    q, k, o = block.attention.q, block.attention.k, block.attention.o
+    assert isinstance(q, RowInt8Slice) and isinstance(k, RowInt8Slice) and q.group is k.group
+    assert isinstance(o, RowInt8Linear)  # not named in a group of its own parent
+    hidden = torch.randn(3, 256)
+    with torch.inference_mode():
+        assert torch.equal(k(hidden), RowInt8Linear(linear())(hidden))
+        assert torch.allclose(q.weight(), linear().weight, atol=0.05 / 127 * 4)
 
 
 async def test_a_greedy_prompt_writes_the_same_tokens_alone_and_among_eight_others(
