@@ -14,8 +14,18 @@ prompt and asks for 64 new tokens (greedy, end-of-sequence ignored). Measured in
   bitsandbytes int8, the adapter unmerged (peft), one generate() at a time;
 - time to first token of one request, engine and bare generate() alternating.
 
+`--mode open` (or `all`, then the above follows) runs the open loop instead (loadtest/openloop.py):
+the static engine's capacity is measured first (closed loop, --max-batch clients, mixed
+requests), then Poisson arrivals at --loads times it for --duration seconds each, prompts of
+16-256 tokens and max_tokens of 8-128 mixed, the same arrivals through the engine with each
+scheduler (in a model process of its own, whose peak RSS is reported) and through CTranslate2
+int8 served one batch per arrival window; throughput, time to first token, gap between tokens
+and end-to-end percentiles, and the goals at 90% load.
+
     .venv/bin/python loadtest/bench_engine.py [--backends torch-int8,bf16] [--concurrency 1,16]
     .venv/bin/python loadtest/bench_engine.py --device cuda --backends bnb-int8,bf16 --no-ct2
+    .venv/bin/python loadtest/bench_engine.py --mode all --backends torch-int8 \\
+        --concurrency 16,32 --no-baseline --duration 60
 """
 
 import argparse
@@ -27,7 +37,6 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,12 +54,17 @@ from engine.runtime import (  # noqa: E402
     GenerationResult,
 )
 from loadtest.openloop import (  # noqa: E402
+    SINGLE,
     Planned,
     closed_loop_capacity,
     drive_ct2,
     drive_engine,
     mixed_plan,
+    open_row,
+    peak_rss,
+    print_open_loop,
     single_request,
+    stream_model,
     summarize,
 )
 
@@ -374,59 +388,12 @@ def load_anchors(args: argparse.Namespace, base: Path, adapter: Path, prompts: l
 
 
 # --- open loop ----------------------------------------------------------------------------------
-SINGLE = Planned(0.0, 128, 64)  # the single request the goals compare with: mid-sized
-
-
-def stream_model(workdir: Path, base: Path) -> Path:
-    """The same weights, with a tokenizer that has a piece for every id the model can write.
-
-    The random model writes ids from its whole 32,128-row lm_head, and 97% are past the
-    1,000-piece tokenizer: they have no text, so no delta, and a client could not time them.
-    Pieces w1000... give each its own delta, as flan-t5's 32,100 pieces do."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    folder = workdir / "base-stream"
-    if not (folder / "tokenizer.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "generation_config.json", "model.safetensors"):
-            if (base / name).is_file() and not (folder / name).exists():
-                (folder / name).symlink_to(base / name)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        vocab = json.loads((base / "config.json").read_text())["vocab_size"]
-        tokenizer.add_tokens([f"w{i}" for i in range(len(tokenizer), vocab)])
-        tokenizer.save_pretrained(folder)
-    return folder
-
-
 def scheduler_variants() -> list[str]:
     """static first (its capacity sets the loads), then continuous; `engine` alone while
     EngineConfig has no scheduler setting (the engine then batches statically)."""
     if "scheduler" in {option.name for option in dataclasses.fields(EngineConfig)}:
         return ["static", "continuous"]
     return ["engine"]
-
-
-@contextlib.contextmanager
-def peak_rss(pid: int) -> Iterator[list[float]]:
-    """The largest resident set (MiB) of process pid while the block runs, sampled."""
-    import psutil
-
-    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.25):
-            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
-        peak[0] = max(peak[0], process.memory_info().rss / 2**20)
 
 
 def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
@@ -513,50 +480,6 @@ def ct2_open_loop(
         print(f"  {'ct2-int8':<12} {open_row(load, rows['ct2-int8'][load])}", flush=True)
 
 
-def open_row(load: float, row: Figures) -> str:
-    if not row.get("requests"):
-        return f"{load:4.0%}  nothing served"
-    return (
-        f"{load:4.0%} {row['requests']:5.0f} {row['refused']:4.0f} {row['tokens_per_s']:7.1f}"
-        f"  {row['ttft_p50']:6.0f} {row['ttft_p95']:6.0f} {row['ttft_p99']:6.0f}"
-        f"  {row['gap_p50']:5.0f} {row['gap_p99']:5.0f}"
-        f"  {row['e2e_p50']:6.0f} {row['e2e_p99']:6.0f}  {row['rss_mib']:6.0f}"
-    )
-
-
-def print_open_loop(rows: dict[str, dict[float, Figures]], singles: dict[str, Figures]) -> None:
-    print("\nopen loop (ms; tok/s over first arrival to last answer; RSS MiB, peak)")
-    print(
-        f"  {'system':<12} load   req refd   tok/s  ttft p50    p95    p99  gap p50  p99"
-        "  e2e p50    p99     RSS"
-    )
-    for name, by_load in rows.items():
-        for load, row in by_load.items():
-            print(f"  {name:<12} {open_row(load, row)}")
-    for name, single in singles.items():
-        print(
-            f"  {name:<12} single request: ttft {single['ttft']:6.0f} ms, "
-            f"{single['per_token']:5.1f} ms per token"
-        )
-    for name in (name for name in rows if name != "ct2-int8"):
-        print_goals(name, rows, singles[name])
-
-
-def print_goals(name: str, rows: dict[str, dict[float, Figures]], single: Figures) -> None:
-    """The issue's goals at 90% load (the load nearest it)."""
-    load = min(rows[name], key=lambda found: abs(found - 0.9))
-    row, ct2 = rows[name][load], rows.get("ct2-int8", {}).get(load)
-    if not row.get("requests"):
-        return
-    print(f"goals, {name} at {load:.0%} load:")
-    print(f"  ttft p95 / single ttft        {row['ttft_p95'] / single['ttft']:5.2f}x (goal <= 3x)")
-    if ct2 and ct2.get("requests"):
-        ratio = row["tokens_per_s"] / ct2["tokens_per_s"]
-        print(f"  tok/s / ct2-int8 tok/s        {ratio:5.2f}x (goal >= 1.2x)")
-    ratio = row["gap_p99"] / single["per_token"]
-    print(f"  gap p99 / single per token    {ratio:5.2f}x (goal <= 2x)")
-
-
 # --- report --------------------------------------------------------------------------------------
 def fmt(row: Figures) -> str:
     ttft = f"  ttft {row['ttft_mean'] * 1000:7.1f} ms" if row.get("ttft_mean") else ""
@@ -600,6 +523,8 @@ def main() -> None:
 
 def closed_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
     """Every backend at each concurrency, the ratio rounds at 16 and the ratios."""
+    defaults = {option.name: option.default for option in dataclasses.fields(EngineConfig)}
+    print(f"closed loop, scheduler {defaults.get('scheduler', 'static')}", flush=True)
     prompts = make_prompts(base, max([*args.levels, RATIO_LEVEL]))
     anchors = load_anchors(args, base, adapter, prompts)
     results: dict[str, Any] = {}

@@ -4,7 +4,8 @@ Random weights say little about quantization (their logits are close to ties eve
 this script trains a small T5 here, offline, on a synthetic task: write the words of the input
 in reverse order (4 to 10 distinct words of engine/tiny_model.py's, one token each). It
 trains until the model is nearly perfect on held-out inputs or --train-minutes run out, and
-keeps the model with its tokenizer in --model-dir (a re-run skips training). Then it loads
+keeps the model with its tokenizer in --model-dir (a re-run skips training, or trains on where
+the last run stopped short of --target; --train-minutes 0 never trains on). Then it loads
 that folder through the engine's own loader for every backend and decodes the held-out inputs
 greedily, one request at a time and in batches of 16, and reports against fp32 alone:
 
@@ -29,6 +30,7 @@ import os
 import random
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ from engine.tiny_model import _WORDS, T5Shape  # noqa: E402
 
 # Bump when the task, the shape or the training changes: a cached model of another version
 # is trained again.
-TASK_VERSION = 2
+TASK_VERSION = 3
 MIN_WORDS, MAX_WORDS = 4, 10
 HELD_OUT_SHARE = 10  # one source in 10 (by its hash) is held out, never trained on
 SHAPE = T5Shape(
@@ -55,6 +57,9 @@ SHAPE = T5Shape(
     lm_head_std=128**-0.5,  # a trained model's scale, not the tiny test model's peaked one
     eos_scale=1.0,
 )
+# Measured on this machine: at 2e-3 (no clipping, dropout 0.1) the loss stayed at 2.5 for 1,000
+# steps; at 7e-4 with clipping and no dropout it fell to 0.16 in 800 (60% held-out exact).
+LEARNING_RATE = 7e-4
 BATCH = 16
 MAX_NEW_TOKENS = MAX_WORDS + 4  # the answer, end-of-sequence and room for a wrong longer one
 BACKENDS = ("none", "torch-int8", "bnb-int8", "bf16")
@@ -64,7 +69,9 @@ DYNAMIC = "torch-ao-dynamic"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backends", default="none,torch-int8,bf16", help=f"of {BACKENDS}")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="a backend that cannot load here is skipped"
+    )
     parser.add_argument("--compare-dynamic", action="store_true", help="add torch.ao dynamic")
     parser.add_argument("--examples", type=int, default=512, help="held-out inputs decoded")
     parser.add_argument("--train-minutes", type=float, default=8.0, help="training time cap")
@@ -115,41 +122,68 @@ class Trained:
 
 
 def ensure_model(args: argparse.Namespace) -> Trained:
-    """The cached trained model, or a new one trained now (and cached)."""
+    """The cached trained model; trained now (and cached) when there is none, or trained on
+    from where the last run stopped when that one ran out of time short of args.target."""
     marker = args.model_dir / "trained.json"
+    before = None
     if marker.is_file() and not args.retrain:
-        trained = Trained(**json.loads(marker.read_text()))
-        if trained.version == TASK_VERSION:
-            return trained
-    trained = train(args)
+        before = Trained(**json.loads(marker.read_text()))
+        if before.version != TASK_VERSION:
+            before = None
+        elif before.held_out_exact >= args.target or args.train_minutes <= 0:
+            return before
+    trained = train(args, before)
     marker.write_text(json.dumps(trained.__dict__))
     return trained
 
 
-def train(args: argparse.Namespace) -> Trained:
-    """Train from random weights (engine/tiny_model.py's build) until args.target or the cap."""
+def train(args: argparse.Namespace, before: Trained | None) -> Trained:
+    """Train from random weights (engine/tiny_model.py's build), or on from `before`'s saved
+    weights, until args.target or the time cap."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from engine.tiny_model import build_t5, build_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer(seed=0, vocab_size=400)
-    build_t5(args.model_dir, SHAPE, tokenizer, seed=0)
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    if before is None:
+        build_t5(args.model_dir, SHAPE, build_tokenizer(seed=0, vocab_size=400), seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    # No dropout: the task is deterministic and the data endless, nothing to regularize.
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        args.model_dir, dtype=torch.float32, dropout_rate=0.0
+    )
+    done = before.steps if before else 0
+    exact = before.held_out_exact if before else 0.0
+    step, exact, seconds = train_until(args, model, tokenizer, done + 1, exact)
+    model.save_pretrained(args.model_dir)
+    return Trained(TASK_VERSION, step, seconds + (before.seconds if before else 0.0), exact)
+
+
+def train_until(
+    args: argparse.Namespace, model: Any, tokenizer: Any, first_step: int, exact: float
+) -> tuple[int, float, float]:
+    """Optimizer steps until the probe's exact match (`exact` when starting) reaches
+    args.target or the time cap; returns the last step, the exact match and the seconds."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     probe = examples(256, seed=2, held_out=True)
-    started, step, exact = time.perf_counter(), 0, 0.0
+    started, step = time.perf_counter(), first_step
     deadline = started + args.train_minutes * 60
-    for step, (sources, answers) in enumerate(training_batches(seed=1), start=1):
-        loss = train_step(model, tokenizer, optimizer, sources, answers, warmup=step / 200)
+    batches = training_batches(seed=first_step)
+    for step, (sources, answers) in enumerate(batches, start=first_step):
+        # Warm-up after every (re)start: the fresh optimizer has no moment estimates yet. Then
+        # smaller steps as the probe's errors get fewer (at a constant rate it hovered at 93-95%).
+        warmup = (step - first_step + 1) / 100
+        rate = LEARNING_RATE * min(1.0, warmup) * min(1.0, max(0.05, 5 * (1 - exact)))
+        loss = train_step(model, tokenizer, optimizer, sources, answers, rate)
         if step % 100 == 0 or time.perf_counter() > deadline:
             exact = probe_exact(model, tokenizer, probe)
             print(f"  step {step:5d}  loss {loss:.4f}  held-out exact {exact:.1%}", flush=True)
             if exact >= args.target or time.perf_counter() > deadline:
                 break
-    model.save_pretrained(args.model_dir)
-    return Trained(TASK_VERSION, step, time.perf_counter() - started, exact)
+    return step, exact, time.perf_counter() - started
 
 
 def training_batches(seed: int, size: int = 32) -> Iterator[tuple[list[str], list[str]]]:
@@ -166,17 +200,20 @@ def train_step(
     optimizer: Any,
     sources: list[str],
     answers: list[str],
-    warmup: float,
+    rate: float,
 ) -> float:
     """One optimizer step on teacher-forced cross-entropy; returns the loss."""
+    import torch
+
     model.train()
     inputs = tokenizer(sources, return_tensors="pt", padding=True)
     labels = tokenizer(answers, return_tensors="pt", padding=True).input_ids
     labels[labels == tokenizer.pad_token_id] = -100  # padding is not a target
     for group in optimizer.param_groups:
-        group["lr"] = 2e-3 * min(1.0, warmup)
+        group["lr"] = rate
     loss = model(**inputs, labels=labels).loss
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad()
     return float(loss.detach())
@@ -261,10 +298,13 @@ def dynamic_int8_loader() -> Iterator[None]:
 
     def load_dynamic(*args: Any, **options: Any) -> Any:
         loaded = load_model(*args, **{**options, "quantization": "none"})
-        # In place, as the loader did before per-row scales.
-        torch.ao.quantization.quantize_dynamic(
-            loaded.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-        )
+        with warnings.catch_warnings():
+            # torch.ao's notice that it moves to torchao: this is the old backend on purpose.
+            warnings.simplefilter("ignore")
+            # In place, as the loader did before per-row scales.
+            torch.ao.quantization.quantize_dynamic(
+                loaded.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
         loaded.quantization = DYNAMIC
         return loaded
 
@@ -334,7 +374,11 @@ def main() -> None:
     results: dict[str, dict[str, Outputs]] = {}
     for backend in backends:
         started = time.perf_counter()
-        results[backend] = decode_backend(args, backend, sources)
+        try:
+            results[backend] = decode_backend(args, backend, sources)
+        except RuntimeError as exc:  # start_ready's: the backend cannot load here
+            print(f"  {backend} skipped: {exc}", flush=True)
+            continue
         print(f"  decoded with {backend} in {time.perf_counter() - started:.0f} s", flush=True)
     report(results, answers)
 

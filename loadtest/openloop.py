@@ -1,6 +1,7 @@
 """Open-loop load for loadtest/bench_engine.py: Poisson arrivals of mixed requests, the same
 arrivals driven through our engine (as streams) and through CTranslate2 the way a server
-would use it (one batch per arrival window), and the figures of one run.
+would use it (one batch per arrival window), the model process's peak memory, and the
+figures and goals of one run.
 
 Open loop: a request arrives at its planned time whether or not the earlier ones are done, as
 clients of a public API do; a closed loop (N clients each waiting for its answer) slows its
@@ -8,18 +9,21 @@ own arrivals down as the server slows and hides queueing.
 """
 
 import asyncio
+import contextlib
 import itertools
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loadtest.percentiles import percentile_nearest_rank
 
 PROMPT_TOKENS = (16, 256)  # inclusive bounds, end-of-sequence token included
 NEW_TOKENS = (8, 128)
+Figures = dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Planned:
     at: float
     prompt_tokens: int
     max_tokens: int
+
+
+SINGLE = Planned(0.0, 128, 64)  # the single request the goals compare with: mid-sized
 
 
 @dataclass
@@ -69,6 +76,51 @@ def prompt_ids(tokenizer: Any, count: int, seed: int = 7) -> list[int]:
     text = " ".join(rng.choice(_WORDS) for _ in range(count))
     ids: list[int] = tokenizer(text).input_ids
     return ids[: count - 1] + [tokenizer.eos_token_id]
+
+
+# --- the model and the model process ------------------------------------------------------------
+def stream_model(workdir: Path, base: Path) -> Path:
+    """The same weights, with a tokenizer that has a piece for every id the model can write.
+
+    The random model writes ids from its whole 32,128-row lm_head, and 97% are past the
+    1,000-piece tokenizer: they have no text, so no delta, and a client could not time them.
+    Pieces w1000... give each its own delta, as flan-t5's 32,100 pieces do."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = workdir / "base-stream"
+    if not (folder / "tokenizer.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "generation_config.json", "model.safetensors"):
+            if (base / name).is_file() and not (folder / name).exists():
+                (folder / name).symlink_to(base / name)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+        tokenizer.add_tokens([f"w{i}" for i in range(len(tokenizer), vocab)])
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[list[float]]:
+    """The largest resident set (MiB) of process pid while the block runs, sampled."""
+    import psutil
+
+    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss / 2**20)
 
 
 # --- driving our engine --------------------------------------------------------------------------
@@ -214,3 +266,49 @@ def single_request(run: Callable[[], Record], runs: int = 3) -> dict[str, float]
         for r in records
     )
     return {"ttft": ttft[len(ttft) // 2], "per_token": per_token[len(per_token) // 2]}
+
+
+# --- report ---------------------------------------------------------------------------------------
+def open_row(load: float, row: Figures) -> str:
+    if not row.get("requests"):
+        return f"{load:4.0%}  nothing served"
+    return (
+        f"{load:4.0%} {row['requests']:5.0f} {row['refused']:4.0f} {row['tokens_per_s']:7.1f}"
+        f"  {row['ttft_p50']:6.0f} {row['ttft_p95']:6.0f} {row['ttft_p99']:6.0f}"
+        f"  {row['gap_p50']:5.0f} {row['gap_p99']:5.0f}"
+        f"  {row['e2e_p50']:6.0f} {row['e2e_p99']:6.0f}  {row['rss_mib']:6.0f}"
+    )
+
+
+def print_open_loop(rows: dict[str, dict[float, Figures]], singles: dict[str, Figures]) -> None:
+    print("\nopen loop (ms; tok/s over first arrival to last answer; RSS MiB, peak)")
+    print(
+        f"  {'system':<12} {'load':>4} {'req':>5} {'refd':>4} {'tok/s':>7}  {'ttft50':>6}"
+        f" {'ttft95':>6} {'ttft99':>6}  {'gap50':>5} {'gap99':>5}  {'e2e50':>6} {'e2e99':>6}"
+        f"  {'RSS':>6}"
+    )
+    for name, by_load in rows.items():
+        for load, row in by_load.items():
+            print(f"  {name:<12} {open_row(load, row)}")
+    for name, single in singles.items():
+        print(
+            f"  {name:<12} single request: ttft {single['ttft']:6.0f} ms, "
+            f"{single['per_token']:5.1f} ms per token"
+        )
+    for name in (name for name in rows if name != "ct2-int8"):
+        print_goals(name, rows, singles[name])
+
+
+def print_goals(name: str, rows: dict[str, dict[float, Figures]], single: Figures) -> None:
+    """The issue's goals at 90% load (the load nearest it)."""
+    load = min(rows[name], key=lambda found: abs(found - 0.9))
+    row, ct2 = rows[name][load], rows.get("ct2-int8", {}).get(load)
+    if not row.get("requests"):
+        return
+    print(f"goals, {name} at {load:.0%} load:")
+    print(f"  ttft p95 / single ttft        {row['ttft_p95'] / single['ttft']:5.2f}x (goal <= 3x)")
+    if ct2 and ct2.get("requests"):
+        ratio = row["tokens_per_s"] / ct2["tokens_per_s"]
+        print(f"  tok/s / ct2-int8 tok/s        {ratio:5.2f}x (goal >= 1.2x)")
+    ratio = row["gap_p99"] / single["per_token"]
+    print(f"  gap p99 / single per token    {ratio:5.2f}x (goal <= 2x)")
