@@ -62,6 +62,10 @@ class ModelProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()  # the engine thread and the event loop both send
+        # cancel() may come from another thread before, during or after the spawn: under this
+        # lock a process that is being started is killed as soon as it exists.
+        self._spawn_lock = threading.Lock()
+        self._cancelled = False
         self._running: dict[int, Job] = {}  # sent and not ended; under the send lock
         self._ids = itertools.count(1)
         # Poked by the queue on every put (from the event loop): the engine thread, waiting on
@@ -70,6 +74,14 @@ class ModelProcess:
         self._waker, self._woken = socket.socketpair()
         self._waker.setblocking(False)
         self._woken.setblocking(False)
+
+    def cancel_start(self) -> None:
+        """End a start in progress (from any thread): the process is killed now, or as soon as
+        it is spawned, and start() then raises ModelLoadError."""
+        with self._spawn_lock:
+            self._cancelled = True
+            if self.process is not None:
+                self.process.kill()
 
     @property
     def pid(self) -> int | None:
@@ -80,13 +92,15 @@ class ModelProcess:
         # A fresh interpreter (python -m engine.worker), not multiprocessing: a fork would
         # copy a process with threads, and a spawn would import the server's main module again.
         ours, theirs = socket.socketpair()
-        with theirs:
+        with theirs, self._spawn_lock:
             fd = theirs.fileno()
             self.process = subprocess.Popen(  # noqa: S603 - our own module, no shell
                 [sys.executable, "-m", "engine.worker", str(fd)],
                 pass_fds=(fd,),
                 env={**os.environ, "PYTHONPATH": _python_path()},
             )
+            if self._cancelled:  # cancel() came before the process existed
+                self.process.kill()
         self._conn = Connection(ours.detach())
         self._send(Configure(self.config, logging.getLogger("engine").getEffectiveLevel()))
         try:

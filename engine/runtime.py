@@ -192,10 +192,11 @@ class Engine:
         self._set_state(STOPPED, "shutting down")
         self._ready.set()
         starting = self._starting
-        if starting is not None and starting.process is not None:
-            # Its start() then fails and _main_remote ends (a thread's load cannot be cut
-            # short: that daemon thread ends with the interpreter).
-            starting.process.kill()
+        if starting is not None:
+            # Its start() then fails and _main_remote ends, even when the process is still being
+            # spawned (a thread's load cannot be cut short: that daemon thread ends with the
+            # interpreter).
+            starting.cancel_start()
 
     def status(self) -> dict[str, Any]:
         """ok, state (loading|ready|failed|stopped), detail, plus model facts once loaded."""
@@ -349,6 +350,9 @@ class Engine:
     def _main_remote(self) -> None:
         while True:
             remote = self._starting = ModelProcess(self.config)
+            if self._load_ended:
+                # stop() set the flag before reading _starting: it may have seen the last one.
+                remote.cancel_start()
             try:
                 self._model = remote.start()
             except Exception as exc:
