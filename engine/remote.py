@@ -95,7 +95,7 @@ class ModelProcess:
         with theirs, self._spawn_lock:
             fd = theirs.fileno()
             self.process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-                [sys.executable, "-m", "engine.worker", str(fd)],
+                [sys.executable, "-m", "engine.worker", str(fd), str(os.getpid())],
                 pass_fds=(fd,),
                 env={**os.environ, "PYTHONPATH": _python_path()},
             )

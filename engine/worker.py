@@ -256,8 +256,28 @@ def facts(model: LoadedModel) -> ModelFacts:
     )
 
 
-def main(conn: Connection) -> None:
+PARENT_CHECK_SECONDS = 0.5
+
+
+def exit_with_parent(parent: int, interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """End this process as soon as the server process `parent` that started it is gone
+    (SIGKILLed, or exited before it could stop us, e.g. while a download hangs): an orphaned
+    model process would hold its memory and cores for ever. Linux reparents an orphan, so
+    getppid stops being `parent` (the parent passes its pid: it may be gone before we look)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="inference-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(conn: Connection, parent: int | None = None) -> None:
     """The model process: its configuration comes first on the connection, then batches."""
+    exit_with_parent(os.getppid() if parent is None else parent)
     try:
         configure: Configure = conn.recv()
     except (EOFError, OSError):
@@ -281,7 +301,7 @@ def main(conn: Connection) -> None:
         pass  # the parent went away mid-batch
 
 
-if __name__ == "__main__":  # python -m engine.worker FD (started by engine/remote.py)
+if __name__ == "__main__":  # python -m engine.worker FD [PARENT_PID] (from engine/remote.py)
     import sys
 
-    main(Connection(int(sys.argv[1])))
+    main(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else None)
