@@ -1,7 +1,7 @@
 """Helpers for tests that run the real engine on the tiny model (used by inference/tests and
 reusable by other apps' tests: build the model once, start engines, collect streams)."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -60,3 +60,20 @@ async def generate(engine: Engine, prompt: str, **params: Any) -> GenerationResu
     params.setdefault("temperature", 0.0)
     stream = await engine.submit(GenerationRequest(prompt=prompt, **params))
     return await stream.complete()
+
+
+async def deltas(stream: Stream, count: int = 1) -> AsyncIterator[str]:
+    """Wait for `count` deltas of the stream; the iterator is returned, not dropped (dropping
+    it would cancel the request)."""
+    iterator = aiter(stream)
+    for _ in range(count):
+        await anext(iterator)
+    return iterator
+
+
+async def finish(iterator: AsyncIterator[str], stream: Stream) -> GenerationResult:
+    """Read the rest of a stream whose iterator deltas() returned; its result."""
+    async for _ in iterator:
+        pass
+    assert stream.result is not None
+    return stream.result

@@ -5,7 +5,7 @@ in a model process of its own). Assertions are on order, never on time."""
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client import REGISTRY
@@ -15,10 +15,9 @@ from engine.runtime import (
     Engine,
     GenerationFailed,
     GenerationRequest,
-    GenerationResult,
     GenerationStream,
 )
-from engine.testing import generate
+from engine.testing import deltas, finish, generate
 
 PROMPTS = [
     "Hello café",
@@ -54,22 +53,6 @@ def ran_together(seen: list[list[Job]], *streams: GenerationStream) -> bool:
 
 def request(prompt: str, max_tokens: int) -> GenerationRequest:
     return GenerationRequest(prompt, max_tokens=max_tokens, temperature=0, ignore_eos=True)
-
-
-async def deltas(stream: GenerationStream, count: int) -> AsyncIterator[str]:
-    """Wait for `count` deltas of the stream; the iterator is returned, not dropped (dropping
-    it would cancel the request)."""
-    iterator = aiter(stream)
-    for _ in range(count):
-        await anext(iterator)
-    return iterator
-
-
-async def finish(iterator: AsyncIterator[str], stream: GenerationStream) -> GenerationResult:
-    async for _ in iterator:
-        pass
-    assert stream.result is not None
-    return stream.result
 
 
 async def test_a_short_request_that_arrives_during_a_long_one_finishes_first(

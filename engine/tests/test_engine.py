@@ -1,7 +1,7 @@
 """The real engine on the tiny model (fp32 on the CPU unless a test says otherwise)."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
@@ -9,14 +9,12 @@ from prometheus_client import REGISTRY
 from engine.runtime import (
     Engine,
     GenerationRequest,
-    GenerationResult,
-    GenerationStream,
     InvalidGeneration,
     ModelNotReady,
     PromptTooLong,
     QueueFull,
 )
-from engine.testing import collect, generate
+from engine.testing import collect, deltas, finish, generate
 
 PROMPTS = [
     "Hello café",
@@ -119,27 +117,12 @@ async def test_a_vanishing_temperature_decodes_greedily(engine: Engine) -> None:
     assert tiny.token_ids == greedy.token_ids
 
 
-async def started(stream: GenerationStream) -> AsyncIterator[str]:
-    """Wait for the stream's first delta; the iterator is returned, not dropped (dropping it
-    would cancel the request)."""
-    iterator = aiter(stream)
-    await anext(iterator)
-    return iterator
-
-
-async def finish(iterator: AsyncIterator[str], stream: GenerationStream) -> GenerationResult:
-    async for _ in iterator:
-        pass
-    assert stream.result is not None
-    return stream.result
-
-
 async def test_a_full_queue_refuses_at_once_and_a_cancel_frees_its_place(
     make_any_engine: Callable[..., Engine],
 ) -> None:
     engine = make_any_engine(max_batch=1, max_queue=1, max_wait_ms=0)
     running = await engine.submit(GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True))
-    iterator = await started(running)  # in its batch: the queue is empty again
+    iterator = await deltas(running)  # in its batch: the queue is empty again
     queued = await engine.submit(GenerationRequest(PROMPTS[0], max_tokens=5))
     rejected_before = metric("inference_requests_total", result="rejected")
     with pytest.raises(QueueFull):
@@ -162,7 +145,7 @@ async def test_a_cancelled_batch_stops_early_and_frees_the_model(
     engine = make_any_engine(max_batch=2, max_wait_ms=500)
     request = GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True, temperature=0)
     streams = [await engine.submit(request) for _ in range(2)]
-    iterators = await asyncio.gather(*(started(s) for s in streams))
+    iterators = await asyncio.gather(*(deltas(s) for s in streams))
     for stream in streams:
         stream.cancel()
         stream.cancel()  # idempotent
@@ -179,7 +162,7 @@ async def test_a_request_behind_a_running_batch_reports_its_wait_as_queue_time(
     engine = make_any_engine(max_batch=1, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=60, ignore_eos=True, temperature=0)
     first = await engine.submit(request)
-    iterator = await started(first)
+    iterator = await deltas(first)
     second = await engine.submit(GenerationRequest(PROMPTS[0], max_tokens=3, temperature=0))
     ran = await finish(iterator, first)
     waited = await second.complete()
@@ -222,7 +205,7 @@ async def test_shutdown_finishes_running_and_queued_rows_then_refuses(
     engine = make_any_engine(max_batch=2, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=60, ignore_eos=True, temperature=0)
     streams = [await engine.submit(request) for _ in range(3)]  # two run, one waits
-    iterator = await started(streams[0])
+    iterator = await deltas(streams[0])
     stopping = asyncio.create_task(asyncio.to_thread(engine.stop, 30))
     await asyncio.sleep(0.05)
     assert engine.status()["state"] == "stopped"  # /readyz turns false at once
@@ -239,7 +222,7 @@ async def test_shutdown_past_its_deadline_cancels_what_is_left(
     engine = make_any_engine(max_batch=1, max_wait_ms=0)
     request = GenerationRequest(PROMPTS[1], max_tokens=LONG, ignore_eos=True)
     running, waiting = [await engine.submit(request) for _ in range(2)]
-    iterator = await started(running)
+    iterator = await deltas(running)
     assert await asyncio.to_thread(engine.stop, 0.05) is True
     assert (await finish(iterator, running)).finish_reason == "cancelled"
     with pytest.raises(ModelNotReady):
