@@ -272,8 +272,11 @@ INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16)
 INFERENCE_SCHEDULER = env_choice("INFERENCE_SCHEDULER", "continuous", ("continuous", "static"))
 # Tokens the running rows may hold in the caches (each row: prompt + max_tokens).
 INFERENCE_TOKEN_BUDGET = env_int("INFERENCE_TOKEN_BUDGET", 16384)
-# Encoder tokens (newcomers x longest prompt) run between two decoder steps.
+# Encoder tokens (newcomers x longest prompt) admitted together into one encoder pass.
 INFERENCE_MAX_PREFILL_TOKENS = env_int("INFERENCE_MAX_PREFILL_TOKENS", 1024)
+# Encoder work between two decoder steps while rows decode, in prompt tokens through the whole
+# encoder (a pass is cut at layer boundaries; at least one layer a step; 0: a pass runs whole).
+INFERENCE_PREFILL_STEP_TOKENS = env_int("INFERENCE_PREFILL_STEP_TOKENS", 32)
 INFERENCE_MAX_WAIT_MS = env_int("INFERENCE_MAX_WAIT_MS", 10)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 256)
 # A queued request that has not started after this many seconds gets 503 overloaded (0: no bound).

@@ -19,9 +19,14 @@ class EngineConfig:
     # Tokens the running rows may hold in the caches, counted per row as its prompt plus its
     # max_tokens (what it may come to hold); a row larger than the budget still runs alone.
     token_budget: int = 16384
-    # Encoder tokens (newcomers x their longest prompt) run between two decoder steps: a
-    # burst of long prompts joins over several steps instead of stalling running streams.
+    # Encoder tokens (newcomers x their longest prompt) admitted together into one encoder
+    # pass while a batch runs: a burst of long prompts joins over several passes.
     max_prefill_tokens: int = 1024
+    # The encoder work run between two decoder steps while rows decode, in prompt tokens
+    # through the whole encoder (a layer over n padded tokens counts n / layers; at least
+    # one layer): a pass is cut at layer boundaries so the running streams' gap between
+    # tokens stays bounded. 0: a pass runs whole.
+    prefill_step_tokens: int = 32
     max_wait_ms: int = 10
     max_queue: int = 256
     # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;

@@ -37,6 +37,7 @@ from engine.generation import (
 from engine.loading import LoadedModel
 from engine.messages import Delta, Done, Failed
 from engine.t5_decoder import T5DecoderStep
+from engine.t5_encoder import EncoderPass
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,34 @@ def _pad(
     return ids.to(device), mask.to(device)
 
 
+class Prefill:
+    """Newcomers and their encoder pass, run over one or several pauses between two decoder
+    steps (engine/t5_encoder.py), so a long prompt does not stall the running streams."""
+
+    def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
+        self.rows = rows
+        ids, self.mask = _pad([row.job.prompt_ids for row in rows], model.pad_id, model.device)
+        self.encoder = EncoderPass(model.model, ids, self.mask)
+
+    @property
+    def waiting(self) -> bool:
+        """Some row still waits for its encoder output (the others were cancelled)."""
+        return any(row.running for row in self.rows)
+
+    def run(self, budget: int) -> bool:
+        """Run the layers `budget` encoder tokens buy (0: all); True when the pass is done."""
+        return self.encoder.run(self.encoder.layers_for(budget))
+
+    def running(self) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
+        """The rows still running, their encoder output and mask (the pass finished here)."""
+        encoded = self.encoder.finish()
+        keep = [index for index, row in enumerate(self.rows) if row.running]
+        if len(keep) == len(self.rows):
+            return self.rows, encoded, self.mask
+        index = torch.tensor(keep, dtype=torch.long, device=encoded.device)
+        return [self.rows[i] for i in keep], encoded[index], self.mask[index]
+
+
 class Batch:
     """The rows still decoding and their caches; rows that end are dropped from all of them,
     rows that join are added to all of them."""
@@ -223,25 +252,25 @@ class Batch:
         self.rows: list[Row] = []
         self.decoder: T5DecoderStep | None = None
         self.next_ids = torch.empty((0, 1), dtype=torch.long, device=model.device)
-        self.join(rows)
+        if rows:
+            self.join(Prefill(model, rows))
 
-    def join(self, rows: list[Row]) -> None:
-        """Encode the newcomers together and add them; they decode from the next step on."""
+    def join(self, prefill: "Prefill") -> None:
+        """Add newcomers whose encoder pass has run (the rest of it runs here); those still
+        running decode from the next step on."""
+        rows, encoded, mask = prefill.running()
         if not rows:
             return
-        model, jobs = self.model, [row.job for row in rows]
-        ids, mask = _pad([job.prompt_ids for job in jobs], model.pad_id, model.device)
-        encoded = model.model.get_encoder()(input_ids=ids, attention_mask=mask)[0]
         if self.decoder is None:
             # No row feeds more than max_tokens inputs to the decoder; start at most 128
             # positions (the buffers double when full), so a long max_tokens that ends early
             # costs nothing.
-            capacity = min(CACHE_START, max(job.request.max_tokens for job in jobs))
-            self.decoder = T5DecoderStep(model.model, encoded, mask, capacity)
+            capacity = min(CACHE_START, max(row.request.max_tokens for row in rows))
+            self.decoder = T5DecoderStep(self.model.model, encoded, mask, capacity)
         else:
             self.decoder.extend(encoded, mask)
         self.rows += rows
-        start = torch.full((len(rows), 1), model.decoder_start_id, dtype=torch.long)
+        start = torch.full((len(rows), 1), self.model.decoder_start_id, dtype=torch.long)
         self.next_ids = torch.cat([self.next_ids, start.to(self.device)])
 
     def step(self) -> list[int]:
@@ -281,28 +310,42 @@ def run_batch(
     *,
     admit: Admit | None = None,
     stepped: Callable[[float], None] | None = None,
+    prefill_step_tokens: int = 0,
 ) -> None:
     """Decode jobs together until every row has ended (or been cancelled). With `admit`,
     newcomers join between steps (and are appended to `jobs`, so a caller that fails the
-    batch fails them too); `stepped` gets each iteration's seconds (join and step)."""
+    batch fails them too): their encoder pass runs `prefill_step_tokens` encoder tokens' worth
+    of layers per pause (0: all at once) while the running rows go on decoding; `stepped`
+    gets each iteration's seconds (encoder work and step)."""
     record = jobs[0].record
     if record:
         record_batch(jobs)
     with torch.inference_mode():
         batch = Batch(model, start_rows(model, jobs))
+        prefill: Prefill | None = None
         while True:
             started = time.perf_counter()
             abort = should_abort()
             _cancel_rows(batch.rows, abort=abort)
             batch.keep_running()
+            if prefill is not None:
+                _cancel_rows(prefill.rows, abort=abort)
+                if not prefill.waiting:
+                    prefill = None  # every newcomer was cancelled while it was encoded
             # After the leaves: a row that ended or was cancelled frees its place at once. A
-            # batch whose rows all ended ends (the next one starts at once if jobs wait).
-            if admit is not None and not abort and batch.rows:
+            # batch whose rows all ended ends (the next one starts at once if jobs wait). One
+            # pass at a time: newcomers wait while one is encoded (their rows count once in).
+            if admit is not None and not abort and batch.rows and prefill is None:
                 joiners = admit([row.job for row in batch.rows])
                 jobs += joiners
                 if joiners and record:
                     record_join(joiners)
-                batch.join(start_rows(model, joiners))
+                if rows := start_rows(model, joiners):
+                    prefill = Prefill(model, rows)
+            # With no row running, nobody waits on the next step: the pass runs to its end.
+            if prefill is not None and prefill.run(prefill_step_tokens if batch.rows else 0):
+                batch.join(prefill)
+                prefill = None
             if not batch.rows:
                 return
             batch.keep_running(batch.step())

@@ -337,7 +337,13 @@ class Engine:
         while jobs := self._scheduler.take_batch():
             try:
                 # Rows that join are appended to jobs: a failed batch fails them too.
-                run_batch(model, jobs, lambda: self._abort, admit=self._admit)
+                run_batch(
+                    model,
+                    jobs,
+                    lambda: self._abort,
+                    admit=self._admit,
+                    prefill_step_tokens=self.config.prefill_step_tokens,
+                )
             except Exception as exc:
                 logger.exception("inference batch of %d failed", len(jobs))
                 failure = GenerationFailed(f"The model failed on this batch: {type(exc).__name__}")

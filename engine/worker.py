@@ -146,9 +146,16 @@ class RemoteJob(Job):
 class Worker:
     """Serves batches from the parent until told to stop or the parent goes away."""
 
-    def __init__(self, conn: Connection, model: LoadedModel, max_prefill_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        model: LoadedModel,
+        max_prefill_tokens: int = 0,
+        prefill_step_tokens: int = 0,
+    ) -> None:
         self.conn, self.model = conn, model
         self.max_prefill_tokens = max_prefill_tokens
+        self.prefill_step_tokens = prefill_step_tokens
         self.jobs: dict[int, RemoteJob] = {}
         self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch
         self.outbox: list[tuple[int, Event]] = []
@@ -229,7 +236,14 @@ class Worker:
 
     def _decode(self, jobs: list[Job]) -> None:
         try:
-            run_batch(self.model, jobs, self.poll, admit=self.admit, stepped=self.steps.append)
+            run_batch(
+                self.model,
+                jobs,
+                self.poll,
+                admit=self.admit,
+                stepped=self.steps.append,
+                prefill_step_tokens=self.prefill_step_tokens,
+            )
         except (EOFError, OSError):
             raise  # the parent is gone: nothing to tell it
         except Exception as exc:
@@ -296,7 +310,7 @@ def main(conn: Connection, parent: int | None = None) -> None:
         return
     try:
         conn.send(Ready(facts(model)))
-        Worker(conn, model, config.max_prefill_tokens).serve()
+        Worker(conn, model, config.max_prefill_tokens, config.prefill_step_tokens).serve()
     except (EOFError, OSError):
         pass  # the parent went away mid-batch
 
