@@ -68,7 +68,7 @@ ERRORS: dict[str, dict[str, Any]] = {
     "400": _error("Invalid request: bad JSON, values, or what this model does not support."),
     "401": _error("Invalid or missing API key (`invalid_api_key`)."),
     "403": _error("The key lacks the scope (`insufficient_scope`)."),
-    "404": _error("Another model than the served one (`model_not_found`)."),
+    "404": _error("A model this node does not serve (`model_not_found`)."),
     "413": _error("A body over the size cap, or a prompt too long for this node."),
     "429": _error(
         "A rate limit (`rate_limit_exceeded`) or a spent quota (`insufficient_quota`, with "
@@ -163,7 +163,9 @@ def _complete_operation(operation: dict[str, Any], schemas: dict[str, Any]) -> N
     responses = {str(code): value for code, value in operation.get("responses", {}).items()}
     operation["responses"] = responses
     codes = KEYED_ERRORS + (BODY_ERRORS if "requestBody" in operation else ())
-    for code in sorted(codes):
+    if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
+        codes += ("404",)  # GET /v1/models/{model}: another model
+    for code in sorted(set(codes)):
         responses.setdefault(code, ERRORS[code])
     ok = responses.get("200")
     if ok is None:
