@@ -1,6 +1,8 @@
 """The one NinjaAPI, mounted at /v1, and the one place errors become OpenAI-shaped bodies."""
 
 import logging
+import sys
+from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
@@ -9,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from console.openapi import complete_schema
 from core.errors import (
     ApiError,
     AuthenticationFailed,
@@ -28,16 +31,26 @@ logger = logging.getLogger(__name__)
 
 
 class NodeAPI(NinjaAPI):
-    """The NinjaAPI whose schema names the model this node serves (known only at run time)."""
+    """The NinjaAPI whose schema also says what ninja cannot derive (console/openapi.py):
+    event streams, error answers and their headers, both key headers, the served model."""
 
     def get_openapi_schema(self, **kwargs: Any) -> Any:
-        schema = super().get_openapi_schema(**kwargs)
-        served = served_model_id()
-        for component in schema.get("components", {}).get("schemas", {}).values():
-            model = component.get("properties", {}).get("model")
-            if model is not None:
-                model["enum"] = [served]
-        return schema
+        return complete_schema(super().get_openapi_schema(**kwargs), served_model_id())
+
+
+def complete_reason_phrases() -> None:
+    """Daphne writes the status line with Twisted's reason phrases, whose table lacks 429 (and
+    422, 431...): "429 Unknown Status". ASGI carries no phrase, so the table gets Python's."""
+    # Only where daphne runs: it imported Twisted's http module before the application.
+    http = sys.modules.get("twisted.web.http")
+    if http is None:
+        return
+    for status in HTTPStatus:
+        http.RESPONSES.setdefault(status.value, status.phrase.encode("ascii"))
+
+
+# At import: every answer with such a status (429s above all) is made by this module.
+complete_reason_phrases()
 
 
 api = NodeAPI(

@@ -7,8 +7,12 @@ Protocol (every frame JSON, every answer carrying the client's `id`):
   "seed", "model"?}` → `completion.started` (with the rate-limit state), `completion.delta`
   (`text`, `completion_tokens` so far), `completion.done` (`usage`, `finish_reason`), or
   `error` (the API's error object);
-- `{"type": "completion.cancel", "id"}` stops one request (its `completion.done` says
-  `cancelled` and bills what was sent);
+- `{"type": "chat.completion.create", "id", "messages", ...}`: a chat request, its messages
+  rendered into one prompt as on /v1/chat/completions, with that route's parameters; it is
+  answered by `chat.completion.started`, `chat.completion.delta` (`delta: {"content"}`,
+  `completion_tokens`) and `chat.completion.done`, or `error`;
+- `{"type": "completion.cancel", "id"}` (or `chat.completion.cancel`) stops one request of
+  either kind (its done frame says `cancelled` and bills what was sent);
 - several requests run at once (at most WS_MAX_CONCURRENT); a bad message gets an `error`
   frame and the socket stays open; every running request is settled when the socket drops;
 - every request uses the key as it is now (new limits and quotas included), and the key is
@@ -22,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -42,7 +47,14 @@ from engine.runtime import EngineError
 from inference import metrics
 from inference.delivery import Delivery
 from inference.engines import api_error
-from inference.schemas import WsAuth, WsCancel, WsCompletionCreate
+from inference.prompting import render_chat
+from inference.schemas import (
+    GenerationParams,
+    WsAuth,
+    WsCancel,
+    WsChatCompletionCreate,
+    WsCompletionCreate,
+)
 from inference.services import Run, plan_completion
 from inference.sse import usage_of
 from ratelimit.errorcount import count_error, counts_as_error
@@ -65,6 +77,62 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+@dataclass(frozen=True)
+class Frames:
+    """How one kind of request names its answers: `completion.*` frames carry `text`, the
+    `chat.completion.*` frames a chunk-like `delta` (OpenAI's chat stream spells it so)."""
+
+    kind: str  # "completion" | "chat.completion"
+
+    def started(self, request_id: str, ratelimit: dict[str, str]) -> dict[str, Any]:
+        return {"type": f"{self.kind}.started", "id": request_id, "ratelimit": ratelimit}
+
+    def delta(self, request_id: str, text: str, completion_tokens: int) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": f"{self.kind}.delta", "id": request_id}
+        if self.kind == "chat.completion":
+            frame["delta"] = {"content": text}
+        else:
+            frame["text"] = text
+        frame["completion_tokens"] = completion_tokens
+        return frame
+
+    def done(self, request_id: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {
+            "type": f"{self.kind}.done",
+            "id": request_id,
+            "finish_reason": finish_reason,
+            "usage": usage,
+        }
+
+
+COMPLETION_FRAMES = Frames("completion")
+CHAT_FRAMES = Frames("chat.completion")
+CREATE_TYPES = ("completion.create", "chat.completion.create")
+CANCEL_TYPES = ("completion.cancel", "chat.completion.cancel")
+
+
+@dataclass(frozen=True)
+class WsRequest:
+    """A validated create frame: its parameters, the prompt the model reads, its frames."""
+
+    id: str
+    params: GenerationParams
+    prompt: str
+    max_tokens: int | None
+    frames: Frames
+
+
+def parse_create(message: dict[str, Any]) -> WsRequest:
+    """A create frame of either kind, validated (raises pydantic's ValidationError)."""
+    if message.get("type") == "chat.completion.create":
+        chat = WsChatCompletionCreate.model_validate(message)
+        # The same rendering and token budget as /v1/chat/completions (inference/api.py).
+        prompt = render_chat(chat.messages)
+        return WsRequest(chat.id, chat, prompt, chat.max_new_tokens, CHAT_FRAMES)
+    create = WsCompletionCreate.model_validate(message)
+    return WsRequest(create.id, create, create.prompt, create.max_tokens, COMPLETION_FRAMES)
 
 
 def _validation_error(exc: ValidationError) -> InvalidRequest:
@@ -195,9 +263,9 @@ class CompletionConsumer(AsyncWebsocketConsumer):
                 await self._on_auth(message)
             elif self.record is None:
                 raise AuthenticationFailed('Authenticate first: send {"type": "auth", ...}.')
-            elif kind == "completion.create":
+            elif kind in CREATE_TYPES:
                 await self._on_create(message)
-            elif kind == "completion.cancel":
+            elif kind in CANCEL_TYPES:
                 self._on_cancel(message)
             else:
                 raise InvalidRequest(f"Unknown message type {kind!r}.", param="type")
@@ -216,7 +284,7 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         await self._authenticate(WsAuth.model_validate(message).api_key)
 
     async def _on_create(self, message: dict[str, Any]) -> None:
-        create = WsCompletionCreate.model_validate(message)
+        create = parse_create(message)
         if create.id in self.tasks:
             raise InvalidRequest(f"A request with id {create.id!r} is already running.", param="id")
         if len(self.tasks) >= settings.WS_MAX_CONCURRENT:
@@ -230,16 +298,17 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             return
         plan = await plan_completion(
             record,
-            create,
+            create.params,
             create.prompt,
             create.max_tokens,
+            # One bounded label for the socket, whichever kind of request (inference/metrics.py).
             endpoint="ws",
             stream=True,
             client_addr=self.client_addr,
         )
         run = await Run.start(plan, client_addr=self.client_addr)
         self.runs[create.id] = run
-        self.tasks[create.id] = asyncio.create_task(self._stream(create.id, run))
+        self.tasks[create.id] = asyncio.create_task(self._stream(create.id, run, create.frames))
 
     def _on_cancel(self, message: dict[str, Any]) -> None:
         cancel = WsCancel.model_validate(message)
@@ -248,22 +317,13 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             raise InvalidRequest(f"No running request with id {cancel.id!r}.", param="id")
         run.stream.cancel()
 
-    async def _stream(self, request_id: str, run: Run) -> None:
+    async def _stream(self, request_id: str, run: Run, frames: Frames) -> None:
         completed = False
         try:
-            await self._send(
-                {"type": "completion.started", "id": request_id, "ratelimit": run.headers}
-            )
+            await self._send(frames.started(request_id, run.headers))
             async for text in run.pieces(self.delivery):
-                await self._send(
-                    {
-                        "type": "completion.delta",
-                        "id": request_id,
-                        "text": text,
-                        "completion_tokens": run.stream.tokens_streamed,
-                    }
-                )
-            completed = await self._done(request_id, run)
+                await self._send(frames.delta(request_id, text, run.stream.tokens_streamed))
+            completed = await self._done(request_id, run, frames)
         except EngineError as exc:
             await self._send_error(request_id, api_error(exc))
         finally:
@@ -271,7 +331,7 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             self.tasks.pop(request_id, None)
             self.runs.pop(request_id, None)
 
-    async def _done(self, request_id: str, run: Run) -> bool:
+    async def _done(self, request_id: str, run: Run, frames: Frames) -> bool:
         result = run.result
         if result is None or result.finish_reason == "cancelled":
             tokens, finish_reason = run.billed_tokens, "cancelled"
@@ -280,14 +340,8 @@ class CompletionConsumer(AsyncWebsocketConsumer):
         # Every delta has reached the client: settle before the done frame, so a client that
         # holds a done frame holds a settled request, whatever happens to this process next.
         await run.finish(completed=run.all_delivered)
-        await self._send(
-            {
-                "type": "completion.done",
-                "id": request_id,
-                "finish_reason": finish_reason,
-                "usage": usage_of(run.plan.prompt_tokens, tokens),
-            }
-        )
+        usage = usage_of(run.plan.prompt_tokens, tokens)
+        await self._send(frames.done(request_id, finish_reason, usage))
         # A cancelled request bills the deltas that were sent, a finished one all its tokens.
         return run.all_delivered
 

@@ -55,6 +55,9 @@ MODEL_FIX = (
     "the cache folder over); for an offline try-out, `make run-tiny` serves a tiny random model."
 )
 
+# A 503 that the same request cannot cure by waiting: the model did not (and will not) load.
+NO_RETRY = {"x-should-retry": "false"}
+
 _engine: Engine | None = None
 _started = False
 # Guards creating and starting the process's engine (asgi import and tests may race).
@@ -188,15 +191,21 @@ def served_model_id() -> str:
 
 
 def served_model_names() -> frozenset[str]:
-    """Every name a request may use for the served model."""
+    """Every name a request may use for the served model: its id, and the hub id or the
+    hub id's last part (`flan-t5-base`) or the local folder's name; never a filesystem path."""
     return _model_names(settings.INFERENCE_MODEL_NAME, settings.INFERENCE_MODEL)[1]
 
 
 @lru_cache(maxsize=4)
 def _model_names(name: str, model: str) -> tuple[str, frozenset[str]]:
     # Cached: is_dir() is a system call, and this runs on every completion request.
-    served = name or (Path(model).name if Path(model).is_dir() else model)
-    return served, frozenset({served, model, Path(model).name})
+    path = Path(model)
+    local = path.is_dir() or path.is_absolute() or model.startswith((".", "~"))
+    served = name or (path.name if local else model)
+    # A request names the model, and the response echoes that name back: a server path would
+    # be accepted as a model and shown to the client, so a local folder goes by its name only.
+    names = {served, path.name} if local else {served, model, path.name}
+    return served, frozenset(names - {""})
 
 
 def api_error(exc: EngineError) -> ApiError:
@@ -235,14 +244,17 @@ def _unavailable(status: dict[str, Any]) -> ModelUnavailable:
         )
     if state == "failed":
         # The reason itself (it may name server paths) is for operators, on /readyz and in
-        # the log; clients get what happened and the fix.
+        # the log; clients get what happened and the fix. No retry can load it: the SDKs
+        # retry a 503 unless told not to (x-should-retry, honoured by openai's clients).
         return ModelUnavailable(
-            "The model could not be loaded on this node (its /readyz says why). " + MODEL_FIX
+            "The model could not be loaded on this node (its /readyz says why). " + MODEL_FIX,
+            headers=NO_RETRY,
         )
     if state == "stopped":
         return ModelUnavailable("This node is shutting down; retry the request.")
     return ModelUnavailable(
-        "The model is not loaded in this process (INFERENCE_AUTOLOAD is off). " + MODEL_FIX
+        "The model is not loaded in this process (INFERENCE_AUTOLOAD is off). " + MODEL_FIX,
+        headers=NO_RETRY,
     )
 
 

@@ -230,10 +230,11 @@ class WsAuth(BaseModel):
 
 
 class WsCancel(BaseModel):
-    """{"type": "completion.cancel", "id": ...}."""
+    """{"type": "completion.cancel", "id": ...}: stops a request of either kind (the chat
+    spelling is accepted too)."""
 
     model_config = STRICT
-    type: Literal["completion.cancel"]
+    type: Literal["completion.cancel", "chat.completion.cancel"]
     id: str = Field(min_length=1, max_length=64)
 
 
@@ -245,4 +246,13 @@ class WsCompletionCreate(GenerationParams):
     prompt: str
     # Optional on the socket only: pydantic lets a subclass widen a field; mypy calls it an
     # incompatible override.
+    model: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+
+
+class WsChatCompletionCreate(ChatCompletionIn):
+    """{"type": "chat.completion.create", "id": ..., "messages": [...], ...}: the parameters of
+    /v1/chat/completions; `model` may be left out."""
+
+    type: Literal["chat.completion.create"]
+    id: str = Field(min_length=1, max_length=64)
     model: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
