@@ -93,7 +93,7 @@ def test_a_body_over_the_limit_gets_413(api_server, customer: Customer) -> None:
 
 def test_unknown_api_paths_get_a_json_404(api_server, customer: Customer) -> None:
     status, answer = post(api_server, "/v1/embeddings", b"{}", customer.token)
-    assert status == 404 and answer["error"]["code"] == "not_found"
+    assert status == 404 and answer["error"]["code"] == "unknown_url"
 
 
 def test_schemathesis_finds_no_server_error(api_server, customer: Customer) -> None:
