@@ -59,7 +59,7 @@ class CompletionPlan:
 def _check_parameters(params: GenerationParams) -> None:
     unsupported = params.unsupported()
     if unsupported is not None:
-        raise InvalidRequest(str(unsupported), param=unsupported.param, code="unsupported_value")
+        raise InvalidRequest(str(unsupported), param=unsupported.param, code=unsupported.code)
     if params.model is not None and params.model not in served_model_names():
         raise NotFound(
             f"The model '{params.model}' does not exist; GET /v1/models lists the served one.",
