@@ -88,7 +88,12 @@ class ContextLengthExceeded(InvalidRequest):
             counted = f"has {self.chars} characters (refused before tokenizing)"
         else:
             counted = f"has more than {self.char_limit} characters (refused before tokenizing)"
-        return f"{head} However, your {param} {counted}. Please reduce the length of the {param}."
+        # "prompt is too long": how LangChain (langchain-openai 1.8) tells a context overflow
+        # when the openai SDK's exception text holds the message alone (openai 3.x).
+        return (
+            f"{head} However, your {param} {counted}, so the prompt is too long. "
+            f"Please reduce the length of the {param}."
+        )
 
 
 class AuthenticationFailed(ApiError):
