@@ -3,6 +3,7 @@ BadRequestError, LangChain's context-overflow error), with honest numbers, on RE
 WebSocket alike; 413 stays for bodies over the byte cap."""
 
 import json
+from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LIMIT = 16  # the engine's max_input_tokens in these tests
 
 
-async def post(path: str, token: str, body: dict):
+async def post(path: str, token: str, body: dict[str, Any]):
     return await AsyncClient().post(
         path, body, content_type="application/json", headers={"Authorization": f"Bearer {token}"}
     )
@@ -28,9 +29,9 @@ async def complete(token: str, prompt: str):
     return await post("/v1/completions", token, body)
 
 
-def context_error(response) -> dict:
+def context_error(response) -> dict[str, Any]:
     assert response.status_code == 400, response.content
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded"
     return error
 
@@ -62,7 +63,13 @@ async def test_a_prompt_refused_by_its_words_says_at_least(
     encoded: list[str] = []
     model = engine._loaded()
     real = model.encode
-    monkeypatch.setattr(model, "encode", lambda text: encoded.append(text) or real(text))
+
+    def recording(text: str) -> list[int]:
+        encoded.append(text)
+        ids: list[int] = real(text)
+        return ids
+
+    monkeypatch.setattr(model, "encode", recording)
     error = context_error(await complete(issued.token, "word " * 40))
     # Not tokenized, so the count is a lower bound and says so.
     assert encoded == []
@@ -141,7 +148,7 @@ async def test_the_socket_gets_the_same_error(installed, make_engine, issued) ->
         # The socket stays open: a prompt that fits is served on it.
         create = {"type": "completion.create", "id": "b", "prompt": "hi", "max_tokens": 2}
         await communicator.send_to(text_data=json.dumps(create))
-        types = []
+        types: list[str] = []
         while not types or types[-1] not in ("completion.done", "error"):
             types.append(json.loads(await communicator.receive_from(timeout=60))["type"])
         assert types[0] == "completion.started" and types[-1] == "completion.done", types
