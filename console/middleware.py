@@ -93,11 +93,12 @@ def _error_for(request: HttpRequest, response: HttpResponseBase) -> dict:
     """The OpenAI error object standing in for a non-JSON error answer."""
     status, method, path = response.status_code, request.method, request.path
     if status == 404:
-        return error_body(f"Unknown API path {method} {path}.", code="not_found")
+        # OpenAI's words for a path it does not serve (a trailing slash included).
+        return error_body(f"Invalid URL ({method} {path})", code="unknown_url")
     if status == 405:
         allowed = response.get("Allow", "")
         return error_body(
-            f"Method {method} is not allowed on {path}; allowed: {allowed}.",
+            f"Invalid method for URL ({method} {path}); allowed: {allowed}.",
             code="method_not_allowed",
         )
     if status >= 500:
@@ -123,4 +124,6 @@ class ApiJsonErrorsMiddleware(AsyncMiddleware):
         for name, value in response.headers.items():
             if name.lower() not in ("content-type", "content-length"):
                 replaced.headers.setdefault(name, value)
+        # Outermost, so after ApiHttpMetricsMiddleware set the replaced body's length.
+        replaced["Content-Length"] = str(len(replaced.content))
         return replaced

@@ -299,7 +299,7 @@ INFERENCE_DRAIN_SECONDS = env_float("INFERENCE_DRAIN_SECONDS", 30.0)
 INFERENCE_MODEL_NAME = env_str("INFERENCE_MODEL_NAME", "")
 
 # --- API ------------------------------------------------------------------------------------
-API_MAX_PROMPT_CHARS = env_int("API_MAX_PROMPT_CHARS", 16_000)  # 413 above it
+API_MAX_PROMPT_CHARS = env_int("API_MAX_PROMPT_CHARS", 16_000)  # 400 above it
 API_DEFAULT_MAX_TOKENS = env_int("API_DEFAULT_MAX_TOKENS", 256)  # when a request gives none
 WS_MAX_CONCURRENT = env_int("WS_MAX_CONCURRENT", 4)  # requests running at once per socket
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 65_536)

@@ -38,6 +38,64 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
 
 
+class ContextLengthExceeded(InvalidRequest):
+    """A prompt longer than the model takes (OpenAI's 400 context_length_exceeded, which the
+    SDKs and LangChain recognise); refused, never truncated. The message gives the numbers:
+    the tokens counted, a lower bound when the prompt was refused without tokenizing, or its
+    characters when it was over a character cap."""
+
+    code = "context_length_exceeded"
+
+    def __init__(
+        self,
+        limit: int | None,
+        *,
+        tokens: int | None = None,
+        at_least: int = 0,
+        chars: int = 0,
+        char_limit: int = 0,
+        param: str = "prompt",
+    ) -> None:
+        self.limit, self.tokens, self.at_least = limit, tokens, at_least
+        self.chars, self.char_limit = chars, char_limit
+        super().__init__(self._message(param), param=param)
+
+    def about(self, param: str) -> "ContextLengthExceeded":
+        """The same error, worded for the request field that carried the prompt."""
+        return ContextLengthExceeded(
+            self.limit,
+            tokens=self.tokens,
+            at_least=self.at_least,
+            chars=self.chars,
+            char_limit=self.char_limit,
+            param=param,
+        )
+
+    def _message(self, param: str) -> str:
+        if self.limit is None:
+            head = f"This node's maximum prompt length is {self.char_limit} characters."
+        else:
+            # An encoder-decoder: the context is the prompt alone; max_tokens has its own limit.
+            head = (
+                f"This model's maximum context length is {self.limit} tokens for the prompt "
+                "(its end-of-sequence token included; max_tokens is limited separately)."
+            )
+        if self.tokens is not None:
+            counted = f"resulted in {self.tokens} tokens"
+        elif self.at_least:
+            counted = f"resulted in at least {self.at_least} tokens (counted without tokenizing)"
+        elif self.chars:
+            counted = f"has {self.chars} characters (refused before tokenizing)"
+        else:
+            counted = f"has more than {self.char_limit} characters (refused before tokenizing)"
+        # "prompt is too long": how LangChain (langchain-openai 1.8) tells a context overflow
+        # when the openai SDK's exception text holds the message alone (openai 3.x).
+        return (
+            f"{head} However, your {param} {counted}, so the prompt is too long. "
+            f"Please reduce the length of the {param}."
+        )
+
+
 class AuthenticationFailed(ApiError):
     status = 401
     code = "invalid_api_key"

@@ -58,6 +58,8 @@ class PromptTooLong(EngineError):
         )
         self.limit = limit
         self.tokens = tokens
+        self.at_least = at_least
+        self.char_limit = char_limit
 
 
 class InvalidGeneration(EngineError):

@@ -6,6 +6,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Router, Schema
 
 from core.clientaddr import client_ip
+from core.errors import NotFound
 from inference.engines import served_model_id
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
@@ -77,10 +78,30 @@ class UsageOut(Schema):
     flush_interval_seconds: float
 
 
+def _models() -> list[ModelOut]:
+    """The models a key may use: what GET /v1/models lists and GET /v1/models/{model} finds."""
+    return [ModelOut(id=served_model_id())]
+
+
 @router.get("/models", response=ModelListOut, tags=["models"], summary="List the served model")
 async def list_models(request: KeyedRequest) -> ModelListOut:
     require_scope(request.auth, "models")
-    return ModelListOut(data=[ModelOut(id=served_model_id())])
+    return ModelListOut(data=_models())
+
+
+# {path:model}: ids such as google/flan-t5-base hold slashes (the SDK does not escape them).
+@router.get(
+    "/models/{path:model}",
+    response=ModelOut,
+    tags=["models"],
+    summary="Retrieve a model (404 model_not_found unless this node serves it)",
+)
+async def retrieve_model(request: KeyedRequest, model: str) -> ModelOut:
+    require_scope(request.auth, "models")
+    for served in _models():
+        if served.id == model:
+            return served
+    raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
 
 
 async def _respond(

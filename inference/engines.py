@@ -26,11 +26,11 @@ from django.conf import settings
 
 from core.errors import (
     ApiError,
+    ContextLengthExceeded,
     GenerationError,
     InvalidRequest,
     ModelUnavailable,
     Overloaded,
-    PayloadTooLarge,
 )
 from engine.config import EngineConfig
 from engine.runtime import (
@@ -154,8 +154,8 @@ _tokenizer_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize
 
 
 async def engine_encode_prompt(text: str) -> list[int]:
-    """The prompt's ids, once, on admission's side (raises ApiErrors, 413 when too long);
-    long prompts are encoded off the event loop."""
+    """The prompt's ids, once, on admission's side (raises ApiErrors, ContextLengthExceeded
+    when too long); long prompts are encoded off the event loop."""
     engine = require_engine()
     try:
         if len(text) <= INLINE_PROMPT_CHARS:
@@ -220,7 +220,9 @@ def api_error(exc: EngineError) -> ApiError:
             headers={"Retry-After": "5"},
         )
     if isinstance(exc, PromptTooLong):
-        return PayloadTooLarge(str(exc), param="prompt", code="context_length_exceeded")
+        return ContextLengthExceeded(
+            exc.limit, tokens=exc.tokens, at_least=exc.at_least, char_limit=exc.char_limit
+        )
     if isinstance(exc, InvalidGeneration):
         return InvalidRequest(str(exc), param=exc.param)
     if isinstance(exc, ModelNotReady):

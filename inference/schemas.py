@@ -6,7 +6,8 @@ logprobs, penalties, logit_bias, suffix, tools, response formats other than text
 with a clear 400 when set to anything else: never silently ignored.
 """
 
-from typing import Any, Literal
+import json
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,20 +23,47 @@ MAX_STOP_LENGTH = 64
 class Unsupported(ValueError):
     """A parameter value the node cannot honour (reported with its parameter name)."""
 
-    def __init__(self, param: str, message: str) -> None:
+    def __init__(self, param: str, message: str, code: str = "unsupported_value") -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
-class StreamOptions(BaseModel):
+def unsupported_parameter(param: str) -> Unsupported:
+    """A field this model cannot honour at all (OpenAI's wording and code for such a field)."""
+    message = f"Unsupported parameter: '{param}' is not supported with this model."
+    return Unsupported(param, message, code="unsupported_parameter")
+
+
+class NullMeansAbsent(BaseModel):
+    """OpenAI's optional fields take null for "not given" (the SDKs and LangChain send it):
+    a null field is dropped before validation, so an optional one takes its default and a
+    required one is missing (and named). A null unknown field stays, to be refused by name."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            name: value for name, value in data.items() if value is not None or name not in fields
+        }
+
+
+class StreamOptions(NullMeansAbsent):
     model_config = STRICT
     include_usage: bool = False
+    # Accepted and ignored: chunks carry no `obfuscation` padding here.
+    include_obfuscation: bool = True
 
 
-class GenerationParams(BaseModel):
+class GenerationParams(NullMeansAbsent):
     """Parameters shared by completions and chat completions."""
 
     model_config = STRICT
+    # The request field that carries the prompt, named by a too-long prompt's error.
+    prompt_param: ClassVar[str] = "prompt"
 
     model: str = Field(min_length=1, max_length=200)
     max_tokens: int | None = Field(None, ge=1)
@@ -116,23 +144,49 @@ class CompletionIn(GenerationParams):
         return first if isinstance(first, str) else ""
 
 
-class TextPart(BaseModel):
-    model_config = STRICT
-    type: Literal["text"]
-    text: str
+class ContentPart(NullMeansAbsent):
+    """A part of a message's content. Text parts are read; a part of another documented type
+    (image_url, input_audio, file, refusal) is refused by name (ChatCompletionIn), and the
+    fields OpenAI may add to a part (prompt_cache_breakpoint) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_has_text(self) -> "ContentPart":
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs its text")
+        return self
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(NullMeansAbsent):
     model_config = STRICT
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[ContentPart]
     name: str | None = Field(None, max_length=64)
+    # An assistant message of the history: its refusal stands in for absent content; tool
+    # and function calls and audio are refused (ChatCompletionIn.refused_field), never dropped.
+    refusal: str | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _assistant_content_may_be_null(cls, data: Any) -> Any:
+        # OpenAI: an assistant message's content is optional (null beside tool_calls or a
+        # refusal); every other role's is required.
+        assistant = isinstance(data, dict) and data.get("role") == "assistant"
+        if assistant and data.get("content") is None:
+            return {**data, "content": data.get("refusal") or ""}
+        return data
 
     @property
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text or "" for part in self.content)
 
 
 class ResponseFormat(BaseModel):
@@ -149,6 +203,35 @@ class ChatCompletionIn(GenerationParams):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     logprobs: bool | None = None
+    # Documented OpenAI fields (docs/api.md, "Request fields"). Accepted and ignored: they
+    # change nothing in the answer of this node.
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    store: bool = Field(False, json_schema_extra={"enum": [False]})
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=256)
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    safety_identifier: str | None = Field(None, max_length=256)
+    parallel_tool_calls: bool | None = None
+    # Refused unless neutral (refused_field): each would change the answer and cannot be
+    # honoured by this model. Any type, so the refusal names the field whatever its shape.
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    moderation: Any = None
+    prompt_param: ClassVar[str] = "messages"
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value and any(len(k) > 64 or len(v) > 512 for k, v in value.items()):
+            raise ValueError("metadata keys are at most 64 characters, values at most 512")
+        return value
 
     @model_validator(mode="after")
     def _one_max(self) -> "ChatCompletionIn":
@@ -164,15 +247,64 @@ class ChatCompletionIn(GenerationParams):
         found = super().unsupported()
         if found:
             return found
-        if self.tools or self.tool_choice not in (None, "none"):
-            return Unsupported("tools", "Tool calls are not supported by this node.")
-        if self.response_format is not None and self.response_format.type != "text":
-            return Unsupported("response_format", "Only the text response format is supported.")
+        refused = self.refused_field()
+        if refused:
+            return refused
         if self.logprobs:
             return Unsupported("logprobs", "logprobs is not supported by this node.")
         if self.messages[-1].role != "user":
             return Unsupported("messages", "The last message must come from the user.")
         return None
+
+    def refused_field(self) -> Unsupported | None:
+        """The first documented field set to what this model cannot honour; it is named,
+        never another one (LangChain's bind_tools sends tools with parallel_tool_calls)."""
+        for name in ("tools", "functions"):
+            if getattr(self, name):  # an empty list asks for nothing
+                return unsupported_parameter(name)
+        for name in ("audio", "prediction", "web_search_options", "moderation"):
+            if getattr(self, name) is not None:  # {} turns web search or moderation on
+                return unsupported_parameter(name)
+        # The neutral value of each: what the model does anyway.
+        neutral = {
+            "tool_choice": ("none", "auto"),
+            "function_call": ("none", "auto"),
+            "reasoning_effort": ("none",),
+            "verbosity": ("medium",),
+        }
+        for name, allowed in neutral.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                return _unsupported_value(name, value, allowed)
+        if self.modalities not in (None, ["text"]):
+            return _unsupported_value("modalities", self.modalities, (["text"],))
+        if self.response_format is not None and self.response_format.type != "text":
+            return _unsupported_value("response_format", self.response_format.type, ("text",))
+        if self.store:
+            return Unsupported("store", "This node does not store completions; omit store.")
+        return self._refused_in_messages()
+
+    def _refused_in_messages(self) -> Unsupported | None:
+        for index, message in enumerate(self.messages):
+            for name in ("tool_calls", "function_call", "audio"):
+                if getattr(message, name) not in (None, []):
+                    return unsupported_parameter(f"messages.{index}.{name}")
+            parts = message.content if isinstance(message.content, list) else []
+            for number, part in enumerate(parts):
+                if part.type != "text":
+                    param = f"messages.{index}.content.{number}.type"
+                    return _unsupported_value(param, part.type, ("text",))
+        return None
+
+
+def _unsupported_value(param: str, value: Any, allowed: tuple[Any, ...]) -> Unsupported:
+    shown = value if isinstance(value, str) else json.dumps(value)[:100]
+    choices = " or ".join(repr(choice) for choice in allowed)
+    return Unsupported(
+        param,
+        f"Unsupported value: '{param}' does not support {shown!r} with this model. "
+        f"Only {choices} is supported.",
+    )
 
 
 class Usage(BaseModel):

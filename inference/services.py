@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from core.errors import ApiError, InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import ApiError, ContextLengthExceeded, InvalidRequest, NotFound
 from engine.generation import FINISH_CANCELLED
 from engine.runtime import GenerationRequest, GenerationResult, GenerationStream
 from inference import metrics
@@ -59,7 +59,7 @@ class CompletionPlan:
 def _check_parameters(params: GenerationParams) -> None:
     unsupported = params.unsupported()
     if unsupported is not None:
-        raise InvalidRequest(str(unsupported), param=unsupported.param, code="unsupported_value")
+        raise InvalidRequest(str(unsupported), param=unsupported.param, code=unsupported.code)
     if params.model is not None and params.model not in served_model_names():
         raise NotFound(
             f"The model '{params.model}' does not exist; GET /v1/models lists the served one.",
@@ -101,11 +101,12 @@ async def _plan(
     require_scope(record, "completions")
     _check_parameters(params)
     if len(prompt) > settings.API_MAX_PROMPT_CHARS:
-        raise PayloadTooLarge(
-            f"The prompt has {len(prompt)} characters; this node accepts at most "
-            f"{settings.API_MAX_PROMPT_CHARS}.",
-            param="prompt",
-            code="prompt_too_large",
+        # Refused before tokenizing: the count is in characters, the only one known.
+        raise ContextLengthExceeded(
+            None,
+            chars=len(prompt),
+            char_limit=settings.API_MAX_PROMPT_CHARS,
+            param=params.prompt_param,
         )
     request = GenerationRequest(
         prompt=prompt,
@@ -121,7 +122,10 @@ async def _plan(
     engine_check_request(request)
     # Encoded once here (a prompt too long for the model is refused before admission), and
     # the ids travel with the request: the engine does not encode it again.
-    prompt_ids = await engine_encode_prompt(prompt)
+    try:
+        prompt_ids = await engine_encode_prompt(prompt)
+    except ContextLengthExceeded as exc:
+        raise exc.about(params.prompt_param) from exc
     request = replace(request, prompt_ids=tuple(prompt_ids))
     model = params.model or served_model_id()
     return CompletionPlan(record, request, len(prompt_ids), model, endpoint, stream, received_at)

@@ -56,9 +56,9 @@ def openai_error(headers: dict[str, str], body: bytes) -> dict:
         ("GET", "/v1/completions", 405, "method_not_allowed"),
         ("PUT", "/v1/chat/completions", 405, "method_not_allowed"),
         ("POST", "/v1/models", 405, "method_not_allowed"),
-        ("GET", "/v1/nope", 404, "not_found"),
-        ("GET", "/v1/models/", 404, "not_found"),
-        ("GET", "/v1", 404, "not_found"),
+        ("GET", "/v1/nope", 404, "unknown_url"),
+        ("GET", "/v1/models/", 404, "unknown_url"),
+        ("GET", "/v1", 404, "unknown_url"),
     ],
 )
 async def test_every_v1_error_is_openai_json_whatever_debug_says(

@@ -63,7 +63,7 @@ async def test_requests_refused_before_admission_spend_the_keys_request_rate(
     too_long = "word " * 3000  # far past the tiny model's 512 tokens, under the char cap
     statuses = [(await complete(issued.token, prompt=too_long)).status_code for _ in range(4)]
     # The burst allows two, then the rate is spent: 429 (then from the in-process cache).
-    assert statuses[:1] == [413] and statuses[-1] == 429, statuses
+    assert statuses[:1] == [400] and statuses[-1] == 429, statuses
     refused = await complete(issued.token)  # a good request of the same key: 429 as well
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     keys = limiter_keys(tenant.pk)
@@ -111,5 +111,5 @@ async def test_a_prompt_certainly_too_long_is_refused_without_encoding(
     monkeypatch.setattr(model, "encode", recording)
     response = await complete(issued.token, prompt="word " * 600)  # 600 words > 512 tokens
     error = response.json()["error"]
-    assert response.status_code == 413 and "at least 601" in error["message"], error
+    assert response.status_code == 400 and "at least 601" in error["message"], error
     assert encoded == []

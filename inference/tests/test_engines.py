@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.test import AsyncClient, override_settings
 
-from core.errors import InvalidRequest, ModelUnavailable, Overloaded, PayloadTooLarge
+from core.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailable, Overloaded
 from engine.runtime import Engine, GenerationRequest
 from engine.testing import tiny_config
 from inference import engines
@@ -78,10 +78,10 @@ async def test_readyz_stays_200_but_degraded_when_a_shared_dependency_fails(
 
 async def test_engine_errors_become_client_errors(installed, make_engine) -> None:
     engine = installed(make_engine(max_batch=1, max_queue=1, max_wait_ms=0, max_input_tokens=8))
-    with pytest.raises(PayloadTooLarge) as too_long:
+    with pytest.raises(ContextLengthExceeded) as too_long:
         await engines.engine_submit(GenerationRequest("the model runs " * 10))
     assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
-    assert too_long.value.status == 413
+    assert too_long.value.status == 400
     with pytest.raises(InvalidRequest) as invalid:
         await engines.engine_submit(GenerationRequest("hi", top_p=2.0))
     assert invalid.value.param == "top_p"
@@ -100,7 +100,7 @@ async def test_engine_errors_become_client_errors(installed, make_engine) -> Non
     await iterator.aclose()
     ids = await engines.engine_encode_prompt("the model")
     assert len(ids) == engine.count_tokens("the model")
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(ContextLengthExceeded):
         await engines.engine_encode_prompt("the model runs " * 10)  # 8 tokens at most here
 
 
