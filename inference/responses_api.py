@@ -66,13 +66,21 @@ async def create_response(
             client_addr=client_addr,
         )
     except ApiError as exc:
-        exc.param = PARAM_NAMES.get(exc.param or "", exc.param)
+        _rename_param(exc)
         raise
     run = await Run.start(plan, client_addr=client_addr)
     shape = ResponseShape(body, model=plan.model)
     if body.stream:
         return _stream_response(request, run, shape)
     return await _json_response(request, run, shape)
+
+
+def _rename_param(error: ApiError) -> None:
+    """Name this endpoint's field, in `param` and in the message ("max_tokens must be...")."""
+    name = PARAM_NAMES.get(error.param or "")
+    if name is not None and error.param is not None:
+        error.message = error.message.replace(f"{error.param} must", f"{name} must")
+        error.param = name
 
 
 class ResponseShape:

@@ -93,7 +93,9 @@ def _as_message_items(value: object) -> object:
             "input_shape", "input must be a string or a non-empty list of message items."
         )
     for n, item in enumerate(value):
-        kind = item.get("type", "message") if isinstance(item, dict) else "message"
+        if not isinstance(item, dict):
+            continue  # pydantic's own error names it
+        kind = item.get("type", "message")
         if kind != "message":
             raise PydanticCustomError(
                 "unsupported_input",

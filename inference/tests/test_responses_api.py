@@ -11,12 +11,19 @@ from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.db.models import Sum
 from django.test import AsyncClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from console.handlers import ApiHandler, PathDispatcher
+from console.tests.test_api_json_errors import call
+from core.errors import ModelUnavailable
 from engine.runtime import GenerationRequest
 from inference import engines
+from inference.responses_api import ResponseShape
+from inference.responses_schemas import ResponseCreateIn
+from inference.tests.test_bad_input_properties import json_values, text
 from inference.tests.test_gone_clients import counted_usage, leases, request_scope, wait_for
 from ratelimit import flush
 from tenants.models import UsageMinute
@@ -50,7 +57,10 @@ async def _post(token: str, **fields: Any):
 
 async def _events(response) -> list[tuple[str, dict[str, Any]]]:
     """The (event line, data) pairs of a streamed answer."""
-    raw = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    return _parse(b"".join([chunk async for chunk in response.streaming_content]).decode())
+
+
+def _parse(raw: str) -> list[tuple[str, dict[str, Any]]]:
     events = []
     for block in filter(None, raw.split("\n\n")):
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
@@ -128,6 +138,24 @@ async def test_a_stream_sends_the_typed_events_in_order(installed, make_engine, 
     assert events[0][1]["response"]["status"] == "in_progress"
 
 
+def test_a_failure_after_the_start_is_an_error_event_then_response_failed() -> None:
+    body = ResponseCreateIn.model_validate({"model": "m", "input": "Hi"})
+    shape = ResponseShape(body, model="m")
+    opening = _parse(shape.opening().decode())
+    events = _parse(shape.failed(ModelUnavailable("The node stopped this request.")).decode())
+    assert [kind for kind, _ in events] == ["error", "response.failed"]
+    assert [data["sequence_number"] for _, data in opening + events] == list(range(6))
+    error, failed = (data for _, data in events)
+    assert (error["code"], error["message"]) == (
+        "model_unavailable",
+        "The node stopped this request.",
+    )
+    assert "error" not in error  # a top-level `error` would make the SDK raise, not yield it
+    parsed = STREAM_EVENTS.validate_python(failed)
+    assert parsed.response.status == "failed" and parsed.response.error.code == "server_error"
+    STREAM_EVENTS.validate_python(error)
+
+
 async def test_a_cut_answer_is_incomplete_for_max_output_tokens(
     installed, make_engine, issued
 ) -> None:
@@ -201,6 +229,7 @@ REFUSED = [
     ({"top_logprobs": 3}, "top_logprobs", "not supported"),
     ({"model": "gpt-4o"}, "model", "does not exist"),
     ({"max_tokens": 5}, "max_tokens", "Unrecognized request argument"),
+    ({"max_output_tokens": 10**6}, "max_output_tokens", "max_output_tokens must be between"),
     (
         {"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]},
         "input",
@@ -214,6 +243,7 @@ REFUSED = [
     ({"input": [{"role": "assistant", "content": "Hi"}]}, "input", "from the user"),
     ({"input": []}, "input", "non-empty list"),
     ({"input": 7}, "input", "a string or"),
+    ({"input": [[None, None]]}, "input.0", ""),
     ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role", ""),
 ]
 
@@ -262,6 +292,37 @@ async def test_the_openapi_document_shows_the_route(issued) -> None:
     assert operation["summary"].startswith("Create a response")
     schema = document["components"]["schemas"]["ResponseCreateIn"]["properties"]["input"]
     assert [kind.get("type") for kind in schema["anyOf"]] == ["string", "array"]
+
+
+parts = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["input_text", "output_text", "input_image", None]),
+        "text": json_values,
+    }
+)
+items = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "tool"]),
+        "content": st.one_of(text, st.lists(parts, max_size=3)),
+    },
+    optional={"type": st.sampled_from(["message", "function_call", 3]), "status": json_values},
+)
+response_bodies = st.dictionaries(
+    st.sampled_from(["input", "instructions", "tools", "text", "reasoning", "include", "store"]),
+    st.one_of(json_values, st.lists(items, max_size=3)),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=response_bodies)
+async def test_every_bad_body_gets_a_4xx_in_the_openai_shape(issued, body: dict[str, Any]) -> None:
+    raw = json.dumps({"model": "m", **body}).encode()
+    status, headers, answer = await call(
+        "POST", "/v1/responses", raw, Authorization=f"Bearer {issued.token}"
+    )
+    assert 400 <= status < 500 or status == 503, (status, answer[:300])
+    assert set(json.loads(answer)["error"]) == {"message", "type", "param", "code"}
 
 
 @pytest.mark.parametrize("stream", [False, True])
