@@ -6,10 +6,10 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Router, Schema
 
 from core.clientaddr import client_ip
+from inference import responses_api
 from inference.engines import served_model_id
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
-from inference.responses_api import create_response
 from inference.responses_schemas import ResponseCreateIn, ResponseOut
 from inference.schemas import (
     ChatCompletionIn,
@@ -144,10 +144,10 @@ async def create_chat_completion(
     tags=["completions"],
     summary="Create a response (OpenAI's Responses API, text only; nothing is stored)",
 )
-async def create_response_view(
+async def create_response(
     request: KeyedRequest, body: ResponseCreateIn
 ) -> JsonResponse | StreamingHttpResponse:
-    return await create_response(request, request.auth, body)
+    return await responses_api.create_response(request, request.auth, body)
 
 
 @router.get("/usage", response=UsageOut, tags=["usage"], summary="The caller's tenant usage")
