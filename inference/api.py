@@ -7,9 +7,11 @@ from ninja import Router, Schema
 
 from core.clientaddr import client_ip
 from core.errors import NotFound
+from inference import responses_api
 from inference.engines import served_model_id
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
+from inference.responses_schemas import ResponseCreateIn, ResponseOut
 from inference.schemas import (
     ChatCompletionIn,
     ChatCompletionOut,
@@ -154,6 +156,19 @@ async def create_chat_completion(
 ) -> JsonResponse | StreamingHttpResponse:
     prompt = render_chat(body.messages)
     return await _respond(request, body, prompt, body.max_new_tokens, chat=True)
+
+
+@router.post(
+    "/responses",
+    auth=completions_auth,
+    response=ResponseOut,
+    tags=["completions"],
+    summary="Create a response (OpenAI's Responses API, text only; nothing is stored)",
+)
+async def create_response(
+    request: KeyedRequest, body: ResponseCreateIn
+) -> JsonResponse | StreamingHttpResponse:
+    return await responses_api.create_response(request, request.auth, body)
 
 
 @router.get("/usage", response=UsageOut, tags=["usage"], summary="The caller's tenant usage")

@@ -4,7 +4,7 @@ from prometheus_client import Counter, Histogram
 
 # --- The API layer ------------------------------------------------------------------------
 # `endpoint` is one of ENDPOINTS (never a raw path); `reason` is an error code from the code.
-ENDPOINTS = ("completions", "chat.completions", "ws", "other")
+ENDPOINTS = ("completions", "chat.completions", "ws", "responses", "other")
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 
 API_COMPLETION_SECONDS = Histogram(
@@ -30,12 +30,14 @@ def endpoint_of(path: str) -> str:
     """The bounded endpoint label of an API path."""
     if path.endswith("/chat/completions"):
         return "chat.completions"
+    if path.endswith("/v1/responses"):
+        return "responses"
     if path.endswith("/completions"):
         return "completions" if path.startswith("/v1/") else "ws"
     return "other"
 
 
-for _endpoint in ENDPOINTS[:3]:
+for _endpoint in ENDPOINTS[:-1]:
     API_TIME_TO_FIRST_BYTE.labels(_endpoint)
     for _stream in ("true", "false"):
         API_COMPLETION_SECONDS.labels(_endpoint, _stream)

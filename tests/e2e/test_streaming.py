@@ -44,7 +44,7 @@ def event_arrival_times(base: str, path: str) -> list[tuple[float, str]]:
         conn.close()
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/responses"])
 def test_completion_streams_pass_through_traefik_event_by_event(stack: Stack, path: str) -> None:
     events = event_arrival_times(stack.public, path)
     assert [text for _, text in events][-1] == "data: [DONE]", events
