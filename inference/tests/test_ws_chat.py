@@ -216,7 +216,7 @@ async def test_cancel_stops_a_chat_and_bills_nothing_unsent(
         (chat("d", messages="Hello"), "invalid_request", "messages"),
         (chat("e", prompt="Hello"), "invalid_request", "prompt"),
         (chat("f", messages=[{"role": "assistant", "content": "x"}]), "unsupported_value", None),
-        (chat("g", tools=[{"type": "function"}]), "unsupported_value", "tools"),
+        (chat("g", tools=[{"type": "function"}]), "unsupported_parameter", "tools"),
         (chat("h", max_tokens=2, max_completion_tokens=2), "invalid_request", None),
         (chat("i", model="someone-elses-model"), "model_not_found", "model"),
         ({"type": "chat.completion.create", "messages": MESSAGES}, "invalid_request", "id"),
