@@ -67,6 +67,13 @@ def still_denied(record: KeyRecord) -> Decision | None:
     return _aged(denial.decision, int((now - denial.made_at) * 1_000_000))
 
 
+def holds(record: KeyRecord) -> bool:
+    """Whether a refusal of this very record still holds: still_denied() without building its
+    aged decision (a cheap test before the refusal itself)."""
+    denial = _denials.get(record.api_key_pk)
+    return denial is not None and denial.record is record and time.monotonic() < denial.until
+
+
 def _aged(decision: Decision, elapsed_us: int) -> Decision:
     states = tuple(
         state._replace(reset_us=max(0, state.reset_us - elapsed_us)) for state in decision.states
