@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 
-from ratelimit.decision import Decision
+from ratelimit.decision import Decision, LimitState
 from ratelimit.limits import LimitKind
 from tenants.keycache import KeyRecord
 
@@ -75,8 +75,10 @@ def holds(record: KeyRecord) -> bool:
 
 
 def _aged(decision: Decision, elapsed_us: int) -> Decision:
+    # The constructor, not _replace(): about half the cost, on every refusal of a flood.
     states = tuple(
-        state._replace(reset_us=max(0, state.reset_us - elapsed_us)) for state in decision.states
+        LimitState(state.limit, state.remaining, max(0, state.reset_us - elapsed_us))
+        for state in decision.states
     )
     # remember() keeps only refusals with a binding limit.
     assert decision.binding is not None
