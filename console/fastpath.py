@@ -69,7 +69,8 @@ def may_be_refused(scope: dict) -> bool:
         return False
     token = _scope_token(scope)
     parsed = tokens.parse_token(token) if token else None
-    record = key_cache.cached_now(parsed[0]) if parsed else None
+    # A peek, with none of a lookup's effects (refreshes, metrics): refused_key() looks it up.
+    record = key_cache.last_known(parsed[0]) if parsed else None
     return record is not None and denycache.holds(record)
 
 

@@ -21,7 +21,8 @@ from core.errors import RateLimited
 from ratelimit import backlog, denycache, limiter
 from tenants.auth import authenticate_token
 from tenants.keycache import KeyRecord, key_cache
-from tenants.services import IssuedKey, api_key_issue, tenant_create
+from tenants.models import Tenant
+from tenants.services import IssuedKey, api_key_issue, tenant_create, tenant_set_limits
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -220,9 +221,35 @@ async def test_requests_memory_cannot_decide_are_not_taken() -> None:
 
 async def test_a_key_cache_due_to_poll_its_version_sends_the_request_the_usual_way() -> None:
     issued, _ = await flooded_key()
+    usual: list[str] = []
+    ninja = ninja_path()
+
+    async def the_usual_way(scope: dict, receive: Any, send: Any) -> None:
+        usual.append(scope["path"])
+        await ninja(scope, receive, send)
+
+    request_scope = scope("/v1/completions", issued.token)
+    body = json.dumps(BODIES["/v1/completions"]).encode()
     with override_settings(API_KEY_VERSION_POLL_SECONDS=0):
         # The version could have moved (a revoked key, new limits): only an await can say.
-        assert not may_be_refused(scope("/v1/completions", issued.token))
+        assert may_be_refused(request_scope)
+        status, _, _ = await call(CachedRefusals(the_usual_way), request_scope, body)
+    assert usual == ["/v1/completions"]  # with its body, read once already, handed on
+    assert status == 429
+
+
+async def test_a_key_whose_limits_changed_is_decided_by_ninja_with_its_whole_body() -> None:
+    issued, record = await flooded_key()
+    tenant = await Tenant.objects.aget(pk=record.tenant_id)
+    await sync_to_async(tenant_set_limits)(tenant=tenant, changes={"rpm": 6000}, actor="test")
+    request_scope = scope("/v1/completions", issued.token)
+    body = json.dumps({**BODIES["/v1/completions"], "bogus": 1}).encode()
+    with override_settings(API_KEY_VERSION_POLL_SECONDS=0):
+        assert may_be_refused(request_scope)  # the record held before the change is refused
+        status, _, answer = await call(CachedRefusals(ninja_path()), request_scope, body)
+    # The new record is not refused: ninja parsed the body that the shortcut had read.
+    assert status == 400, answer
+    assert json.loads(answer)["error"]["param"] == "bogus"
 
 
 @override_settings(API_KEY_VERSION_POLL_SECONDS=600)
