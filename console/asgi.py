@@ -35,6 +35,12 @@ from console.handlers import ApiHandler, PathDispatcher  # noqa: E402
 # The API paths skip the console's sync middleware and per-request threads (console/handlers.py).
 http_application = PathDispatcher(ApiHandler(), http_application)
 
+from console.fastpath import CachedRefusals  # noqa: E402
+
+# A key refused in process (the denial cache) gets its 429 before ninja and the parts of
+# Django's request cycle that only a view needs (console/fastpath.py).
+http_application = CachedRefusals(http_application)
+
 from console.bodylimit import BodyLimitMiddleware  # noqa: E402
 from console.metrics import MetricsEndpoint  # noqa: E402
 

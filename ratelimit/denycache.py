@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 
-from ratelimit.decision import Decision
+from ratelimit.decision import Decision, LimitState
 from ratelimit.limits import LimitKind
 from tenants.keycache import KeyRecord
 
@@ -67,9 +67,18 @@ def still_denied(record: KeyRecord) -> Decision | None:
     return _aged(denial.decision, int((now - denial.made_at) * 1_000_000))
 
 
+def holds(record: KeyRecord) -> bool:
+    """Whether a refusal of this very record still holds: still_denied() without building its
+    aged decision (a cheap test before the refusal itself)."""
+    denial = _denials.get(record.api_key_pk)
+    return denial is not None and denial.record is record and time.monotonic() < denial.until
+
+
 def _aged(decision: Decision, elapsed_us: int) -> Decision:
+    # The constructor, not _replace(): about half the cost, on every refusal of a flood.
     states = tuple(
-        state._replace(reset_us=max(0, state.reset_us - elapsed_us)) for state in decision.states
+        LimitState(state.limit, state.remaining, max(0, state.reset_us - elapsed_us))
+        for state in decision.states
     )
     # remember() keeps only refusals with a binding limit.
     assert decision.binding is not None

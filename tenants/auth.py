@@ -54,6 +54,20 @@ async def authenticate_token(
     return record
 
 
+def authenticate_cached(token: str | None) -> KeyRecord | None:
+    """authenticate_token() from this process's memory alone, never awaiting: the record when
+    the token is valid and its key is cached here, else None, meaning "cannot say" (the caller
+    then awaits authenticate_token(), which looks further and counts failures)."""
+    parsed = tokens.parse_token(token) if token else None
+    if parsed is None:
+        return None
+    key_id, secret = parsed
+    record = key_cache.cached_now(key_id)
+    if record is None or not _accepts(record, secret):
+        return None
+    return record
+
+
 async def _authenticate_throttled(
     key_id: str, secret: str, refused: KeyRecord | None, client_addr: str | None
 ) -> KeyRecord | None:

@@ -203,6 +203,13 @@ class KeyCache:
         await self._sync_version()
         return self._cached(key_id)[1]
 
+    def cached_now(self, key_id: str) -> KeyRecord | None:
+        """get_cached() without an await, for a caller that must not wait: None also while the
+        version counter is due for its poll (the caller then takes get_cached(), which polls)."""
+        if time.monotonic() - self._checked_at >= settings.API_KEY_VERSION_POLL_SECONDS:
+            return None
+        return self._cached(key_id)[1]
+
     def _cached(self, key_id: str) -> tuple[bool, KeyRecord | None]:
         """(hit, record) from memory alone; None with a hit is a known-unknown id."""
         entry = self._entries.get(key_id)
