@@ -41,7 +41,7 @@ from tenants.keycache import KeyRecord, key_cache, touch_last_used
 # The POST paths whose operations authenticate with inference.api.CompletionsAuth, so that a
 # cached refusal is their answer right after authentication, whatever the body says. Add an
 # operation's path here only if it does.
-DENIABLE_PATHS: tuple[str, ...] = ("/v1/completions", "/v1/chat/completions")
+DENIABLE_PATHS: tuple[str, ...] = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 _TOKEN_HEADERS = frozenset({"authorization", "x-api-key"})
 
 Receive = Callable[[], Awaitable[dict]]

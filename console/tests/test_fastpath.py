@@ -29,6 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/completions": {"model": "tiny", "prompt": "Hello there", "max_tokens": 8},
     "/v1/chat/completions": {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]},
+    "/v1/responses": {"model": "tiny", "input": "Hi"},
 }
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
