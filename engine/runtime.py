@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from engine import metrics
@@ -159,10 +159,10 @@ class GenerationGroup:
                 job.cancelled = True
                 self._engine._withdraw(job)
 
-    def __aiter__(self) -> AsyncIterator[tuple[int, Delta]]:
+    def __aiter__(self) -> AsyncGenerator[tuple[int, Delta]]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[tuple[int, Delta]]:
+    async def _iterate(self) -> AsyncGenerator[tuple[int, Delta]]:
         try:
             while self._running:
                 index, event = await self._events.get()

@@ -18,6 +18,7 @@ from engine.runtime import (
     InvalidGeneration,
     PromptTooLong,
     QueueFull,
+    RowFailed,
 )
 from engine.testing import generate
 
@@ -161,7 +162,8 @@ async def test_a_group_that_does_not_fit_the_queue_is_refused_whole(
         assert engine.status()["queue_depth"] == 2
     finally:
         busy.cancel()
-        await iterator.aclose()
+        async for _ in iterator:  # ends once the cancel reaches the row
+            pass
     await collect_group(group)
     assert all(r is not None and r.finish_reason != "cancelled" for r in group.results)
 
@@ -194,3 +196,19 @@ async def test_token_prompts_are_checked_and_fed_as_ids(engine: Engine, tokenize
         assert refused.value.param == "prompt"
     with pytest.raises(PromptTooLong):
         engine.token_prompt([5] * (engine.max_input_tokens + 1))
+
+
+async def test_a_row_that_fails_fails_its_group_and_cancels_the_others(engine: Engine) -> None:
+    from engine.tests.test_row_isolation import ExplodingStop
+
+    good = GenerationRequest(PROMPT, max_tokens=400, temperature=0, ignore_eos=True)
+    stop = (ExplodingStop("never here"),)
+    bad = GenerationRequest("Hello", max_tokens=12, temperature=0, stop=stop, ignore_eos=True)
+    group = await engine.submit_group([good, bad, good])
+    with pytest.raises(RowFailed, match="RuntimeError"):
+        await collect_group(group)
+    end = time.monotonic() + 60
+    while not all(job.finished for job in group.jobs):
+        assert time.monotonic() < end, "the other rows still run"
+        await asyncio.sleep(0.05)
+    assert engine.is_ready and len(engine._scheduler) == 0
