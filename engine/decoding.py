@@ -13,6 +13,7 @@ fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise
 fault in the shared part (encoder, decoder step) fails the batch.
 """
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -141,7 +142,14 @@ class Row:
     def finish(self, reason: str, now: float, piece: str = "") -> None:
         """End the row: send the rest of its text, then its result."""
         self.finish_reason = reason
-        piece += self.stops.feed(self.detokenizer.flush())
+        held = self.detokenizer.flush()
+        if held and self.logprobs:
+            # Bytes that never formed a character: the text of the last tokens (a byte run,
+            # whose entries are still here: a run's tokens complete no text, so no Delta has
+            # gone out since), so the tokens' texts still add up to the text.
+            last = self.logprobs[-1]
+            self.logprobs[-1] = dataclasses.replace(last, text=last.text + held)
+        piece += self.stops.feed(held)
         piece += self.stops.finish()
         if piece or self.logprobs:
             self.send(piece)
