@@ -33,7 +33,8 @@ async def post(token: str, path: str = "/v1/completions", **params: Any):
 async def ok(token: str, path: str = "/v1/completions", **params: Any) -> dict[str, Any]:
     response = await post(token, path, **params)
     assert response.status_code == 200, response.json()
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def sse(token: str, path: str = "/v1/completions", **params: Any) -> list[Any]:
@@ -90,7 +91,7 @@ async def test_token_id_prompts_are_the_texts_they_encode(
 async def test_n_choices_come_prompt_by_prompt_each_its_own_draw(
     engine: Engine, issued: IssuedKey
 ) -> None:
-    params = {"temperature": 1.0, "seed": 11, "max_tokens": 10}
+    params: dict[str, Any] = {"temperature": 1.0, "seed": 11, "max_tokens": 10}
     body = await ok(issued.token, prompt=PROMPTS[:2], n=3, **params)
     choices = body["choices"]
     assert [c["index"] for c in choices] == list(range(6))
@@ -153,7 +154,7 @@ async def test_out_of_range_values_are_refused_naming_the_parameter(
 ) -> None:
     chat = "/v1/chat/completions"
     messages = [{"role": "user", "content": "Hi"}]
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("/v1/completions", {"prompt": "Hi", "logprobs": 6}, "logprobs"),
         ("/v1/completions", {"prompt": ["Hi"] * (MAX_PROMPTS + 1)}, "prompt"),
         ("/v1/completions", {"prompt": []}, "prompt"),
@@ -174,7 +175,7 @@ async def test_out_of_range_values_are_refused_naming_the_parameter(
 async def test_a_stream_carries_each_choices_index_and_finish_and_one_usage(
     engine: Engine, issued: IssuedKey
 ) -> None:
-    params = {"prompt": PROMPTS[:2], "n": 2, "temperature": 0, "logprobs": 2}
+    params: dict[str, Any] = {"prompt": PROMPTS[:2], "n": 2, "temperature": 0, "logprobs": 2}
     whole = await ok(issued.token, **params)
     events = await sse(issued.token, stream_options={"include_usage": True}, **params)
     assert events[-1] == "[DONE]"

@@ -6,8 +6,10 @@ import asyncio
 
 import openai
 import pytest
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI, OpenAI
+from pydantic import SecretStr
 
 from tests.e2e.api.conftest import Customer, model_name, wait_for_release
 
@@ -50,10 +52,10 @@ def test_the_sdk_parses_several_prompts_n_and_logprobs(api_server, customer: Cus
         seed=5,
     )
     assert [choice.index for choice in chat.choices] == [0, 1, 2]
-    for choice in chat.choices:
-        content = choice.logprobs.content if choice.logprobs else None
+    for answer in chat.choices:
+        content = answer.logprobs.content if answer.logprobs else None
         assert content is not None
-        assert "".join(token.token for token in content) == choice.message.content
+        assert "".join(token.token for token in content) == answer.message.content
         assert all(len(token.top_logprobs) == 4 for token in content)
     assert wait_for_release(customer.tenant_id) == []
 
@@ -100,14 +102,12 @@ def test_the_async_sdk_streams_each_choice_by_its_index(api_server, customer: Cu
         )
         chat_texts: dict[int, str] = {}
         tokens: dict[int, str] = {}
-        async for chunk in chat:
-            for choice in chunk.choices:
-                chat_texts[choice.index] = chat_texts.get(choice.index, "") + (
-                    choice.delta.content or ""
-                )
-                if choice.logprobs and choice.logprobs.content:
-                    joined = "".join(t.token for t in choice.logprobs.content)
-                    tokens[choice.index] = tokens.get(choice.index, "") + joined
+        async for piece in chat:
+            for part in piece.choices:
+                chat_texts[part.index] = chat_texts.get(part.index, "") + (part.delta.content or "")
+                if part.logprobs and part.logprobs.content:
+                    joined = "".join(t.token for t in part.logprobs.content)
+                    tokens[part.index] = tokens.get(part.index, "") + joined
         assert sorted(chat_texts) == [0, 1]
         assert tokens == {index: text for index, text in chat_texts.items() if text}
 
@@ -115,22 +115,25 @@ def test_the_async_sdk_streams_each_choice_by_its_index(api_server, customer: Cu
     assert wait_for_release(customer.tenant_id) == []
 
 
-def llm(server, customer: Customer, **params: object) -> OpenAI:
+def llm(server, customer: Customer, n: int = 1, logprobs: int | None = None) -> OpenAI:
     return OpenAI(
         base_url=f"{server.url}/v1",
-        api_key=customer.token,
+        api_key=SecretStr(customer.token),
         model=model_name(server),
         max_tokens=6,
         temperature=0,
         max_retries=0,
-        **params,
+        n=n,
+        logprobs=logprobs,
     )
 
 
 def test_langchain_openai_batches_and_generates(api_server, customer: Customer) -> None:
     model = llm(api_server, customer)
     alone = [model.invoke(prompt) for prompt in PROMPTS]
-    prompts = PROMPTS * 5  # 20 prompts: LangChain's batch size, sent as one request
+    prompts: list[LanguageModelInput] = [
+        *PROMPTS * 5
+    ]  # 20 prompts: LangChain's batch size, sent as one request
     assert model.batch(prompts) == alone * 5
     assert asyncio.run(model.abatch(prompts)) == alone * 5
     result = llm(api_server, customer, n=2, logprobs=2).generate(PROMPTS)
@@ -145,9 +148,9 @@ def test_langchain_openai_batches_and_generates(api_server, customer: Customer) 
 def test_langchain_chat_openai_with_n_and_logprobs(api_server, customer: Customer) -> None:
     chat = ChatOpenAI(
         base_url=f"{api_server.url}/v1",
-        api_key=customer.token,
+        api_key=SecretStr(customer.token),
         model=model_name(api_server),
-        max_tokens=6,
+        max_completion_tokens=6,
         temperature=0,
         max_retries=0,
         logprobs=True,
@@ -161,9 +164,9 @@ def test_langchain_chat_openai_with_n_and_logprobs(api_server, customer: Custome
     assert isinstance(result.content, str)
     generations = ChatOpenAI(
         base_url=f"{api_server.url}/v1",
-        api_key=customer.token,
+        api_key=SecretStr(customer.token),
         model=model_name(api_server),
-        max_tokens=6,
+        max_completion_tokens=6,
         temperature=0,
         max_retries=0,
         n=2,
