@@ -84,7 +84,7 @@ def _check_parameters(params: GenerationParams) -> None:
 async def plan_completion(
     record: KeyRecord,
     params: GenerationParams,
-    prompt: Prompt | Sequence[Prompt],
+    prompt: str | Sequence[Prompt],
     max_tokens: int | None,
     *,
     endpoint: str,
@@ -92,7 +92,8 @@ async def plan_completion(
     client_addr: str | None,
 ) -> CompletionPlan:
     """Validate a request before any token is reserved; raises ApiErrors (4xx, 503). A request
-    refused for its own fault (4xx) spends one unit of the key's request rate."""
+    refused for its own fault (4xx) spends one unit of the key's request rate. `prompt`: one
+    text, or a list of prompts (texts or token-id lists); params.n choices each."""
     received_at = time.monotonic()
     try:
         return await _plan(record, params, prompt, max_tokens, endpoint, stream, received_at)
@@ -105,7 +106,7 @@ async def plan_completion(
 async def _plan(
     record: KeyRecord,
     params: GenerationParams,
-    prompt: Prompt | Sequence[Prompt],
+    prompt: str | Sequence[Prompt],
     max_tokens: int | None,
     endpoint: str,
     stream: bool,
@@ -147,12 +148,8 @@ async def _plan(
     return CompletionPlan(record, requests, prompt_tokens, model, endpoint, stream, received_at)
 
 
-def _prompts(prompt: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if all(isinstance(item, int) for item in prompt):
-        return [prompt]  # type: ignore[list-item] # one token-id prompt
-    return list(prompt)  # type: ignore[arg-type] # a list of prompts
+def _prompts(prompt: str | Sequence[Prompt]) -> list[Prompt]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 def _check_choices(prompts: int, n: int) -> None:

@@ -261,3 +261,42 @@ async def test_the_websocket_still_refuses_several_choices(
         assert frame["type"] == "completion.started"  # the socket stays open and serves
     finally:
         await communicator.disconnect()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_leaves_cancels_every_row_and_costs_nothing(
+    installed: Callable[[Engine], Engine],
+    make_engine: Callable[..., Engine],
+    issued: IssuedKey,
+    stream: bool,
+) -> None:
+    from asgiref.testing import ApplicationCommunicator
+    from django.core.handlers.asgi import ASGIHandler
+
+    from console.handlers import ApiHandler, PathDispatcher
+    from engine.runtime import GenerationRequest
+    from inference.tests.test_gone_clients import counted_usage, leases, request_scope, wait_for
+
+    engine = installed(make_engine(max_batch=1, max_wait_ms=0))
+    busy = await engine.submit(GenerationRequest("busy", max_tokens=500, ignore_eos=True))
+    iterator = aiter(busy)
+    await anext(iterator)  # the model is busy with it: the request's rows wait in the queue
+    body = json.dumps(
+        {"model": served_model_id(), "prompt": PROMPTS[:2], "n": 2, "stream": stream}
+    ).encode()
+    client = ApplicationCommunicator(
+        PathDispatcher(ApiHandler(), ASGIHandler()), request_scope(issued.token, body)
+    )
+    try:
+        await client.send_input({"type": "http.request", "body": body, "more_body": False})
+        await wait_for(lambda: engine.status()["queue_depth"] == 4, "its four rows to queue")
+        await client.send_input({"type": "http.disconnect"})
+        await wait_for(lambda: engine.status()["queue_depth"] == 0, "every row to leave")
+        tenant_id = issued.api_key.tenant_id
+        await wait_for(lambda: not leases(tenant_id), "its lease to be released")
+        assert counted_usage(tenant_id) == []
+    finally:
+        busy.cancel()
+        async for _ in iterator:
+            pass
+        await client.wait(30)
