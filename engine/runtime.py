@@ -347,15 +347,15 @@ class Engine:
         model = self._loaded()
         if not ids:
             raise InvalidGeneration("prompt", "A token-id prompt must hold at least one id.")
+        prompt = list(ids) if ids[-1] == model.eos_id else [*ids, model.eos_id]
+        if len(prompt) > model.max_input_tokens:  # before looking at each id
+            raise PromptTooLong(model.max_input_tokens, tokens=len(prompt))
         size = model.vocab_size
-        for token in ids:
+        for token in prompt:
             if not 0 <= token < size:
                 raise InvalidGeneration(
                     "prompt", f"Token id {token} is not in the vocabulary (0 to {size - 1})."
                 )
-        prompt = list(ids) if ids[-1] == model.eos_id else [*ids, model.eos_id]
-        if len(prompt) > model.max_input_tokens:
-            raise PromptTooLong(model.max_input_tokens, tokens=len(prompt))
         return prompt
 
     def _prompt_ids(
