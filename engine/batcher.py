@@ -208,24 +208,34 @@ class Scheduler:
 
     def put(self, job: Job) -> None:
         """Queue a job, or refuse it at once (QueueFull, or ModelNotReady when closed)."""
+        self.put_many([job])
+
+    def put_many(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs together (one request's rows: the model thread sees all of them or none,
+        so they can start in one batch and share its encoder pass), or refuse them all."""
         with self._cond:
             if self._closed:
                 raise ModelNotReady("The engine is shutting down.")
-            if len(self._pending) >= self.max_queue:
+            if len(jobs) == 1 and len(self._pending) >= self.max_queue:
                 # A fair queue may refuse a flooding tenant's newest job in this one's stead.
-                if (displaced := self._pending.displace(job)) is None:
+                if (displaced := self._pending.displace(jobs[0])) is None:
                     raise QueueFull(self._full())
                 self._refuse(displaced)
-            # Stamped under the lock: the oldest job's deadline is the first to come, so the
-            # expiry thread only ever looks at the oldest.
-            job.queued_at = time.perf_counter()
-            self._pending.push(job)
+            elif len(self._pending) + len(jobs) > self.max_queue:
+                # Several rows displace nobody: refused whole, nothing of them was queued.
+                raise QueueFull(self._full())
+            for job in jobs:
+                # Stamped under the lock: the oldest job's deadline is the first to come, so
+                # the expiry thread only ever looks at the oldest.
+                job.queued_at = time.perf_counter()
+                self._pending.push(job)
             metrics.QUEUE_DEPTH.set(len(self._pending))
             self._cond.notify()
             if self.on_put is not None:
                 self.on_put()
-            if self.max_queue_wait and len(self._pending) == 1:
-                # The only moment the expiry thread may be waiting without a deadline.
+            if self.max_queue_wait and len(self._pending) == len(jobs):
+                # The queue was empty: the only moment the expiry thread may be waiting
+                # without a deadline.
                 self._start_expiry()
                 self._expiry.notify()
 

@@ -13,6 +13,7 @@ fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise
 fault in the shared part (encoder, decoder step) fails the batch.
 """
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -35,13 +36,15 @@ from engine.generation import (
     RowFailed,
 )
 from engine.loading import LoadedModel
-from engine.messages import Delta, Done, Failed
+from engine.messages import Delta, Done, Failed, TokenLogprob
 from engine.t5_decoder import T5DecoderStep
 from engine.t5_encoder import EncoderPass
 
 logger = logging.getLogger(__name__)
 
 CACHE_START = 128
+# OpenAI's floor for a log-probability: a token the model rules out (-inf) stays valid JSON.
+LOGPROB_FLOOR = -9999.0
 FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
 
 # Between two steps: given the running rows' jobs, the jobs that join now (never blocks).
@@ -61,27 +64,56 @@ class Row:
         self.generator = _generator(job.request)
         self.first_token_at: float | None = None
         self.finish_reason: str | None = None
+        self.name_of = model.piece
+        # With request.logprobs: the tokens accepted since the last Delta (sent with it).
+        self.logprobs: list[TokenLogprob] = []
 
     @property
     def running(self) -> bool:
         return self.finish_reason is None
 
-    def accept(self, token: int, now: float) -> None:
-        """Take the row's next token: stream its text or finish the row."""
+    def accept(self, token: int, now: float, scored: TokenLogprob | None = None) -> None:
+        """Take the row's next token: stream its text or finish the row. `scored`: its
+        log-probability, when the request asked (its text is filled in here)."""
         if self.first_token_at is None:
             self.first_token_at = now
             if self.job.record:
                 metrics.TIME_TO_FIRST_TOKEN.observe(now - self.job.submitted_at)
         if token == self.eos_id and not self.request.ignore_eos:
+            # The end of sequence has no text: like OpenAI, no log-probability entry either.
             self.detokenizer.ids.append(token)
             return self.finish(FINISH_STOP, now)
-        piece = self.stops.feed(self.detokenizer.push(token))
+        text = self.detokenizer.push(token)
+        if scored is not None:
+            self.logprobs.append(TokenLogprob(token, text, scored.logprob, scored.top))
+        piece = self.stops.feed(text)
         if self.stops.stopped:
             return self.finish(FINISH_STOP, now, piece)
         if len(self.detokenizer.ids) >= self.request.max_tokens:
             return self.finish(FINISH_LENGTH, now, piece)
         if piece:
-            self.job.send(Delta(piece, len(self.detokenizer.ids)))
+            self.send(piece)
+
+    def send(self, piece: str) -> None:
+        """A Delta with the piece and the log-probabilities not sent yet."""
+        logprobs = tuple(self.logprobs)
+        self.logprobs.clear()
+        self.job.send(Delta(piece, len(self.detokenizer.ids), logprobs))
+
+    def score(self, logits: torch.Tensor, token: int) -> TokenLogprob:
+        """The token's log-probability under the model (log-softmax of its logits in float32,
+        before temperature and top_p) and the request's most likely alternatives."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = max(float(logprobs[token]), LOGPROB_FLOOR)
+        count = self.request.logprobs or 0
+        if not count:
+            return TokenLogprob(token, "", chosen)
+        values, ids = logprobs.topk(count)
+        top = tuple(
+            TokenLogprob(index, self.name_of(index), max(value, LOGPROB_FLOOR))
+            for value, index in zip(values.tolist(), ids.tolist(), strict=True)
+        )
+        return TokenLogprob(token, "", chosen, top)
 
     def advance(self, logits: torch.Tensor, greedy: int, now: float) -> int:
         """Choose the row's next token and take it; a fault here ends this row alone."""
@@ -89,7 +121,8 @@ class Row:
             token = (
                 greedy if self.generator is None else sample(logits, self.request, self.generator)
             )
-            self.accept(token, now)
+            scored = None if self.request.logprobs is None else self.score(logits, token)
+            self.accept(token, now, scored)
         except Exception as exc:
             self.fail(exc)
             return greedy  # never decoded: the row leaves the batch
@@ -110,10 +143,17 @@ class Row:
     def finish(self, reason: str, now: float, piece: str = "") -> None:
         """End the row: send the rest of its text, then its result."""
         self.finish_reason = reason
-        piece += self.stops.feed(self.detokenizer.flush())
+        held = self.detokenizer.flush()
+        if held and self.logprobs:
+            # Bytes that never formed a character: the text of the last tokens (a byte run,
+            # whose entries are still here: a run's tokens complete no text, so no Delta has
+            # gone out since), so the tokens' texts still add up to the text.
+            last = self.logprobs[-1]
+            self.logprobs[-1] = dataclasses.replace(last, text=last.text + held)
+        piece += self.stops.feed(held)
         piece += self.stops.finish()
-        if piece:
-            self.job.send(Delta(piece, len(self.detokenizer.ids)))
+        if piece or self.logprobs:
+            self.send(piece)
         result = self._result(reason, now)
         if self.job.record:  # before Done: whoever sees the result sees it counted
             record_result(result)
@@ -220,7 +260,11 @@ class Prefill:
 
     def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
         self.rows = rows
-        ids, self.mask = _pad([row.job.prompt_ids for row in rows], model.pad_id, model.device)
+        # Equal prompts (a request's n choices, or the same prompt twice) are encoded once;
+        # slots maps each row to its prompt's place in the pass.
+        distinct: dict[tuple[int, ...], int] = {}
+        self.slots = [distinct.setdefault(tuple(row.job.prompt_ids), len(distinct)) for row in rows]
+        ids, self.mask = _pad([list(prompt) for prompt in distinct], model.pad_id, model.device)
         self.encoder = EncoderPass(model.model, ids, self.mask)
 
     @property
@@ -236,9 +280,10 @@ class Prefill:
         """The rows still running, their encoder output and mask (the pass finished here)."""
         encoded = self.encoder.finish()
         keep = [index for index, row in enumerate(self.rows) if row.running]
-        if len(keep) == len(self.rows):
+        slots = [self.slots[index] for index in keep]
+        if slots == list(range(len(self.rows))):  # every row, each prompt once: as encoded
             return self.rows, encoded, self.mask
-        index = torch.tensor(keep, dtype=torch.long, device=encoded.device)
+        index = torch.tensor(slots, dtype=torch.long, device=encoded.device)
         return [self.rows[i] for i in keep], encoded[index], self.mask[index]
 
 

@@ -17,6 +17,8 @@ FINISH_CANCELLED = "cancelled"  # the consumer went away, cancel() or shutdown
 SEED_MIN = -(2**63)
 SEED_MAX = 2**64 - 1
 SEED_MESSAGE = f"seed must be an integer between {SEED_MIN} and {SEED_MAX}."
+# The most likely alternatives a row reports beside each chosen token (OpenAI's top_logprobs).
+MAX_TOP_LOGPROBS = 20
 
 
 class EngineError(Exception):
@@ -101,6 +103,9 @@ class GenerationRequest:
     weight: float = 1.0
     # The prompt's ids when the caller has them already (Engine.encode_prompt): not encoded again.
     prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    # None: no log-probabilities (and no cost). 0 to MAX_TOP_LOGPROBS: each Delta carries the
+    # chosen tokens' log-probabilities and that many most likely alternatives (messages.py).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # The caller's mistake, not a client's (weights come from a database constraint, > 0):
@@ -122,6 +127,10 @@ class GenerationRequest:
             raise InvalidGeneration("stop", "stop takes up to 4 non-empty strings.")
         if self.seed is not None and not _is_seed(self.seed):
             raise InvalidGeneration("seed", SEED_MESSAGE)
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidGeneration(
+                "logprobs", f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}."
+            )
 
 
 def _is_seed(seed: object) -> bool:

@@ -75,6 +75,18 @@ class LoadedModel:
         text: str = self.tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=True)
         return text
 
+    def piece(self, token_id: int) -> str:
+        """One vocabulary entry as text, out of context (sentencepiece's word marker as a
+        space): how a log-probability's alternatives are named."""
+        piece = self.tokenizer.backend_tokenizer.id_to_token(token_id)
+        return "" if piece is None else piece.replace("\u2581", " ")
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's ids (added tokens included): a token-id prompt stays below it."""
+        size: int = self.tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+        return size
+
 
 # A run of non-space characters holding an ASCII letter or digit: T5's tokenizer splits its
 # input at spaces (Metaspace) and no normalization drops such a character, so each run is at

@@ -1,7 +1,8 @@
 """What the engine's parts tell each other: the events a job receives, and the messages between
 the serving process (engine/remote.py) and the model process (engine/worker.py).
 
-Events. A job gets any number of Delta (text and the completion tokens it covers so far), then
+Events. A job gets any number of Delta (text and the completion tokens it covers so far; with
+GenerationRequest.logprobs set, also each new token's TokenLogprob), then
 exactly one Done (its GenerationResult) or Failed (an EngineError for its stream to raise). The
 model thread or the model process sends them (engine/decoding.py), the queue sends Failed for a
 job that waited too long (engine/batcher.py), the engine Done or Failed for a job it withdraws or
@@ -38,11 +39,26 @@ from engine.generation import EngineError, GenerationRequest, GenerationResult
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token: its id, its text, its log-probability (the log-softmax of the
+    model's logits in float32, before temperature and top_p) and, when asked, the most likely
+    alternatives at that step (each a TokenLogprob without alternatives of its own)."""
+
+    token_id: int
+    text: str
+    logprob: float
+    top: tuple["TokenLogprob", ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """More text for the stream; `tokens`: the completion tokens it covers so far, in all."""
+    """More text for the stream; `tokens`: the completion tokens it covers so far, in all;
+    `logprobs`: the tokens accepted since the previous Delta (only when the request asked for
+    them: the text may then be empty, for tokens whose text is held back or trimmed)."""
 
     text: str
     tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ started again; the requests it was decoding fail, as they would with the serving
 """
 
 import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from engine import metrics
@@ -38,7 +39,7 @@ from engine.generation import (
     RowFailed,
 )
 from engine.loading import LoadedModel
-from engine.messages import Delta, Done, Event, Failed
+from engine.messages import Delta, Done, Event, Failed, TokenLogprob
 from engine.remote import ModelProcess, ModelProcessExited
 from engine.worker import cuda_memory, load_warm, prepare
 
@@ -46,6 +47,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "GenerationFailed",
+    "GenerationGroup",
     "GenerationRequest",
     "GenerationResult",
     "GenerationStream",
@@ -112,6 +114,73 @@ class GenerationStream:
             pass
         assert self.result is not None  # noqa: S101 - _iterate only ends with a result
         return self.result
+
+
+class GenerationGroup:
+    """Rows queued together (a request's prompts times its n choices) whose events come
+    through one queue: `async for index, delta in group` yields each row's Delta as it comes,
+    then `results[index]` holds each row's result. The first row that fails fails the group:
+    its error is raised and the other rows are cancelled (a request is answered whole or not
+    at all)."""
+
+    def __init__(
+        self, engine: "Engine", rows: Sequence[tuple[GenerationRequest, list[int]]]
+    ) -> None:
+        self._engine = engine
+        self._events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.jobs = [
+            Job(request, ids, loop=loop, deliver=functools.partial(self._put, index))
+            for index, (request, ids) in enumerate(rows)
+        ]
+        self.results: list[GenerationResult | None] = [None] * len(rows)
+        # Per row: completion tokens covered by the deltas yielded so far, and (when asked)
+        # the log-probabilities of its tokens.
+        self.tokens = [0] * len(rows)
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in rows]
+        self._running = len(rows)
+
+    def _put(self, index: int, event: Event) -> None:
+        self._events.put_nowait((index, event))
+
+    @property
+    def tokens_streamed(self) -> int:
+        """Completion tokens covered by the deltas yielded so far, of every row."""
+        return sum(self.tokens)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(job.prompt_ids) for job in self.jobs)
+
+    def cancel(self) -> None:
+        """Stop every row still running (idempotent); queued ones leave the queue at once."""
+        for job in self.jobs:
+            if not (job.cancelled or job.finished):
+                job.cancelled = True
+                self._engine._withdraw(job)
+
+    def __aiter__(self) -> AsyncGenerator[tuple[int, Delta]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncGenerator[tuple[int, Delta]]:
+        try:
+            while self._running:
+                index, event = await self._events.get()
+                match event:
+                    case Delta():
+                        self.tokens[index] = event.tokens
+                        self.logprobs[index] += event.logprobs
+                        yield index, event
+                    case Done(result):
+                        self.results[index] = result
+                        self._running -= 1
+                    case Failed(error):
+                        raise error
+        finally:
+            # A break, a failed row, or the consuming task's cancellation (a client that went
+            # away): no row may go on costing model time.
+            if self._running:
+                self.cancel()
 
 
 class Engine:
@@ -254,6 +323,40 @@ class Engine:
             metrics.REQUESTS.labels(result="rejected").inc()
             raise
         return stream
+
+    async def submit_group(self, requests: Sequence[GenerationRequest]) -> GenerationGroup:
+        """Queue requests together, all or none (the same errors as submit()); their rows can
+        share a batch, and equal prompts one encoder pass (engine/decoding.py)."""
+        try:
+            model = self._loaded()
+            rows = []
+            for request in requests:
+                request.validate(self.config.max_output_tokens)
+                rows.append((request, self._prompt_ids(model, request.prompt, request.prompt_ids)))
+            group = GenerationGroup(self, rows)
+            self._scheduler.put_many(group.jobs)
+        except EngineError:
+            metrics.REQUESTS.labels(result="rejected").inc(len(requests))
+            raise
+        return group
+
+    def token_prompt(self, ids: Sequence[int]) -> list[int]:
+        """A prompt given as token ids, as the model takes it: every id must be in the
+        vocabulary (InvalidGeneration otherwise), the end-of-sequence token is added unless
+        it is last already (as encoding a text adds it), PromptTooLong if it cannot fit."""
+        model = self._loaded()
+        if not ids:
+            raise InvalidGeneration("prompt", "A token-id prompt must hold at least one id.")
+        prompt = list(ids) if ids[-1] == model.eos_id else [*ids, model.eos_id]
+        if len(prompt) > model.max_input_tokens:  # before looking at each id
+            raise PromptTooLong(model.max_input_tokens, tokens=len(prompt))
+        size = model.vocab_size
+        for token in prompt:
+            if not 0 <= token < size:
+                raise InvalidGeneration(
+                    "prompt", f"Token id {token} is not in the vocabulary (0 to {size - 1})."
+                )
+        return prompt
 
     def _prompt_ids(
         self, model: LoadedModel, prompt: str, known: tuple[int, ...] | None = None

@@ -109,7 +109,7 @@ async def retrieve_model(request: KeyedRequest, model: str) -> ModelOut:
 async def _respond(
     request: KeyedRequest,
     body: GenerationParams,
-    prompt: str,
+    prompt: str | list[str | list[int]],
     max_tokens: int | None,
     chat: bool,
 ) -> JsonResponse | StreamingHttpResponse:
@@ -125,7 +125,12 @@ async def _respond(
         client_addr=client_addr,
     )
     run = await Run.start(plan, client_addr=client_addr)
-    shape = Shape(chat=chat, model=plan.model, include_usage=body.include_usage)
+    shape = Shape(
+        chat=chat,
+        model=plan.model,
+        include_usage=body.include_usage,
+        logprobs=body.requested_logprobs(),
+    )
     if body.stream:
         return stream_response(request, run, shape)
     return await json_response(request, run, shape)
@@ -141,7 +146,7 @@ async def _respond(
 async def create_completion(
     request: KeyedRequest, body: CompletionIn
 ) -> JsonResponse | StreamingHttpResponse:
-    return await _respond(request, body, body.prompt_text, body.max_tokens, chat=False)
+    return await _respond(request, body, body.prompts, body.max_tokens, chat=False)
 
 
 @router.post(

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +36,7 @@ from engine.config import EngineConfig
 from engine.runtime import (
     Engine,
     EngineError,
+    GenerationGroup,
     GenerationRequest,
     GenerationStream,
     InvalidGeneration,
@@ -180,6 +181,24 @@ async def engine_submit(request: GenerationRequest) -> GenerationStream:
     engine = require_engine()
     try:
         return await engine.submit(request)
+    except EngineError as exc:
+        raise api_error(exc) from exc
+
+
+async def engine_submit_group(requests: Sequence[GenerationRequest]) -> GenerationGroup:
+    """Queue a request's rows together, all or none; raises as engine_submit()."""
+    engine = require_engine()
+    try:
+        return await engine.submit_group(requests)
+    except EngineError as exc:
+        raise api_error(exc) from exc
+
+
+def engine_token_prompt(ids: Sequence[int]) -> list[int]:
+    """A token-id prompt as the model takes it (ids checked against the vocabulary, the
+    end-of-sequence token added); raises ApiErrors (400, 413 when too long)."""
+    try:
+        return require_engine().token_prompt(ids)
     except EngineError as exc:
         raise api_error(exc) from exc
 

@@ -12,7 +12,6 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import JsonResponse, StreamingHttpResponse
 
 from core.errors import ApiError, ModelUnavailable
-from engine.generation import FINISH_CANCELLED
 from engine.runtime import EngineError, GenerationResult
 from inference.delivery import Delivery, NotStreamed
 from inference.engines import api_error
@@ -25,16 +24,17 @@ def _common_headers(run: Run) -> dict[str, str]:
     return {**run.headers, **run.timing_headers()}
 
 
-async def _generate(run: Run) -> GenerationResult:
+async def _generate(run: Run) -> list[GenerationResult]:
     try:
-        async for _ in run.pieces(NotStreamed()):
+        async for _ in run.deltas(NotStreamed()):
             pass
     except EngineError as exc:
+        # One choice failed: the others were cancelled, and nothing of it is billed.
         raise api_error(exc) from exc
-    result = run.result
-    if result is None or result.finish_reason == FINISH_CANCELLED:
+    results = run.completed_results
+    if results is None:
         raise ModelUnavailable("The node stopped this request while shutting down; retry it.")
-    return result
+    return results
 
 
 async def json_response(request: ASGIRequest, run: Run, shape: Shape) -> JsonResponse:
@@ -44,13 +44,13 @@ async def json_response(request: ASGIRequest, run: Run, shape: Shape) -> JsonRes
     started = time.monotonic()
     completed = False
     try:
-        result = await _generate(run)
+        results = await _generate(run)
         # Settled before the answer is sent (a process killed after sending it must not lose
         # its usage), so the connection is asked first whether anyone is still there.
         completed = Delivery(request.scope).is_open()
     finally:
         await run.finish(completed=completed)
-    response = JsonResponse(shape.response(result, run.plan.prompt_tokens))
+    response = JsonResponse(shape.response(results, run.group.logprobs, run.plan.prompt_tokens))
     for name, value in _common_headers(run).items():
         response[name] = value
     response["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
@@ -71,21 +71,23 @@ def stream_response(request: ASGIRequest, run: Run, shape: Shape) -> StreamingHt
 
 async def _events(run: Run, shape: Shape, delivery: Delivery) -> AsyncIterator[bytes]:
     try:
-        opening = shape.opening()
+        opening = shape.opening(len(run.plan.requests))
         if opening:
             yield opening
-        async for text in run.pieces(delivery):
-            yield shape.delta(text, run.stream.tokens_streamed)
-        result = run.result
-        if result is None or result.finish_reason == FINISH_CANCELLED:
+        async for index, delta in run.deltas(delivery):
+            tokens = run.group.tokens_streamed
+            yield shape.delta(delta.text, tokens, index=index, logprobs=delta.logprobs)
+        results = run.completed_results
+        if results is None:
             raise ModelUnavailable("The node stopped this request while shutting down.")
         # Every piece of text has reached the client: settle now, before the closing events.
         # A process that dies after this bills what the client has; one that died before
         # could not have sent the end of the stream (docs/api.md, billing).
         await run.finish(completed=run.all_delivered)
-        yield shape.closing(result.finish_reason)
+        for index, result in enumerate(results):
+            yield shape.closing(result.finish_reason, index=index)
         if shape.include_usage:
-            yield shape.usage_chunk(run.plan.prompt_tokens, result.completion_tokens)
+            yield shape.usage_chunk(run.plan.prompt_tokens, run.completion_tokens)
         yield DONE
     except (ApiError, EngineError) as exc:
         # The 200 and its headers are out: the error travels as the stream's last event, and

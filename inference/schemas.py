@@ -1,8 +1,8 @@
 """Request and response shapes of the OpenAI-compatible API.
 
 Unknown fields are refused (OpenAI's "Unrecognized request argument"), and the parameters the
-node accepts for compatibility but cannot honour beyond their neutral value (n, best_of, echo,
-logprobs, penalties, logit_bias, suffix, tools, response formats other than text) are refused
+node accepts for compatibility but cannot honour beyond their neutral value (best_of other than
+n, echo, penalties, logit_bias, suffix, tools, response formats other than text) are refused
 with a clear 400 when set to anything else: never silently ignored.
 """
 
@@ -11,13 +11,19 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.generation import SEED_MAX, SEED_MIN
+from engine.generation import MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
 
 # Unknown fields refused, and no coercion: `"max_tokens": true` is not 1, `"stream": "yes"` is
 # not true (a JSON integer still fills a number field).
 STRICT = ConfigDict(extra="forbid", strict=True)
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
+# A request's rows (docs/api.md): prompts in one completions request (LangChain's OpenAI sends
+# up to 20), choices per prompt, and choices in all (prompts times n; each is a row of a batch).
+MAX_PROMPTS = 20
+MAX_N = 20
+MAX_CHOICES = 64
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for /v1/completions' logprobs
 
 
 class Unsupported(ValueError):
@@ -70,8 +76,7 @@ class GenerationParams(NullMeansAbsent):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    # The schema states what the node can do; the checks in unsupported() say it in words.
-    n: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
+    n: int | None = Field(None, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     # What torch's generator takes (engine/generation.py): one past it would fail at decoding.
@@ -91,10 +96,14 @@ class GenerationParams(NullMeansAbsent):
             raise ValueError(f"stop sequences must be 1 to {MAX_STOP_LENGTH} characters")
         return stops
 
+    # Whether this request shape can answer with several choices (the REST routes); the
+    # WebSocket's one stream per request cannot.
+    multiple_choices: ClassVar[bool] = False
+
     def unsupported(self) -> Unsupported | None:
         """The first parameter set to something the node cannot do, if any."""
-        if self.n not in (None, 1):
-            return Unsupported("n", "This node generates one choice per request; n must be 1.")
+        if self.n not in (None, 1) and not self.multiple_choices:
+            return Unsupported("n", "This endpoint generates one choice per request; n must be 1.")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) not in (None, 0):
                 return Unsupported(name, f"{name} is not supported by this node; omit it or use 0.")
@@ -108,40 +117,63 @@ class GenerationParams(NullMeansAbsent):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    def requested_logprobs(self) -> int | None:
+        """None: no log-probabilities; else how many alternatives each token reports."""
+        return None
+
 
 class CompletionIn(GenerationParams):
     """POST /v1/completions."""
 
+    multiple_choices: ClassVar[bool] = True
+
+    # A text, a list of texts, a list of token ids, or a list of token-id lists.
     prompt: str | list[str] | list[int] | list[list[int]]
-    best_of: int | None = Field(None, ge=1, json_schema_extra={"maximum": 1})
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
     echo: bool = Field(False, json_schema_extra={"enum": [False]})
-    logprobs: int | None = Field(None, ge=0, json_schema_extra={"maximum": 0})
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
 
     def unsupported(self) -> Unsupported | None:
-        found = super().unsupported()
+        found = super().unsupported() or self._prompt_problem()
         if found:
             return found
-        if isinstance(self.prompt, list) and not all(isinstance(p, str) for p in self.prompt):
-            return Unsupported("prompt", "Token-id prompts are not supported; send text.")
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            return Unsupported("prompt", "This node accepts exactly one prompt per request.")
-        checks = (
-            ("best_of", self.best_of in (None, 1)),
-            ("echo", not self.echo),
-            ("logprobs", not self.logprobs),
-            ("suffix", not self.suffix),
-        )
+        if self.best_of not in (None, 1, self.n or 1):
+            return Unsupported(
+                "best_of", "best_of must equal n: this node returns every choice it generates."
+            )
+        checks = (("echo", not self.echo), ("suffix", not self.suffix))
         for name, ok in checks:
             if not ok:
                 return Unsupported(name, f"{name} is not supported by this node.")
         return None
 
+    def _prompt_problem(self) -> Unsupported | None:
+        prompts = self.prompts
+        if not prompts:
+            return Unsupported("prompt", "prompt must hold at least one prompt.")
+        if len(prompts) > MAX_PROMPTS:
+            return Unsupported(
+                "prompt",
+                f"This node takes at most {MAX_PROMPTS} prompts per request, not "
+                f"{len(prompts)}; send the rest in further requests.",
+            )
+        if any(not prompt for prompt in prompts if isinstance(prompt, list)):
+            return Unsupported("prompt", "A token-id prompt must hold at least one id.")
+        return None
+
     @property
-    def prompt_text(self) -> str:
-        """The one text prompt (empty for shapes unsupported() refuses)."""
-        first = self.prompt[0] if isinstance(self.prompt, list) and self.prompt else self.prompt
-        return first if isinstance(first, str) else ""
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a text or a list of token ids, in the order of the request."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(item, int) for item in prompt):
+            return [[item for item in prompt if isinstance(item, int)]]  # one token-id prompt
+        return [item for item in prompt if not isinstance(item, int)]
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(NullMeansAbsent):
@@ -203,6 +235,9 @@ class ChatCompletionIn(GenerationParams):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    multiple_choices: ClassVar[bool] = True
     # Documented OpenAI fields (docs/api.md, "Request fields"). Accepted and ignored: they
     # change nothing in the answer of this node.
     metadata: dict[str, str] | None = Field(None, max_length=16)
@@ -243,6 +278,9 @@ class ChatCompletionIn(GenerationParams):
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def unsupported(self) -> Unsupported | None:
         found = super().unsupported()
         if found:
@@ -250,8 +288,8 @@ class ChatCompletionIn(GenerationParams):
         refused = self.refused_field()
         if refused:
             return refused
-        if self.logprobs:
-            return Unsupported("logprobs", "logprobs is not supported by this node.")
+        if self.top_logprobs is not None and not self.logprobs:
+            return Unsupported("top_logprobs", "top_logprobs requires logprobs: true.")
         if self.messages[-1].role != "user":
             return Unsupported("messages", "The last message must come from the user.")
         return None
@@ -313,10 +351,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: per generated token its text, log-probability, most likely
+    alternatives (text to log-probability; None when logprobs is 0) and offset in the text."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -336,10 +384,25 @@ class ChatMessageOut(BaseModel):
     refusal: None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # the token's UTF-8 bytes
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 

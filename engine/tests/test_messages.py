@@ -32,6 +32,7 @@ from engine.messages import (
     ModelFacts,
     Ready,
     Stop,
+    TokenLogprob,
 )
 
 RESULT = GenerationResult(
@@ -48,8 +49,12 @@ REQUEST = GenerationRequest("Hello", max_tokens=5, stop=("\n",), seed=3, prompt_
 ROW = BatchRow(4, REQUEST, [8, 1], False, 12.5)
 FACTS = ModelFacts('{"model": {}}', "cpu", "none", 0, 1, 0, 512, 1.5)
 
+LOGPROB = TokenLogprob(7, "Hi", -0.25, (TokenLogprob(7, "Hi", -0.25), TokenLogprob(9, " Yo", -2.0)))
+
 SAMPLES = [
     Delta("Hi", 1),
+    Delta("", 2, (LOGPROB, TokenLogprob(1, "", -9999.0))),
+    LOGPROB,
     Done(RESULT),
     Failed(QueueTimeout("The request waited 31.0s in the queue.")),
     Configure(EngineConfig(model="/models/tiny", cpus=(0, 1), process=True), 20),

@@ -41,7 +41,7 @@ def _result(finish_reason: str = "stop") -> GenerationResult:
 
 def test_a_whole_completion_keeps_openais_shape() -> None:
     shape = Shape(chat=False, model="m")
-    assert shape.response(_result("length"), 3) == {
+    assert shape.response([_result("length")], [[]], 3) == {
         "id": shape.id,
         "object": "text_completion",
         "created": shape.created,
@@ -55,7 +55,7 @@ def test_a_whole_completion_keeps_openais_shape() -> None:
 def test_a_whole_chat_completion_keeps_openais_shape() -> None:
     shape = Shape(chat=True, model="m")
     message = {"role": "assistant", "content": "héllo €", "refusal": None}
-    assert shape.response(_result(), 3) == {
+    assert shape.response([_result()], [[]], 3) == {
         "id": shape.id,
         "object": "chat.completion",
         "created": shape.created,
