@@ -76,6 +76,17 @@ class Job:
         self._last_delta_at = now
 
 
+def prefill_group_limit(max_prefill_tokens: int, step_tokens: int, layers: int) -> int:
+    """The encoder tokens admitted together into one pass (0: no bound): max_prefill_tokens,
+    and, when passes are cut at layer boundaries, no more than one layer's worth of the
+    per-step budget (step_tokens through `layers` layers), so that a group's layer also fits
+    between two steps; a single newcomer always fits (prefill_fits)."""
+    if step_tokens <= 0:
+        return max_prefill_tokens
+    bound = step_tokens * max(1, layers)
+    return bound if max_prefill_tokens <= 0 else min(max_prefill_tokens, bound)
+
+
 def prefill_fits(count: int, widest: int, limit: int) -> bool:
     """Whether `count` newcomers whose longest prompt has `widest` tokens fit one admission's
     encoder budget (0: no bound): they are encoded together, padded to the longest."""

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from engine import metrics
-from engine.batcher import Job, Scheduler
+from engine.batcher import Job, Scheduler, prefill_group_limit
 from engine.config import EngineConfig
 from engine.decoding import run_batch
 from engine.fairness import FairQueue
@@ -437,6 +437,11 @@ class Engine:
         self._ready.set()
 
     def _serve(self, model: LoadedModel) -> None:
+        # Once the model's depth is known; a plain int the queue reads under its lock.
+        config = self.config
+        self._scheduler.max_prefill_tokens = prefill_group_limit(
+            config.max_prefill_tokens, config.prefill_step_tokens, model.model.config.num_layers
+        )
         while jobs := self._scheduler.take_batch():
             try:
                 # Rows that join are appended to jobs: a failed batch fails them too.

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from engine.batcher import Job, prefill_fits
+from engine.batcher import Job, prefill_fits, prefill_group_limit
 from engine.config import EngineConfig
 from engine.decoding import cancel_jobs, run_batch
 from engine.generation import GenerationFailed, GenerationRequest
@@ -154,7 +154,10 @@ class Worker:
         prefill_step_tokens: int = 0,
     ) -> None:
         self.conn, self.model = conn, model
-        self.max_prefill_tokens = max_prefill_tokens
+        layers = int(model.model.config.num_layers)
+        self.max_prefill_tokens = prefill_group_limit(
+            max_prefill_tokens, prefill_step_tokens, layers
+        )
         self.prefill_step_tokens = prefill_step_tokens
         self.jobs: dict[int, RemoteJob] = {}
         self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch

@@ -95,6 +95,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loads", default="0.6,0.9,1.2", help="open loop: x static capacity")
     parser.add_argument("--capacity-seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--capacity", type=float, default=0.0, help="open loop: requests/s (0: measure it)"
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="open loop: e.g. static,continuous@0,continuous@32 (@N: prefill_step_tokens)",
+    )
     return parser.parse_args()
 
 
@@ -405,8 +413,9 @@ def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
     rows: dict[str, dict[float, Figures]] = {}
     singles: dict[str, Figures] = {}
     plans: dict[float, list[Planned]] = {}
-    for variant in scheduler_variants():
-        options = {} if variant == "engine" else {"scheduler": variant}
+    variants = args.variants.split(",") if args.variants else scheduler_variants()
+    for variant in variants:
+        options = variant_options(variant)
         # The served layout: a model process of its own (its RSS is the model's), no refusals.
         engine = start_engine(
             args, HEADLINE, folder, adapter, process=True, max_queue=100_000, **options
@@ -428,6 +437,17 @@ def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
     print_open_loop(rows, singles)
 
 
+def variant_options(variant: str) -> dict[str, Any]:
+    """EngineConfig options of a variant name: a scheduler, then @N for prefill_step_tokens."""
+    if variant == "engine":
+        return {}
+    scheduler, _, step = variant.partition("@")
+    options: dict[str, Any] = {"scheduler": scheduler}
+    if step:
+        options["prefill_step_tokens"] = int(step)
+    return options
+
+
 def single_engine(engine: Engine, tokenizer: Any) -> Figures:
     """The single request's figures on the idle engine, after one unmeasured."""
     asyncio.run(drive_engine(engine, [SINGLE], tokenizer))
@@ -438,7 +458,7 @@ def load_plans(
     args: argparse.Namespace, engine: Engine, tokenizer: Any
 ) -> dict[float, list[Planned]]:
     """The static engine's closed-loop capacity, then one arrival plan per load from it."""
-    rate = asyncio.run(
+    rate = args.capacity or asyncio.run(
         closed_loop_capacity(engine, tokenizer, args.max_batch, args.capacity_seconds, args.seed)
     )
     print(

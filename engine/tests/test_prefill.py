@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.batcher import Job
+from engine.batcher import Job, prefill_fits, prefill_group_limit
 from engine.decoding import run_batch
 from engine.generation import GenerationRequest, GenerationResult
 from engine.loading import LoadedModel, load_model
@@ -136,3 +136,11 @@ def test_a_newcomer_cancelled_while_it_is_encoded_ends_cancelled_and_never_decod
     newcomer_layers = [size for kind, size in log if kind == "layer" and size == width]
     assert 1 <= len(newcomer_layers) < model.model.config.num_layers
     assert all(rows == 1 for kind, rows in log if kind == "step")
+
+
+def test_a_group_of_newcomers_is_bounded_so_one_of_its_layers_fits_between_two_steps() -> None:
+    assert prefill_group_limit(1024, 32, 12) == 384  # 32 tokens through 12 layers
+    assert prefill_group_limit(256, 32, 12) == 256  # the setting, when it is smaller
+    assert prefill_group_limit(0, 32, 12) == 384
+    assert prefill_group_limit(1024, 0, 12) == 1024  # whole passes: the setting alone
+    assert not prefill_fits(2, 200, prefill_group_limit(1024, 32, 12))
