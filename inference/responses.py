@@ -59,9 +59,13 @@ async def json_response(request: ASGIRequest, run: Run, shape: Shape) -> JsonRes
 
 def stream_response(request: ASGIRequest, run: Run, shape: Shape) -> StreamingHttpResponse:
     """An SSE response; the rate-limit headers go out before the first byte."""
-    response = StreamingHttpResponse(
-        _events(run, shape, Delivery(request.scope)), content_type="text/event-stream"
-    )
+    return event_stream(run, _events(run, shape, Delivery(request.scope)))
+
+
+def event_stream(run: Run, events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """A text/event-stream answer of `events` with the run's rate-limit headers (sent before
+    the first byte) and no buffering on the way (also /v1/responses')."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     for name, value in run.headers.items():
         response[name] = value
     response["Cache-Control"] = "no-cache"

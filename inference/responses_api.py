@@ -30,6 +30,7 @@ from engine.runtime import EngineError, GenerationResult
 from inference.delivery import Delivery, NotStreamed
 from inference.engines import api_error
 from inference.prompting import render_chat
+from inference.responses import event_stream
 from inference.responses_schemas import (
     IncompleteDetails,
     ItemStatus,
@@ -236,14 +237,7 @@ async def _json_response(request: ASGIRequest, run: Run, shape: ResponseShape) -
 
 
 def _stream_response(request: ASGIRequest, run: Run, shape: ResponseShape) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        _events(run, shape, Delivery(request.scope)), content_type="text/event-stream"
-    )
-    for name, value in run.headers.items():
-        response[name] = value
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream(run, _events(run, shape, Delivery(request.scope)))
 
 
 async def _events(run: Run, shape: ResponseShape, delivery: Delivery) -> AsyncIterator[bytes]:
