@@ -19,6 +19,45 @@ NEEDS = (
 )
 
 
+def _worker_redis_url(url: str, worker: str) -> str:
+    """REDIS_URL for a pytest-xdist worker: gw0 keeps its database, gwN takes the Nth after it,
+    so that each test's flush of its database (clean_redis) touches no other worker's."""
+    if not url or not worker.startswith("gw") or worker == "gw0":
+        return url
+    parsed = urlparse(url)
+    database = int(parsed.path.strip("/") or 0) + int(worker.removeprefix("gw"))
+    return parsed._replace(path=f"/{database}").geturl()
+
+
+def _separate_workers() -> None:
+    """Under pytest-xdist (`make test` runs two workers), each worker on its own Redis
+    database; pytest-django already gives each its own test database (test_<name>_gwN).
+    pytest-django has loaded the settings before this file runs, and every Redis client is
+    made on first use, so the settings and the environment (inherited by the servers the
+    tests start) are rewritten here, before any test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = os.environ.get("REDIS_URL", "")
+    moved = _worker_redis_url(url, worker)
+    if moved == url:
+        return
+    from django.conf import settings
+
+    os.environ["REDIS_URL"] = moved
+    if os.environ.get("RATELIMIT_REDIS_URL") == url:
+        os.environ["RATELIMIT_REDIS_URL"] = moved
+    if settings.RATELIMIT_REDIS_URL == settings.REDIS_URL:
+        settings.RATELIMIT_REDIS_URL = moved
+    settings.REDIS_URL = moved
+    settings.CACHES["default"]["LOCATION"] = moved
+    for layer in settings.CHANNEL_LAYERS.values():
+        hosts = layer.get("CONFIG", {}).get("hosts")
+        if hosts == [url]:
+            layer["CONFIG"]["hosts"] = [moved]
+
+
+_separate_workers()
+
+
 def _probe_services() -> str | None:
     database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:

@@ -95,19 +95,37 @@ def prefill_fits(count: int, widest: int, limit: int) -> bool:
 
 class _Room:
     """The room a batch has for newcomers: asked once per candidate, in admission order; True
-    counts the job in (the queue then takes it)."""
+    counts the job in (the queue then takes it).
 
-    def __init__(self, running: Sequence[Job], token_budget: int, prefill: int) -> None:
+    Rows: up to max_batch, and past it up to `headroom` more for tenants holding no row yet,
+    so a tenant that arrives while another fills the batch starts at the next step instead of
+    waiting for a row to end."""
+
+    def __init__(
+        self,
+        running: Sequence[Job],
+        token_budget: int,
+        prefill: int,
+        max_batch: int,
+        headroom: int = 0,
+    ) -> None:
         self.rows = len(running)
         self.held = sum(job.tokens for job in running)
+        self.holders = {job.request.tenant for job in running}
         self.token_budget, self.prefill = token_budget, prefill
+        self.max_batch, self.headroom = max_batch, headroom
         self.newcomers = self.widest = 0
 
     def fits(self, job: Job) -> bool:
+        rows = self.rows + self.newcomers
+        if rows >= self.max_batch and (
+            job.request.tenant in self.holders or rows >= self.max_batch + self.headroom
+        ):
+            return False
         # The first job of an empty batch always fits: one too large for the budget runs
         # alone rather than never.
         width = max(self.widest, len(job.prompt_ids))
-        if self.rows or self.newcomers:
+        if rows:
             if self.token_budget and self.held + job.tokens > self.token_budget:
                 return False
             if self.newcomers and not prefill_fits(self.newcomers + 1, width, self.prefill):
@@ -115,6 +133,7 @@ class _Room:
         self.newcomers += 1
         self.held += job.tokens
         self.widest = width
+        self.holders.add(job.request.tenant)
         return True
 
 
@@ -196,6 +215,7 @@ class Scheduler:
         max_queue_wait: float = 0.0,
         token_budget: int = 0,
         max_prefill_tokens: int = 0,
+        tenant_headroom: int = 0,
         queue: JobQueue | None = None,
     ) -> None:
         self.max_batch = max(1, max_batch)
@@ -204,6 +224,8 @@ class Scheduler:
         self.max_queue_wait = max(0.0, max_queue_wait)  # seconds; 0: no bound
         self.token_budget = max(0, token_budget)  # 0: no bound
         self.max_prefill_tokens = max(0, max_prefill_tokens)  # 0: no bound
+        # Rows past max_batch for tenants that hold none (_Room); 0: max_batch is the bound.
+        self.tenant_headroom = max(0, tenant_headroom)
         # One lock guards _pending and _closed; it is held only for queue operations, never
         # while the model runs. Two conditions on it: put()'s notify() must wake the model
         # thread, never the expiry thread in its stead.
@@ -295,8 +317,9 @@ class Scheduler:
             return joiners
 
     def _take(self, running: Sequence[Job], prefill: int) -> list[Job]:
-        room = _Room(running, self.token_budget, prefill)
-        taken = self._pending.take(self.max_batch - len(running), room.fits)
+        room = _Room(running, self.token_budget, prefill, self.max_batch, self.tenant_headroom)
+        rows = self.max_batch + self.tenant_headroom - len(running)
+        taken = self._pending.take(rows, room.fits)
         if taken:
             metrics.QUEUE_DEPTH.set(len(self._pending))
         return taken

@@ -27,6 +27,9 @@ class EngineConfig:
     # one layer): a pass is cut at layer boundaries so the running streams' gap between
     # tokens stays bounded. 0: a pass runs whole.
     prefill_step_tokens: int = 32
+    # Rows a batch may hold past max_batch for tenants that hold no row in it: one tenant
+    # filling the batch does not hold another's first token until one of its rows ends.
+    tenant_headroom: int = 2
     max_wait_ms: int = 10
     max_queue: int = 256
     # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;

@@ -150,6 +150,7 @@ class ModelFacts:
     pad_id: int
     max_input_tokens: int
     load_seconds: float
+    encoder_layers: int = 0  # the server bounds newcomers' groups by it (prefill_group_limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +169,13 @@ class LoadFailed:
 
 @dataclass(frozen=True, slots=True)
 class Events:
-    """The events of one decoder step, each with the id of its job (BatchRow.job_id), and the
-    seconds of the steps since the last Events (for the server's step histogram)."""
+    """The events of one decoder step, each with the id of its job (BatchRow.job_id), the
+    seconds of the steps since the last Events (for the server's step histogram), and the jobs
+    sent by Join whose encoder pass began since (the server then sends the next newcomers)."""
 
     items: tuple[tuple[int, Event], ...]
     step_seconds: tuple[float, ...] = ()
+    started: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,11 @@ class ModelProcess:
         self._spawn_lock = threading.Lock()
         self._cancelled = False
         self._running: dict[int, Job] = {}  # sent and not ended; under the send lock
+        # Sent by Join, their encoder pass not begun (under the send lock): while any is, no
+        # more newcomers are sent, so the fair queue here, not a FIFO in the model process,
+        # picks who goes next (at most one group waits there while a pass runs).
+        self._unstarted: set[int] = set()
+        self.encoder_layers = 0  # the model's, once started
         self._ids = itertools.count(1)
         # Poked by the queue on every put (from the event loop): the engine thread, waiting on
         # the connection, then looks for newcomers. Non-blocking: a full socket is a wake-up
@@ -113,6 +118,7 @@ class ModelProcess:
         if isinstance(reply, LoadFailed):
             self._reap()
             raise ModelLoadError(reply.detail)
+        self.encoder_layers = reply.facts.encoder_layers
         return _loaded_facade(reply.facts)
 
     def exit_code(self) -> int | None:
@@ -151,18 +157,23 @@ class ModelProcess:
                         # the model process decodes them in a batch of its own.
                         if not self._running:
                             return
-                    case Events(items, step_seconds):
+                    case Events(items, step_seconds, started):
+                        with self._send_lock:
+                            self._unstarted.difference_update(started)
                         self._record_steps(jobs, step_seconds)
                         for job_id, event in items:
                             self._deliver(job_id, event)
         finally:
             with self._send_lock:
                 self._running.clear()
+                self._unstarted.clear()
 
     def _join(self, jobs: list[Job], admit: Admit) -> None:
         """Send the newcomers the queue lets join the rows still out (none once none is)."""
         with self._send_lock:
             running: Sequence[Job] = list(self._running.values())
+            if self._unstarted:
+                return
         if not running:
             return
         joiners = admit(running)
@@ -172,7 +183,9 @@ class ModelProcess:
         if joiners[0].record:
             record_join(joiners)
         with self._send_lock:
-            self._send(Join(tuple(self._row(job) for job in joiners)))
+            rows = tuple(self._row(job) for job in joiners)
+            self._unstarted.update(row.job_id for row in rows)
+            self._send(Join(rows))
 
     def _next(self, *, wakeable: bool) -> FromModel | None:
         """The model process's next message; None when the queue woke us first."""
@@ -204,6 +217,9 @@ class ModelProcess:
         # The metrics live here, in the serving process: counted before the stream hears.
         with self._send_lock:
             job = self._running[job_id]
+            # Any event: its row runs (a Join that crossed BatchDone starts a batch of its own,
+            # never through the worker's admit), or has ended.
+            self._unstarted.discard(job_id)
             if isinstance(event, Done | Failed):
                 del self._running[job_id]  # its row has ended: no more Cancel for it
         match event:

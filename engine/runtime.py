@@ -199,6 +199,7 @@ class Engine:
             max_queue_wait=config.max_queue_wait,
             token_budget=config.token_budget,
             max_prefill_tokens=config.max_prefill_tokens,
+            tenant_headroom=config.tenant_headroom,
             # Newcomers join fairly between tenants, by weight (engine/fairness.py).
             queue=FairQueue[Job](),
         )
@@ -492,6 +493,11 @@ class Engine:
         self._finished.set()
 
     def _serve_remote(self, remote: ModelProcess) -> None:
+        # A group of newcomers sent together is one encoder pass in the model process.
+        config = self.config
+        self._scheduler.max_prefill_tokens = prefill_group_limit(
+            config.max_prefill_tokens, config.prefill_step_tokens, remote.encoder_layers
+        )
         # Wakes every second when idle to see that the process is still there: one that died
         # between batches is started again at once, not when the next request finds it gone.
         while (jobs := self._scheduler.take_batch(idle=1.0)) != []:

@@ -163,6 +163,7 @@ class Worker:
         self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch
         self.outbox: list[tuple[int, Event]] = []
         self.steps: list[float] = []  # seconds of the steps since the last Events
+        self.started: list[int] = []  # Join's rows whose pass began since the last Events
         self.aborted = self.stopping = False
 
     def serve(self) -> None:
@@ -209,15 +210,18 @@ class Worker:
             width = max(widest, len(self.waiting[0].prompt_ids))
             if taken and not prefill_fits(len(taken) + 1, width, limit):
                 break
-            taken.append(self.waiting.popleft())
+            job = self.waiting.popleft()
+            self.started.append(job.id)  # told with the next Events: the server sends more
+            taken.append(job)
             widest = width
         return taken
 
     def flush(self) -> None:
-        if self.outbox or self.steps:
-            events = Events(tuple(self.outbox), tuple(self.steps))
+        if self.outbox or self.steps or self.started:
+            events = Events(tuple(self.outbox), tuple(self.steps), tuple(self.started))
             self.outbox.clear()
             self.steps.clear()
+            self.started.clear()
             self.conn.send(events)
 
     def run(self, rows: tuple[BatchRow, ...]) -> None:
@@ -270,6 +274,7 @@ def facts(model: LoadedModel) -> ModelFacts:
         pad_id=model.pad_id,
         max_input_tokens=model.max_input_tokens,
         load_seconds=model.load_seconds,
+        encoder_layers=int(model.model.config.num_layers),
     )
 
 

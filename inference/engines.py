@@ -77,6 +77,7 @@ def engine_config() -> EngineConfig:
         token_budget=settings.INFERENCE_TOKEN_BUDGET,
         max_prefill_tokens=settings.INFERENCE_MAX_PREFILL_TOKENS,
         prefill_step_tokens=settings.INFERENCE_PREFILL_STEP_TOKENS,
+        tenant_headroom=settings.INFERENCE_TENANT_HEADROOM,
         max_wait_ms=settings.INFERENCE_MAX_WAIT_MS,
         max_queue=settings.INFERENCE_MAX_QUEUE,
         max_queue_wait=settings.INFERENCE_MAX_QUEUE_WAIT_SECONDS,

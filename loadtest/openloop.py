@@ -33,6 +33,7 @@ class Planned:
     at: float
     prompt_tokens: int
     max_tokens: int
+    tenant: str = ""  # whose request (the engine's fair queue); "" for one anonymous tenant
 
 
 SINGLE = Planned(0.0, 128, 64)  # the single request the goals compare with: mid-sized
@@ -126,6 +127,11 @@ def peak_rss(pid: int) -> Iterator[list[float]]:
 # --- driving our engine --------------------------------------------------------------------------
 async def drive_engine(engine: Any, plan: list[Planned], tokenizer: Any) -> list[Record]:
     """Submit each planned request at its time as a greedy stream; record what arrives."""
+    return list(await asyncio.gather(*await launch(engine, plan, tokenizer)))
+
+
+async def launch(engine: Any, plan: list[Planned], tokenizer: Any) -> list[asyncio.Task[Record]]:
+    """Start each planned request's stream at its time; returns once the last has started."""
     from engine.runtime import GenerationRequest
 
     requests = [
@@ -135,6 +141,7 @@ async def drive_engine(engine: Any, plan: list[Planned], tokenizer: Any) -> list
             max_tokens=item.max_tokens,
             temperature=0.0,
             ignore_eos=True,  # exact token counts, as in the closed-loop runs
+            tenant=item.tenant,
         )
         for item in plan
     ]
@@ -143,7 +150,7 @@ async def drive_engine(engine: Any, plan: list[Planned], tokenizer: Any) -> list
         if (delay := start + item.at - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(stream_one(engine, request, start + item.at)))
-    return list(await asyncio.gather(*tasks))
+    return tasks
 
 
 async def stream_one(engine: Any, request: Any, arrival: float) -> Record:

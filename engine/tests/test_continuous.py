@@ -5,6 +5,7 @@ in a model process of its own). Assertions are on order, never on time."""
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -185,6 +186,45 @@ async def test_shutdown_drains_a_batch_that_others_joined(
         ("length", 40),
         ("length", 30),
     ]
+
+
+async def test_in_a_model_process_an_idle_tenant_goes_before_a_flooding_ones_backlog(
+    make_engine: Callable[..., Engine],
+) -> None:
+    # The model process keeps no queue of its own: newcomers are sent one encoder pass at a
+    # time, so the serving process's fair queue picks who goes next. Paused while the requests
+    # queue, the model process has been sent only the first of them.
+    engine = make_engine(process=True, prefill_step_tokens=1)
+    pid = engine.status()["model_process"]
+
+    def of(tenant: str, max_tokens: int) -> GenerationRequest:
+        return GenerationRequest(
+            PROMPTS[3], max_tokens=max_tokens, temperature=0, ignore_eos=True, tenant=tenant
+        )
+
+    long = await engine.submit(of("flood", LONG))
+    iterator = await deltas(long, 1)
+    submitted: dict[str, tuple[float, GenerationStream]] = {}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for name in [f"flood{i}" for i in range(10)] + ["quiet"]:
+            submitted[name] = (time.perf_counter(), await engine.submit(of(name[:5], 4)))
+            # The engine thread has looked for newcomers: without the bound on what the model
+            # process is sent, the whole flood would wait there, first come first served.
+            await asyncio.sleep(0.2 if name in ("flood9", "quiet") else 0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    first_token: dict[str, float] = {}
+    for name, (at, stream) in submitted.items():
+        result = await asyncio.wait_for(stream.complete(), timeout=120)
+        assert result.first_token_seconds is not None
+        first_token[name] = at + result.first_token_seconds
+    long.cancel()
+    await finish(iterator, long)
+    order = sorted(first_token, key=first_token.__getitem__)
+    # Before the pause the model process had at most flood0 (its pass begun) and flood1 (sent
+    # as that pass began); then the quiet tenant's request, not sixth behind the whole flood.
+    assert order.index("quiet") <= 2, order
 
 
 async def test_a_killed_model_process_fails_the_rows_that_joined_too(

@@ -169,6 +169,49 @@ def test_the_scheduler_admits_through_it() -> None:
     assert scheduler.take_batch() == [flood[1], flood[3]]
 
 
+def headroom_scheduler(headroom: int) -> Scheduler:
+    return Scheduler(
+        max_batch=2, max_wait_ms=0, max_queue=10, tenant_headroom=headroom, queue=FairQueue[Job]()
+    )
+
+
+def test_a_tenant_holding_no_row_joins_a_full_batch_within_the_headroom() -> None:
+    # Tenant a fills both rows; b and c arrive: each takes a headroom row at the next step,
+    # b's second job and a's next wait for a row to end.
+    scheduler = headroom_scheduler(2)
+    running = [Job(GenerationRequest("x", tenant="a"), [0]) for _ in range(2)]
+    waiting = [
+        Job(GenerationRequest("x", tenant="a"), [0]),
+        Job(GenerationRequest("x", tenant="b"), [0]),
+        Job(GenerationRequest("x", tenant="b"), [0]),
+        Job(GenerationRequest("x", tenant="c"), [0]),
+    ]
+    for item in waiting:
+        scheduler.put(item)
+    assert scheduler.take_joiners(running) == [waiting[1], waiting[3]]
+    # A full headroom admits nobody, not even a fourth tenant.
+    scheduler.put(late := Job(GenerationRequest("x", tenant="d"), [0]))
+    assert scheduler.take_joiners([*running, waiting[1], waiting[3]]) == []
+    # Once a's rows end, the queue goes on in fair order.
+    assert scheduler.take_joiners([waiting[1], waiting[3]]) == [waiting[0], late]
+
+
+def test_without_headroom_a_full_batch_admits_nobody() -> None:
+    scheduler = headroom_scheduler(0)
+    running = [Job(GenerationRequest("x", tenant="a"), [0]) for _ in range(2)]
+    scheduler.put(other := Job(GenerationRequest("x", tenant="b"), [0]))
+    assert scheduler.take_joiners(running) == []
+    assert scheduler.take_joiners(running[:1]) == [other]
+
+
+def test_the_headroom_is_not_used_by_a_tenant_alone() -> None:
+    # One tenant's batch is max_batch rows: the headroom costs a lone tenant nothing.
+    scheduler = headroom_scheduler(2)
+    for _ in range(4):
+        scheduler.put(Job(GenerationRequest("x", tenant="a"), [0]))
+    assert len(scheduler.take_batch() or []) == 2
+
+
 def test_a_weight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="weight"):
         GenerationRequest("x", weight=0)
