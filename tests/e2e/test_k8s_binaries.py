@@ -21,8 +21,6 @@ from tests.e2e.test_k8s import TARGETS, by_kind, pod_spec
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-
 
 def server_url() -> str:
     return os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -31,13 +29,12 @@ def server_url() -> str:
 @pytest.fixture
 def scratch_database() -> Iterator[str]:
     """A database of this test's own on the test Postgres, dropped afterwards."""
-    base = psycopg.conninfo.conninfo_to_dict(server_url())
     name = f"k8s_{uuid.uuid4().hex[:10]}"
     admin = psycopg.conninfo.make_conninfo(server_url(), dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield psycopg.conninfo.make_conninfo(psycopg.conninfo.make_conninfo(**base), dbname=name)
+        yield psycopg.conninfo.make_conninfo(server_url(), dbname=name)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
