@@ -79,6 +79,18 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(target
             kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
 
 
+def test_the_restore_job_validates_too() -> None:
+    job = yaml.safe_load((K8S / "restore" / "job.yaml").read_text())
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "inference-node-backups"
+    backup = by_kind(build(TARGETS["base"]))[("CronJob", "inference-node-backup")]
+    assert (
+        pod["containers"][0]["image"]
+        == (backup["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"])
+    )
+
+
 def test_the_custom_resources_are_the_ones_the_schemas_cover() -> None:
     kinds = {(r["apiVersion"], r["kind"]) for r in build(TARGETS["base"]) if is_custom(r)}
     assert kinds == {
@@ -437,6 +449,11 @@ def test_the_kubernetes_rules_use_the_clusters_labels_not_composes() -> None:
     assert f"0.8 * {config['INFERENCE_MAX_QUEUE']}" in saturated["expr"]
 
 
+def series(name: str, pod: str) -> str:
+    """A series as the ServiceMonitor's scrape labels it."""
+    return f'{name}{{job="inference-node",namespace="inference-node",pod="{pod}"}}'
+
+
 RULE_TESTS = {
     "rule_files": ["rules.yml"],
     "evaluation_interval": "1m",
@@ -451,18 +468,15 @@ RULE_TESTS = {
                 # compose's labels: not this cluster's job, never an alert here.
                 {"series": 'up{job="app",instance="app-1:8000"}', "values": "0x10"},
                 {
-                    "series": 'inference_model_ready{job="inference-node",namespace="inference-node",'
-                    'pod="p-2"}',
+                    "series": series("inference_model_ready", "p-2"),
                     "values": "0x20",
                 },
                 {
-                    "series": 'inference_queue_depth{job="inference-node",namespace="inference-node",'
-                    'pod="p-1"}',
+                    "series": series("inference_queue_depth", "p-1"),
                     "values": "210x10",
                 },
                 {
-                    "series": 'inference_queue_depth{job="inference-node",namespace="inference-node",'
-                    'pod="p-2"}',
+                    "series": series("inference_queue_depth", "p-2"),
                     "values": "0x10",
                 },
                 {
@@ -574,8 +588,7 @@ RULE_TESTS = {
                     "values": "10x20",
                 },
                 {
-                    "series": 'inference_queue_depth{job="inference-node",namespace="inference-node",'
-                    'pod="p-1"}',
+                    "series": series("inference_queue_depth", "p-1"),
                     "values": "9x20",
                 },
             ],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from tests.e2e.kustomize import build
 from tests.e2e.servers import REPO, free_port, require_binary, wait_until
@@ -176,11 +177,16 @@ def backup_script() -> list[str]:
     return cron["containers"][0]["command"]
 
 
-def test_the_backup_job_dumps_keeps_the_newest_and_restores(
+def restore_script() -> list[str]:
+    job = yaml.safe_load((REPO / "deploy" / "k8s" / "restore" / "job.yaml").read_text())
+    return job["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_the_backup_job_dumps_keeps_the_newest_and_the_restore_job_brings_it_back(
     tmp_path: Path, scratch_database: str
 ) -> None:
-    pg_restore = require_binary("pg_restore")
-    require_binary("pg_dump")  # the script's own
+    require_binary("pg_dump")
+    require_binary("pg_restore")
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         conn.execute("CREATE TABLE probe (id int PRIMARY KEY, note text)")
         conn.execute("INSERT INTO probe VALUES (1, 'before the backup')")
@@ -200,21 +206,18 @@ def test_the_backup_job_dumps_keeps_the_newest_and_restores(
     # Kept: the newest two dumps; the oldest and the partial are gone, other files stay.
     assert names == sorted(["README", "node-20240102T031700Z.dump", new])
     assert "backup " + new + " written; kept: 2" in result.stdout
-    # Restore into an empty database, as docs/deploy.md says.
-    admin = psycopg.conninfo.make_conninfo(scratch_database, dbname="postgres")
-    restored = f"{psycopg.conninfo.conninfo_to_dict(scratch_database)['dbname']}_restored"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{restored}"')
-    try:
-        target = as_url(psycopg.conninfo.make_conninfo(scratch_database, dbname=restored))
-        restore = subprocess.run(
-            [pg_restore, "--exit-on-error", "--no-owner", f"--dbname={target}",
-             str(backups / new)], capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert restore.returncode == 0, restore.stderr
-        with psycopg.connect(target) as conn:
-            rows = conn.execute("SELECT id, note FROM probe").fetchall()
-        assert rows == [(1, "before the backup")]
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)')
+
+    # Damage after the backup, then the restore Job's own command.
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("DELETE FROM probe")
+        conn.execute("INSERT INTO probe VALUES (2, 'after the backup')")
+    missing = subprocess.run(restore_script(), env={**env, "BACKUP_FILE": "node-nope.dump"},
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert missing.returncode != 0 and "no dump node-nope.dump" in missing.stderr
+    restore = subprocess.run(restore_script(), env={**env, "BACKUP_FILE": new},
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert restore.returncode == 0, restore.stderr
+    assert f"restored {new}" in restore.stdout
+    with psycopg.connect(scratch_database) as conn:
+        rows = conn.execute("SELECT id, note FROM probe").fetchall()
+    assert rows == [(1, "before the backup")]
