@@ -36,6 +36,8 @@ def build(directory: Path) -> list[dict]:
 
 def containers(resource: dict) -> list[dict]:
     spec = resource.get("spec", {})
+    # A CronJob's pods are one level deeper, in its Job template.
+    spec = spec.get("jobTemplate", {}).get("spec", spec)
     pod = spec.get("template", {}).get("spec", {})
     return pod.get("containers", []) + pod.get("initContainers", [])
 
