@@ -204,6 +204,8 @@ def stack_values(replicas: list[Replica], ports: dict[str, int], e2e_dir: Path) 
         "TRAEFIK_METRICS_TARGETS": [f"127.0.0.1:{ports['internal']}"],
         "PROMETHEUS_SELF_TARGETS": [f"127.0.0.1:{ports['prometheus']}"],
         "INFERENCE_MAX_QUEUE": INFERENCE_MAX_QUEUE,
+        # No Alertmanager behind the session's Prometheus (tests/e2e/test_alerting.py has one).
+        "ALERTMANAGER_TARGETS": [],
     }
 
 
