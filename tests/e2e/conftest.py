@@ -179,7 +179,8 @@ def replicas(app_env: dict[str, str], e2e_dir: Path) -> Iterator[list[Replica]]:
     started = [start_replica(n, app_env, e2e_dir) for n in (1, 2)]
     try:
         for replica in started:
-            wait_http(replica.server, f"{replica.url}{HEALTH_PATH}", Host="localhost")
+            # Django, then the model process's torch import and warm-up: minutes at a load of 15.
+            wait_http(replica.server, f"{replica.url}{HEALTH_PATH}", timeout=300, Host="localhost")
         yield started
     finally:
         for replica in started:

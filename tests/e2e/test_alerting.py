@@ -373,7 +373,7 @@ def flushing_replica(app_env: dict[str, str], e2e_dir: Path) -> Iterator[Replica
     """A third replica as compose runs them: the usage flusher on (every second)."""
     replica = start_replica(3, {**app_env, "RATELIMIT_FLUSH_SECONDS": "1"}, e2e_dir)
     try:
-        wait_http(replica.server, f"{replica.url}/readyz", Host="localhost")
+        wait_http(replica.server, f"{replica.url}/readyz", timeout=300, Host="localhost")
         yield replica
     finally:
         replica.server.stop()
