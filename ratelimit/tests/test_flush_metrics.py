@@ -9,7 +9,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def runs(result: str) -> float:
-    return metrics.flushes.labels(result)._value.get()
+    return float(metrics.flushes.labels(result)._value.get())
 
 
 def test_a_run_that_moves_the_buffers_counts_ok(issued) -> None:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def failures() -> float:
-    return metrics.key_load_failures._value.get()
+    return float(metrics.key_load_failures._value.get())
 
 
 async def test_a_load_that_postgres_refuses_is_counted(issued, monkeypatch) -> None:

@@ -184,7 +184,8 @@ def rules() -> list[dict]:
 
 
 def test_every_rule_has_a_unit_test_that_fires_it_and_one_that_does_not() -> None:
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
         for check in case["alert_rule_test"]:
             (fired if check["exp_alerts"] else quiet).add(check["alertname"])
