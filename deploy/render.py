@@ -50,6 +50,7 @@ def compose_values(app_replicas: int) -> dict[str, Any]:
         "APP_STATIC_TARGETS": [],
         "TRAEFIK_METRICS_TARGETS": ["traefik:8081"],
         "PROMETHEUS_SELF_TARGETS": ["localhost:9090"],
+        "ALERTMANAGER_TARGETS": ["alertmanager:9093"],
         "INFERENCE_MAX_QUEUE": 256,
     }
 

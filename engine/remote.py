@@ -102,7 +102,7 @@ class ModelProcess:
             self.process = subprocess.Popen(  # noqa: S603 - our own module, no shell
                 [sys.executable, "-m", "engine.worker", str(fd), str(os.getpid())],
                 pass_fds=(fd,),
-                env={**os.environ, "PYTHONPATH": _python_path()},
+                env=_child_env(),
             )
             if self._cancelled:  # cancel() came before the process existed
                 self.process.kill()
@@ -296,6 +296,15 @@ def _python_path() -> str:
     """The project's root first, so `-m engine.worker` imports this very package."""
     root = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _child_env() -> dict[str, str]:
+    """The model process's environment: the server's, without PROMETHEUS_MULTIPROC_DIR. The
+    serving process records every metric (the rows it sends are record=False); were the child
+    to share the directory, its never-set gauges would join the server's, and
+    inference_model_ready (livemin) would read 0 on a replica whose model is ready."""
+    env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+    return {**env, "PYTHONPATH": _python_path()}
 
 
 def _loaded_facade(facts: ModelFacts) -> LoadedModel:

@@ -31,7 +31,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from core.redis import get_sync_redis
-from ratelimit import backlog
+from ratelimit import backlog, metrics
 from ratelimit.scripts import preload_sync
 from tenants.models import ApiKey
 from tenants.services import (
@@ -295,16 +295,24 @@ def _loop(interval: float) -> None:
         if _stop.wait(min(interval, PROMPT_FLUSH_GAP)):
             return
         backlog.pending.clear()
-        try:
-            report = flush()
-            if report.usage_batches or report.throttle_batches or report.local_rows:
-                logger.info("ratelimit flush: %s", report.summary())
-        except Exception as exc:  # Redis or Postgres down: try again next interval
-            logger.warning("ratelimit flush failed (%s)", type(exc).__name__)
-        finally:
-            # This thread's own database connection goes back after every run.
-            close_old_connections()
-            connection.close()
+        run_once()
+
+
+def run_once() -> None:
+    """One run of the flusher thread: counted (ok or failed) and logged, never raised."""
+    try:
+        report = flush()
+    except Exception as exc:  # Redis or Postgres down: try again next interval
+        metrics.flushes.labels("failed").inc()
+        logger.warning("ratelimit flush failed (%s)", type(exc).__name__)
+    else:
+        metrics.flushes.labels("ok").inc()
+        if report.usage_batches or report.throttle_batches or report.local_rows:
+            logger.info("ratelimit flush: %s", report.summary())
+    finally:
+        # This thread's own database connection goes back after every run.
+        close_old_connections()
+        connection.close()
 
 
 def start_flusher() -> threading.Thread | None:
@@ -314,6 +322,8 @@ def start_flusher() -> threading.Thread | None:
     if interval <= 0:
         return None
     if _thread is None or not _thread.is_alive():
+        for result in ("ok", "failed"):
+            metrics.flushes.labels(result)  # both series exist (at 0) before the first run
         _stop.clear()
         _thread = threading.Thread(
             target=_loop, args=(interval,), name="ratelimit-flusher", daemon=True

@@ -38,6 +38,12 @@ admission_seconds = Histogram(
     "Time of one ADMIT round trip to Redis, as seen by the caller.",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+# The flusher thread's runs (ratelimit/flush.py): ok when every buffer reached Postgres. Its
+# labels are made when the thread starts, so a process that runs no flusher shows no series
+# (and the "not flushing" alert cannot fire for it).
+flushes = Counter(
+    "ratelimit_flushes_total", "Runs of the usage flusher, by outcome (ok or failed).", ["result"]
+)
 # Several daphne processes may share PROMETHEUS_MULTIPROC_DIR: report the worst live one.
 circuit_open = Gauge(
     "ratelimit_circuit_open",

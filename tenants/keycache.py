@@ -310,6 +310,7 @@ class KeyCache:
             )
         except (DatabaseError, TimeoutError) as exc:
             self._db_down_until = time.monotonic() + settings.API_KEY_DB_BACKOFF_SECONDS
+            metrics.key_load_failures.inc()
             logger.warning("key cache: cannot load key records (%s)", type(exc).__name__)
             raise
 

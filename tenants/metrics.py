@@ -11,3 +11,7 @@ key_lookups_unavailable = Counter(
     "auth_key_lookups_unavailable_total",
     "Requests answered 503 because their key was not cached and Postgres could not answer.",
 )
+key_load_failures = Counter(
+    "auth_key_load_failures_total",
+    "Key record loads from Postgres that failed or timed out (API_KEY_LOAD_TIMEOUT_SECONDS).",
+)

@@ -179,7 +179,8 @@ def replicas(app_env: dict[str, str], e2e_dir: Path) -> Iterator[list[Replica]]:
     started = [start_replica(n, app_env, e2e_dir) for n in (1, 2)]
     try:
         for replica in started:
-            wait_http(replica.server, f"{replica.url}{HEALTH_PATH}", Host="localhost")
+            # Django, then the model process's torch import and warm-up: minutes at a load of 15.
+            wait_http(replica.server, f"{replica.url}{HEALTH_PATH}", timeout=300, Host="localhost")
         yield started
     finally:
         for replica in started:
@@ -204,6 +205,8 @@ def stack_values(replicas: list[Replica], ports: dict[str, int], e2e_dir: Path) 
         "TRAEFIK_METRICS_TARGETS": [f"127.0.0.1:{ports['internal']}"],
         "PROMETHEUS_SELF_TARGETS": [f"127.0.0.1:{ports['prometheus']}"],
         "INFERENCE_MAX_QUEUE": INFERENCE_MAX_QUEUE,
+        # No Alertmanager behind the session's Prometheus (tests/e2e/test_alerting.py has one).
+        "ALERTMANAGER_TARGETS": [],
     }
 
 

@@ -21,6 +21,7 @@ VALIDATOR = jsonschema.Draft7Validator(SCHEMA)  # the draft its $schema names
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRETS = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 SECRETS |= {"CLOUDFLARE_TUNNEL_TOKEN", "GRAFANA_DB_PASSWORD"}
+SECRETS |= {"ALERT_WEBHOOK_URL", "ALERT_SMTP_PASSWORD"}
 
 
 def raw(name: str) -> dict:
@@ -92,10 +93,14 @@ def test_postgres_and_redis_publish_nothing_and_sit_on_the_internal_network_only
         assert compose["networks"][network]["internal"] is True
 
 
-def test_the_operator_override_publishes_grafana_on_loopback_only() -> None:
+def test_the_operator_override_publishes_grafana_and_alertmanager_on_loopback_only() -> None:
     services = effective("compose.ops.yaml")["services"]
-    assert {name for name, svc in services.items() if svc.get("ports")} == {"grafana"}
+    assert {name for name, svc in services.items() if svc.get("ports")} == {
+        "grafana",
+        "alertmanager",
+    }
     assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert services["alertmanager"]["ports"] == ["127.0.0.1:9093:9093"]
 
 
 def referenced(compose: dict, key: str) -> set[str]:
