@@ -15,8 +15,12 @@ dump_once() {
   name="${PGDATABASE:-postgres}-$(date -u +%Y%m%dT%H%M%SZ).dump"
   # Written under a temporary name and renamed when complete: a half-written file never
   # looks like a backup, and never counts toward retention.
-  pg_dump --format=custom --no-owner --file="$dir/.$name.partial"
-  mv "$dir/.$name.partial" "$dir/$name"
+  # Explicit returns: `set -e` does not apply inside a function called from `if`.
+  if ! pg_dump --format=custom --no-owner --file="$dir/.$name.partial"; then
+    rm -f "$dir/.$name.partial"
+    return 1
+  fi
+  mv "$dir/.$name.partial" "$dir/$name" || return 1
   echo "backup: wrote $dir/$name ($(wc -c < "$dir/$name") bytes)"
   find "$dir" -maxdepth 1 -name '*.dump' -type f -mtime "+$((retention - 1))" -print -delete \
     | sed 's/^/backup: deleted (retention) /'

@@ -113,7 +113,7 @@ def bouncer_config(directory: Path, port: int) -> Path:
         "* = host=postgres port=5432": "* = host=127.0.0.1 port=5432",
         "listen_addr = 0.0.0.0": "listen_addr = 127.0.0.1",
         "listen_port = 6432": f"listen_port = {port}",
-        "/tmp/pgbouncer/": f"{directory}/",
+        "/tmp/pgbouncer/": f"{directory}/",  # noqa: S108 (the container path, replaced)
     }
     for old, new in replacements.items():
         assert old in text, old
@@ -201,7 +201,7 @@ def complete(url: str, token: str, model: str, n: int) -> int:
 
 
 def server_connections(app_role: AppRole) -> int:
-    query = f"select count(*) from pg_stat_activity where usename = '{app_role.name}'"
+    query = f"select count(*) from pg_stat_activity where usename = '{app_role.name}'"  # noqa: S608
     return int(psql(app_role.owner_url, {}, "-c", query))
 
 
@@ -334,6 +334,6 @@ def test_the_app_role_can_use_the_rows_but_not_change_the_schema(
         app_role.owner_url,
         {},
         "-c",
-        f"select count(*) from pg_tables where tableowner = '{app_role.name}'",
+        f"select count(*) from pg_tables where tableowner = '{app_role.name}'",  # noqa: S608
     )
     assert owners.strip() == "0"
