@@ -226,6 +226,8 @@ def test_the_app_serves_and_bills_through_pgbouncer_as_the_app_role(
             "DATABASE_POOL_MAX": "10",
         },
         tmp_path / "daphne.log",
+        # Importing torch and Django on a loaded 2-core machine took more than the default 30 s.
+        timeout=180,
     )
     try:
         wait_ready(server.url)
