@@ -178,6 +178,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env_int("DATABASE_POOL_MAX", 10),
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0),
     }
+# Behind PgBouncer in transaction pooling, each transaction may run on another server
+# connection: a server-side cursor (QuerySet.iterator()) is gone on the next one, and so is a
+# statement psycopg prepared (only with OPTIONS server_side_binding: Django binds on the client
+# by default). `pgbouncer` turns both off (docs/deploy.md, "PgBouncer").
+DATABASE_POOLER = env_choice("DATABASE_POOLER", "none", ("none", "pgbouncer"))
+if DATABASE_POOLER == "pgbouncer" and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 # django-prometheus's wrappers of the same backends count connections, queries, errors and
 # query time (labels: alias and vendor only). They work with psycopg 3 and its pool.
 DATABASES["default"]["ENGINE"] = {
@@ -194,6 +202,8 @@ REDIS_EMULATED = not REDIS_URL
 # The limiter's own pool: short timeouts so an outage costs milliseconds, not seconds.
 RATELIMIT_REDIS_URL = env_str("RATELIMIT_REDIS_URL") or REDIS_URL  # empty: the same Redis
 RATELIMIT_REDIS_TIMEOUT_MS = env_int("RATELIMIT_REDIS_TIMEOUT_MS", 50)
+# Django's cache, on a Redis that may evict (allkeys-lru): nothing there is the only copy.
+CACHE_REDIS_URL = env_str("CACHE_REDIS_URL") or REDIS_URL  # empty: the same Redis
 RATELIMIT_FAILURE_MODE = env_choice("RATELIMIT_FAILURE_MODE", "local", ("open", "closed", "local"))
 # Rate limiter tuning (docs/ratelimit.md explains each one).
 RATELIMIT_LEASE_TTL_SECONDS = env_float("RATELIMIT_LEASE_TTL_SECONDS", 60.0)
@@ -226,7 +236,7 @@ else:
         "default": {
             # django-redis's RedisCache, counting gets, hits, misses and failures.
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            "LOCATION": CACHE_REDIS_URL,
             "KEY_PREFIX": "cache",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
         }
