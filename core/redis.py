@@ -10,7 +10,7 @@ EVALSHA on keys of one hash slot, SCRIPT LOAD on every master), so it is handed 
 
 import asyncio
 import weakref
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -56,7 +56,13 @@ def _url(purpose: str) -> str:
 
 
 def _target(purpose: str) -> RedisTarget:
-    return parse_redis_url(_url(purpose), cluster=settings.REDIS_CLUSTER)
+    return _parsed(_url(purpose), settings.REDIS_CLUSTER)
+
+
+@lru_cache(maxsize=16)
+def _parsed(url: str, cluster: bool) -> RedisTarget:
+    # Cached: is_cluster() is asked on every admission (the limiter's keys depend on it).
+    return parse_redis_url(url, cluster=cluster)
 
 
 def _data_kwargs(target: RedisTarget) -> dict[str, Any]:
