@@ -80,7 +80,6 @@ def _cluster_kwargs(purpose: str, kwargs: dict[str, Any], retry: Any) -> dict[st
     if purpose == "ratelimit":
         # RedisCluster retries a timed-out command on its own by default; ADMIT must not be.
         kwargs["retry"] = retry(NoBackoff(), 0)
-        kwargs["cluster_error_retry_attempts"] = 1
     else:
         kwargs.pop("retry", None)
     return kwargs
