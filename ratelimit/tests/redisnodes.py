@@ -120,15 +120,14 @@ def sentinel_conf(port: int) -> str:
 def master_port(sentinel_port: int = SENTINEL_PORTS[0]) -> int:
     """The master's port as this Sentinel sees it now."""
     client = redis.Redis(port=sentinel_port, socket_timeout=0.5)
-    host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+    _, port = client.sentinel_get_master_addr_by_name(SERVICE)
     return int(port)
 
 
 def _knows_replica_and_peers(port: int) -> bool:
     client = redis.Redis(port=port, socket_timeout=0.5, decode_responses=True)
-    state = client.execute_command("SENTINEL", "MASTER", SERVICE)
-    fields = dict(zip(state[::2], state[1::2], strict=True))
-    return int(fields["num-slaves"]) >= 1 and int(fields["num-other-sentinels"]) >= 2
+    state = client.sentinel_master(SERVICE)
+    return int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2
 
 
 @contextmanager

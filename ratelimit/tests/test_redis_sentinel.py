@@ -128,7 +128,11 @@ def test_a_failover_during_traffic_follows_the_failure_mode_then_the_new_master(
     assert promoted.execute_command("ROLE")[0] == b"master"
     # The admissions after the failover were written to the new master.
     assert promoted.exists(usage_key(key.tenant_id))
-    assert asyncio.run(get_redis("ratelimit").ping())
+
+    async def ping() -> bool:
+        return bool(await get_redis("ratelimit").ping())
+
+    assert asyncio.run(ping())
     assert get_sync_redis("ratelimit").connection_pool.get_master_address()[1] == REPLICA_PORT
     # Its buffers still reach Postgres: at least the admissions made on the new master.
     after = sum(1 for at, source in outcomes if source == "redis" and at > 0)
