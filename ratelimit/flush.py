@@ -29,15 +29,16 @@ from functools import partial
 from typing import Required, TypedDict
 
 import redis
+import redis.cluster
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from core.redis import get_sync_redis
+from core.redis import get_sync_redis, is_cluster
 from ratelimit import backlog
-from ratelimit.limits import dirty_key, dirty_keys
+from ratelimit.limits import DIRTY_KEY, dirty_key
 from ratelimit.scripts import CLAIM, preload_sync
-from tenants.models import ApiKey
+from tenants.models import ApiKey, Tenant
 from tenants.services import (
     Refusals,
     throttle_events_add,
@@ -109,14 +110,48 @@ def _kind_of(buffer_key: str) -> str:
     return "throttle" if ":throttle" in buffer_key else "usage"
 
 
-def listed_buffers(client: redis.Redis) -> dict[str, list[str]]:
-    """The dirty-buffer indexes that list something: index key -> its members, sorted."""
-    indexes = dirty_keys()
+def _read_indexes(client: redis.Redis, indexes: list[str]) -> list[object]:
+    if isinstance(client, redis.cluster.RedisCluster):
+        return _read_per_master(client, indexes)
     pipe = client.pipeline(transaction=False)
     for index in indexes:
         pipe.smembers(index)
-    # A cluster pipeline sends each node its slots' commands: one round trip per master.
-    replies = pipe.execute()
+    return pipe.execute()
+
+
+def _read_per_master(client: redis.cluster.RedisCluster, indexes: list[str]) -> list[object]:
+    """SMEMBERS of every per-slot index, one plain pipeline per master: redis-py's cluster
+    pipeline spends ~0.2 ms of Python per command (3 s for 16,384), a plain one ~100x less.
+    A slot that moved meanwhile answers MOVED: those few are asked again through the cluster
+    client, which follows the redirect."""
+    by_node: dict[str, list[int]] = {}
+    for at, index in enumerate(indexes):
+        node = client.get_node_from_key(index)
+        by_node.setdefault(node.name, []).append(at)
+    replies: list[object] = [None] * len(indexes)
+    for name, positions in by_node.items():
+        connection = client.get_node(node_name=name).redis_connection
+        pipe = connection.pipeline(transaction=False)
+        for at in positions:
+            pipe.smembers(indexes[at])
+        for at, reply in zip(positions, pipe.execute(raise_on_error=False), strict=True):
+            replies[at] = client.smembers(indexes[at]) if isinstance(reply, Exception) else reply
+    return replies
+
+
+def _indexes() -> list[str]:
+    if not is_cluster("ratelimit"):
+        return [DIRTY_KEY]
+    # One index per slot, but only a slot that holds a tenant's keys can list a buffer: the
+    # flush reads as many sets as there are tenants (at most 16,384), not every slot. A tenant
+    # deleted meanwhile has no API keys left to bill (its rows would be dropped anyway).
+    return sorted({dirty_key(pk) for pk in Tenant.objects.values_list("pk", flat=True)})
+
+
+def listed_buffers(client: redis.Redis) -> dict[str, list[str]]:
+    """The dirty-buffer indexes that list something: index key -> its members, sorted."""
+    indexes = _indexes()
+    replies = _read_indexes(client, indexes)
     return {
         index: sorted(_text(m) for m in members)
         for index, members in zip(indexes, replies, strict=True)

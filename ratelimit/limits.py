@@ -113,7 +113,7 @@ def throttle_key(tenant_id: int) -> str:
 # added to by the very script that writes the buffer (so the flusher reads the work, never the
 # keyspace). On one Redis (or a Sentinel's master) it is one set. On a Cluster a script may
 # only touch keys of one hash slot, so there is one set per slot, named with a hash tag that
-# lands in that slot: the flusher reads 16,384 small sets (a fixed cost, whatever the keyspace).
+# lands in that slot: the flusher reads the sets of the slots its tenants' keys are in.
 DIRTY_KEY = "rlbuf:v1:dirty"
 
 
@@ -137,13 +137,6 @@ def dirty_key(tenant_id: int) -> str:
     if not is_cluster("ratelimit"):
         return DIRTY_KEY
     return dirty_key_of_slot(key_slot(tenant_tag(tenant_id).encode()))
-
-
-def dirty_keys() -> list[str]:
-    """Every index the flusher reads."""
-    if not is_cluster("ratelimit"):
-        return [DIRTY_KEY]
-    return [dirty_key_of_slot(slot) for slot in range(REDIS_CLUSTER_HASH_SLOTS)]
 
 
 def burst_of(limit: int, burst_percent: int) -> int:

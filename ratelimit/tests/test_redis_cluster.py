@@ -19,6 +19,7 @@ from ratelimit.tests.helpers import make_record
 from ratelimit.tests.redisnodes import redis_cluster
 from tenants import keycache, keysnapshot
 from tenants.models import ThrottleEvent, UsageMinute
+from tenants.services import tenant_create
 from tests.childproc import child_env, django_script, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,14 +52,15 @@ def _errors() -> float:
 
 
 def _two_tenants_on_two_masters(issued_key) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    # The issued key's tenant, and a made-up tenant id whose slot is on another master.
+    # The issued key's tenant, and a second tenant whose slot is on another master.
     first = issued_key.tenant_id
     client = get_sync_redis("ratelimit")
     node = client.get_node_from_key(tenant_tag(first))
-    other = next(
-        t for t in range(first + 1, first + 1000) if client.get_node_from_key(tenant_tag(t)) != node
-    )
-    return first, other
+    for n in range(50):
+        other = tenant_create(slug=f"other-{n}", limits={}, actor="test").pk
+        if client.get_node_from_key(tenant_tag(other)) != node:
+            return first, other
+    raise AssertionError("no tenant landed on another master")
 
 
 def test_every_lua_script_runs_on_the_cluster_and_the_flush_finds_every_buffer(
