@@ -11,12 +11,12 @@ from typing import Any
 
 import redis.cluster
 from django.conf import settings
-from django_redis.pool import ConnectionFactory
+from django_redis.pool import ConnectionFactory  # type: ignore[import-untyped]
 
 from core.redisurl import parse_redis_url
 
 
-class ClusterConnectionFactory(ConnectionFactory):  # type: ignore[type-arg]
+class ClusterConnectionFactory(ConnectionFactory):
     """connect(url) -> one RedisCluster per URL, shared by the cache's clients."""
 
     _clients: dict[str, redis.cluster.RedisCluster] = {}

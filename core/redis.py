@@ -90,10 +90,11 @@ def _new_async(purpose: str) -> aredis.Redis:
     if target.kind == "single":
         return aredis.Redis.from_url(target.url, **kwargs)
     if target.kind == "sentinel":
-        sentinel = asentinel.Sentinel(
+        sentinel = asentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
         )
-        return sentinel.master_for(target.service, db=target.db, **_data_kwargs(target))
+        master = sentinel.master_for(target.service, db=target.db, **_data_kwargs(target))
+        return cast(aredis.Redis, master)
     nodes = [acluster.ClusterNode(host, port) for host, port in target.nodes]
     cluster = acluster.RedisCluster(
         startup_nodes=nodes, **_data_kwargs(target), **_cluster_kwargs(purpose, kwargs, AsyncRetry)
@@ -106,11 +107,14 @@ def _new_sync(purpose: str) -> redis.Redis:
     if target.kind == "single":
         return redis.Redis.from_url(target.url, **kwargs)
     if target.kind == "sentinel":
-        sentinel = redis.sentinel.Sentinel(
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
         )
-        return sentinel.master_for(target.service, db=target.db, **_data_kwargs(target))
-    nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]
+        master = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service, db=target.db, **_data_kwargs(target)
+        )
+        return cast(redis.Redis, master)
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
     cluster = redis.cluster.RedisCluster(
         startup_nodes=nodes, **_data_kwargs(target), **_cluster_kwargs(purpose, kwargs, Retry)
     )

@@ -92,7 +92,7 @@ def parse_redis_url(url: str, *, cluster: bool = False) -> RedisTarget:
             user,
             password,
             SENTINEL_SCHEMES[scheme],
-            (query.get("sentinel_password") or [None])[0],
+            next(iter(query.get("sentinel_password", [])), None),
         )
     if scheme in CLUSTER_SCHEMES or (cluster and scheme in {"redis", "rediss"}):
         db = _db(parts.path.strip("/"), url)

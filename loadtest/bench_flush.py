@@ -113,7 +113,7 @@ def _redis_usec(client: redis.Redis) -> int:
     return sum(int(v["usec"]) for name, v in stats.items() if name != "cmdstat_info")
 
 
-def _measure(client: redis.Redis, claim, tenants: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def _measure(client: redis.Redis, claim, tenants: int) -> tuple[float, float]:
     walls, cpus = [], []
     for _ in range(ARGS.rounds):
         _dirty(client, tenants)

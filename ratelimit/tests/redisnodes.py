@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -25,7 +26,7 @@ def _binary(name: str) -> str:
     return path
 
 
-def _wait(check, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(check, what: str, timeout: float = 60.0) -> None:
     # Generous: the box is shared, and a cluster's gossip or a Sentinel's discovery take time.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,13 +121,14 @@ def sentinel_conf(port: int) -> str:
 def master_port(sentinel_port: int = SENTINEL_PORTS[0]) -> int:
     """The master's port as this Sentinel sees it now."""
     client = redis.Redis(port=sentinel_port, socket_timeout=0.5)
-    _, port = client.sentinel_get_master_addr_by_name(SERVICE)
+    address: Any = client.sentinel_get_master_addr_by_name(SERVICE)
+    _, port = address
     return int(port)
 
 
 def _knows_replica_and_peers(port: int) -> bool:
     client = redis.Redis(port=port, socket_timeout=0.5, decode_responses=True)
-    state = client.sentinel_master(SERVICE)
+    state: Any = client.sentinel_master(SERVICE)
     return int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2
 
 

@@ -16,6 +16,7 @@ from ratelimit.limits import DIRTY_KEY, dirty_key, throttle_key, usage_key
 from ratelimit.scripts import preload_sync
 from ratelimit.tests.helpers import make_record
 from ratelimit.tests.redisnodes import Nodes
+from tenants.keycache import KeyRecord
 from tenants.models import UsageMinute
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,7 +40,7 @@ def own_redis(tmp_path: Path, settings) -> Iterator[redis.Redis]:
         nodes.stop()
 
 
-def _records(issued) -> tuple:  # type: ignore[no-untyped-def]
+def _records(issued) -> tuple[KeyRecord, KeyRecord]:
     key = issued.api_key
     first = make_record(
         tenant_id=key.tenant_id, api_key_pk=key.pk, key_id=key.key_id, key={"rpm": 1},
@@ -49,7 +50,7 @@ def _records(issued) -> tuple:  # type: ignore[no-untyped-def]
     return first, second
 
 
-def _traffic(first, second) -> None:  # type: ignore[no-untyped-def]
+def _traffic(first, second) -> None:
     async def run() -> None:
         admission = await limiter.admit(first, tokens=3)
         assert admission.source == "redis"
@@ -124,7 +125,7 @@ def test_unrelated_keys_are_never_scanned_nor_touched(own_redis, issued) -> None
     assert UsageMinute.objects.exists()
 
 
-def _traffic_again(first, second, client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def _traffic_again(first, second, client: redis.Redis) -> None:
     # The same writes as _traffic, the key's rate reset so its first admission passes again.
     for key in client.scan_iter("rl:v1:*"):
         client.delete(key)

@@ -6,6 +6,7 @@ OS processes hammer one tenant, and the cache (django-redis) and the key snapsho
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -51,10 +52,10 @@ def _errors() -> float:
     return total
 
 
-def _two_tenants_on_two_masters(issued_key) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _two_tenants_on_two_masters(issued_key) -> tuple[int, int]:
     # The issued key's tenant, and a second tenant whose slot is on another master.
     first = issued_key.tenant_id
-    client = get_sync_redis("ratelimit")
+    client: Any = get_sync_redis("ratelimit")  # a RedisCluster
     node = client.get_node_from_key(tenant_tag(first))
     for n in range(50):
         other = tenant_create(slug=f"other-{n}", limits={}, actor="test").pk
@@ -99,7 +100,8 @@ def test_every_lua_script_runs_on_the_cluster_and_the_flush_finds_every_buffer(
         assert decision.allowed
         version = await get_redis().get(keysnapshot.VERSION_KEY)  # issuing the key moved it
         await keysnapshot.remember("KEYsnap", '{"k": 1}', version)  # REMEMBER_KEY
-        assert (await keysnapshot.recall("KEYsnap")).payload == '{"k": 1}'  # RECALL_KEY
+        recalled = await keysnapshot.recall("KEYsnap")  # RECALL_KEY
+        assert recalled is not None and recalled.payload == '{"k": 1}'
 
     asyncio.run(traffic())
     keycache.bump_version(["KEYsnap"])  # one MULTI on the {keys} slot

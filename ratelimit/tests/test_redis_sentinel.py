@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -58,7 +59,8 @@ def test_the_clients_and_the_cache_reach_the_master_through_the_sentinels(sentin
         assert await limiter.settle(admission, prompt_tokens=2, completion_tokens=3)
         version = await get_redis().get(keysnapshot.VERSION_KEY)  # issuing the key moved it
         await keysnapshot.remember("KEYsnap", '{"k": 1}', version)
-        assert (await keysnapshot.recall("KEYsnap")).payload == '{"k": 1}'
+        recalled = await keysnapshot.recall("KEYsnap")
+        assert recalled is not None and recalled.payload == '{"k": 1}'
 
     asyncio.run(traffic())
     master = redis.Redis(port=MASTER_PORT)
@@ -72,7 +74,7 @@ def test_the_clients_and_the_cache_reach_the_master_through_the_sentinels(sentin
     assert master.exists("cache:1:once:abc")
 
 
-async def _traffic(record, until_redis_after: float, deadline: float) -> list[tuple[float, str]]:  # type: ignore[no-untyped-def]
+async def _traffic(record, until_redis_after: float, deadline: float) -> list[tuple[float, str]]:
     """Admit and settle in a loop; each outcome ("redis", "local", "open" or "503") with its
     time. Ends once 20 admissions in a row came from Redis after `until_redis_after`."""
     outcomes: list[tuple[float, str]] = []
@@ -111,7 +113,7 @@ def test_a_failover_during_traffic_follows_the_failure_mode_then_the_new_master(
     async def run() -> list[tuple[float, str]]:
         warm = await _traffic(record, 0, time.monotonic() + 30)  # before: all from Redis
         assert {source for _, source in warm} == {"redis"}
-        nodes.kill(MASTER_PORT)  # type: ignore[attr-defined]
+        nodes.kill(MASTER_PORT)
         killed = time.monotonic()
         outcomes = await _traffic(record, killed + 1.5, time.monotonic() + 90)
         return [(at - killed, source) for at, source in outcomes]
@@ -133,7 +135,8 @@ def test_a_failover_during_traffic_follows_the_failure_mode_then_the_new_master(
         return bool(await get_redis("ratelimit").ping())
 
     assert asyncio.run(ping())
-    assert get_sync_redis("ratelimit").connection_pool.get_master_address()[1] == REPLICA_PORT
+    pool: Any = get_sync_redis("ratelimit").connection_pool  # a SentinelConnectionPool
+    assert pool.get_master_address()[1] == REPLICA_PORT
     # Its buffers still reach Postgres: at least the admissions made on the new master.
     after = sum(1 for at, source in outcomes if source == "redis" and at > 0)
     assert flush.flush().requests >= after  # every settle on the new master
