@@ -258,7 +258,13 @@ else:
             PASSWORD=REDIS_TARGET.password,
         )
         CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
-            {"sentinels": list(REDIS_TARGET.nodes), "master_name": REDIS_TARGET.service}
+            {
+                "sentinels": list(REDIS_TARGET.nodes),
+                "master_name": REDIS_TARGET.service,
+                "sentinel_kwargs": {"password": REDIS_TARGET.sentinel_password},
+                "db": REDIS_TARGET.db,
+                "password": REDIS_TARGET.password,
+            }
         ]
     elif REDIS_TARGET is not None and REDIS_TARGET.kind == "cluster":
         # django-redis has no cluster client: console/rediscache.py hands it a RedisCluster

@@ -44,6 +44,17 @@ from django.conf import settings
 from django.core.cache import cache
 print(settings.CACHES["default"]["OPTIONS"]["CLIENT_CLASS"])
 print(cache.add("once:abc", 1, timeout=60), cache.add("once:abc", 1, timeout=60))
+
+import asyncio
+from channels.layers import get_channel_layer
+
+async def through_the_channel_layer():
+    layer = get_channel_layer()
+    name = await layer.new_channel()
+    await layer.send(name, {"type": "ping"})
+    return (await layer.receive(name))["type"]
+
+print(asyncio.run(through_the_channel_layer()))
 """
 
 
@@ -70,7 +81,7 @@ def test_the_clients_and_the_cache_reach_the_master_through_the_sentinels(sentin
     assert child.stdout is not None
     lines = child.stdout.read().splitlines()
     assert child.wait(timeout=60) == 0
-    assert lines == ["django_redis.client.SentinelClient", "True False"]
+    assert lines == ["django_redis.client.SentinelClient", "True False", "ping"]
     assert master.exists("cache:1:once:abc")
 
 
