@@ -13,6 +13,8 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from core.redisurl import parse_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -201,6 +203,13 @@ REDIS_URL = env_str("REDIS_URL", "")
 REDIS_EMULATED = not REDIS_URL
 # The limiter's own pool: short timeouts so an outage costs milliseconds, not seconds.
 RATELIMIT_REDIS_URL = env_str("RATELIMIT_REDIS_URL") or REDIS_URL  # empty: the same Redis
+# Either URL may name a Sentinel-watched master (redis+sentinel://h:p,h:p/service/db) or a
+# Redis Cluster (redis+cluster://h:p,h:p, or REDIS_CLUSTER=1 with redis://); core/redisurl.py.
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+# Parsed now so a malformed URL stops the process at start, not at its first request.
+REDIS_TARGET = None if REDIS_EMULATED else parse_redis_url(REDIS_URL, cluster=REDIS_CLUSTER)
+if RATELIMIT_REDIS_URL:
+    parse_redis_url(RATELIMIT_REDIS_URL, cluster=REDIS_CLUSTER)
 RATELIMIT_REDIS_TIMEOUT_MS = env_int("RATELIMIT_REDIS_TIMEOUT_MS", 50)
 # Django's cache, on a Redis that may evict (allkeys-lru): nothing there is the only copy.
 CACHE_REDIS_URL = env_str("CACHE_REDIS_URL") or REDIS_URL  # empty: the same Redis
@@ -247,6 +256,36 @@ else:
             "CONFIG": {"hosts": [REDIS_URL], "prefix": "channels"},
         }
     }
+    if REDIS_TARGET is not None and REDIS_TARGET.kind == "sentinel":
+        # django-redis's Sentinel client: LOCATION names the service, the pool asks the
+        # Sentinels for its master on every new connection (so it follows a failover).
+        CACHES["default"]["LOCATION"] = f"redis://{REDIS_TARGET.service}/{REDIS_TARGET.db}"
+        CACHES["default"]["OPTIONS"].update(
+            CLIENT_CLASS="django_redis.client.SentinelClient",
+            CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+            SENTINELS=list(REDIS_TARGET.nodes),
+            SENTINEL_KWARGS={"password": REDIS_TARGET.sentinel_password},
+            PASSWORD=REDIS_TARGET.password,
+        )
+        CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
+            {
+                "sentinels": list(REDIS_TARGET.nodes),
+                "master_name": REDIS_TARGET.service,
+                "sentinel_kwargs": {"password": REDIS_TARGET.sentinel_password},
+                "db": REDIS_TARGET.db,
+                "password": REDIS_TARGET.password,
+            }
+        ]
+    elif REDIS_TARGET is not None and REDIS_TARGET.kind == "cluster":
+        # django-redis has no cluster client: console/rediscache.py hands it a RedisCluster
+        # (the cache's keys are single-key commands; cache.add stays one SET NX).
+        CACHES["default"]["OPTIONS"]["CONNECTION_FACTORY"] = (
+            "console.rediscache.ClusterConnectionFactory"
+        )
+        CACHES["default"]["LOCATION"] = [REDIS_URL]  # a list: django-redis splits on commas
+        # channels_redis cannot talk to a cluster, and no consumer of this node uses groups
+        # (inference/consumers.py: channel_layer_alias "none"): nothing is lost in process.
+        CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- API keys -------------------------------------------------------------------------------
 API_KEY_PREFIX = env_str("API_KEY_PREFIX", "sk")

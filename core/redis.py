@@ -1,16 +1,30 @@
 """Redis clients for the node: one shared pool for general use, one with short timeouts for
 the rate limiter. With REDIS_URL unset both point at one in-process fakeredis server that runs
 the same Lua scripts (lupa), so `make run` works without a Redis; checks refuse it in production.
+
+REDIS_URL (and RATELIMIT_REDIS_URL) may name one server, a master watched by Redis Sentinel or
+a Redis Cluster (core/redisurl.py has the forms). Callers see one type, redis.Redis: a Sentinel
+client is one; a RedisCluster answers the same commands the node uses (single-key commands,
+EVALSHA on keys of one hash slot, SCRIPT LOAD on every master), so it is handed out as one.
 """
 
 import asyncio
 import weakref
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.asyncio.sentinel as asentinel
+import redis.cluster
+import redis.sentinel
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from core.redisurl import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
     # Imported where used at run time: production never loads the emulation.
@@ -41,6 +55,77 @@ def _url(purpose: str) -> str:
     return settings.RATELIMIT_REDIS_URL if purpose == "ratelimit" else settings.REDIS_URL
 
 
+def _target(purpose: str) -> RedisTarget:
+    return _parsed(_url(purpose), settings.REDIS_CLUSTER)
+
+
+@lru_cache(maxsize=16)
+def _parsed(url: str, cluster: bool) -> RedisTarget:
+    # Cached: is_cluster() is asked on every admission (the limiter's keys depend on it).
+    return parse_redis_url(url, cluster=cluster)
+
+
+def _data_kwargs(target: RedisTarget) -> dict[str, Any]:
+    return {"username": target.username, "password": target.password, "ssl": target.ssl}
+
+
+def _sentinel_kwargs(target: RedisTarget, kwargs: dict[str, Any]) -> dict[str, Any]:
+    # The Sentinels get the same short timeouts: a dead one must cost what a dead master does.
+    timeouts = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    return {**timeouts, "password": target.sentinel_password}
+
+
+def _cluster_kwargs(purpose: str, kwargs: dict[str, Any], retry: Any) -> dict[str, Any]:
+    kwargs = dict(kwargs)
+    if purpose == "ratelimit":
+        # RedisCluster retries a timed-out command on its own by default; ADMIT must not be.
+        kwargs["retry"] = retry(NoBackoff(), 0)
+    else:
+        kwargs.pop("retry", None)
+    return kwargs
+
+
+def _new_async(purpose: str) -> aredis.Redis:
+    target, kwargs = _target(purpose), _client_kwargs(purpose)
+    if target.kind == "single":
+        return aredis.Redis.from_url(target.url, **kwargs)
+    if target.kind == "sentinel":
+        sentinel = asentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
+        )
+        master = sentinel.master_for(target.service, db=target.db, **_data_kwargs(target))
+        return cast(aredis.Redis, master)
+    nodes = [acluster.ClusterNode(host, port) for host, port in target.nodes]
+    cluster = acluster.RedisCluster(
+        startup_nodes=nodes, **_data_kwargs(target), **_cluster_kwargs(purpose, kwargs, AsyncRetry)
+    )
+    return cast(aredis.Redis, cluster)  # see the module docstring
+
+
+def _new_sync(purpose: str) -> redis.Redis:
+    target, kwargs = _target(purpose), _client_kwargs(purpose)
+    if target.kind == "single":
+        return redis.Redis.from_url(target.url, **kwargs)
+    if target.kind == "sentinel":
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
+        )
+        master = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service, db=target.db, **_data_kwargs(target)
+        )
+        return cast(redis.Redis, master)
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+    cluster = redis.cluster.RedisCluster(
+        startup_nodes=nodes, **_data_kwargs(target), **_cluster_kwargs(purpose, kwargs, Retry)
+    )
+    return cast(redis.Redis, cluster)  # see the module docstring
+
+
+def is_cluster(purpose: str = "default") -> bool:
+    """Whether this purpose's Redis is a Cluster (its keys then need hash tags per script)."""
+    return not settings.REDIS_EMULATED and _target(purpose).kind == "cluster"
+
+
 def get_redis(purpose: str = "default") -> aredis.Redis:
     """The asyncio client for this event loop (`purpose` is "default" or "ratelimit")."""
     loop = asyncio.get_running_loop()
@@ -52,7 +137,7 @@ def get_redis(purpose: str = "default") -> aredis.Redis:
 
             client = fakeredis.aioredis.FakeRedis(server=_fake_server())
         else:
-            client = aredis.Redis.from_url(_url(purpose), **_client_kwargs(purpose))
+            client = _new_async(purpose)
         clients[purpose] = client
     return client
 
@@ -64,7 +149,7 @@ def get_sync_redis(purpose: str = "default") -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis(server=_fake_server())
-    return redis.Redis.from_url(_url(purpose), **_client_kwargs(purpose))
+    return _new_sync(purpose)
 
 
 def reset_clients() -> None:
@@ -82,11 +167,16 @@ async def drop_idle_connections(purpose: str = "default") -> None:
     makes a restart cost one failed call. Connections in use are left to their callers.
     """
     client = _async_clients.get(asyncio.get_running_loop(), {}).get(purpose)
-    if client is not None and not settings.REDIS_EMULATED:
-        await client.connection_pool.disconnect(inuse_connections=False)
+    if client is None or settings.REDIS_EMULATED:
+        return
+    if isinstance(client, acluster.RedisCluster):
+        # A cluster client keeps a pool per node and refreshes its slot map on errors itself.
+        return
+    await client.connection_pool.disconnect(inuse_connections=False)
 
 
 def drop_idle_connections_sync(purpose: str = "default") -> None:
     """drop_idle_connections() for the blocking client (its pool takes its own lock)."""
-    if not settings.REDIS_EMULATED:
-        get_sync_redis(purpose).connection_pool.disconnect(inuse_connections=False)
+    client = get_sync_redis(purpose)
+    if not settings.REDIS_EMULATED and not isinstance(client, redis.cluster.RedisCluster):
+        client.connection_pool.disconnect(inuse_connections=False)

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from ratelimit import backlog
 from ratelimit.limiter import guarded, guarded_sync
-from ratelimit.limits import usage_key
+from ratelimit.limits import dirty_key, usage_key
 from ratelimit.scripts import COUNT_ERROR, Arg
 from tenants.keycache import KeyRecord
 
@@ -29,7 +29,8 @@ def counts_as_error(status: int) -> bool:
 
 def _call(record: KeyRecord) -> tuple[list[str], list[Arg]]:
     ttl_ms = max(1, int(settings.RATELIMIT_BUFFER_TTL_SECONDS * 1000))
-    return [usage_key(record.tenant_id)], [f"{record.api_key_pk}|", ttl_ms]
+    keys = [usage_key(record.tenant_id), dirty_key(record.tenant_id)]
+    return keys, [f"{record.api_key_pk}|", ttl_ms]
 
 
 def _ignore(_reply: object) -> None:

@@ -38,6 +38,7 @@ from ratelimit.limits import (
     LimitKind,
     LimitPlan,
     clamp_reservation,
+    dirty_key,
     lease_key,
     pack_limits,
     plan_for,
@@ -284,6 +285,7 @@ async def admit(record: KeyRecord, *, tokens: int, client_addr: str | None = Non
     reserve = clamp_reservation(tokens)
     lease_id = os.urandom(16).hex()  # 128 random bits, as a uuid4 has, at a tenth the cost
     keys = [lease_key(record.tenant_id, lease_id), throttle_key(record.tenant_id), *plan.keys]
+    keys.append(dirty_key(record.tenant_id))  # KEYS[3+n]: where a denial lists its audit
     args = _admit_args(record, plan.packed, reserve, lease_id, client_addr)
     started = time.perf_counter()
     return await guarded(
@@ -344,6 +346,7 @@ async def charge_refusal(record: KeyRecord, *, client_addr: str | None = None) -
         return
     keys = [lease_key(record.tenant_id, ""), throttle_key(record.tenant_id)]
     keys += [limit.key for limit in limits]
+    keys.append(dirty_key(record.tenant_id))
     args = _admit_args(record, pack_limits(limits), 0, "", client_addr)
     await guarded(
         "charge",
@@ -373,7 +376,7 @@ def _settle_call(
         f"{admission.api_key_pk}|" if count_usage else "",
         _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
     ]
-    return backlog.Call([*keys, *admission.keys], args)
+    return backlog.Call([*keys, *admission.keys, dirty_key(admission.tenant_id)], args)
 
 
 async def settle(
@@ -447,7 +450,7 @@ async def _count_usage(admission: Admission, prompt: int, completion: int) -> No
     now (from there any process's flush bills it, so it outlives this process), else in this
     process's backlog until the flusher writes it to Postgres. Never retried: COUNT_USAGE has
     no lease to make it idempotent."""
-    keys = [usage_key(admission.tenant_id)]
+    keys = [usage_key(admission.tenant_id), dirty_key(admission.tenant_id)]
     args: list[Arg] = [
         f"{admission.api_key_pk}|",
         prompt,

@@ -8,10 +8,12 @@ of one admission carries the tenant's hash tag, so a Redis Cluster keeps them in
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from django.conf import settings
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from core.redis import is_cluster
 from tenants.keycache import KeyRecord
 
 
@@ -105,6 +107,36 @@ def usage_key(tenant_id: int) -> str:
 
 def throttle_key(tenant_id: int) -> str:
     return f"rlbuf:v1:{tenant_tag(tenant_id)}:throttle"
+
+
+# The dirty-buffer index: a set of the buffer keys written since the flusher last claimed them,
+# added to by the very script that writes the buffer (so the flusher reads the work, never the
+# keyspace). On one Redis (or a Sentinel's master) it is one set. On a Cluster a script may
+# only touch keys of one hash slot, so there is one set per slot, named with a hash tag that
+# lands in that slot: the flusher reads the sets of the slots its tenants' keys are in.
+DIRTY_KEY = "rlbuf:v1:dirty"
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, a short string whose CRC16 lands in it (the first such integer)."""
+    tags: dict[int, str] = {}
+    number = 0
+    while len(tags) < REDIS_CLUSTER_HASH_SLOTS:
+        tags.setdefault(key_slot(str(number).encode()), str(number))
+        number += 1
+    return tuple(tags[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS))
+
+
+def dirty_key_of_slot(slot: int) -> str:
+    return f"{DIRTY_KEY}:{{{_slot_tags()[slot]}}}"
+
+
+def dirty_key(tenant_id: int) -> str:
+    """The index this tenant's buffers are listed in (in their hash slot on a cluster)."""
+    if not is_cluster("ratelimit"):
+        return DIRTY_KEY
+    return dirty_key_of_slot(key_slot(tenant_tag(tenant_id).encode()))
 
 
 def burst_of(limit: int, burst_percent: int) -> int:

@@ -67,7 +67,8 @@ SETTLE: Script[list[int]] = Script.read("settle")
 HEARTBEAT: Script[list[int]] = Script.read("heartbeat")
 COUNT_ERROR: Script[int] = Script.read("count_error")
 COUNT_USAGE: Script[int] = Script.read("count_usage")
-ALL: tuple[Script[object], ...] = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR, COUNT_USAGE)
+CLAIM: Script[list[bytes]] = Script.read("claim")
+ALL: tuple[Script[object], ...] = (ADMIT, SETTLE, HEARTBEAT, COUNT_ERROR, COUNT_USAGE, CLAIM)
 
 
 async def preload(client: aredis.Redis) -> None:

@@ -33,9 +33,13 @@ from ratelimit.scripts import Script
 logger = logging.getLogger(__name__)
 
 # Moved by every key change (tenants/keycache.py polls it); stamped on every snapshot write.
-VERSION_KEY = "auth:v1:version"
-RECORD_PREFIX = "auth:v1:snapshot:"
-UNKNOWN_KEY = "auth:v1:snapshot-unknown"
+# One hash tag for all three: REMEMBER_KEY reads the version and writes a record in one script,
+# and a key change moves the version and deletes records in one MULTI, which a Redis Cluster
+# allows only within one hash slot.
+TAG = "{keys}"
+VERSION_KEY = f"auth:v1:{TAG}:version"
+RECORD_PREFIX = f"auth:v1:{TAG}:snapshot:"
+UNKNOWN_KEY = f"auth:v1:{TAG}:snapshot-unknown"
 
 # A write is background work; a read holds up a request that would otherwise get a 503.
 WRITE_TIMEOUT_SECONDS = 1.0

@@ -9,6 +9,8 @@
 -- KEYS[1]    lease record       rl:v1:{t:<tenant>}:lease:<lease id>  (unused when ARGV[1] is "")
 -- KEYS[2]    429 audit buffer   rlbuf:v1:{t:<tenant>}:throttle         (unused when ARGV[2] is "")
 -- KEYS[2+i]  the state key of limit i, i = 1..n, in the order of the limits in ARGV[5]
+-- KEYS[3+n]  the dirty-buffer index  rlbuf:v1:dirty[:{<slot tag>}]    (only when ARGV[2] is not "")
+--            a set the flusher reads instead of scanning the keyspace: a denial adds KEYS[2]
 --
 -- ARGV[1]  lease id ("" = a pure check: no lease record, nothing to settle; login throttling)
 -- ARGV[2]  audit field prefix, "<api key pk>|" ("" = no audit)
@@ -201,6 +203,10 @@ local function audit(name)
     end
   end
   redis.call('PEXPIRE', KEYS[2], audit_ttl_ms)
+  -- In the same script as the write: the flusher can never miss a buffer it holds.
+  local index = KEYS[3 + n]
+  redis.call('SADD', index, KEYS[2])
+  if redis.call('PTTL', index) < audit_ttl_ms then redis.call('PEXPIRE', index, audit_ttl_ms) end
 end
 
 if not allowed then

@@ -6,6 +6,7 @@
 -- Not idempotent (there is no lease to spend): the caller runs it once and never retries it.
 --
 -- KEYS[1]  usage buffer hash  rlbuf:v1:{t:<tenant>}:usage
+-- KEYS[2]  the dirty-buffer index (see admit.lua): KEYS[1] is added to it
 --
 -- ARGV[1]  usage field prefix, "<api key pk>|"
 -- ARGV[2]  prompt tokens (>= 0)
@@ -22,4 +23,6 @@ redis.call('HINCRBY', KEYS[1], field .. 'p', string.format('%d', tonumber(ARGV[2
 redis.call('HINCRBY', KEYS[1], field .. 'c', string.format('%d', tonumber(ARGV[3])))
 -- Every buffer key has a TTL, as SETTLE gives it: a node with no flusher leaks nothing.
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], KEYS[1])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 return requests

@@ -9,6 +9,7 @@
 --            (a string ADMIT wrote: "reserve;kind cost x;..." per limit, in KEYS order)
 -- KEYS[2]    usage buffer hash  rlbuf:v1:{t:<tenant>}:usage
 -- KEYS[2+i]  the state key of limit i, exactly as passed to ADMIT
+-- KEYS[#KEYS] the dirty-buffer index (see admit.lua): counting usage adds KEYS[2] to it
 --
 -- ARGV[1]  lease id
 -- ARGV[2]  prompt tokens (>= 0)
@@ -74,6 +75,9 @@ if ARGV[4] ~= '' then
   redis.call('HINCRBY', KEYS[2], field .. 'p', int(prompt))
   redis.call('HINCRBY', KEYS[2], field .. 'c', int(completion))
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  local index = KEYS[#KEYS]
+  redis.call('SADD', index, KEYS[2])
+  if redis.call('PTTL', index) < tonumber(ARGV[5]) then redis.call('PEXPIRE', index, ARGV[5]) end
 end
 
 return {1, actual - reserve, now}

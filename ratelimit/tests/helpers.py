@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from ratelimit import limiter
-from ratelimit.limits import lease_key, plan_for, plan_limits, throttle_key
+from ratelimit.limits import dirty_key, lease_key, plan_for, plan_limits, throttle_key
 from ratelimit.scripts import Arg
 from ratelimit.tests.model import Spec
 from tenants.keycache import KeyRecord
@@ -66,6 +66,7 @@ def admit_call(
 ) -> tuple[list[str], list[Any]]:
     plan = plan_for(record)
     keys = [lease_key(record.tenant_id, lease), throttle_key(record.tenant_id), *plan.keys]
+    keys.append(dirty_key(record.tenant_id))
     return keys, limiter._admit_args(record, plan.packed, reserve, lease, addr)
 
 

@@ -155,6 +155,14 @@ class FakeRedis:
         values[field] = str(int(values.get(field, "0")) + int(amount))
         return int(values[field])
 
+    def cmd_sadd(self, key: str, *members: str) -> int:
+        # The dirty-buffer index (a set): members kept as a dict's keys.
+        values: dict[str, None] = self.data[key] if self._alive(key) else {}
+        self.data[key] = values
+        added = sum(1 for m in members if m not in values)
+        values.update(dict.fromkeys(members))
+        return added
+
     def _zset(self, key: str) -> dict[str, float]:
         if not self._alive(key):
             self.data[key] = {}

@@ -1,6 +1,6 @@
 -- RECALL_KEY: what the shared snapshot says about one key id, and how long ago Postgres said it.
 --
--- KEYS[1]  the key id's record        auth:v1:snapshot:<key id>
+-- KEYS[1]  the key id's record        auth:v1:{keys}:snapshot:<key id>
 -- KEYS[2]  the ids Postgres did not know (see remember_key.lua)
 --
 -- ARGV[1]  key id

@@ -4,10 +4,10 @@
 -- here before the announcement (which deletes the snapshot: see tenants/keycache.bump_version)
 -- or finds the version moved and writes nothing.
 --
--- KEYS[1]  the version counter        auth:v1:version
--- KEYS[2]  the key id's record        auth:v1:snapshot:<key id>
+-- KEYS[1]  the version counter        auth:v1:{keys}:version (all three share one hash slot)
+-- KEYS[2]  the key id's record        auth:v1:{keys}:snapshot:<key id>
 -- KEYS[3]  the ids Postgres did not know, a sorted set scored by when (ms, Redis clock)
---                                     auth:v1:snapshot-unknown
+--                                     auth:v1:{keys}:snapshot-unknown
 --
 -- ARGV[1]  the version the loader held before its query ("" when there was none)
 -- ARGV[2]  key id

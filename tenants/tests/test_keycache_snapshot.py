@@ -232,7 +232,7 @@ async def test_made_up_ids_leave_at_most_the_bound_in_redis(
     redis = get_redis()
     assert await redis.zcard(keysnapshot.UNKNOWN_KEY) == 100
     assert await redis.pttl(keysnapshot.UNKNOWN_KEY) > 0
-    assert len(await redis.keys("auth:v1:snapshot*")) == 1  # the one set, no key per id
+    assert len(await redis.keys("auth:v1:{keys}:snapshot*")) == 1  # the one set, no key per id
     postgres_down()
     restart()
     assert await authenticate_token(made_up_token(ids[-1])) is None  # the newest are kept
