@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from pages import key_views, login_views, throttle_views, views
+from pages import key_views, login_views, throttle_views, user_views, views
 
 app_name = "console"
 
@@ -27,4 +27,7 @@ urlpatterns = [
         throttle_views.tenant_throttles_csv,
         name="tenant-throttles-csv",
     ),
+    path("users/", user_views.user_list, name="users"),
+    path("users/<int:user_id>/role/", user_views.user_role, name="user-role"),
+    path("users/<int:user_id>/active/", user_views.user_active, name="user-active"),
 ]
