@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from pages.tests.roles import as_role, ensure_roles  # noqa: F401 (fixture)
+from pages.tests.roles import ensure_roles
 from pages.tests.test_permissions import READS, actions, assert_refused, state
 from tenants.models import AdminAction
 
@@ -75,7 +75,7 @@ def test_each_role_does_what_it_may_and_is_refused_the_rest(
     client = as_role(role)
     refused = {n: a for n, a in actions(issued.api_key.key_id).items() if n not in MAY[role]}
     before = state()
-    for name, (url, data, missing) in refused.items():
+    for url, data, missing in refused.values():
         assert_refused(client.post(url, data), missing[-1:])
     assert state() == before
     for name, (url, data, _) in actions(issued.api_key.key_id).items():
