@@ -2,7 +2,7 @@
 deactivates them. Every view needs tenants.manage_console_users; the writes are pages/users.py."""
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
@@ -32,7 +32,7 @@ def user_list(request: HttpRequest) -> HttpResponse:
                 username=data["username"],
                 role=data["role"],
                 password=data["password1"],
-                acting_user=request.user,
+                acting_user=_acting(request),
             )
         except UserError as exc:
             form.add_error("username", str(exc))
@@ -44,8 +44,14 @@ def user_list(request: HttpRequest) -> HttpResponse:
     return render(request, "console/users.html", context, status=400 if form.errors else 200)
 
 
-def _account(user_id: int):
-    return get_object_or_404(get_user_model(), pk=user_id, is_staff=True)
+def _account(user_id: int) -> User:
+    return get_object_or_404(User, pk=user_id, is_staff=True)
+
+
+def _acting(request: HttpRequest) -> User:
+    # console_permission_required lets only signed-in staff reach the views.
+    assert isinstance(request.user, User)
+    return request.user
 
 
 @require_POST
@@ -57,7 +63,7 @@ def user_role(request: HttpRequest, user_id: int) -> HttpResponse:
         return redirect("console:users")
     role = form.cleaned_data["role"]
     try:
-        changed = user_set_role(user=user, role=role, acting_user=request.user)
+        changed = user_set_role(user=user, role=role, acting_user=_acting(request))
     except UserError as exc:
         messages.error(request, str(exc))
     else:
@@ -75,7 +81,7 @@ def user_active(request: HttpRequest, user_id: int) -> HttpResponse:
         return redirect("console:users")
     active = form.cleaned_data["active"]
     try:
-        changed = user_set_active(user=user, active=active, acting_user=request.user)
+        changed = user_set_active(user=user, active=active, acting_user=_acting(request))
     except UserError as exc:
         messages.error(request, str(exc))
     else:

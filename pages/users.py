@@ -5,8 +5,7 @@ writes here are what the Users page does: each one atomic and audited in AdminAc
 tenant and key writes are. Sign-ins and failed sign-ins are audited here too.
 """
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AbstractUser, Group
+from django.contrib.auth.models import AbstractBaseUser, Group, User
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
@@ -23,22 +22,29 @@ class UserError(ValueError):
     """A console-account change that cannot be done as asked (the message says why)."""
 
 
-def _audit(action: str, *, actor: str, username: str, **data: object) -> None:
-    after = {"username": username[:USERNAME_MAX], **dict(data.get("after") or {})}
-    AdminAction.objects.create(actor=actor, action=action, before=data.get("before"), after=after)
+def _audit(
+    action: str,
+    *,
+    actor: str,
+    username: str,
+    after: dict[str, object],
+    before: dict[str, object] | None = None,
+) -> None:
+    after = {"username": username[:USERNAME_MAX], **after}
+    AdminAction.objects.create(actor=actor, action=action, before=before, after=after)
 
 
 def actor_name(user: AbstractBaseUser) -> str:
     return f"console:{user.get_username()}"
 
 
-def console_users() -> QuerySet[AbstractUser]:
+def console_users() -> QuerySet[User]:
     """Staff accounts, with their groups, by username."""
-    users = get_user_model().objects.filter(is_staff=True)
+    users = User.objects.filter(is_staff=True)
     return users.prefetch_related("groups").order_by("username")
 
 
-def role_of(user: AbstractUser) -> str:
+def role_of(user: User) -> str:
     if user.is_superuser:
         return SUPERUSER
     # Reads the prefetched groups (console_users) rather than one query per account.
@@ -55,7 +61,7 @@ def _role_group(role: str) -> Group:
         raise UserError(f"the {role} group is missing: run manage.py migrate") from None
 
 
-def _check_may_change(user: AbstractUser, acting_user: AbstractUser) -> None:
+def _check_may_change(user: User, acting_user: User) -> None:
     # An administrator could otherwise lock out the superuser, or themselves by mistake.
     if user.is_superuser:
         raise UserError("A superuser's account is changed in the Django admin only.")
@@ -63,10 +69,10 @@ def _check_may_change(user: AbstractUser, acting_user: AbstractUser) -> None:
         raise UserError("You cannot change your own role or deactivate your own account.")
 
 
-def user_add(*, username: str, role: str, password: str, acting_user: AbstractUser) -> AbstractUser:
+def user_add(*, username: str, role: str, password: str, acting_user: User) -> User:
     """Create an active staff account in `role` with `password` (already validated)."""
     group = _role_group(role)
-    model = get_user_model()
+    model = User
     if model.objects.filter(username__iexact=username).exists():
         raise UserError(f"An account named “{username}” exists already.")
     try:
@@ -84,7 +90,7 @@ def user_add(*, username: str, role: str, password: str, acting_user: AbstractUs
     return user
 
 
-def user_set_role(*, user: AbstractUser, role: str, acting_user: AbstractUser) -> bool:
+def user_set_role(*, user: User, role: str, acting_user: User) -> bool:
     """Put `user` in `role` (and out of the other roles); False when it was in it already."""
     group = _role_group(role)
     _check_may_change(user, acting_user)
@@ -104,7 +110,7 @@ def user_set_role(*, user: AbstractUser, role: str, acting_user: AbstractUser) -
     return True
 
 
-def user_set_active(*, user: AbstractUser, active: bool, acting_user: AbstractUser) -> bool:
+def user_set_active(*, user: User, active: bool, acting_user: User) -> bool:
     """Deactivate (or reactivate) a console account; False when it already was so. An
     inactive account's sessions stop working at its next request (Django's ModelBackend)."""
     _check_may_change(user, acting_user)

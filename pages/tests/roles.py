@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from django.apps import apps
-from django.contrib.auth.models import AbstractUser, Group
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
 ROLES = ("Viewer", "Operator", "Administrator")
@@ -23,7 +23,7 @@ def ensure_roles() -> None:
     roles_migration.create_roles(apps, None)
 
 
-def role_account(django_user_model, role: str, username: str | None = None) -> AbstractUser:
+def role_account(django_user_model, role: str, username: str | None = None) -> User:
     user = django_user_model.objects.create_user(
         username or role.lower(), password=PASSWORD, is_staff=True
     )

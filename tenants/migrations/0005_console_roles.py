@@ -27,7 +27,7 @@ def create_roles(apps: Apps, schema_editor: BaseDatabaseSchemaEditor | None) -> 
     # them now, so make them here from this migration's models (idempotent).
     tenants = apps.get_app_config("tenants")
     # A migration's app configs have no models module, which create_permissions skips.
-    tenants.models_module = getattr(tenants, "models_module", None) or True
+    tenants.models_module = getattr(tenants, "models_module", None) or True  # type: ignore[assignment]
     create_permissions(tenants, apps=apps, verbosity=0)
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
