@@ -30,4 +30,14 @@ urlpatterns = [
     path("users/", user_views.user_list, name="users"),
     path("users/<int:user_id>/role/", user_views.user_role, name="user-role"),
     path("users/<int:user_id>/active/", user_views.user_active, name="user-active"),
+    path(
+        "users/<int:user_id>/password-link/",
+        user_views.user_password_link,
+        name="user-password-link",
+    ),
+    path(
+        "set-password/<uidb64>/<token>/",
+        user_views.SetPasswordView.as_view(),
+        name="set-password",
+    ),
 ]

@@ -26,19 +26,22 @@ class UserAddForm(forms.Form):
     password1 = forms.CharField(
         label="Password",
         strip=False,
+        required=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=password_validation.password_validators_help_text_html(),
+        help_text="At least 8 characters, not a common one, not only digits. Leave both empty "
+        "to get a one-time link where the user sets their own.",
     )
     password2 = forms.CharField(
         label="Password again",
         strip=False,
+        required=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         first, second = data.get("password1"), data.get("password2")
-        if first and second and first != second:
+        if (first or second) and first != second:
             self.add_error("password2", "The two passwords differ.")
         elif first:
             user = get_user_model()(username=data.get("username", ""))

@@ -6,6 +6,7 @@ tenant and key writes are. Sign-ins and failed sign-ins are audited here too.
 """
 
 from django.contrib.auth.models import AbstractBaseUser, Group, User
+from django.contrib.auth.tokens import default_token_generator
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
@@ -77,6 +78,7 @@ def user_add(*, username: str, role: str, password: str, acting_user: User) -> U
         raise UserError(f"An account named “{username}” exists already.")
     try:
         with transaction.atomic():
+            # create_user with None stores an unusable password: no one can sign in as it yet.
             user = model.objects.create_user(username, password=password, is_staff=True)
             user.groups.add(group)
             _audit(
@@ -139,3 +141,27 @@ def sign_in_record(*, username: str, address: str | None, succeeded: bool) -> No
     else:
         action, actor = AdminAction.Action.SIGN_IN_FAILED, "anonymous"
     _audit(action, actor=actor, username=username, after={"address": address or "unknown"})
+
+
+def password_link_token(*, user: User, acting_user: User) -> str:
+    """A one-time token for the account's set-password link (audited, never stored). Django's
+    token generator signs the password hash and last sign-in into it, so setting the password
+    spends it, and it expires after PASSWORD_RESET_TIMEOUT."""
+    _check_may_change(user, acting_user)
+    _audit(
+        AdminAction.Action.USER_PASSWORD_LINK,
+        actor=actor_name(acting_user),
+        username=user.get_username(),
+        after={},
+    )
+    return default_token_generator.make_token(user)
+
+
+def password_set_record(*, user: User) -> None:
+    """Audit a password set by its owner through a set-password link."""
+    _audit(
+        AdminAction.Action.USER_PASSWORD_SET,
+        actor=actor_name(user),
+        username=user.get_username(),
+        after={},
+    )

@@ -158,6 +158,8 @@ class AdminAction(models.Model):
         USER_ROLE_SET = "user.role_set", "Console user's role set"
         USER_DEACTIVATED = "user.deactivated", "Console user deactivated"
         USER_REACTIVATED = "user.reactivated", "Console user reactivated"
+        USER_PASSWORD_LINK = "user.password_link", "Set-password link made"
+        USER_PASSWORD_SET = "user.password_set", "Password set by link"
 
     actor = models.CharField(max_length=200)
     action = models.CharField(max_length=40, choices=Action.choices)

@@ -2,6 +2,7 @@
 their role and deactivates them; every change is audited; bad input changes nothing. Sign-ins and
 failed sign-ins are audited (username tried and client address, never the password)."""
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -188,3 +189,54 @@ def test_the_audit_page_shows_sign_ins_with_the_username_tried(admin: Client) ->
     assert 'data-action="console.sign_in_failed"' in html and "Sign-in failed" in html
     assert "mallory" in html and "guess 123456" not in html
     assert ">deleted<" not in html
+
+
+def link_of(response) -> str:
+    html = response.content.decode()
+    match = re.search(r'id="token" class="token" type="text" value="([^"]+)"', html)
+    assert match, "no link on the page"
+    return match.group(1).removeprefix("http://testserver")
+
+
+def test_without_a_password_the_new_user_gets_a_one_time_set_password_link(
+    admin: Client, django_user_model
+) -> None:
+    response = add(admin, username="frank", password1="", password2="")
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    frank = django_user_model.objects.get(username="frank")
+    assert not frank.has_usable_password() and roles_of(frank) == {"Operator"}
+    link = link_of(response)
+    assert link.startswith("/console/set-password/")
+    assert link not in str(list(AdminAction.objects.values())) and "_messages" not in str(
+        admin.session.items()
+    )
+    owner = Client()
+    form_page = owner.get(link, follow=True)
+    assert 'id="set-password-form"' in form_page.content.decode()
+    posted = owner.post(
+        form_page.request["PATH_INFO"],
+        {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+    )
+    assert posted.status_code == 302 and posted["Location"] == "/console/login/"
+    frank.refresh_from_db()
+    assert frank.check_password(NEW_PASSWORD)
+    done = AdminAction.objects.get(action=AdminAction.Action.USER_PASSWORD_SET)
+    assert done.actor == "console:frank"
+    assert AdminAction.objects.filter(action=AdminAction.Action.USER_PASSWORD_LINK).count() == 1
+    # Spent: the same link opens no form a second time.
+    again = Client().get(link, follow=True).content.decode()
+    assert 'id="link-invalid"' in again and 'id="set-password-form"' not in again
+
+
+def test_an_administrator_makes_a_new_link_for_an_existing_account(
+    admin: Client, django_user_model
+) -> None:
+    gina = role_account(django_user_model, "Viewer", "gina")
+    response = admin.post(f"{USERS}{gina.pk}/password-link/")
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    assert 'id="set-password-form"' in Client().get(link_of(response), follow=True).content.decode()
+    assert Client().get("/console/set-password/Zm9v/bad-token/").status_code == 200
+    assert 'id="link-invalid"' in Client().get("/console/set-password/Zm9v/x-y/").content.decode()
+    root = django_user_model.objects.create_superuser("root", password=PASSWORD)
+    assert admin.post(f"{USERS}{root.pk}/password-link/").status_code == 302
+    assert AdminAction.objects.filter(action=AdminAction.Action.USER_PASSWORD_LINK).count() == 1

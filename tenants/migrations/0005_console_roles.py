@@ -78,6 +78,8 @@ class Migration(migrations.Migration):
                     ("user.role_set", "Console user's role set"),
                     ("user.deactivated", "Console user deactivated"),
                     ("user.reactivated", "Console user reactivated"),
+                    ("user.password_link", "Set-password link made"),
+                    ("user.password_set", "Password set by link"),
                 ],
                 max_length=40,
             ),
