@@ -1,9 +1,7 @@
 """The Users page (/console/users/): an Administrator adds console accounts, sets their role and
 deactivates them. Every view needs tenants.manage_console_users; the writes are pages/users.py."""
 
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -14,7 +12,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.cache import add_never_cache_headers
-from django.utils.decorators import method_decorator
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from django.views.decorators.debug import sensitive_post_parameters
@@ -133,15 +130,6 @@ def user_password_link(request: HttpRequest, user_id: int) -> HttpResponse:
         return redirect("console:users")
 
 
-def console_headers_of(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> HttpResponse:
-        return console_headers(view(*args, **kwargs))
-
-    return wrapped
-
-
-@method_decorator(console_headers_of, name="dispatch")
 class SetPasswordView(PasswordResetConfirmView):
     """Where a console user sets their password by the one-time link (no sign-in needed).
     Django's view moves the token from the URL into the session before showing the form, so it
@@ -149,6 +137,10 @@ class SetPasswordView(PasswordResetConfirmView):
 
     template_name = "console/set_password.html"
     success_url = reverse_lazy("console:login")
+
+    def dispatch(self, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Every answer of this view is an HttpResponse (a page or a redirect).
+        return console_headers(cast(HttpResponse, super().dispatch(*args, **kwargs)))
 
     def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         response = super().form_valid(form)

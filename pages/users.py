@@ -70,8 +70,9 @@ def _check_may_change(user: User, acting_user: User) -> None:
         raise UserError("You cannot change your own role or deactivate your own account.")
 
 
-def user_add(*, username: str, role: str, password: str, acting_user: User) -> User:
-    """Create an active staff account in `role` with `password` (already validated)."""
+def user_add(*, username: str, role: str, password: str | None, acting_user: User) -> User:
+    """Create an active staff account in `role` with `password` (already validated); with
+    None, an unusable password until its owner follows a set-password link."""
     group = _role_group(role)
     model = User
     if model.objects.filter(username__iexact=username).exists():
@@ -79,6 +80,7 @@ def user_add(*, username: str, role: str, password: str, acting_user: User) -> U
     try:
         with transaction.atomic():
             # create_user with None stores an unusable password: no one can sign in as it yet.
+            # With None, create_user stores an unusable password: nobody signs in as it yet.
             user = model.objects.create_user(username, password=password, is_staff=True)
             user.groups.add(group)
             _audit(

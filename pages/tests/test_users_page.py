@@ -213,6 +213,8 @@ def test_without_a_password_the_new_user_gets_a_one_time_set_password_link(
     owner = Client()
     form_page = owner.get(link, follow=True)
     assert 'id="set-password-form"' in form_page.content.decode()
+    assert "frame-ancestors 'none'" in form_page["Content-Security-Policy"]
+    assert "no-store" in form_page["Cache-Control"]
     posted = owner.post(
         form_page.request["PATH_INFO"],
         {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
