@@ -36,6 +36,9 @@ ADD_APIKEY = "tenants.add_apikey"  # issue
 # Rotate and revoke: revoking stamps revoked_at and keeps the row (its usage and audit stay),
 # so it is a change, as for the Django admin's revoke action (pages/admin.py).
 CHANGE_APIKEY = "tenants.change_apikey"
+# The Users page, reading and writing (Administrator). Not auth.change_user: with that, the
+# Django admin would let an account edit any user, superusers and itself included.
+MANAGE_USERS = "tenants.manage_console_users"
 
 # Reading a page needs the view permission of every model whose rows or figures it shows.
 READ_OVERVIEW = (VIEW_TENANT, VIEW_APIKEY, VIEW_USAGE, VIEW_THROTTLES)

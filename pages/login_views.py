@@ -20,6 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from core.clientaddr import client_ip
 from pages.access import console_headers, is_console_user
+from pages.users import sign_in_record
 from ratelimit.login import check_login_sync
 
 
@@ -48,9 +49,17 @@ def login_view(request: HttpRequest) -> HttpResponse:
         refused = _throttled(request, form)
         if refused is not None:
             return refused
-    if request.method == "POST" and form.is_valid():
-        login(request, form.get_user())
-        return redirect(_next_url(request))
+    if request.method == "POST":
+        signed_in = form.is_valid()
+        # The name as typed (not the password): a failed attempt has no account to name.
+        sign_in_record(
+            username=request.POST.get("username", ""),
+            address=client_ip(request),
+            succeeded=signed_in,
+        )
+        if signed_in:
+            login(request, form.get_user())
+            return redirect(_next_url(request))
     context = {"form": form, "next": _next_url(request)}
     status = 400 if form.is_bound else 200
     return console_headers(render(request, "console/login.html", context, status=status))

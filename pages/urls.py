@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from pages import key_views, login_views, throttle_views, views
+from pages import key_views, login_views, throttle_views, user_views, views
 
 app_name = "console"
 
@@ -26,5 +26,18 @@ urlpatterns = [
         "tenants/<slug:slug>/throttles.csv",
         throttle_views.tenant_throttles_csv,
         name="tenant-throttles-csv",
+    ),
+    path("users/", user_views.user_list, name="users"),
+    path("users/<int:user_id>/role/", user_views.user_role, name="user-role"),
+    path("users/<int:user_id>/active/", user_views.user_active, name="user-active"),
+    path(
+        "users/<int:user_id>/password-link/",
+        user_views.user_password_link,
+        name="user-password-link",
+    ),
+    path(
+        "set-password/<uidb64>/<token>/",
+        user_views.SetPasswordView.as_view(),
+        name="set-password",
     ),
 ]

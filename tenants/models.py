@@ -70,6 +70,13 @@ class Tenant(models.Model):
                 name="tenant_scheduling_weight_range",
             ),
         ]
+        # Console permissions that belong to no model of their own (tenants/migrations/0005
+        # gives them to the Administrator role). manage_adapters is a placeholder until the
+        # adapters have a model: nothing checks it yet.
+        permissions = [
+            ("manage_console_users", "Can add console users and set their roles"),
+            ("manage_adapters", "Can grant and remove LoRA adapters"),
+        ]
 
     def __str__(self) -> str:
         return self.slug
@@ -144,6 +151,15 @@ class AdminAction(models.Model):
         KEY_ROTATED = "key.rotated"
         KEY_REVOKED = "key.revoked"
         KEY_LIMITS_CHANGED = "key.limits_changed"
+        # Console accounts (pages/services.py): no tenant; the username is in `after`.
+        SIGN_IN = "console.sign_in", "Signed in"
+        SIGN_IN_FAILED = "console.sign_in_failed", "Sign-in failed"
+        USER_ADDED = "user.added", "Console user added"
+        USER_ROLE_SET = "user.role_set", "Console user's role set"
+        USER_DEACTIVATED = "user.deactivated", "Console user deactivated"
+        USER_REACTIVATED = "user.reactivated", "Console user reactivated"
+        USER_PASSWORD_LINK = "user.password_link", "Set-password link made"
+        USER_PASSWORD_SET = "user.password_set", "Password set by link"
 
     actor = models.CharField(max_length=200)
     action = models.CharField(max_length=40, choices=Action.choices)

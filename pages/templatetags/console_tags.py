@@ -39,3 +39,9 @@ def changes(action: object) -> list[dict]:
         }
         for name in names
     ]
+
+
+@register.filter
+def tenant_scoped(action: str) -> bool:
+    """Whether an audited action belongs to a tenant (sign-ins and console users do not)."""
+    return not action.startswith(("console.", "user."))

@@ -91,3 +91,7 @@ def add_throttle() -> Callable[..., ThrottleEvent]:
         )
 
     return add
+
+
+# Accounts in the roles that tenants/migrations/0005 makes (pages/tests/roles.py).
+from pages.tests.roles import as_role  # noqa: E402, F401
