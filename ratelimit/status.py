@@ -10,7 +10,7 @@ wait is a lower bound). Limits that are not set have no state and are left out.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -62,6 +62,12 @@ class ScopeState:
         waits = [limit.wait_seconds for limit in self.limits if limit.blocked]
         return self.now + timedelta(seconds=max(waits)) if waits else None
 
+    @property
+    def quota_percent(self) -> int | None:
+        """The fullest day or month quota's use in percent (None: no quota set)."""
+        quotas = [limit.percent for limit in self.limits if limit.kind.is_quota]
+        return max(quotas) if quotas else None
+
     def get(self, field: str) -> LimitState | None:
         return next((limit for limit in self.limits if limit.field == field), None)
 
@@ -109,29 +115,49 @@ def _state(field: str, limit: int, burst_percent: int, now_us: int, replies: lis
     return LimitState(field, label, kind, limit, used, wait_us / 1e6, resets_at)
 
 
-def scope_state(
-    tenant_id: int,
-    limits: Mapping[str, int | None],
-    burst_percent: int,
-    *,
-    key_id: str | None = None,
-) -> ScopeState | None:
-    """The tenant's (or, with key_id, that key's) limits as the limiter sees them now; None
-    when Redis cannot say (the console shows that rather than failing)."""
-    present = {f: int(v) for f, v in limits.items() if v is not None and f in KINDS}
-    prefix = state_prefix(tenant_id, key_id)
+@dataclass(frozen=True)
+class Scope:
+    """One scope to read: a tenant (key_id None) or one of its keys, with its set limits."""
+
+    tenant_id: int
+    limits: Mapping[str, int | None]
+    burst_percent: int
+    key_id: str | None = None
+
+    def present(self) -> dict[str, int]:
+        return {f: int(v) for f, v in self.limits.items() if v is not None and f in KINDS}
+
+
+def scope_states(scopes: Sequence[Scope]) -> list[ScopeState] | None:
+    """Each scope's limits as the limiter sees them now, in the order given, read in one
+    round trip after Redis TIME; None when Redis cannot say (the console shows that)."""
     try:
         client = get_sync_redis("ratelimit")
         seconds, micros = client.time()
         now_us = int(seconds) * 1_000_000 + int(micros)
         pipe = client.pipeline(transaction=False)
-        for field in present:
-            kind, label = KINDS[field]
-            _queue(pipe, kind, f"{prefix}:{label}", now_us)
+        for scope in scopes:
+            prefix = state_prefix(scope.tenant_id, scope.key_id)
+            for field in scope.present():
+                kind, label = KINDS[field]
+                _queue(pipe, kind, f"{prefix}:{label}", now_us)
         replies = list(pipe.execute())
     except redis.RedisError:
         return None
-    states = tuple(
-        _state(field, limit, burst_percent, now_us, replies) for field, limit in present.items()
-    )
-    return ScopeState(datetime.fromtimestamp(now_us / 1e6, UTC), states)
+    now = datetime.fromtimestamp(now_us / 1e6, UTC)
+    return [
+        ScopeState(
+            now,
+            tuple(
+                _state(field, limit, scope.burst_percent, now_us, replies)
+                for field, limit in scope.present().items()
+            ),
+        )
+        for scope in scopes
+    ]
+
+
+def scope_state(scope: Scope) -> ScopeState | None:
+    """One scope's limits as the limiter sees them now (None: Redis cannot say)."""
+    states = scope_states([scope])
+    return states[0] if states is not None else None

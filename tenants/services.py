@@ -100,8 +100,14 @@ def tenant_create(
     `limits` (None there: no limit). Never unlimited unless asked."""
     if not SLUG_PATTERN.match(slug or ""):
         raise TenantError("slug must be 1-64 lowercase letters, digits or hyphens")
-    limits = {**preset_limits(preset), **(limits or {})}
+    given = dict(limits or {})
+    base = preset_limits(preset)
+    limits = {**base, **given}
     _validate_settings(limits, TENANT_SETTINGS)
+    # The audit names the preset only when some setting came from it.
+    started_from = (
+        {} if base.keys() <= given.keys() else {"preset": preset or settings.TENANT_DEFAULT_PRESET}
+    )
     try:
         with transaction.atomic():
             tenant = Tenant.objects.create(slug=slug, name=name or slug, **limits)
@@ -109,7 +115,7 @@ def tenant_create(
                 AdminAction.Action.TENANT_CREATED,
                 actor=actor,
                 tenant=tenant,
-                after={**_settings_of(tenant), "preset": preset or settings.TENANT_DEFAULT_PRESET},
+                after={**_settings_of(tenant), **started_from},
             )
     except IntegrityError as exc:
         raise TenantError(f"tenant {slug!r} already exists") from exc

@@ -25,6 +25,7 @@ WAIT = 30  # seconds for frames that need the model, on a busy machine
 # The production poll of the key version (0.5 s) and the socket's re-check (0.25 s) make the
 # design bound about 0.75 s; the deadline adds room for a loaded test machine.
 TOLD_WITHIN = 5.0
+LONG = 256  # tokens: a stream that may still run when the suspension is seen (or has ended)
 
 
 @pytest.fixture
@@ -86,8 +87,9 @@ async def test_an_idle_socket_is_told_and_closed_when_its_tenant_is_suspended(
 async def test_a_running_stream_stops_when_its_tenant_is_suspended(served, issued, tenant) -> None:
     communicator = socket(issued.token)
     assert (await communicator.connect(timeout=WAIT))[0]
-    await send_create(communicator, "long", 2000)
-    await frame_of_type(communicator, "completion.started")
+    await send_create(communicator, "long", LONG)
+    started = await frame_of_type(communicator, "completion.started", "error")
+    assert started["type"] == "completion.started", started
     await sync_to_async(tenant_suspend)(tenant=tenant, actor="test")
     deadline = time.monotonic() + TOLD_WITHIN
     # The stopped request's own done frame (cancelled, billed for what was sent) may come
