@@ -64,6 +64,7 @@ def test_renaming_needs_the_change_permission(viewer: Client, tenant) -> None:
     assert response.status_code == 403 and Tenant.objects.get().name == "Acme"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_suspending_asks_for_the_slug_then_refuses_every_key_and_resume_restores(
     staff: Client, issued
 ) -> None:
@@ -100,6 +101,7 @@ def test_suspend_and_resume_need_the_change_permission(viewer: Client, issued) -
     assert Tenant.objects.get().active
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_keys_own_limits_are_shown_set_audited_and_applied(staff: Client, issued) -> None:
     key_id = issued.api_key.key_id
     url = f"/console/tenants/acme/keys/{key_id}/limits/"
