@@ -283,7 +283,7 @@ def preset_initial(name: str | None, base: Mapping[str, Any] | None = None) -> d
     """Form initial values: `base` (a tenant's settings) with a preset's limits over it; an
     unknown or empty name leaves `base` as it is."""
     initial = dict(base or {})
-    if name in LIMIT_PRESETS:
+    if name is not None and name in LIMIT_PRESETS:
         initial.update(LIMIT_PRESETS[name])
     return initial
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 
@@ -93,7 +94,9 @@ def _queue(pipe: redis.client.Pipeline, kind: LimitKind, key: str, now_us: int) 
         pipe.zrangebyscore(key, f"({now_us}", "+inf", start=0, num=1, withscores=True)
 
 
-def _state(field: str, limit: int, burst_percent: int, now_us: int, replies: list) -> LimitState:
+def _state(
+    field: str, limit: int, burst_percent: int, now_us: int, replies: list[Any]
+) -> LimitState:
     kind, label = KINDS[field]
     resets_at, wait_us = None, 0
     if kind.is_rate:

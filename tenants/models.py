@@ -85,10 +85,6 @@ class Tenant(models.Model):
     def limits(self) -> dict[str, int | None]:
         return {name: getattr(self, name) for name in LIMIT_FIELDS}
 
-    @property
-    def suspended(self) -> bool:
-        return not self.active
-
 
 class ApiKeyQuerySet(models.QuerySet):
     def active(self) -> "ApiKeyQuerySet":

@@ -26,6 +26,7 @@ from tenants.models import (
 )
 from tenants.presets import LIMIT_PRESETS, PRESET_NAMES
 
+NAME_MAX_LENGTH = 200  # Tenant.name's max_length
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 # Changed, audited and announced together (tenant_set_limits); the scheduling weight is the
 # tenant's share of the model while tenants wait for it together (engine/fairness.py).
@@ -150,8 +151,8 @@ def tenant_set_limits(*, tenant: Tenant, changes: Mapping[str, int | None], acto
 def tenant_rename(*, tenant: Tenant, name: str, actor: str) -> Tenant:
     """Change a tenant's display name; the slug (in URLs, keys' Redis state, metrics) stays."""
     name = (name or "").strip()
-    if not name or len(name) > Tenant._meta.get_field("name").max_length:
-        raise TenantError("a name is 1-200 characters")
+    if not name or len(name) > NAME_MAX_LENGTH:
+        raise TenantError(f"a name is 1-{NAME_MAX_LENGTH} characters")
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         before = tenant.name
