@@ -127,7 +127,7 @@ def _limits_form(request: HttpRequest, tenant: Tenant) -> LimitsForm:
     shown, not saved)."""
     preset = PresetForm(request.GET)
     name = preset.cleaned_data["preset"] if "preset" in request.GET and preset.is_valid() else None
-    base = {name: getattr(tenant, name) for name in TENANT_SETTINGS}
+    base = {field: getattr(tenant, field) for field in TENANT_SETTINGS}
     return LimitsForm(initial=preset_initial(name, base))
 
 

@@ -9,10 +9,11 @@ from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.test import Client
 
-from core.errors import TenantSuspended
+from core.errors import RateLimited, TenantSuspended
 from pages.tests.conftest import PASSWORD, tenants_permissions
+from ratelimit import limiter
 from tenants.auth import authenticate_token
-from tenants.keycache import key_cache
+from tenants.keycache import KeyRecord, key_cache
 from tenants.models import AdminAction, ApiKey, Tenant
 from tenants.presets import LIMIT_PRESETS
 from tenants.services import TenantError, tenant_create
@@ -132,6 +133,15 @@ def test_a_keys_own_limits_are_shown_set_audited_and_applied(staff: Client, issu
     # Clearing a field removes the key's own limit.
     staff.post(url, {"rpm": "", "tokens_per_day": "5000"})
     assert ApiKey.objects.get().rpm is None
+
+
+def test_a_key_limit_set_in_the_console_is_what_the_limiter_enforces(staff: Client, issued) -> None:
+    staff.post(f"/console/tenants/acme/keys/{issued.api_key.key_id}/limits/", {"rpm": "1"})
+    record = KeyRecord.from_row(ApiKey.objects.select_related("tenant").get())
+    async_to_sync(limiter.admit)(record, tokens=1)
+    with pytest.raises(RateLimited) as refused:
+        async_to_sync(limiter.admit)(record, tokens=1)
+    assert "key" in refused.value.message and "requests per minute" in refused.value.message
 
 
 @pytest.mark.parametrize(
