@@ -53,8 +53,9 @@ async def frame_of_type(communicator: WebsocketCommunicator, *types: str) -> dic
             return frame
 
 
-async def told_and_closed(communicator: WebsocketCommunicator, deadline: float) -> None:
-    """The suspension's error frame, then close 4401, both before `deadline` (monotonic)."""
+async def told_and_closed(communicator: WebsocketCommunicator, deadline: float) -> float:
+    """The suspension's error frame, then close 4401, both before `deadline` (monotonic);
+    returns when the error frame came."""
     frame = await asyncio.wait_for(
         frame_of_type(communicator, "error"), timeout=max(0.0, deadline - time.monotonic())
     )
@@ -64,9 +65,11 @@ async def told_and_closed(communicator: WebsocketCommunicator, deadline: float) 
         "param": None,
         "code": "tenant_suspended",
     }, frame
+    told = time.monotonic()
     closed = await communicator.receive_output(timeout=max(0.01, deadline - time.monotonic()))
     assert closed == {"type": "websocket.close", "code": CLOSE_AUTH_FAILED}
     await communicator.wait()
+    return told
 
 
 @override_settings(API_KEY_VERSION_POLL_SECONDS=0.5)
@@ -80,7 +83,9 @@ async def test_an_idle_socket_is_told_and_closed_when_its_tenant_is_suspended(
         "completion.done"
     )
     await sync_to_async(tenant_suspend)(tenant=tenant, actor="test")
-    await told_and_closed(communicator, time.monotonic() + TOLD_WITHIN)
+    suspended = time.monotonic()
+    told = await told_and_closed(communicator, suspended + TOLD_WITHIN)
+    assert told - suspended < TOLD_WITHIN
 
 
 @override_settings(API_KEY_VERSION_POLL_SECONDS=0.5)
