@@ -14,8 +14,8 @@ from tenants.services import (
     api_key_revoke,
     api_key_rotate,
     api_key_set_limits,
-    tenant_suspend,
     tenant_set_limits,
+    tenant_suspend,
 )
 from tenants.tests.helpers import record_of
 
