@@ -11,6 +11,10 @@ pytest_plugins = ["engine.tests.fixtures"]
 
 # Tests never reach a model hub: a hub id that is not in the local cache fails at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's tenants are made with only the limits each test is about: no preset beneath them
+# (the app processes the end-to-end tests start inherit it). Tests of the default preset set
+# settings.TENANT_DEFAULT_PRESET themselves (pages/tests/test_tenant_lifecycle.py).
+os.environ.setdefault("TENANT_DEFAULT_PRESET", "unlimited")
 
 NEEDS = (
     "The test suite needs a real PostgreSQL and Redis. `make test` points at 127.0.0.1 by "
@@ -99,6 +103,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # Nor a key preload: it would open the database pool before the test database exists
     # (the servers the end-to-end tests start preload as in production).
     settings.API_KEY_PRELOAD = 0
+    # Settings were read before this file (pytest-django loads them first): as set above.
+    settings.TENANT_DEFAULT_PRESET = os.environ["TENANT_DEFAULT_PRESET"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -67,7 +67,10 @@ def _error(description: str, *headers: str) -> dict[str, Any]:
 ERRORS: dict[str, dict[str, Any]] = {
     "400": _error("Invalid request: bad JSON, values, or what this model does not support."),
     "401": _error("Invalid or missing API key (`invalid_api_key`)."),
-    "403": _error("The key lacks the scope (`insufficient_scope`)."),
+    "403": _error(
+        "The key lacks the scope (`insufficient_scope`), or its tenant is suspended "
+        "(`tenant_suspended`)."
+    ),
     "404": _error("A model this node does not serve (`model_not_found`)."),
     "413": _error("A body over the size cap, or a prompt too long for this node."),
     "429": _error(

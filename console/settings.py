@@ -308,6 +308,13 @@ API_AUTH_FAILURES_PER_MINUTE = env_int("API_AUTH_FAILURES_PER_MINUTE", 60)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int("API_KEY_LAST_USED_RESOLUTION_SECONDS", 60)
 API_KEY_DEFAULT_ROTATION_GRACE = env_str("API_KEY_DEFAULT_ROTATION_GRACE", "1h")
 
+# --- Tenants ----------------------------------------------------------------------------------
+# The limits a new tenant starts from when none are given (create_tenant, the console's form):
+# one of the presets of tenants/presets.py. "unlimited" must be chosen explicitly.
+TENANT_DEFAULT_PRESET = env_choice(
+    "TENANT_DEFAULT_PRESET", "trial", ("trial", "standard", "enterprise", "unlimited")
+)
+
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
 INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")

@@ -6,6 +6,11 @@ WebSocket consumer turn them into responses and frames in exactly one place each
 
 from typing import Any
 
+TENANT_SUSPENDED_MESSAGE = (
+    "This API key's tenant is suspended: every request is refused until the node's operator "
+    "resumes it."
+)
+
 
 class ApiError(Exception):
     """An error the client may see: HTTP status, OpenAI error type and code, extra headers."""
@@ -108,6 +113,16 @@ class PermissionDenied(ApiError):
     status = 403
     type = "permission_error"
     code = "insufficient_scope"
+
+
+class TenantSuspended(PermissionDenied):
+    """A valid key whose tenant an operator suspended: refused until the tenant is resumed
+    (a wrong secret still gets the plain 401, so this tells nothing to a guesser)."""
+
+    code = "tenant_suspended"
+
+    def __init__(self, message: str = TENANT_SUSPENDED_MESSAGE, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
 
 
 class NotFound(ApiError):

@@ -131,8 +131,18 @@ def prepare(workdir: Path, redis_url: str) -> tuple[dict[str, str], str, str]:
         "API_KEY_PEPPER": secrets.token_urlsafe(48),
     }
     manage(env, "migrate", "--noinput", "-v0")
-    manage(env, "create_tenant", "spent", "--rpm", "1", "--burst", "1")
-    manage(env, "create_tenant", "roomy", "--rpm", "100000", "--tpm", "100000000")
+    manage(env, "create_tenant", "spent", "--preset", "unlimited", "--rpm", "1", "--burst", "1")
+    manage(
+        env,
+        "create_tenant",
+        "roomy",
+        "--preset",
+        "unlimited",
+        "--rpm",
+        "100000",
+        "--tpm",
+        "100000000",
+    )
     return env, manage(env, "issue_key", "spent"), manage(env, "issue_key", "roomy")
 
 

@@ -10,7 +10,8 @@ from django.core.validators import RegexValidator
 
 from pages.selectors import ThrottleFilter
 from tenants.durations import parse_duration
-from tenants.models import MAX_WEIGHT, SCOPES, AdminAction, ApiKey, Tenant
+from tenants.models import LIMIT_FIELDS, MAX_WEIGHT, SCOPES, AdminAction, ApiKey, Tenant
+from tenants.presets import LIMIT_PRESETS, PRESET_NAMES
 from tenants.services import SLUG_PATTERN, TENANT_SETTINGS
 
 # Larger limits are certainly typos, and would overflow the limiter's arithmetic.
@@ -276,3 +277,95 @@ class AuditFilterForm(forms.Form):
         choices=[("", "All actions"), *AdminAction.Action.choices], required=False
     )
     actor = forms.CharField(max_length=200, required=False)
+
+
+def preset_initial(name: str | None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Form initial values: `base` (a tenant's settings) with a preset's limits over it; an
+    unknown or empty name leaves `base` as it is."""
+    initial = dict(base or {})
+    if name is not None and name in LIMIT_PRESETS:
+        initial.update(LIMIT_PRESETS[name])
+    return initial
+
+
+class PresetForm(forms.Form):
+    """The limit preset a create or limits form starts from (a GET: nothing is saved)."""
+
+    preset = forms.ChoiceField(
+        choices=[(name, name) for name in PRESET_NAMES],
+        required=False,
+        help_text="Fills the form with the preset's limits; review them, then save.",
+    )
+
+
+class TenantRenameForm(forms.Form):
+    """A tenant's new display name (the slug never changes)."""
+
+    name = forms.CharField(
+        max_length=200,
+        strip=True,
+        help_text="Display name only: the slug stays, and with it URLs, metrics and keys.",
+        error_messages={
+            "required": "A name is required.",
+            "max_length": "A name is at most 200 characters.",
+        },
+    )
+
+
+class SuspendTenantForm(forms.Form):
+    """The confirmation of a suspension: the admin types the slug, and may give a reason."""
+
+    confirm = forms.CharField(
+        label="Type the tenant's slug to confirm",
+        max_length=64,
+        error_messages={"required": "Type the tenant's slug to confirm."},
+    )
+    reason = forms.CharField(
+        max_length=200, required=False, help_text="Kept in the audit log, e.g. “unpaid invoice”."
+    )
+
+    def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+
+    def clean_confirm(self) -> str:
+        typed = self.cleaned_data["confirm"].strip()
+        if typed != self.tenant.slug:
+            raise forms.ValidationError("That is not this tenant's slug; nothing was suspended.")
+        return typed
+
+
+class KeyLimitsForm(forms.Form):
+    """One key's own limits, checked together with its tenant's; empty: none at key scope."""
+
+    rpm = _limit_field("rpm")
+    tpm = _limit_field("tpm")
+    max_inflight = _limit_field("max_inflight")
+    tokens_per_day = _limit_field("tokens_per_day")
+    tokens_per_month = _limit_field("tokens_per_month")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.help_text = "Empty: only the tenant's limit applies."
+            field.widget.attrs["placeholder"] = "tenant's"
+
+    @classmethod
+    def for_key(cls, key: ApiKey, data: Mapping[str, Any] | None = None) -> "KeyLimitsForm":
+        return cls(data, initial=key.limit_overrides())
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        day, month = data.get("tokens_per_day"), data.get("tokens_per_month")
+        if day and month and day > month:
+            self.add_error("tokens_per_day", "Tokens per day cannot be more than tokens per month.")
+        return data
+
+    def changes(self, key: ApiKey) -> dict[str, int | None]:
+        """Only the limits that differ from the key's current ones."""
+        return {
+            name: self.cleaned_data[name]
+            for name in LIMIT_FIELDS
+            if getattr(key, name) != self.cleaned_data[name]
+        }

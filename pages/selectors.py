@@ -11,10 +11,13 @@ from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, TruncHour, TruncMinute
 from django.utils import timezone
 
+from ratelimit import status
 from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
+
+    from ratelimit.status import LimitState, ScopeState
 
 # A row of values(): column or aggregate name to value.
 Row = Mapping[str, Any]
@@ -284,3 +287,108 @@ def admin_actions(
     if actor:
         rows = rows.filter(actor__icontains=actor)
     return rows.order_by("-created_at", "-id")
+
+
+# A quota at or above this share is "near" on the tenants list (and over at 100).
+NEAR_QUOTA_PERCENT = 80
+
+
+@dataclass(frozen=True)
+class PeriodQuota:
+    """One calendar quota of a tenant: tokens recorded in Postgres (moved from Redis every
+    flush), the limiter's live count (recorded + reserved by requests in flight; None without
+    the quota), the quota itself (None: unlimited) and when the period ends."""
+
+    name: str  # "today" | "this month"
+    field: str  # tokens_per_day | tokens_per_month
+    requests: int
+    tokens: int
+    quota: int | None
+    counted: int | None
+    resets_at: datetime
+
+    @property
+    def percent(self) -> int | None:
+        if not self.quota:
+            return None
+        return (max(self.tokens, self.counted or 0) * 100) // self.quota
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """A tenant's page's quota card: the two periods, the limiter's state (None: Redis
+    cannot say right now) and, while a limit refuses, when the tenant is served again."""
+
+    periods: tuple[PeriodQuota, ...]
+    state: "ScopeState | None"
+
+    @property
+    def inflight(self) -> "LimitState | None":
+        return self.state.get("max_inflight") if self.state is not None else None
+
+    @property
+    def blocking(self) -> list["LimitState"]:
+        return [x for x in self.state.limits if x.blocked] if self.state is not None else []
+
+    @property
+    def served_again_at(self) -> datetime | None:
+        return self.state.served_again_at if self.state is not None else None
+
+
+def _period_starts(now: datetime) -> tuple[datetime, datetime, datetime, datetime]:
+    """Today's and this month's UTC start, and their ends."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    return day, day + timedelta(days=1), month, next_month
+
+
+def quota_status(tenant: Tenant, *, now: datetime | None = None) -> QuotaStatus:
+    """Used today and this month against the tenant's quotas, and its limiter state now."""
+    day, day_end, month, month_end = _period_starts(now or timezone.now())
+    today = Q(minute__gte=day)
+    sums = UsageMinute.objects.filter(tenant=tenant, minute__gte=month).aggregate(
+        month_requests=Coalesce(Sum("requests"), 0),
+        month_tokens=Coalesce(Sum(_tokens()), 0),
+        day_requests=Coalesce(Sum("requests", filter=today), 0),
+        day_tokens=Coalesce(Sum(_tokens(), filter=today), 0),
+    )
+    state = status.scope_state(status.Scope(tenant.pk, tenant.limits(), tenant.burst_percent))
+
+    def counted(field: str) -> int | None:
+        limit = state.get(field) if state is not None else None
+        return limit.used if limit is not None else None
+
+    periods = (
+        PeriodQuota(
+            "today",
+            "tokens_per_day",
+            sums["day_requests"],
+            sums["day_tokens"],
+            tenant.tokens_per_day,
+            counted("tokens_per_day"),
+            day_end,
+        ),
+        PeriodQuota(
+            "this month",
+            "tokens_per_month",
+            sums["month_requests"],
+            sums["month_tokens"],
+            tenant.tokens_per_month,
+            counted("tokens_per_month"),
+            month_end,
+        ),
+    )
+    return QuotaStatus(periods, state)
+
+
+def quota_percents(tenants: Iterable[Tenant]) -> dict[int, int]:
+    """Tenant id -> its fullest day or month quota in percent, as the limiter counts now, for
+    the tenants that have a quota (one Redis round trip for all; {} when Redis cannot say)."""
+    quoted = [t for t in tenants if t.tokens_per_day or t.tokens_per_month]
+    scopes = [status.Scope(t.pk, t.limits(), t.burst_percent) for t in quoted]
+    states = status.scope_states(scopes) if scopes else []
+    if states is None:
+        return {}
+    found = {t.pk: state.quota_percent for t, state in zip(quoted, states, strict=True)}
+    return {pk: percent for pk, percent in found.items() if percent is not None}

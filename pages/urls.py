@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from pages import key_views, login_views, throttle_views, user_views, views
+from pages import key_views, lifecycle_views, login_views, throttle_views, user_views, views
 
 app_name = "console"
 
@@ -17,6 +17,16 @@ urlpatterns = [
     path("tenants/<slug:slug>/keys/", key_views.key_issue, name="key-issue"),
     path("tenants/<slug:slug>/keys/<str:key_id>/rotate/", key_views.key_rotate, name="key-rotate"),
     path("tenants/<slug:slug>/keys/<str:key_id>/revoke/", key_views.key_revoke, name="key-revoke"),
+    path("tenants/<slug:slug>/rename/", lifecycle_views.tenant_rename_view, name="tenant-rename"),
+    path(
+        "tenants/<slug:slug>/suspend/", lifecycle_views.tenant_suspend_view, name="tenant-suspend"
+    ),
+    path("tenants/<slug:slug>/resume/", lifecycle_views.tenant_resume_view, name="tenant-resume"),
+    path(
+        "tenants/<slug:slug>/keys/<str:key_id>/limits/",
+        lifecycle_views.key_limits_view,
+        name="key-limits",
+    ),
     path(
         "tenants/<slug:slug>/throttles/",
         throttle_views.tenant_throttles,

@@ -1,6 +1,7 @@
 """Console pages: the overview, tenants (list, create, detail, limits) and the admin-action log.
 Views are thin: a form validates, a selector reads, a tenants.services function writes."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -18,9 +19,17 @@ from pages.access import (
     actor_of,
     console_permission_required,
 )
-from pages.forms import AuditFilterForm, IssueKeyForm, LimitsForm, TenantCreateForm
+from pages.forms import (
+    AuditFilterForm,
+    IssueKeyForm,
+    LimitsForm,
+    PresetForm,
+    TenantCreateForm,
+    TenantRenameForm,
+    preset_initial,
+)
 from tenants.models import Tenant
-from tenants.services import TenantError, tenant_create, tenant_set_limits
+from tenants.services import TENANT_SETTINGS, TenantError, tenant_create, tenant_set_limits
 
 WINDOW_LABELS = {"1h": "1 hour", "6h": "6 hours", "24h": "24 hours", "7d": "7 days"}
 AUDIT_PAGE_SIZE = 50
@@ -51,7 +60,11 @@ def overview(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @console_permission_required(*READ_TENANTS, post=(ADD_TENANT,))
 def tenant_list(request: HttpRequest) -> HttpResponse:
-    form = TenantCreateForm(request.POST or None)
+    # A new tenant's form starts from a preset: the one asked for, else TENANT_DEFAULT_PRESET.
+    preset = PresetForm(request.GET or {"preset": settings.TENANT_DEFAULT_PRESET})
+    chosen = preset.cleaned_data["preset"] if preset.is_valid() else None
+    initial = preset_initial(chosen or settings.TENANT_DEFAULT_PRESET)
+    form = TenantCreateForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -67,7 +80,17 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Tenant “{tenant.slug}” created. Issue its first key below.")
             return redirect("console:tenant", slug=tenant.slug)
     win = selectors.window("24h")
-    context = {"tenants": selectors.tenants_with_usage(win.start), "form": form}
+    tenants = selectors.tenants_with_usage(win.start)
+    percents = selectors.quota_percents(tenants)
+    for tenant in tenants:
+        tenant.quota_percent = percents.get(tenant.pk)  # type: ignore[attr-defined]
+    context = {
+        "tenants": tenants,
+        "form": form,
+        "preset_form": preset,
+        "default_preset": settings.TENANT_DEFAULT_PRESET,
+        "near_percent": selectors.NEAR_QUOTA_PERCENT,
+    }
     return render(request, "console/tenants.html", context, status=400 if form.errors else 200)
 
 
@@ -77,6 +100,7 @@ def tenant_page(
     *,
     limits_form: LimitsForm | None = None,
     issue_form: IssueKeyForm | None = None,
+    rename_form: TenantRenameForm | None = None,
 ) -> HttpResponse:
     """The tenant page, with any bound form that failed validation (then status 400)."""
     win = _window(request)
@@ -85,13 +109,26 @@ def tenant_page(
         "tenant": tenant,
         "keys": keys,
         "key_charts": charts.key_charts(tenant, keys, win),
-        "limits_form": limits_form or LimitsForm.for_tenant(tenant),
+        "limits_form": limits_form or _limits_form(request, tenant),
+        "preset_form": PresetForm(request.GET if "preset" in request.GET else None),
         "issue_form": issue_form or IssueKeyForm(),
+        "rename_form": rename_form or TenantRenameForm(initial={"name": tenant.name}),
+        "quota": selectors.quota_status(tenant),
+        "flush_seconds": settings.RATELIMIT_FLUSH_SECONDS,
         "recent_actions": selectors.admin_actions(tenant_slug=tenant.slug)[:10],
         **_window_context(win),
     }
-    failed = any(f is not None and f.errors for f in (limits_form, issue_form))
+    failed = any(f is not None and f.errors for f in (limits_form, issue_form, rename_form))
     return render(request, "console/tenant.html", context, status=400 if failed else 200)
+
+
+def _limits_form(request: HttpRequest, tenant: Tenant) -> LimitsForm:
+    """The tenant's limits, or a preset's over them when the page was asked for one (?preset=;
+    shown, not saved)."""
+    preset = PresetForm(request.GET)
+    name = preset.cleaned_data["preset"] if "preset" in request.GET and preset.is_valid() else None
+    base = {field: getattr(tenant, field) for field in TENANT_SETTINGS}
+    return LimitsForm(initial=preset_initial(name, base))
 
 
 @require_GET

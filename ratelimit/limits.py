@@ -97,6 +97,12 @@ def tenant_tag(tenant_id: int) -> str:
     return f"{{t:{tenant_id}}}"
 
 
+def state_prefix(tenant_id: int, key_id: str | None = None) -> str:
+    """Where one scope's limiter state lives: the tenant's, or one key's (+ ":<label>")."""
+    tag = tenant_tag(tenant_id)
+    return f"rl:v1:{tag}:k:{key_id}" if key_id is not None else f"rl:v1:{tag}:t:{tenant_id}"
+
+
 def lease_key(tenant_id: int, lease_id: str) -> str:
     return f"rl:v1:{tenant_tag(tenant_id)}:lease:{lease_id}"
 
@@ -180,10 +186,9 @@ def _plan(
     key_values: tuple[tuple[str, int | None], ...],
     tenant_values: tuple[tuple[str, int | None], ...],
 ) -> LimitPlan:
-    tag = tenant_tag(tenant_id)
     limits = (
-        *_scope_limits(key_values, "key", f"rl:v1:{tag}:k:{key_id}", burst_percent),
-        *_scope_limits(tenant_values, "tenant", f"rl:v1:{tag}:t:{tenant_id}", burst_percent),
+        *_scope_limits(key_values, "key", state_prefix(tenant_id, key_id), burst_percent),
+        *_scope_limits(tenant_values, "tenant", state_prefix(tenant_id), burst_percent),
     )
     return LimitPlan(limits, tuple(x.key for x in limits), pack_limits(limits))
 

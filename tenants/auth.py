@@ -1,9 +1,11 @@
 """API key authentication for django-ninja (HTTP) and the WebSocket consumer.
 
-Every failure (missing, malformed, unknown, wrong secret, revoked, expired, inactive tenant)
-ends the same way, so a caller learns nothing about which it was. An address that failed too
-often gets 429 instead, whatever its token, unless the key is valid and already cached here
-(ratelimit/authfail.py).
+Every failure (missing, malformed, unknown, wrong secret, revoked, expired) ends the same way,
+so a caller learns nothing about which it was. An address that failed too often gets 429
+instead, whatever its token, unless the key is valid and already cached here
+(ratelimit/authfail.py). The one distinct answer is for a key that is valid in every way but
+its tenant's suspension: 403 tenant_suspended, given only to the holder of the right secret
+(so it tells a guesser nothing) and never counted as a failed authentication.
 """
 
 from typing import Any
@@ -14,7 +16,7 @@ from django.utils import timezone
 from ninja.security.base import AuthBase
 
 from core.clientaddr import client_ip
-from core.errors import PermissionDenied
+from core.errors import PermissionDenied, TenantSuspended
 from ratelimit import authfail
 from tenants import tokens
 from tenants.keycache import KeyRecord, key_cache, touch_last_used
@@ -35,6 +37,7 @@ async def authenticate_token(
     token: str | None, *, client_addr: str | None = None
 ) -> KeyRecord | None:
     """The key record for a valid token, or None (401). Costs no query while the key is cached.
+    Raises TenantSuspended (403) for a valid key of a suspended tenant.
 
     A key already cached in this process is checked in memory and never throttled. Any other
     well-formed token first passes the failed-authentication limit of client_addr (429
@@ -63,8 +66,8 @@ def authenticate_cached(token: str | None) -> KeyRecord | None:
         return None
     key_id, secret = parsed
     record = key_cache.cached_now(key_id)
-    if record is None or not _accepts(record, secret):
-        return None
+    if record is None or not record.tenant_active or not _accepts(record, secret):
+        return None  # a suspended tenant's key: the awaited path says so
     return record
 
 
@@ -97,10 +100,16 @@ def _held_before(key_id: str, secret: str) -> bool:
 
 
 def _accepts(record: KeyRecord, secret: str) -> bool:
+    """Whether the secret is this key's and the key usable now; raises TenantSuspended when
+    only the tenant's suspension stands in the way."""
     now = timezone.now()
     if not tokens.secret_matches(secret, settings.API_KEY_PEPPER, *record.valid_hashes(now)):
         return False
-    return record.usable_at(now)
+    if record.usable_at(now):
+        return True
+    if record.suspended_but_usable_at(now):
+        raise TenantSuspended()
+    return False
 
 
 def require_scope(record: KeyRecord, scope: str) -> None:

@@ -117,9 +117,14 @@ class KeyRecord:
         return cls(**data)
 
     def usable_at(self, now: datetime) -> bool:
-        if self.revoked or not self.tenant_active:
-            return False
-        return self.expires_at is None or self.expires_at > now
+        return not (self.revoked or not self.tenant_active or self._expired(now))
+
+    def suspended_but_usable_at(self, now: datetime) -> bool:
+        """Whether only the tenant's suspension keeps this key from being usable."""
+        return not self.tenant_active and not self.revoked and not self._expired(now)
+
+    def _expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def valid_hashes(self, now: datetime) -> tuple[str, ...]:
         """The current hash, plus the previous one while its rotation grace lasts."""

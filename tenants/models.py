@@ -34,7 +34,10 @@ class Tenant(models.Model):
 
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
+    # False exactly while suspended (suspended_at says since when; a constraint keeps the two
+    # together): every key of the tenant is refused with 403 tenant_suspended, its rows stay.
     active = models.BooleanField(default=True)
+    suspended_at = models.DateTimeField(null=True, blank=True)
     rpm = _limit_field("requests per minute", "Requests per minute across all keys.")
     tpm = _limit_field("tokens per minute", "Prompt + completion tokens per minute.")
     max_inflight = _limit_field("max in-flight", "Requests running at the same time.")
@@ -63,6 +66,11 @@ class Tenant(models.Model):
             models.CheckConstraint(
                 condition=Q(burst_percent__gte=1) & Q(burst_percent__lte=100),
                 name="tenant_burst_percent_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(active=True, suspended_at__isnull=True)
+                | Q(active=False, suspended_at__isnull=False),
+                name="tenant_suspended_when_inactive",
             ),
             # The engine's fair queue divides by it (engine/fairness.py).
             models.CheckConstraint(
@@ -160,6 +168,9 @@ class AdminAction(models.Model):
         USER_REACTIVATED = "user.reactivated", "Console user reactivated"
         USER_PASSWORD_LINK = "user.password_link", "Set-password link made"
         USER_PASSWORD_SET = "user.password_set", "Password set by link"
+        TENANT_RENAMED = "tenant.renamed"
+        TENANT_SUSPENDED = "tenant.suspended"
+        TENANT_RESUMED = "tenant.resumed"
 
     actor = models.CharField(max_length=200)
     action = models.CharField(max_length=40, choices=Action.choices)

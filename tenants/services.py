@@ -24,7 +24,9 @@ from tenants.models import (
     UsageBatch,
     UsageMinute,
 )
+from tenants.presets import LIMIT_PRESETS, PRESET_NAMES
 
+NAME_MAX_LENGTH = 200  # Tenant.name's max_length
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 # Changed, audited and announced together (tenant_set_limits); the scheduling weight is the
 # tenant's share of the model while tenants wait for it together (engine/fairness.py).
@@ -79,14 +81,34 @@ def _key_ids_of(tenant: Tenant) -> list[str]:
     return list(ApiKey.objects.filter(tenant=tenant).values_list("key_id", flat=True))
 
 
+def preset_limits(name: str | None = None) -> dict[str, int | None]:
+    """The limits of a named preset (tenants/presets.py; None: TENANT_DEFAULT_PRESET)."""
+    name = name or settings.TENANT_DEFAULT_PRESET
+    if name not in LIMIT_PRESETS:
+        raise TenantError(f"unknown preset {name!r}; expected one of {', '.join(PRESET_NAMES)}")
+    return dict(LIMIT_PRESETS[name])
+
+
 def tenant_create(
-    *, slug: str, name: str = "", limits: Mapping[str, int | None] | None = None, actor: str
+    *,
+    slug: str,
+    name: str = "",
+    limits: Mapping[str, int | None] | None = None,
+    preset: str | None = None,
+    actor: str,
 ) -> Tenant:
-    """Create a tenant with its limits (None or missing: unlimited)."""
+    """Create a tenant: the preset's limits (default TENANT_DEFAULT_PRESET), overridden by
+    `limits` (None there: no limit). Never unlimited unless asked."""
     if not SLUG_PATTERN.match(slug or ""):
         raise TenantError("slug must be 1-64 lowercase letters, digits or hyphens")
-    limits = dict(limits or {})
+    given = dict(limits or {})
+    base = preset_limits(preset)
+    limits = {**base, **given}
     _validate_settings(limits, TENANT_SETTINGS)
+    # The audit names the preset only when some setting came from it.
+    started_from = (
+        {} if base.keys() <= given.keys() else {"preset": preset or settings.TENANT_DEFAULT_PRESET}
+    )
     try:
         with transaction.atomic():
             tenant = Tenant.objects.create(slug=slug, name=name or slug, **limits)
@@ -94,7 +116,7 @@ def tenant_create(
                 AdminAction.Action.TENANT_CREATED,
                 actor=actor,
                 tenant=tenant,
-                after=_settings_of(tenant),
+                after={**_settings_of(tenant), **started_from},
             )
     except IntegrityError as exc:
         raise TenantError(f"tenant {slug!r} already exists") from exc
@@ -126,23 +148,53 @@ def tenant_set_limits(*, tenant: Tenant, changes: Mapping[str, int | None], acto
     return tenant
 
 
-def tenant_set_active(
-    *, tenant: Tenant, active: bool, name: str | None = None, actor: str
-) -> Tenant:
-    """Activate or deactivate a tenant (an inactive tenant's keys all get 401)."""
+def tenant_rename(*, tenant: Tenant, name: str, actor: str) -> Tenant:
+    """Change a tenant's display name; the slug (in URLs, keys' Redis state, metrics) stays."""
+    name = (name or "").strip()
+    if not name or len(name) > NAME_MAX_LENGTH:
+        raise TenantError(f"a name is 1-{NAME_MAX_LENGTH} characters")
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        before = {"active": tenant.active, "name": tenant.name}
-        tenant.active = active
-        tenant.name = name if name is not None else tenant.name
-        tenant.save(update_fields=["active", "name", "updated_at"])
+        before = tenant.name
+        if name == before:
+            return tenant
+        tenant.name = name
+        tenant.save(update_fields=["name", "updated_at"])
         _audit(
-            AdminAction.Action.TENANT_UPDATED,
+            AdminAction.Action.TENANT_RENAMED,
             actor=actor,
             tenant=tenant,
-            before=before,
-            after={"active": tenant.active, "name": tenant.name},
+            before={"name": before},
+            after={"name": name},
         )
+    return tenant
+
+
+def tenant_suspend(*, tenant: Tenant, actor: str, reason: str = "") -> Tenant:
+    """Suspend a tenant: every key of it is refused (403 tenant_suspended) in every process
+    within the key cache's version poll, open WebSockets included; usage and audit stay."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.suspended_at is not None:
+            raise TenantError(f"tenant {tenant.slug!r} is already suspended")
+        tenant.active, tenant.suspended_at = False, timezone.now()
+        tenant.save(update_fields=["active", "suspended_at", "updated_at"])
+        after = {"suspended_at": tenant.suspended_at.isoformat(), "reason": reason.strip()}
+        _audit(AdminAction.Action.TENANT_SUSPENDED, actor=actor, tenant=tenant, after=after)
+        _announce(_key_ids_of(tenant))
+    return tenant
+
+
+def tenant_resume(*, tenant: Tenant, actor: str) -> Tenant:
+    """Resume a suspended tenant: its keys work again in every process within the poll."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.suspended_at is None:
+            raise TenantError(f"tenant {tenant.slug!r} is not suspended")
+        before = {"suspended_at": tenant.suspended_at.isoformat()}
+        tenant.active, tenant.suspended_at = True, None
+        tenant.save(update_fields=["active", "suspended_at", "updated_at"])
+        _audit(AdminAction.Action.TENANT_RESUMED, actor=actor, tenant=tenant, before=before)
         _announce(_key_ids_of(tenant))
     return tenant
 

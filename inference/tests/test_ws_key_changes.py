@@ -1,6 +1,6 @@
-"""An open WebSocket uses its key as it is now: revoked, expired or suspended keys are refused
-on the socket that is already open (error frame, close 4401), new quotas apply to its next
-request, and a socket lives at most WS_MAX_LIFETIME_SECONDS."""
+"""An open WebSocket uses its key as it is now: revoked or expired keys are refused on the
+socket that is already open (error frame, close 4401), new quotas apply to its next request,
+and a socket lives at most WS_MAX_LIFETIME_SECONDS. A suspended tenant: test_ws_suspend.py."""
 
 import json
 from collections.abc import Callable
@@ -89,15 +89,6 @@ async def test_a_key_that_expires_while_its_socket_is_open_is_refused_on_it(serv
         tenant=tenant, name="short", expires_in=timedelta(seconds=3), actor="test"
     )
     communicator = await served_once(issued.token)
-    await refused_and_closed(communicator)
-
-
-async def test_a_tenant_suspended_while_its_socket_is_open_is_refused_on_it(served, issued) -> None:
-    communicator = await served_once(issued.token)
-    await sync_to_async(tenant_services.tenant_set_active)(
-        tenant=issued.api_key.tenant, active=False, actor="test"
-    )
-    await create(communicator, "after")
     await refused_and_closed(communicator)
 
 

@@ -46,7 +46,9 @@ def seed() -> dict:
     keys: dict[str, dict] = {}
     limits: dict[str, dict] = {"tenants": {}, "keys": {}}
     for slug, (tenant_limits, key_specs) in TENANTS.items():
-        tenant = tenant_create(slug=slug, name=slug.title(), limits=tenant_limits, actor="chaos")
+        tenant = tenant_create(
+            slug=slug, name=slug.title(), limits=tenant_limits, preset="unlimited", actor="chaos"
+        )
         limits["tenants"][slug] = {
             **tenant_limits,
             "burst_percent": tenant.burst_percent,

@@ -6,7 +6,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from tenants.models import ApiKey
-from tenants.services import api_key_issue, api_key_revoke, tenant_set_active
+from tenants.services import api_key_issue, api_key_revoke, tenant_suspend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,9 +58,15 @@ async def test_every_failure_is_the_same_401(issued, tenant) -> None:
         assert response.json() == EXPECTED_401, headers
 
 
-async def test_an_inactive_tenant_gets_the_same_401(issued, tenant) -> None:
-    await sync_to_async(tenant_set_active)(tenant=tenant, active=False, actor="t")
+async def test_a_suspended_tenant_gets_403_but_a_wrong_secret_still_the_same_401(
+    issued, tenant
+) -> None:
+    await sync_to_async(tenant_suspend)(tenant=tenant, actor="t")
     response = await _get_models(Authorization=f"Bearer {issued.token}")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "tenant_suspended"
+    prefix, key_id, secret = issued.token.split("_")
+    response = await _get_models(Authorization=f"Bearer {prefix}_{key_id}_{'Z' * len(secret)}")
     assert response.status_code == 401 and response.json() == EXPECTED_401
 
 

@@ -5,6 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from core.errors import TenantSuspended
 from tenants.auth import authenticate_token
 from tenants.models import AdminAction, ApiKey
 from tenants.services import (
@@ -13,8 +14,8 @@ from tenants.services import (
     api_key_revoke,
     api_key_rotate,
     api_key_set_limits,
-    tenant_set_active,
     tenant_set_limits,
+    tenant_suspend,
 )
 from tenants.tests.helpers import record_of
 
@@ -75,11 +76,12 @@ async def test_it_refuses_a_revoked_key_within_a_second(issued) -> None:
     assert await authenticate_token(issued.token) is None
 
 
-async def test_it_refuses_keys_of_an_inactive_tenant(issued, tenant) -> None:
+async def test_it_refuses_keys_of_a_suspended_tenant(issued, tenant) -> None:
     assert await authenticate_token(issued.token) is not None
-    await sync_to_async(tenant_set_active)(tenant=tenant, active=False, actor="test")
+    await sync_to_async(tenant_suspend)(tenant=tenant, actor="test")
     await asyncio.sleep(0.6)
-    assert await authenticate_token(issued.token) is None
+    with pytest.raises(TenantSuspended):
+        await authenticate_token(issued.token)
 
 
 async def test_it_refuses_a_wrong_secret_for_a_real_key_id(issued) -> None:

@@ -22,7 +22,7 @@ from tenants import auth, keycache, keysnapshot, tokens
 from tenants.auth import authenticate_token
 from tenants.keycache import KeyCache, KeyRecord
 from tenants.models import ApiKey
-from tenants.services import IssuedKey, api_key_issue, api_key_revoke, tenant_set_active
+from tenants.services import IssuedKey, api_key_issue, api_key_revoke, tenant_suspend
 from tenants.tests.helpers import record_of
 from tests.childproc import child_env, django_script, start_child
 
@@ -209,7 +209,7 @@ async def test_suspending_a_tenant_drops_its_keys_snapshots(
 ) -> None:
     assert await authenticate_token(issued.token) is not None
     await shared()
-    await sync_to_async(tenant_set_active)(tenant=tenant, active=False, actor="test")
+    await sync_to_async(tenant_suspend)(tenant=tenant, actor="test")
     postgres_down()
     restart()
     with pytest.raises(DependencyUnavailable):

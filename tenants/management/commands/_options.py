@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import CommandError
 
 from tenants.models import ApiKey, Tenant
+from tenants.presets import PRESET_NAMES
 
 LIMIT_OPTIONS = {
     "rpm": "requests per minute",
@@ -28,6 +29,10 @@ def limit_value(text: str) -> int | None:
     if value <= 0:
         raise ArgumentTypeError(f"expected a positive integer or 'none', got {text!r}")
     return value
+
+
+def add_preset_argument(parser: ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=None, help=help_text)
 
 
 def add_limit_arguments(parser: ArgumentParser, *, with_burst: bool = True) -> None:

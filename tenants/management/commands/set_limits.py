@@ -5,11 +5,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tenants.management.commands._options import (
     actor,
     add_limit_arguments,
+    add_preset_argument,
     get_tenant,
     limits_from_options,
 )
 from tenants.models import MAX_WEIGHT
-from tenants.services import TENANT_SETTINGS, TenantError, tenant_set_limits
+from tenants.services import TENANT_SETTINGS, TenantError, preset_limits, tenant_set_limits
 
 
 class Command(BaseCommand):
@@ -20,6 +21,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("slug")
+        add_preset_argument(
+            parser, "set every limit and the burst to the preset's; the options below override"
+        )
         add_limit_arguments(parser)
         parser.add_argument(
             "--weight",
@@ -30,11 +34,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        changes = limits_from_options(options)
+        try:
+            preset = preset_limits(options["preset"]) if options["preset"] else {}
+        except TenantError as exc:
+            raise CommandError(str(exc)) from exc
+        changes = {**preset, **limits_from_options(options)}
         if options["scheduling_weight"] is not None:
             changes["scheduling_weight"] = options["scheduling_weight"]
         if not changes:
-            raise CommandError("nothing to change: give at least one limit option")
+            raise CommandError("nothing to change: give a preset or at least one limit option")
         tenant = get_tenant(options["slug"])
         try:
             tenant = tenant_set_limits(tenant=tenant, changes=changes, actor=actor())
