@@ -39,6 +39,9 @@ CHANGE_APIKEY = "tenants.change_apikey"
 # The Users page, reading and writing (Administrator). Not auth.change_user: with that, the
 # Django admin would let an account edit any user, superusers and itself included.
 MANAGE_USERS = "tenants.manage_console_users"
+# Renaming, suspending and resuming a tenant: the Administrator's (tenants), not the Operator's
+# (keys and limits), who has change_tenant for the limits form.
+LIFECYCLE = (CHANGE_TENANT, ADD_TENANT)
 
 # Reading a page needs the view permission of every model whose rows or figures it shows.
 READ_OVERVIEW = (VIEW_TENANT, VIEW_APIKEY, VIEW_USAGE, VIEW_THROTTLES)

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from pages.access import (
     CHANGE_APIKEY,
-    CHANGE_TENANT,
+    LIFECYCLE,
     READ_KEY,
     READ_TENANT,
     actor_of,
@@ -29,7 +29,7 @@ from tenants.services import (
 
 
 @require_POST
-@console_permission_required(*READ_TENANT, CHANGE_TENANT)
+@console_permission_required(*READ_TENANT, *LIFECYCLE)
 def tenant_rename_view(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     form = TenantRenameForm(request.POST)
@@ -45,7 +45,7 @@ def tenant_rename_view(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@console_permission_required(*READ_TENANT, CHANGE_TENANT)
+@console_permission_required(*READ_TENANT, *LIFECYCLE)
 def tenant_suspend_view(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     form = SuspendTenantForm(request.POST or None, tenant=tenant)
@@ -68,7 +68,7 @@ def tenant_suspend_view(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_POST
-@console_permission_required(*READ_TENANT, CHANGE_TENANT)
+@console_permission_required(*READ_TENANT, *LIFECYCLE)
 def tenant_resume_view(request: HttpRequest, slug: str) -> HttpResponse:
     tenant = get_object_or_404(Tenant, slug=slug)
     try:
