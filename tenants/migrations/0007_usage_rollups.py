@@ -7,13 +7,13 @@ from django.db import migrations, models
 # usage_rollups_rebuild; written out here so the migration does not change with the code).
 # date_trunc on a UTC timestamp without zone: buckets are UTC whatever the session's zone.
 BACKFILL = [
-    f"""  # noqa: S608 - constant names only, no values
+    f"""
 INSERT INTO tenants_usage{grain} (tenant_id, api_key_id, {grain}, requests, prompt_tokens,
     completion_tokens, errors)
 SELECT tenant_id, api_key_id, date_trunc('{grain}', minute AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
     sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(errors)
 FROM tenants_usageminute GROUP BY 1, 2, 3
-"""
+"""  # noqa: S608 - constant names only, no values
     for grain in ("hour", "day")
 ]
 
