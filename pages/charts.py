@@ -258,9 +258,11 @@ def top_keys_chart(tenant: Tenant, keys: Iterable[ApiKey], win: Window) -> Chart
     names = {key.pk: f"{key.key_id} {key.name}".strip() for key in keys}
     ranked = sorted(per_key, key=lambda pk: (-sum(per_key[pk]), names.get(pk, "")))
     top, rest = ranked[:TOP_KEYS], ranked[TOP_KEYS:]
-    series = [(names.get(pk, str(pk)), css, per_key[pk]) for pk, css in zip(top, KEY_LINES)]
+    series = [
+        (names.get(pk, str(pk)), css, per_key[pk]) for pk, css in zip(top, KEY_LINES, strict=False)
+    ]
     if rest:
-        others = [sum(column) for column in zip(*(per_key[pk] for pk in rest))]
+        others = [sum(column) for column in zip(*(per_key[pk] for pk in rest), strict=True)]
         series.append((f"{len(rest)} other keys", "s-others", others))
     return line_chart(
         chart_id="chart-top-keys",
