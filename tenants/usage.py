@@ -7,7 +7,7 @@ is summed by the database from its own table, and Python adds the already-summed
 30-day read so touches about 30 rows per key instead of 43,200.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -84,12 +84,18 @@ def _rows(piece: Piece, where: dict[str, Any]) -> QuerySet[Any]:
     return piece.grain.model.objects.filter(**bounds, **where).order_by()  # type: ignore[attr-defined]
 
 
-def _summed(rows: QuerySet[Any], by: Sequence[str]) -> QuerySet[Any]:
-    return rows.values(*by).annotate(**{name: Sum(name) for name in COLUMNS})
+def _summed(rows: QuerySet[Any], by: Sequence[str]) -> Iterable[dict[str, Any]]:
+    sums = {name: Sum(name) for name in COLUMNS}
+    if not by:
+        # values() of no column is every column: grouped by all of them, nothing is summed.
+        return [rows.aggregate(**sums)]
+    return rows.values(*by).annotate(**sums)
 
 
-def _add(total: dict[tuple, Sums], rows: QuerySet[Any], by: Sequence[str]) -> None:
+def _add(total: dict[tuple, Sums], rows: Iterable[dict[str, Any]], by: Sequence[str]) -> None:
     for row in rows:
+        if all(row[name] is None for name in COLUMNS):
+            continue  # an aggregate over no rows
         sums = total.setdefault(tuple(row[name] for name in by), dict.fromkeys(COLUMNS, 0))
         for name in COLUMNS:
             sums[name] += int(row[name] or 0)
