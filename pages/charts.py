@@ -223,8 +223,9 @@ TOP_KEYS = 5
 KEY_LINES = tuple(f"s-key{i}" for i in range(TOP_KEYS))
 
 
-def tenant_charts(tenant: Tenant, win: Window) -> list[Chart]:
-    """A tenant's own charts: requests, errors and 429s; tokens."""
+def tenant_charts(tenant: Tenant, keys: Sequence[ApiKey], win: Window) -> list[Chart]:
+    """A tenant's charts: its requests, errors and 429s; its tokens; its busiest keys. `keys`
+    are all its keys with their `requests` in the window (selectors.tenant_keys)."""
     usage = selectors.usage_buckets(win, tenant=tenant)
     throttled = selectors.throttle_buckets(win, tenant=tenant)
     unit = _rate_unit(win)
@@ -247,22 +248,26 @@ def tenant_charts(tenant: Tenant, win: Window) -> list[Chart]:
             win=win,
             series=[("prompt + completion", "s-tokens", grid(usage, "tokens", win))],
         ),
+        top_keys_chart(tenant, keys, win, grid(usage, "requests", win)),
     ]
 
 
-def top_keys_chart(tenant: Tenant, keys: Iterable[ApiKey], win: Window) -> Chart:
+def top_keys_chart(tenant: Tenant, keys: Sequence[ApiKey], win: Window, total: list[int]) -> Chart:
     """One chart of the tenant's busiest keys (accepted requests), one line each, and one line
     for all its other keys together: a tenant with 40 keys gets one chart, not 40."""
-    usage, _ = selectors.key_buckets(win, tenant)
-    per_key = {k: grid(g, "requests", win) for k, g in groupby(usage, key=itemgetter("api_key_id"))}
-    names = {key.pk: f"{key.key_id} {key.name}".strip() for key in keys}
-    ranked = sorted(per_key, key=lambda pk: (-sum(per_key[pk]), names.get(pk, "")))
+    used = [key for key in keys if getattr(key, "requests", 0) > 0]
+    ranked = sorted(used, key=lambda key: (-key.requests, key.key_id))  # type: ignore[attr-defined]
     top, rest = ranked[:TOP_KEYS], ranked[TOP_KEYS:]
+    # Only the top keys' buckets are read; the others' line is the tenant's total minus them.
+    usage, _ = selectors.key_buckets(win, tenant, only=[key.pk for key in top])
+    per_key = {k: grid(g, "requests", win) for k, g in groupby(usage, key=itemgetter("api_key_id"))}
     series = [
-        (names.get(pk, str(pk)), css, per_key[pk]) for pk, css in zip(top, KEY_LINES, strict=False)
+        (f"{key.key_id} {key.name}".strip(), css, per_key.get(key.pk, [0] * win.buckets))
+        for key, css in zip(top, KEY_LINES, strict=False)
     ]
     if rest:
-        others = [sum(column) for column in zip(*(per_key[pk] for pk in rest), strict=True)]
+        shown = [sum(column) for column in zip(*(line for _, _, line in series), strict=True)]
+        others = [max(all_ - top_, 0) for all_, top_ in zip(total, shown, strict=True)]
         series.append((f"{len(rest)} other keys", "s-others", others))
     return line_chart(
         chart_id="chart-top-keys",

@@ -179,16 +179,22 @@ def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     )
 
 
-def key_buckets(win: Window, tenant: Tenant) -> tuple[list[Row], list[Row]]:
-    """Per-key, per-bucket requests, errors and 429s of one tenant's keys."""
-    series = usage_series(win.start, win.end, win.step, by=("api_key_id",), tenant_id=tenant.pk)
+def key_buckets(
+    win: Window, tenant: Tenant, *, only: Iterable[int] | None = None
+) -> tuple[list[Row], list[Row]]:
+    """Per-key, per-bucket requests, errors and 429s of one tenant's keys (or of the keys
+    whose pks are `only`)."""
+    where: dict[str, object] = {"tenant_id": tenant.pk}
+    if only is not None:
+        where["api_key_id__in"] = list(only)
+    series = usage_series(win.start, win.end, win.step, by=("api_key_id",), **where)
     usage = [
         {"api_key_id": key_pk, "bucket": bucket, **sums}
         for (bucket, key_pk), sums in sorted(series.items(), key=lambda i: (i[0][1], i[0][0]))
     ]
     throttled = (
         _throttles(win)
-        .filter(tenant=tenant)
+        .filter(**where)
         .annotate(bucket=_trunc(win))
         .values("api_key_id", "bucket")
         .annotate(throttled=Sum("count"))
@@ -263,15 +269,19 @@ def tenants_with_usage(
 
 
 def tenant_keys(
-    tenant: Tenant, since: datetime, until: datetime | None = None, *, search: str = ""
+    tenant: Tenant, since: datetime, until: datetime | None = None
 ) -> "list[WithAnnotations[ApiKey, KeyUsage]]":
-    """A tenant's keys (whose key id or name contains `search`, if given), newest first, with
-    requests, tokens, errors and 429s in [since, until)."""
-    keys = tenant.keys.order_by("-created_at", "-id")
-    if search:
-        keys = keys.filter(Q(key_id__icontains=search) | Q(name__icontains=search))
+    """A tenant's keys, newest first, with requests, tokens, errors and 429s in
+    [since, until)."""
+    keys = list(tenant.keys.order_by("-created_at", "-id"))
     usage, throttles = _usage_columns(since, until, "api_key_id", tenant_id=tenant.pk)
-    return _attach(list(keys), "pk", KeyUsage.__annotations__, usage, throttles)
+    return _attach(keys, "pk", KeyUsage.__annotations__, usage, throttles)
+
+
+def keys_matching(keys: list[Any], search: str) -> list[Any]:
+    """The keys whose key id or name contains `search` (any case); all of them without one."""
+    needle = search.casefold()
+    return [key for key in keys if needle in key.key_id.casefold() or needle in key.name.casefold()]
 
 
 def sorted_rows(rows: list[Any], sort: str, allowed: Iterable[str]) -> tuple[list[Any], str]:

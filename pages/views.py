@@ -137,17 +137,17 @@ def tenant_page(
     """The tenant page, with any bound form that failed validation (then status 400)."""
     win = _window(request)
     search = request.GET.get("q", "").strip()
-    keys = selectors.tenant_keys(tenant, win.start, win.end, search=search)
-    paged = _paged(request, keys, KEYS_PAGE_SIZE, KEY_SORTS)
+    # Every key's sums: the chart ranks them all, the table shows those that match.
+    keys = selectors.tenant_keys(tenant, win.start, win.end)
+    paged = _paged(request, selectors.keys_matching(keys, search), KEYS_PAGE_SIZE, KEY_SORTS)
     first, last = win.days
     context = {
         "tenant": tenant,
         "keys": paged["page"].object_list,
-        "key_count": tenant.keys.count(),
+        "key_count": len(keys),
         "search": search,
         **paged,
-        "tenant_charts": charts.tenant_charts(tenant, win),
-        "top_keys_chart": charts.top_keys_chart(tenant, tenant.keys.all(), win),
+        "tenant_charts": charts.tenant_charts(tenant, keys, win),
         "range_query": f"since={first.isoformat()}&until={last.isoformat()}",
         "limits_form": limits_form or LimitsForm.for_tenant(tenant),
         "issue_form": issue_form or IssueKeyForm(),
