@@ -8,6 +8,7 @@ permissions is written once, here, and in docs/console.md.
 
 from collections.abc import Callable, Iterable
 from functools import wraps
+from typing import TypeVar
 
 from django.contrib.auth.models import Permission
 from django.contrib.auth.views import redirect_to_login
@@ -24,6 +25,7 @@ CONTENT_SECURITY_POLICY = (
 )
 
 View = Callable[..., HttpResponseBase]
+R = TypeVar("R", bound=HttpResponseBase)
 
 VIEW_TENANT = "tenants.view_tenant"
 VIEW_APIKEY = "tenants.view_apikey"
@@ -53,7 +55,7 @@ def is_console_user(user: object) -> bool:
     return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False))
 
 
-def console_headers(response: HttpResponseBase) -> HttpResponseBase:
+def console_headers(response: R) -> R:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     # Pages show tenant data: never kept by a shared cache.
     patch_cache_control(response, private=True)

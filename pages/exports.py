@@ -4,6 +4,7 @@ never built in memory whole."""
 import csv
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from itertools import islice
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
@@ -20,7 +21,7 @@ class _Line:
         return text
 
 
-def _text(rows: Iterator[Sequence[object]], writer: "csv._writer") -> str:
+def _text(rows: Iterator[Sequence[object]], writer: Any) -> str:
     return "".join(writer.writerow(row) for row in islice(rows, ROWS_PER_CHUNK))
 
 

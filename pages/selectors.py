@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import Aggregate, Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
+from django.db.models.functions.datetime import TruncBase
 from django.utils import timezone
 
 from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent
@@ -110,8 +111,8 @@ def month_to_date(*, today: date | None = None) -> Window:
     return Window(name="mtd", start=win.start, end=win.end, step=win.step, label=label)
 
 
-def _trunc(win: Window, field: str = "minute") -> TruncMinute | TruncHour | TruncDay:
-    cls = {"minute": TruncMinute, "hour": TruncHour}.get(win.unit, TruncDay)
+def _trunc(win: Window, field: str = "minute") -> TruncBase:
+    cls: type[TruncBase] = {"minute": TruncMinute, "hour": TruncHour}.get(win.unit, TruncDay)
     return cls(field, tzinfo=UTC)
 
 
@@ -136,7 +137,7 @@ def busiest_tenants(win: Window, limit: int = 5) -> list[Row]:
     # A tenant with only errors in the window (rows of 0 requests) is not busy.
     busy = {tenant_id: row for (tenant_id,), row in sums.items() if row["requests"] > 0}
     names = Tenant.objects.filter(pk__in=busy).values_list("pk", "slug", "name")
-    rows = [
+    rows: list[Row] = [
         {"tenant__slug": slug, "tenant__name": name, **_usage_of(busy[pk])}
         for pk, slug, name in names
     ]
@@ -161,7 +162,7 @@ def most_throttled_tenants(win: Window, limit: int = 5) -> list[Row]:
 
 def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     """Per-bucket sums of requests, tokens and errors (only buckets that have rows)."""
-    where = {"tenant_id": tenant.pk} if tenant is not None else {}
+    where: dict[str, Any] = {"tenant_id": tenant.pk} if tenant is not None else {}
     series = usage_series(win.start, win.end, win.step, **where)
     return [{"bucket": bucket, **sums} for (bucket,), sums in sorted(series.items())]
 
@@ -188,7 +189,7 @@ def key_buckets(
     if only is not None:
         where["api_key_id__in"] = list(only)
     series = usage_series(win.start, win.end, win.step, by=("api_key_id",), **where)
-    usage = [
+    usage: list[Row] = [
         {"api_key_id": key_pk, "bucket": bucket, **sums}
         for (bucket, key_pk), sums in sorted(series.items(), key=lambda i: (i[0][1], i[0][0]))
     ]

@@ -108,7 +108,7 @@ def _with_tokens(total: dict[tuple, Sums]) -> dict[tuple, Sums]:
 
 
 def usage_sums(
-    start: datetime, end: datetime, by: Sequence[str] = (), **where: Any
+    start: datetime, end: datetime, *, by: Sequence[str] = (), **where: Any
 ) -> dict[tuple, Sums]:
     """Requests, prompt/completion tokens, tokens and errors in [start, end) per group of `by`
     (columns such as "tenant_id" or "api_key_id"; none: one group, `()`), rows filtered by
@@ -126,7 +126,7 @@ def usage_totals(start: datetime, end: datetime, **where: Any) -> Sums:
 
 
 def usage_series(
-    start: datetime, end: datetime, step: timedelta, by: Sequence[str] = (), **where: Any
+    start: datetime, end: datetime, step: timedelta, *, by: Sequence[str] = (), **where: Any
 ) -> dict[tuple, Sums]:
     """usage_sums per bucket of `step` (a minute, an hour or a day) as well: keys are
     (bucket start, *group). Reads no grain finer than needed, none coarser than `step`."""

@@ -108,5 +108,5 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
-        migrations.RunSQL(BACKFILL, reverse_sql=migrations.RunSQL.noop),
+        migrations.RunSQL(tuple(BACKFILL), reverse_sql=migrations.RunSQL.noop),
     ]
