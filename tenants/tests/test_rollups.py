@@ -1,11 +1,13 @@
 """The hourly and daily rollups always agree with the per-minute rows they sum, and every read
 over a span gives what summing the raw minutes would."""
 
+import importlib
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import Sum
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,3 +154,18 @@ def test_the_rebuild_recomputes_rollups_of_rows_written_around_them(capsys) -> N
     assert _rolled(ORIGIN - timedelta(days=3), ORIGIN + timedelta(days=5)) == _raw(
         ORIGIN - timedelta(days=3), ORIGIN + timedelta(days=5)
     )
+
+
+def test_the_migrations_backfill_equals_the_incremental_rollups() -> None:
+    keys = _keys()
+    _random_usage(keys, random.Random(11), batches=8)
+    before = sorted(UsageDay.objects.values_list("api_key_id", "day", "requests", "errors"))
+    hours = sorted(UsageHour.objects.values_list("api_key_id", "hour", "prompt_tokens"))
+    UsageHour.objects.all().delete()
+    UsageDay.objects.all().delete()
+    migration = importlib.import_module("tenants.migrations.0007_usage_rollups")
+    with connection.cursor() as cursor:
+        for sql in migration.BACKFILL:
+            cursor.execute(sql)
+    assert sorted(UsageDay.objects.values_list("api_key_id", "day", "requests", "errors")) == before
+    assert sorted(UsageHour.objects.values_list("api_key_id", "hour", "prompt_tokens")) == hours
