@@ -8,11 +8,12 @@ permissions is written once, here, and in docs/console.md.
 
 from collections.abc import Callable, Iterable
 from functools import wraps
+from typing import TypeVar
 
 from django.contrib.auth.models import Permission
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
@@ -23,7 +24,8 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
+R = TypeVar("R", bound=HttpResponseBase)
 
 VIEW_TENANT = "tenants.view_tenant"
 VIEW_APIKEY = "tenants.view_apikey"
@@ -50,6 +52,8 @@ READ_TENANT = (*READ_OVERVIEW, VIEW_ACTIONS)
 READ_THROTTLES = (VIEW_TENANT, VIEW_APIKEY, VIEW_THROTTLES)
 READ_AUDIT = (VIEW_ACTIONS,)
 READ_KEY = (VIEW_TENANT, VIEW_APIKEY)
+# The usage CSV (per day and key, with 429s): what the overview shows, as a file.
+EXPORT_USAGE = READ_OVERVIEW
 
 
 def is_console_user(user: object) -> bool:
@@ -57,7 +61,7 @@ def is_console_user(user: object) -> bool:
     return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False))
 
 
-def console_headers(response: HttpResponse) -> HttpResponse:
+def console_headers(response: R) -> R:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     # Pages show tenant data: never kept by a shared cache.
     patch_cache_control(response, private=True)
@@ -89,7 +93,7 @@ def console_permission_required(*perms: str, post: tuple[str, ...] = ()) -> Call
 
     def decorate(view: View) -> View:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path(), reverse("console:login"))
             if not is_console_user(request.user):

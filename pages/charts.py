@@ -146,6 +146,12 @@ def _x_ticks(win: Window) -> list[tuple[float, str]]:
     seconds = interval.total_seconds()
     first = math.ceil(win.start.timestamp() / seconds) * seconds
     label = "%b %d" if interval >= timedelta(days=1) else "%H:%M"
+    # A long range per day: at most MAX_X_TICKS day labels, spread over it.
+    if interval >= timedelta(days=1):
+        days = max(1, math.ceil(span / timedelta(days=1) / MAX_X_TICKS))
+        interval = timedelta(days=days)
+        seconds = interval.total_seconds()
+        first = math.ceil(win.start.timestamp() / seconds) * seconds
     ticks, at = [], first
     while at < win.end.timestamp():
         moment = datetime.fromtimestamp(at, tz=UTC)
@@ -177,7 +183,7 @@ def line_chart(
 
 
 def _rate_unit(win: Window) -> str:
-    return "per minute" if win.per_minute else "per hour"
+    return f"per {win.unit}"
 
 
 def node_charts(win: Window) -> list[Chart]:
@@ -212,26 +218,61 @@ def node_charts(win: Window) -> list[Chart]:
     ]
 
 
-def key_charts(tenant: Tenant, keys: Iterable[ApiKey], win: Window) -> list[tuple[ApiKey, Chart]]:
-    """One chart per key (accepted requests, errors, 429s), for keys in use or with data."""
-    usage, throttled = selectors.key_buckets(win, tenant)
-    usage_by_key = {k: list(g) for k, g in groupby(usage, key=itemgetter("api_key_id"))}
-    throttled_by_key = {k: list(g) for k, g in groupby(throttled, key=itemgetter("api_key_id"))}
-    charts = []
-    for key in keys:
-        rows, refused = usage_by_key.get(key.pk, []), throttled_by_key.get(key.pk, [])
-        if key.state == "revoked" and not rows and not refused:
-            continue
-        chart = line_chart(
-            chart_id=f"chart-key-{key.key_id}",
-            title=f"{key.key_id} {key.name}".strip() + f": requests {_rate_unit(win)}",
+# The tenant page draws this many keys as lines of their own, the others summed as one.
+TOP_KEYS = 5
+KEY_LINES = tuple(f"s-key{i}" for i in range(TOP_KEYS))
+
+
+def tenant_charts(tenant: Tenant, keys: Sequence[ApiKey], win: Window) -> list[Chart]:
+    """A tenant's charts: its requests, errors and 429s; its tokens; its busiest keys. `keys`
+    are all its keys with their `requests` in the window (selectors.tenant_keys)."""
+    usage = selectors.usage_buckets(win, tenant=tenant)
+    throttled = selectors.throttle_buckets(win, tenant=tenant)
+    unit = _rate_unit(win)
+    return [
+        line_chart(
+            chart_id="chart-tenant-requests",
+            title=f"Requests {unit}",
             unit="requests",
             win=win,
             series=[
-                ("accepted", "s-requests", grid(rows, "requests", win)),
-                ("errors", "s-errors", grid(rows, "errors", win)),
-                ("429s", "s-throttled", grid(refused, "throttled", win)),
+                ("accepted", "s-requests", grid(usage, "requests", win)),
+                ("errors", "s-errors", grid(usage, "errors", win)),
+                ("429s", "s-throttled", grid(throttled, "throttled", win)),
             ],
-        )
-        charts.append((key, chart))
-    return charts
+        ),
+        line_chart(
+            chart_id="chart-tenant-tokens",
+            title=f"Tokens {unit}",
+            unit="tokens",
+            win=win,
+            series=[("prompt + completion", "s-tokens", grid(usage, "tokens", win))],
+        ),
+        top_keys_chart(tenant, keys, win, grid(usage, "requests", win)),
+    ]
+
+
+def top_keys_chart(tenant: Tenant, keys: Sequence[ApiKey], win: Window, total: list[int]) -> Chart:
+    """One chart of the tenant's busiest keys (accepted requests), one line each, and one line
+    for all its other keys together: a tenant with 40 keys gets one chart, not 40."""
+    used = [key for key in keys if getattr(key, "requests", 0) > 0]
+    ranked = sorted(used, key=lambda key: (-key.requests, key.key_id))  # type: ignore[attr-defined]
+    top, rest = ranked[:TOP_KEYS], ranked[TOP_KEYS:]
+    # Only the top keys' buckets are read; the others' line is the tenant's total minus them.
+    usage, _ = selectors.key_buckets(win, tenant, only=[key.pk for key in top])
+    per_key = {k: grid(g, "requests", win) for k, g in groupby(usage, key=itemgetter("api_key_id"))}
+    series = [
+        (f"{key.key_id} {key.name}".strip(), css, per_key.get(key.pk, [0] * win.buckets))
+        for key, css in zip(top, KEY_LINES, strict=False)
+    ]
+    if rest:
+        shown = [sum(column) for column in zip(*(line for _, _, line in series), strict=True)]
+        others = [max(all_ - top_, 0) for all_, top_ in zip(total, shown, strict=True)]
+        series.append((f"{len(rest)} other keys", "s-others", others))
+    return line_chart(
+        chart_id="chart-top-keys",
+        title=f"Busiest keys: requests {_rate_unit(win)}",
+        unit="requests",
+        win=win,
+        series=series or [("no key in use", "s-others", [0] * win.buckets)],
+    )

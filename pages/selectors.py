@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
-from django.db.models.expressions import CombinedExpression
-from django.db.models.functions import Coalesce, TruncHour, TruncMinute
+from django.db.models import Aggregate, Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute
+from django.db.models.functions.datetime import TruncBase
 from django.utils import timezone
 
 from ratelimit import status
-from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent, UsageMinute
+from tenants.models import AdminAction, ApiKey, Tenant, ThrottleEvent
+from tenants.usage import usage_series, usage_sums, usage_totals
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -22,14 +23,19 @@ if TYPE_CHECKING:
 # A row of values(): column or aggregate name to value.
 Row = Mapping[str, Any]
 
-# Window choices for the charts: how far back, and the bucket each point sums.
-WINDOWS: dict[str, tuple[timedelta, timedelta]] = {
-    "1h": (timedelta(hours=1), timedelta(minutes=1)),
-    "6h": (timedelta(hours=6), timedelta(minutes=1)),
-    "24h": (timedelta(hours=24), timedelta(minutes=1)),
-    "7d": (timedelta(days=7), timedelta(hours=1)),
+# Window choices for the charts: how far back, the bucket each point sums, and the label.
+WINDOWS: dict[str, tuple[timedelta, timedelta, str]] = {
+    "1h": (timedelta(hours=1), timedelta(minutes=1), "1 hour"),
+    "6h": (timedelta(hours=6), timedelta(minutes=1), "6 hours"),
+    "24h": (timedelta(hours=24), timedelta(minutes=1), "24 hours"),
+    "7d": (timedelta(days=7), timedelta(hours=1), "7 days"),
+    "30d": (timedelta(days=30), timedelta(days=1), "30 days"),
 }
 DEFAULT_WINDOW = "24h"
+# A chosen date range of up to this many days is drawn per hour, a longer one per day.
+HOURLY_UP_TO = timedelta(days=8)
+# The longest date range a page or an export reads (a little over a year).
+MAX_RANGE = timedelta(days=400)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Window:
     start: datetime
     end: datetime
     step: timedelta
+    label: str = ""
 
     @property
     def buckets(self) -> int:
@@ -49,31 +56,67 @@ class Window:
     def per_minute(self) -> bool:
         return self.step == timedelta(minutes=1)
 
+    @property
+    def title(self) -> str:
+        """How a page names the window: 'last 24 hours', or the dates of a range."""
+        return self.label if self.name in ("range", "mtd") else f"last {self.label}"
+
+    @property
+    def unit(self) -> str:
+        """'minute', 'hour' or 'day': what one bucket sums."""
+        return {60: "minute", 3600: "hour"}.get(int(self.step.total_seconds()), "day")
+
+    @property
+    def query(self) -> str:
+        """The query string that selects this window again (links keep the window)."""
+        if self.name == "mtd":
+            return "window=mtd"
+        if self.name == "range":
+            last = (self.end - timedelta(days=1)).date()
+            return f"from={self.start.date().isoformat()}&to={last.isoformat()}"
+        return f"window={self.name}"
+
+    @property
+    def days(self) -> tuple[date, date]:
+        """The UTC days the window touches, first and last (for exports and the 429 CSV)."""
+        return self.start.date(), (self.end - timedelta(microseconds=1)).date()
+
+
+def _aligned(now: datetime, step: timedelta) -> datetime:
+    seconds = step.total_seconds()
+    return datetime.fromtimestamp(now.timestamp() // seconds * seconds, tz=UTC)
+
 
 def window(name: str | None, *, now: datetime | None = None) -> Window:
     """The named window (unknown names fall back to 24 h), ending after the current bucket."""
     name = name if name in WINDOWS else DEFAULT_WINDOW
-    span, step = WINDOWS[name]
+    span, step, label = WINDOWS[name]
     now = (now or timezone.now()).astimezone(UTC)
-    # Align to the bucket so each point covers whole minutes (or hours) of rows.
-    floor = datetime.fromtimestamp(
-        now.timestamp() // step.total_seconds() * step.total_seconds(), tz=UTC
-    )
-    end = floor + step
-    return Window(name=name, start=end - span, end=end, step=step)
+    # Align to the bucket so each point covers whole minutes (or hours, or days) of rows.
+    end = _aligned(now, step) + step
+    return Window(name=name, start=end - span, end=end, step=step, label=label)
 
 
-def _trunc(win: Window, field: str = "minute") -> TruncMinute | TruncHour:
-    cls = TruncMinute if win.per_minute else TruncHour
+def date_range(first: date, last: date) -> Window:
+    """Whole UTC days `first` to `last` (inclusive): per hour up to 8 days, else per day."""
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    step = timedelta(hours=1) if end - start <= HOURLY_UP_TO else timedelta(days=1)
+    label = f"{first.isoformat()} to {last.isoformat()}"
+    return Window(name="range", start=start, end=end, step=step, label=label)
+
+
+def month_to_date(*, today: date | None = None) -> Window:
+    """The days of this UTC month so far, today included."""
+    today = today or timezone.now().astimezone(UTC).date()
+    win = date_range(today.replace(day=1), today)
+    label = f"month to date ({win.label})"
+    return Window(name="mtd", start=win.start, end=win.end, step=win.step, label=label)
+
+
+def _trunc(win: Window, field: str = "minute") -> TruncBase:
+    cls: type[TruncBase] = {"minute": TruncMinute, "hour": TruncHour}.get(win.unit, TruncDay)
     return cls(field, tzinfo=UTC)
-
-
-def _tokens() -> CombinedExpression:
-    return F("prompt_tokens") + F("completion_tokens")
-
-
-def _usage(win: Window) -> QuerySet[UsageMinute]:
-    return UsageMinute.objects.filter(minute__gte=win.start, minute__lt=win.end)
 
 
 def _throttles(win: Window) -> QuerySet[ThrottleEvent]:
@@ -82,32 +125,31 @@ def _throttles(win: Window) -> QuerySet[ThrottleEvent]:
 
 def node_totals(win: Window) -> dict[str, int]:
     """Requests, tokens, errors and 429s of the whole node inside the window."""
-    usage = _usage(win).aggregate(
-        requests=Coalesce(Sum("requests"), 0),
-        prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
-        completion_tokens=Coalesce(Sum("completion_tokens"), 0),
-        errors=Coalesce(Sum("errors"), 0),
-    )
+    usage = usage_totals(win.start, win.end)
     throttled = _throttles(win).aggregate(n=Coalesce(Sum("count"), 0))["n"]
     counts = {
         "tenants": Tenant.objects.count(),
         "active_keys": ApiKey.objects.active().count(),
     }
-    tokens = usage["prompt_tokens"] + usage["completion_tokens"]
-    return {**usage, **counts, "tokens": tokens, "throttled": throttled}
+    return {**usage, **counts, "throttled": throttled}
 
 
 def busiest_tenants(win: Window, limit: int = 5) -> list[Row]:
     """Tenants with the most accepted requests in the window (and their errors)."""
-    rows = (
-        _usage(win)
-        .values("tenant__slug", "tenant__name")
-        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()), errors=Sum("errors"))
-        # A tenant with only errors in the window (rows of 0 requests) is not busy.
-        .filter(requests__gt=0)
-        .order_by("-requests", "tenant__slug")
-    )
-    return list(rows[:limit])
+    sums = usage_sums(win.start, win.end, by=("tenant_id",))
+    # A tenant with only errors in the window (rows of 0 requests) is not busy.
+    busy = {tenant_id: row for (tenant_id,), row in sums.items() if row["requests"] > 0}
+    names = Tenant.objects.filter(pk__in=busy).values_list("pk", "slug", "name")
+    rows: list[Row] = [
+        {"tenant__slug": slug, "tenant__name": name, **_usage_of(busy[pk])}
+        for pk, slug, name in names
+    ]
+    rows.sort(key=lambda row: (-row["requests"], row["tenant__slug"]))
+    return rows[:limit]
+
+
+def _usage_of(sums: Mapping[str, int]) -> dict[str, int]:
+    return {name: sums[name] for name in ("requests", "tokens", "errors")}
 
 
 def most_throttled_tenants(win: Window, limit: int = 5) -> list[Row]:
@@ -123,15 +165,9 @@ def most_throttled_tenants(win: Window, limit: int = 5) -> list[Row]:
 
 def usage_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     """Per-bucket sums of requests, tokens and errors (only buckets that have rows)."""
-    rows = _usage(win)
-    if tenant is not None:
-        rows = rows.filter(tenant=tenant)
-    return list(
-        rows.annotate(bucket=_trunc(win))
-        .values("bucket")
-        .annotate(requests=Sum("requests"), tokens=Sum(_tokens()), errors=Sum("errors"))
-        .order_by("bucket")
-    )
+    where: dict[str, Any] = {"tenant_id": tenant.pk} if tenant is not None else {}
+    series = usage_series(win.start, win.end, win.step, **where)
+    return [{"bucket": bucket, **sums} for (bucket,), sums in sorted(series.items())]
 
 
 def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
@@ -147,25 +183,28 @@ def throttle_buckets(win: Window, *, tenant: Tenant | None = None) -> list[Row]:
     )
 
 
-def key_buckets(win: Window, tenant: Tenant) -> tuple[list[Row], list[Row]]:
-    """Per-key, per-bucket requests, errors and 429s of one tenant's keys."""
-    usage = (
-        _usage(win)
-        .filter(tenant=tenant)
-        .annotate(bucket=_trunc(win))
-        .values("api_key_id", "bucket")
-        .annotate(requests=Sum("requests"), errors=Sum("errors"))
-        .order_by("api_key_id", "bucket")
-    )
+def key_buckets(
+    win: Window, tenant: Tenant, *, only: Iterable[int] | None = None
+) -> tuple[list[Row], list[Row]]:
+    """Per-key, per-bucket requests, errors and 429s of one tenant's keys (or of the keys
+    whose pks are `only`)."""
+    where: dict[str, object] = {"tenant_id": tenant.pk}
+    if only is not None:
+        where["api_key_id__in"] = list(only)
+    series = usage_series(win.start, win.end, win.step, by=("api_key_id",), **where)
+    usage: list[Row] = [
+        {"api_key_id": key_pk, "bucket": bucket, **sums}
+        for (bucket, key_pk), sums in sorted(series.items(), key=lambda i: (i[0][1], i[0][0]))
+    ]
     throttled = (
         _throttles(win)
-        .filter(tenant=tenant)
+        .filter(**where)
         .annotate(bucket=_trunc(win))
         .values("api_key_id", "bucket")
         .annotate(throttled=Sum("count"))
         .order_by("api_key_id", "bucket")
     )
-    return list(usage), list(throttled)
+    return usage, list(throttled)
 
 
 class KeyUsage(TypedDict):
@@ -204,34 +243,65 @@ def _attach(objects: list[Any], by: str, names: Iterable[str], *tables: Sums) ->
     return objects
 
 
-def _usage_columns(since: datetime, by: str, **where: object) -> tuple[Sums, Sums]:
-    usage = _sums(
-        UsageMinute.objects.filter(minute__gte=since, **where),
-        by,
-        requests=Sum("requests"),
-        tokens=Sum(_tokens()),
-        errors=Sum("errors"),
-    )
-    throttles = ThrottleEvent.objects.filter(minute__gte=since, **where)
+def _usage_columns(
+    start: datetime, end: datetime | None, by: str, **where: object
+) -> tuple[Sums, Sums]:
+    # Without an end: up to now, the current minute included.
+    end = end or timezone.now() + timedelta(minutes=1)
+    usage = {
+        group: _usage_of(sums)
+        for (group,), sums in usage_sums(start, end, by=(by,), **where).items()
+    }
+    throttles = ThrottleEvent.objects.filter(minute__gte=start, minute__lt=end, **where)
     return usage, _sums(throttles, by, throttled=Sum("count"))
 
 
-def tenants_with_usage(since: datetime) -> "list[WithAnnotations[Tenant, TenantUsage]]":
-    """All tenants with their active keys, requests, tokens, errors and 429s since `since`."""
+def tenants_with_usage(
+    since: datetime, until: datetime | None = None, *, search: str = ""
+) -> "list[WithAnnotations[Tenant, TenantUsage]]":
+    """Tenants (whose slug or name contains `search`, if given) with their active keys,
+    requests, tokens, errors and 429s in [since, until)."""
     live = ApiKey.objects.filter(revoked_at__isnull=True).filter(
         Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
     active = _sums(live, "tenant_id", active_keys=Count("id"))
-    tenants = list(Tenant.objects.order_by("slug"))
-    usage, throttles = _usage_columns(since, "tenant_id")
-    return _attach(tenants, "id", TenantUsage.__annotations__, active, usage, throttles)
+    tenants = Tenant.objects.order_by("slug")
+    if search:
+        tenants = tenants.filter(Q(slug__icontains=search) | Q(name__icontains=search))
+    usage, throttles = _usage_columns(since, until, "tenant_id")
+    return _attach(list(tenants), "id", TenantUsage.__annotations__, active, usage, throttles)
 
 
-def tenant_keys(tenant: Tenant, since: datetime) -> "list[WithAnnotations[ApiKey, KeyUsage]]":
-    """A tenant's keys, newest first, with requests, tokens, errors and 429s since `since`."""
+def tenant_keys(
+    tenant: Tenant, since: datetime, until: datetime | None = None
+) -> "list[WithAnnotations[ApiKey, KeyUsage]]":
+    """A tenant's keys, newest first, with requests, tokens, errors and 429s in
+    [since, until)."""
     keys = list(tenant.keys.order_by("-created_at", "-id"))
-    usage, throttles = _usage_columns(since, "api_key_id", tenant=tenant)
+    usage, throttles = _usage_columns(since, until, "api_key_id", tenant_id=tenant.pk)
     return _attach(keys, "pk", KeyUsage.__annotations__, usage, throttles)
+
+
+def keys_matching(keys: list[Any], search: str) -> list[Any]:
+    """The keys whose key id or name contains `search` (any case); all of them without one."""
+    needle = search.casefold()
+    return [key for key in keys if needle in key.key_id.casefold() or needle in key.name.casefold()]
+
+
+def sorted_rows(rows: list[Any], sort: str, allowed: Iterable[str]) -> tuple[list[Any], str]:
+    """Rows sorted by an allowed attribute ("-name": descending), ties by their order so far;
+    an unknown sort leaves the order as it is. Returns the rows and the sort applied."""
+    name = sort.removeprefix("-")
+    if name not in allowed:
+        return rows, ""
+
+    # A stable sort: ties keep the selector's order (slug, or newest key first).
+    def key(row: Any) -> tuple[bool, Any]:
+        value = getattr(row, name)
+        # Empty values (a key never used) sort after every value, never compared with one.
+        return value is None, value if value is not None else 0
+
+    return sorted(rows, key=key, reverse=sort.startswith("-")), sort
 
 
 @dataclass(frozen=True)
@@ -346,13 +416,18 @@ def _period_starts(now: datetime) -> tuple[datetime, datetime, datetime, datetim
 def quota_status(tenant: Tenant, *, now: datetime | None = None) -> QuotaStatus:
     """Used today and this month against the tenant's quotas, and its limiter state now."""
     day, day_end, month, month_end = _period_starts(now or timezone.now())
-    today = Q(minute__gte=day)
-    sums = UsageMinute.objects.filter(tenant=tenant, minute__gte=month).aggregate(
-        month_requests=Coalesce(Sum("requests"), 0),
-        month_tokens=Coalesce(Sum(_tokens()), 0),
-        day_requests=Coalesce(Sum("requests", filter=today), 0),
-        day_tokens=Coalesce(Sum(_tokens(), filter=today), 0),
+    # From the rollups (whole days, then hours and minutes at the edge): no month of minutes.
+    end = now or timezone.now()
+    today, this_month = (
+        usage_totals(day, end, tenant_id=tenant.pk),
+        usage_totals(month, end, tenant_id=tenant.pk),
     )
+    sums = {
+        "day_requests": today["requests"],
+        "day_tokens": today["tokens"],
+        "month_requests": this_month["requests"],
+        "month_tokens": this_month["tokens"],
+    }
     state = status.scope_state(status.Scope(tenant.pk, tenant.limits(), tenant.burst_percent))
 
     def counted(field: str) -> int | None:

@@ -1,10 +1,12 @@
 """A tenant's 429 audit: the aggregated ThrottleEvent rows, filtered, paged, and as CSV."""
 
-import csv
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, timedelta
 
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -12,10 +14,13 @@ from django.views.decorators.http import require_GET
 
 from pages import selectors
 from pages.access import READ_THROTTLES, console_permission_required
+from pages.exports import csv_response
 from pages.forms import ThrottleFilterForm
 from tenants.models import Tenant, ThrottleEvent
 
 PAGE_SIZE = 100
+# The CSV without a "From" date: the 30 days up to "To" (or today).
+DEFAULT_CSV_DAYS = 30
 CSV_COLUMNS = (
     "minute",
     "key_id",
@@ -77,21 +82,31 @@ def _csv_row(event: ThrottleEvent) -> list[str]:
     return [_safe(v) for v in values]
 
 
+def _bounded(filters: selectors.ThrottleFilter) -> selectors.ThrottleFilter:
+    """The filters with both ends set: the CSV covers the chosen range, never all of time."""
+    until = filters.until or timezone.now().astimezone(UTC).date()
+    earliest = until - selectors.MAX_RANGE
+    since = max(filters.since or until - timedelta(days=DEFAULT_CSV_DAYS - 1), earliest)
+    return replace(filters, since=since, until=until)
+
+
+def _csv_rows(rows: QuerySet[ThrottleEvent]) -> Iterator[list[str]]:
+    for event in rows.iterator(chunk_size=2000):
+        yield _csv_row(event)
+
+
 # A download is a file on the user's disk already: no browser or proxy cache keeps a second
 # copy of the client addresses in it (pages are only `private`; this is `no-store`).
 @never_cache
 @require_GET
 @console_permission_required(*READ_THROTTLES)
-def tenant_throttles_csv(request: HttpRequest, slug: str) -> HttpResponse:
+def tenant_throttles_csv(request: HttpRequest, slug: str) -> HttpResponseBase:
     tenant = get_object_or_404(Tenant, slug=slug)
-    _, rows = _filtered(request, tenant)
-    stamp = timezone.now().strftime("%Y%m%d-%H%M")
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="429-audit-{tenant.slug}-{stamp}.csv"'
-    # Built in memory (rows are already aggregated per key, reason and minute): a streamed
-    # sync iterator would be buffered whole by Django under ASGI anyway.
-    writer = csv.writer(response)
-    writer.writerow(CSV_COLUMNS)
-    for event in rows.iterator(chunk_size=2000):
-        writer.writerow(_csv_row(event))
-    return response
+    reasons = selectors.throttle_reasons(tenant)
+    form = ThrottleFilterForm(request.GET or None, tenant=tenant, reasons=reasons)
+    filters = _bounded(form.filters())
+    rows = selectors.throttle_events(tenant, filters)
+    # Bad filters export nothing rather than everything.
+    rows = rows.none() if form.is_bound and not form.is_valid() else rows
+    name = f"429-audit-{tenant.slug}-{filters.since}-{filters.until}"
+    return csv_response(name, CSV_COLUMNS, _csv_rows(rows))

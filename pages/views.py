@@ -1,11 +1,14 @@
 """Console pages: the overview, tenants (list, create, detail, limits) and the admin-action log.
 Views are thin: a form validates, a selector reads, a tenants.services function writes."""
 
+from datetime import UTC, date
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pages import charts, selectors
@@ -31,16 +34,61 @@ from pages.forms import (
 from tenants.models import Tenant
 from tenants.services import TENANT_SETTINGS, TenantError, tenant_create, tenant_set_limits
 
-WINDOW_LABELS = {"1h": "1 hour", "6h": "6 hours", "24h": "24 hours", "7d": "7 days"}
 AUDIT_PAGE_SIZE = 50
+TENANTS_PAGE_SIZE = 50
+KEYS_PAGE_SIZE = 25
+# Columns the tenants list and a tenant's keys may be sorted by (?sort=name, ?sort=-name).
+USAGE_SORTS = ("requests", "tokens", "errors", "throttled")
+TENANT_SORTS = ("slug", "name", "active_keys", *USAGE_SORTS)
+KEY_SORTS = ("key_id", "name", "created_at", "last_used_at", *USAGE_SORTS)
+
+
+def _day(text: str, field: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"“{field}” must be a date as YYYY-MM-DD, not “{text}”.") from None
+
+
+def window_of(request: HttpRequest) -> selectors.Window:
+    """The window the query string asks for: ?from=&to= (whole UTC days), ?window=mtd (month
+    to date) or a named window; raises ValueError (a message for the user) for a bad range."""
+    first, last = request.GET.get("from", "").strip(), request.GET.get("to", "").strip()
+    if not first and not last:
+        name = request.GET.get("window")
+        return selectors.month_to_date() if name == "mtd" else selectors.window(name)
+    if not first:
+        raise ValueError("Choose the first day of the range (“From”).")
+    start = _day(first, "From")
+    end = _day(last, "To") if last else timezone.now().astimezone(UTC).date()
+    if end < start:
+        raise ValueError("“To” must be on or after “From”.")
+    if end - start > selectors.MAX_RANGE:
+        raise ValueError(f"A range may span at most {selectors.MAX_RANGE.days} days.")
+    return selectors.date_range(start, end)
 
 
 def _window(request: HttpRequest) -> selectors.Window:
-    return selectors.window(request.GET.get("window"))
+    try:
+        return window_of(request)
+    except ValueError as exc:
+        # A bad range shows the default window and says why, rather than an error page.
+        messages.error(request, str(exc))
+        return selectors.window(None)
 
 
 def _window_context(win: selectors.Window) -> dict:
-    return {"win": win, "window_label": WINDOW_LABELS[win.name], "windows": WINDOW_LABELS}
+    named = {name: label for name, (_, _, label) in selectors.WINDOWS.items()}
+    return {"win": win, "window_label": win.title, "windows": named}
+
+
+def _paged(request: HttpRequest, rows: list, size: int, allowed: tuple[str, ...]) -> dict:
+    """Sort (?sort=) and page (?page=) a list; with the query string the links keep."""
+    rows, sort = selectors.sorted_rows(rows, request.GET.get("sort", ""), allowed)
+    page = Paginator(rows, size).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return {"page": page, "sort": sort, "query": query.urlencode()}
 
 
 @require_GET
@@ -79,17 +127,23 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Tenant “{tenant.slug}” created. Issue its first key below.")
             return redirect("console:tenant", slug=tenant.slug)
-    win = selectors.window("24h")
-    tenants = selectors.tenants_with_usage(win.start)
-    percents = selectors.quota_percents(tenants)
-    for tenant in tenants:
-        tenant.quota_percent = percents.get(tenant.pk)  # type: ignore[attr-defined]
+    win = _window(request)
+    search = request.GET.get("q", "").strip()
+    tenants = selectors.tenants_with_usage(win.start, win.end, search=search)
+    paged = _paged(request, tenants, TENANTS_PAGE_SIZE, TENANT_SORTS)
+    shown = paged["page"].object_list
+    percents = selectors.quota_percents(shown)  # the page's tenants only: one round trip
+    for tenant in shown:
+        tenant.quota_percent = percents.get(tenant.pk)
     context = {
         "tenants": tenants,
         "form": form,
+        "search": search,
         "preset_form": preset,
         "default_preset": settings.TENANT_DEFAULT_PRESET,
         "near_percent": selectors.NEAR_QUOTA_PERCENT,
+        **paged,
+        **_window_context(win),
     }
     return render(request, "console/tenants.html", context, status=400 if form.errors else 200)
 
@@ -104,11 +158,19 @@ def tenant_page(
 ) -> HttpResponse:
     """The tenant page, with any bound form that failed validation (then status 400)."""
     win = _window(request)
-    keys = list(selectors.tenant_keys(tenant, win.start))
+    search = request.GET.get("q", "").strip()
+    # Every key's sums: the chart ranks them all, the table shows those that match.
+    keys = selectors.tenant_keys(tenant, win.start, win.end)
+    paged = _paged(request, selectors.keys_matching(keys, search), KEYS_PAGE_SIZE, KEY_SORTS)
+    first, last = win.days
     context = {
         "tenant": tenant,
-        "keys": keys,
-        "key_charts": charts.key_charts(tenant, keys, win),
+        "keys": paged["page"].object_list,
+        "key_count": len(keys),
+        "search": search,
+        **paged,
+        "tenant_charts": charts.tenant_charts(tenant, keys, win),
+        "range_query": f"since={first.isoformat()}&until={last.isoformat()}",
         "limits_form": limits_form or _limits_form(request, tenant),
         "preset_form": PresetForm(request.GET if "preset" in request.GET else None),
         "issue_form": issue_form or IssueKeyForm(),

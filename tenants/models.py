@@ -217,6 +217,56 @@ class UsageMinute(models.Model):
         return f"{self.api_key_id}@{self.minute:%Y-%m-%d %H:%M}"
 
 
+class UsageRollup(models.Model):
+    """The sums of UsageMinute rows of one key over a coarser UTC bucket (an hour or a day),
+    kept up to date in the same transaction as the minutes (tenants.services.usage_minutes_add)
+    so that no read sums raw minutes over days."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="+")
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class UsageHour(UsageRollup):
+    """Usage per key per UTC hour (`hour` is the hour's first minute)."""
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-hour"]
+        constraints = [models.UniqueConstraint(fields=["api_key", "hour"], name="usage_key_hour")]
+        indexes = [
+            models.Index(fields=["tenant", "hour"], name="usage_hour_tenant_idx"),
+            models.Index(fields=["hour"], name="usage_hour_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}@{self.hour:%Y-%m-%d %H:00}"
+
+
+class UsageDay(UsageRollup):
+    """Usage per key per UTC day (`day` is the day's midnight, UTC)."""
+
+    day = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [models.UniqueConstraint(fields=["api_key", "day"], name="usage_key_day")]
+        indexes = [
+            models.Index(fields=["tenant", "day"], name="usage_day_tenant_idx"),
+            models.Index(fields=["day"], name="usage_day_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}@{self.day:%Y-%m-%d}"
+
+
 class UsageBatch(models.Model):
     """A batch of Redis usage counters already applied; makes the move exactly-once."""
 

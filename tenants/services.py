@@ -5,11 +5,11 @@ rate limiter's flusher (ratelimit/flush.py) moves here from Redis in batches, ex
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from tenants import keycache, tokens
@@ -22,6 +22,8 @@ from tenants.models import (
     Tenant,
     ThrottleEvent,
     UsageBatch,
+    UsageDay,
+    UsageHour,
     UsageMinute,
 )
 from tenants.presets import LIMIT_PRESETS, PRESET_NAMES
@@ -318,9 +320,9 @@ def api_key_set_limits(*, api_key: ApiKey, changes: Mapping[str, int | None], ac
 UsageRows = Mapping[tuple[int, int, datetime], Sequence[int]]
 
 UPSERT_USAGE = (
-    "INSERT INTO {table} (tenant_id, api_key_id, minute, requests, prompt_tokens, "
+    "INSERT INTO {table} (tenant_id, api_key_id, {bucket}, requests, prompt_tokens, "
     "completion_tokens, errors) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (api_key_id, minute) DO UPDATE SET "
+    "ON CONFLICT (api_key_id, {bucket}) DO UPDATE SET "
     "requests = {table}.requests + excluded.requests, "
     "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = {table}.completion_tokens + excluded.completion_tokens, "
@@ -360,16 +362,72 @@ def usage_batches_prune(*, applied_before: datetime) -> int:
     return deleted
 
 
-def usage_minutes_add(*, rows: UsageRows) -> None:
-    """Add requests, tokens and errors to UsageMinute rows (tenant, key, minute), creating
-    them: one upsert statement for every row."""
-    # The only interpolation is our own model's table name; every value is a parameter.
-    sql = UPSERT_USAGE.format(table=UsageMinute._meta.db_table)  # noqa: S608
+def _truncate(moment: datetime, grain: str) -> datetime:
+    moment = moment.astimezone(UTC).replace(second=0, microsecond=0)
+    moment = moment.replace(minute=0)
+    return moment.replace(hour=0) if grain == "day" else moment
+
+
+def _rolled_up(rows: UsageRows, grain: str) -> dict[tuple[int, int, datetime], list[int]]:
+    """The rows summed per (tenant, key, UTC hour or day)."""
+    sums: dict[tuple[int, int, datetime], list[int]] = {}
+    for (tenant_id, key_pk, minute), values in rows.items():
+        bucket = sums.setdefault((tenant_id, key_pk, _truncate(minute, grain)), [0, 0, 0, 0])
+        for i, value in enumerate(values):
+            bucket[i] += value
+    return sums
+
+
+def _upsert(model: type[models.Model], column: str, rows: UsageRows) -> None:
+    # The only interpolation is our own models' table and column names; every value is a
+    # parameter. Sorted: concurrent writers lock shared rows in the same order (no deadlock).
+    sql = UPSERT_USAGE.format(table=model._meta.db_table, bucket=column)  # noqa: S608
     adapt = connection.ops.adapt_datetimefield_value
     params = [(t, k, adapt(m), *values) for (t, k, m), values in sorted(rows.items())]
-    # Inside a batch's transaction (usage_batch_apply) no savepoint: a failure aborts the batch.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+def usage_minutes_add(*, rows: UsageRows) -> None:
+    """Add requests, tokens and errors to UsageMinute rows (tenant, key, minute), creating
+    them, and the same sums to their UsageHour and UsageDay rows: one upsert per row."""
+    # One transaction for the three grains: the rollups never disagree with the minutes. Inside
+    # a batch's transaction (usage_batch_apply) no savepoint: a failure aborts the batch, and
+    # the batch marker makes the rollups exactly-once along with the minutes.
+    with transaction.atomic(savepoint=False):
+        _upsert(UsageMinute, "minute", rows)
+        _upsert(UsageHour, "hour", _rolled_up(rows, "hour"))
+        _upsert(UsageDay, "day", _rolled_up(rows, "day"))
+
+
+REBUILD_ROLLUP = (
+    "INSERT INTO {table} (tenant_id, api_key_id, {grain}, requests, prompt_tokens, "
+    "completion_tokens, errors) "
+    "SELECT tenant_id, api_key_id, "
+    "date_trunc('{grain}', minute AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', "
+    "sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(errors) "
+    "FROM {minutes} GROUP BY 1, 2, 3"
+)
+
+
+def usage_rollups_rebuild() -> dict[str, int]:
+    """Recompute every UsageHour and UsageDay row from the UsageMinute rows (after a restore or
+    a bulk load that bypassed usage_minutes_add); returns the rows written per grain."""
+    written = {}
+    with transaction.atomic():
+        # The minutes' table is locked against writers so no flush lands between the delete and
+        # the insert (a flush waits, then adds to the rebuilt rollups).
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {UsageMinute._meta.db_table} IN SHARE MODE")
+        for model, grain in ((UsageHour, "hour"), (UsageDay, "day")):
+            model.objects.all().delete()
+            sql = REBUILD_ROLLUP.format(
+                table=model._meta.db_table, grain=grain, minutes=UsageMinute._meta.db_table
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                written[grain] = cursor.rowcount
+    return written
 
 
 def throttle_events_add(*, refusals: Iterable[Refusals], keep_addresses: int) -> None:

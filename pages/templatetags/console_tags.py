@@ -3,6 +3,7 @@
 from typing import SupportsFloat
 
 from django import template
+from django.http import QueryDict
 
 from pages.charts import compact as compact_number
 from tenants.models import LIMIT_FIELDS
@@ -45,3 +46,17 @@ def changes(action: object) -> list[dict]:
 def tenant_scoped(action: str) -> bool:
     """Whether an audited action belongs to a tenant (sign-ins and console users do not)."""
     return not action.startswith(("console.", "user."))
+
+
+@register.simple_tag
+def sort_href(query: str, current: str, column: str) -> str:
+    """The link of a sortable column header: sorts by `column`, descending first for numbers
+    ("-requests"), and flips the direction when it is the current sort; keeps the other query
+    parameters (search, window) and goes back to page 1."""
+    params = QueryDict(query, mutable=True)
+    params.pop("page", None)
+    numeric = column not in ("slug", "name", "key_id")
+    first = f"-{column}" if numeric else column
+    flipped = column if current == f"-{column}" else f"-{column}"
+    params["sort"] = flipped if current in (column, f"-{column}") else first
+    return "?" + params.urlencode()

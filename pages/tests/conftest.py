@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from tenants.models import ApiKey, ThrottleEvent, UsageMinute
+from tenants.services import usage_minutes_add
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -62,15 +63,11 @@ def add_usage() -> Callable[..., UsageMinute]:
         completion: int = 0,
         errors: int = 0,
     ) -> UsageMinute:
-        return UsageMinute.objects.create(
-            tenant=key.tenant,
-            api_key=key,
-            minute=minute_ago(minutes_ago),
-            requests=requests,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            errors=errors,
-        )
+        # Through the flusher's own write, so the hourly and daily rollups get the row too.
+        minute = minute_ago(minutes_ago)
+        values = [requests, prompt, completion, errors]
+        usage_minutes_add(rows={(key.tenant_id, key.pk, minute): values})
+        return UsageMinute.objects.get(api_key=key, minute=minute)
 
     return add
 

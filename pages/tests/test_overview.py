@@ -92,7 +92,7 @@ def test_a_week_window_sums_hours(staff: Client, issued, add_usage) -> None:
     assert "Requests per hour" in week and "last 7 days" in week
 
 
-def test_the_tenant_page_draws_one_chart_per_key(
+def test_the_tenant_page_charts_the_tenant_and_its_busiest_keys(
     staff: Client, issued, add_usage, add_throttle
 ) -> None:
     second = api_key_issue(tenant=issued.api_key.tenant, name="batch", actor="test").api_key
@@ -100,16 +100,31 @@ def test_the_tenant_page_draws_one_chart_per_key(
     add_usage(second, 3, 4, errors=1)
     add_throttle(second, 3, 6)
     html = staff.get("/console/tenants/acme/").content.decode()
-    assert legend(html, f"chart-key-{issued.api_key.key_id}") == {
-        "accepted": (12, 12),
-        "errors": (0, 0),
-        "429s": (0, 0),
-    }
-    assert legend(html, f"chart-key-{second.key_id}") == {
-        "accepted": (4, 4),
+    assert legend(html, "chart-tenant-requests") == {
+        "accepted": (16, 12),
         "errors": (1, 1),
         "429s": (6, 6),
     }
+    assert legend(html, "chart-top-keys") == {
+        f"{issued.api_key.key_id} {issued.api_key.name}".strip(): (12, 12),
+        f"{second.key_id} batch": (4, 4),
+    }
+
+
+def test_a_tenant_with_40_keys_gets_one_chart_of_its_top_keys_and_the_rest(
+    staff: Client, issued, add_usage
+) -> None:
+    keys = [
+        api_key_issue(tenant=issued.api_key.tenant, name=f"k{i}", actor="t").api_key
+        for i in range(39)
+    ]
+    for i, key in enumerate(keys):
+        add_usage(key, 5, i + 1)
+    html = staff.get("/console/tenants/acme/").content.decode()
+    assert html.count('class="chart"') == 3  # requests, tokens, busiest keys
+    lines = legend(html, "chart-top-keys")
+    assert list(lines)[:5] == [f"{keys[i].key_id} k{i}" for i in (38, 37, 36, 35, 34)]
+    assert lines["34 other keys"] == (sum(range(1, 35)), sum(range(1, 35)))
 
 
 def test_a_tenant_with_only_errors_is_not_among_the_busiest(staff: Client, issued, add_usage):

@@ -34,6 +34,8 @@ READS = {
     "/console/audit/": ["tenants.view_adminaction (Can view admin action)"],
     "/console/tenants/acme/throttles/": THROTTLES,
     "/console/tenants/acme/throttles.csv": THROTTLES,
+    "/console/usage.csv": OVERVIEW,
+    "/console/tenants/acme/usage.csv": OVERVIEW,
 }
 
 
@@ -125,7 +127,7 @@ def test_a_view_only_account_reads_every_page(viewer: Client, issued, add_thrott
     add_throttle(issued.api_key, minutes_ago=3, count=4)
     for url in READS:
         assert viewer.get(url).status_code == 200, url
-    assert b"key-rpm" in viewer.get("/console/tenants/acme/throttles.csv").content
+    assert b"key-rpm" in b"".join(viewer.get("/console/tenants/acme/throttles.csv"))
 
 
 def test_a_view_only_account_changes_nothing_and_is_told_which_permission_it_lacks(

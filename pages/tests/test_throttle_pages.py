@@ -2,9 +2,11 @@
 
 import csv
 import io
+from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from pages.throttle_views import CSV_COLUMNS
 from tenants.services import api_key_issue, tenant_create
@@ -21,6 +23,12 @@ def audit(issued, add_throttle):
     add_throttle(other, 3, 11, "key-rpm", ["-2+3", "198.51.100.4"])
     add_throttle(issued.api_key, 60 * 48, 13, "key-rpm")
     return issued.api_key, other
+
+
+def body(response) -> str:
+    """A streamed CSV's text (the test client reads the stream to its end)."""
+    assert response.streaming
+    return b"".join(response).decode()
 
 
 def rows_of(response) -> list[tuple[str, str, int]]:
@@ -69,7 +77,7 @@ def test_the_csv_export_follows_the_filters(staff: Client, audit) -> None:
     response = staff.get("/console/tenants/acme/throttles.csv", {"key": first.key_id})
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"].startswith('attachment; filename="429-audit-acme-')
-    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    rows = list(csv.DictReader(io.StringIO(body(response))))
     assert [(r["key_id"], r["reason"], r["count"]) for r in rows] == [
         (first.key_id, "key-rpm", "5"),
         (first.key_id, "tenant-tpm", "7"),
@@ -83,7 +91,7 @@ def test_the_csv_export_follows_the_filters(staff: Client, audit) -> None:
 def test_the_csv_export_defuses_spreadsheet_formulas(staff: Client, audit) -> None:
     _, other = audit
     response = staff.get("/console/tenants/acme/throttles.csv", {"key": other.key_id})
-    (row,) = csv.DictReader(io.StringIO(response.content.decode()))
+    (row,) = csv.DictReader(io.StringIO(body(response)))
     assert row["key_name"] == "'=HYPERLINK(1)"
     assert row["sample_addresses"] == "'-2+3 198.51.100.4"
 
@@ -93,11 +101,11 @@ def test_another_tenants_429s_are_not_shown(staff: Client, audit, add_throttle) 
     key = api_key_issue(tenant=globex, actor="t").api_key
     add_throttle(key, 1, 99)
     response = staff.get("/console/tenants/acme/throttles.csv")
-    assert "99" not in [r["count"] for r in csv.DictReader(io.StringIO(response.content.decode()))]
+    assert "99" not in [r["count"] for r in csv.DictReader(io.StringIO(body(response)))]
     page = staff.get("/console/tenants/acme/throttles/", {"key": key.key_id})
     assert page.context["form"].errors["key"] and rows_of(page) == []
     export = staff.get("/console/tenants/acme/throttles.csv", {"key": key.key_id})
-    assert export.content.decode().splitlines() == [",".join(CSV_COLUMNS)]
+    assert body(export).splitlines() == [",".join(CSV_COLUMNS)]
 
 
 def test_the_csv_export_is_never_stored_by_a_cache(staff: Client, audit) -> None:
@@ -106,3 +114,13 @@ def test_the_csv_export_is_never_stored_by_a_cache(staff: Client, audit) -> None
     directives = {d.strip() for d in response["Cache-Control"].split(",")}
     assert {"no-store", "private"} <= directives
     assert "public" not in directives
+
+
+def test_the_csv_is_bounded_to_the_chosen_days(staff: Client, audit, add_throttle) -> None:
+    first, _ = audit
+    add_throttle(first, 60 * 24 * 45, 77)  # 45 days ago: outside the default 30 days
+    rows = list(csv.DictReader(io.StringIO(body(staff.get("/console/tenants/acme/throttles.csv")))))
+    assert "77" not in [r["count"] for r in rows] and rows
+    day = (timezone.now() - timedelta(days=45)).date().isoformat()
+    only = staff.get("/console/tenants/acme/throttles.csv", {"since": day, "until": day})
+    assert [r["count"] for r in csv.DictReader(io.StringIO(body(only)))] == ["77"]

@@ -14,7 +14,7 @@ def stamp_inactive_tenants(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tenants", "0004_tenant_scheduling_weight"),
+        ("tenants", "0005_console_roles"),
     ]
 
     operations = [
@@ -47,6 +47,14 @@ class Migration(migrations.Migration):
                     ("key.rotated", "Key Rotated"),
                     ("key.revoked", "Key Revoked"),
                     ("key.limits_changed", "Key Limits Changed"),
+                    ("console.sign_in", "Signed in"),
+                    ("console.sign_in_failed", "Sign-in failed"),
+                    ("user.added", "Console user added"),
+                    ("user.role_set", "Console user's role set"),
+                    ("user.deactivated", "Console user deactivated"),
+                    ("user.reactivated", "Console user reactivated"),
+                    ("user.password_link", "Set-password link made"),
+                    ("user.password_set", "Password set by link"),
                     ("tenant.renamed", "Tenant Renamed"),
                     ("tenant.suspended", "Tenant Suspended"),
                     ("tenant.resumed", "Tenant Resumed"),
