@@ -18,16 +18,29 @@ from pages.access import (
     actor_of,
     console_permission_required,
 )
-from pages.forms import AuditFilterForm, IssueKeyForm, LimitsForm, TenantCreateForm
+from pages.forms import (
+    AuditFilterForm,
+    IssueKeyForm,
+    LimitsForm,
+    TenantCreateForm,
+    confirmation_token,
+)
 from tenants.models import Tenant
 from tenants.services import TenantError, tenant_create, tenant_set_limits
 
 WINDOW_LABELS = {"1h": "1 hour", "6h": "6 hours", "24h": "24 hours", "7d": "7 days"}
 AUDIT_PAGE_SIZE = 50
+# The window an admin picked, kept for the pages that follow (links need not carry it).
+WINDOW_SESSION_KEY = "console_window"
 
 
 def _window(request: HttpRequest) -> selectors.Window:
-    return selectors.window(request.GET.get("window"))
+    chosen = request.GET.get("window")
+    if chosen in WINDOW_LABELS:
+        request.session[WINDOW_SESSION_KEY] = chosen
+    else:
+        chosen = request.session.get(WINDOW_SESSION_KEY)
+    return selectors.window(chosen)
 
 
 def _window_context(win: selectors.Window) -> dict:
@@ -111,10 +124,18 @@ def tenant_limits(request: HttpRequest, slug: str) -> HttpResponse:
     if not changes:
         messages.info(request, "Nothing changed.")
         return redirect("console:tenant", slug=tenant.slug)
+    review = form.review(tenant)
+    token = confirmation_token(tenant, changes)
+    if any(change.is_big_cut for change in review) and request.POST.get("confirm") != token:
+        # Nothing is written until the admin has seen before and after and confirmed.
+        context = {"tenant": tenant, "form": form, "review": review, "token": token}
+        return render(request, "console/limits_confirm.html", context)
     tenant_set_limits(tenant=tenant, changes=changes, actor=actor_of(request))
     names = ", ".join(sorted(changes))
+    shown = "; ".join(change.describe() for change in review)
     messages.success(
-        request, f"Limits saved ({names}); every worker applies them within about a second."
+        request,
+        f"Limits saved ({names}); every worker applies them within about a second. {shown}.",
     )
     return redirect("console:tenant", slug=tenant.slug)
 
