@@ -129,4 +129,8 @@ document.addEventListener("DOMContentLoaded", () => {
     details.addEventListener("toggle", () => details.open && chartTable(details));
   });
   focusErrorSummary();
+  const skip = document.querySelector(".skip-link");
+  const main = document.getElementById("main");
+  // Some browsers move only the scroll position to #main: put the focus there too.
+  if (skip && main) skip.addEventListener("click", () => main.focus());
 });
