@@ -8,6 +8,7 @@ URL takes a parameter this file cannot fill fails with a message that says so.""
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -47,8 +48,9 @@ def sample_data() -> tuple[Tenant, ApiKey]:
 def console_urls(sample: dict[str, str]) -> Iterator[tuple[str, str]]:
     """(name, path) of every route of the console app, with sample values for its parameters."""
     for pattern in urlpatterns:
-        params = pattern.pattern.converters  # type: ignore[attr-defined]
+        params = pattern.pattern.converters
         missing = set(params) - set(sample)
+        assert pattern.name, f"{pattern.pattern}: every console route is named"
         assert not missing, f"{pattern.name}: add a sample value for {missing} to this test"
         yield (
             pattern.name,
@@ -102,7 +104,9 @@ def active_id(console: ConsoleBrowser) -> str:
     return console.driver.execute_script("return document.activeElement.id || ''")
 
 
-def test_every_console_page_fits_a_phone(console: ConsoleBrowser, staff_account) -> None:
+def test_every_console_page_fits_a_phone(
+    console: ConsoleBrowser, staff_account, tmp_path: Path
+) -> None:
     tenant, key = sample_data()
     console.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
     console.open("/console/login/")
@@ -121,6 +125,8 @@ def test_every_console_page_fits_a_phone(console: ConsoleBrowser, staff_account)
         assert status == 200, f"{name} {path}: {status}"
         for window in ("", "?window=7d") if name in ("overview", "tenant") else ("",):
             console.open(path + window)
+            # Kept with the test's temp files for a look at a failure (never in docs/).
+            console.driver.save_screenshot(str(tmp_path / f"phone-{name}{window[1:]}.png"))
             assert_fits(console, f"{name} {path}{window}")
         visited.append(name)
     for expected in ("overview", "tenants", "tenant", "audit", "key-rotate", "key-revoke"):
