@@ -102,6 +102,8 @@ def test_badge_text_has_4_5_to_1(badge: str) -> None:
         ("error message", *own(".msg-error")),
         ("user name in the header", declared(".signout .who", "color"), TOPBAR),
         ("navigation", declared(".mainnav a", "color"), TOPBAR),
+        ("the 429s card", declared("#stat-throttled .stat-value", "color"), "var(--card)"),
+        ("the errors card", declared("#stat-errors .stat-value", "color"), "var(--card)"),
     ],
 )
 def test_other_text_has_4_5_to_1(what: str, ink: str | None, paper: str | None) -> None:
