@@ -202,6 +202,19 @@ def test_a_form_error_without_a_field_is_listed_without_a_link(client: Client) -
     assert "<a " not in summary and "<li>" in summary
 
 
+def test_a_field_in_error_is_marked_and_described_by_its_message(
+    staff: Client, tenant: Tenant
+) -> None:
+    html = staff.post(LIMITS_URL, {**FORM, "rpm": "10k"}).content.decode()
+    tag = re.search(r'<input[^>]*name="rpm"[^>]*>', html)
+    assert tag and 'aria-invalid="true"' in tag.group(0)
+    described = re.search(r'aria-describedby="([^"]+)"', tag.group(0))
+    assert described and "id_rpm_error" in described.group(1).split()
+    for target in described.group(1).split():
+        assert f'id="{target}"' in html  # every id it names is on the page
+    assert re.search(r'id="id_rpm_error">\s*<li>“10k” is not a whole number', html)
+
+
 def test_a_page_without_errors_has_no_summary(staff: Client, tenant: Tenant) -> None:
     assert "error-summary" not in staff.get("/console/tenants/acme/").content.decode()
 
