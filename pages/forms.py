@@ -1,11 +1,16 @@
 """Console forms. They validate and explain; the writes happen in tenants.services."""
 
+import hashlib
+import json
+import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
 from pages.selectors import ThrottleFilter
@@ -17,6 +22,11 @@ from tenants.services import SLUG_PATTERN, TENANT_SETTINGS
 # Larger limits are certainly typos, and would overflow the limiter's arithmetic.
 MAX_LIMIT = 10**12
 MAX_GRACE = timedelta(days=30)
+# A new value under this share of the old one is a cut the admin confirms on a second page.
+CUT_CONFIRM_BELOW = 0.5
+# Plain ASCII digits (a minus sign reaches the range check): int() alone would take "1_000",
+# " 10 " or Arabic-Indic digits, and a browser's number input drops what it cannot parse.
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 LIMIT_LABELS = {
     "rpm": "Requests per minute",
@@ -44,18 +54,85 @@ GRACE_CHOICES = [
 ]
 
 
+class WholeNumberField(forms.IntegerField):
+    """An integer typed as plain digits; anything else ("10k", "1,000", "5 000", "1e3", "10.0")
+    is an error that quotes what was typed, never a number guessed from part of it.
+
+    The widget is a text input (inputmode numeric): a browser's number input would drop the
+    characters it cannot parse ("10k" arrives as "10", "1,000" as empty: no limit)."""
+
+    widget = forms.TextInput
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        label = self.label or "This field"
+        self.error_messages.setdefault(
+            "not_digits",
+            f"“%(value)s” is not a whole number: {label} takes digits only "
+            "(10000, not 10k, 10,000, 10 000 or 1e4). Nothing was saved.",
+        )
+
+    def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
+        return {
+            **super().widget_attrs(widget),
+            "inputmode": "numeric",
+            "autocomplete": "off",
+            "spellcheck": "false",
+        }
+
+    def to_python(self, value: Any) -> int | None:
+        if value in self.empty_values:
+            return None
+        text = str(value).strip()
+        # Digits with anything else is a number that would lose characters; text without a
+        # digit ("lots") gets the field's own message.
+        if any(c.isdigit() for c in text) and not WHOLE_NUMBER.fullmatch(text):
+            raise ValidationError(
+                self.error_messages["not_digits"], code="not_digits", params={"value": text[:40]}
+            )
+        return super().to_python(text)
+
+
 def _limit_field(name: str) -> forms.IntegerField:
     label = LIMIT_LABELS[name]
     message = f"{label} must be a whole number from 1 to {MAX_LIMIT:,}, or empty for no limit."
-    return forms.IntegerField(
+    return WholeNumberField(
         label=label,
         required=False,
         min_value=1,
         max_value=MAX_LIMIT,
         help_text="Empty: no limit.",
         error_messages={"invalid": message, "min_value": message, "max_value": message},
-        widget=forms.NumberInput(attrs={"placeholder": "no limit", "min": 1}),
+        widget=forms.TextInput(attrs={"placeholder": "no limit"}),
     )
+
+
+@dataclass(frozen=True)
+class LimitChange:
+    """One changed setting, as the confirmation page and the saved message show it."""
+
+    name: str
+    label: str
+    before: int | None
+    after: int | None
+
+    @property
+    def is_big_cut(self) -> bool:
+        """A cut to less than half: what an extra zero dropped or a wrong field does."""
+        if self.name not in LIMIT_FIELDS or self.before is None or self.after is None:
+            return False  # a weight or burst is not a limit; adding or removing one is no cut
+        return self.after < self.before * CUT_CONFIRM_BELOW
+
+    @property
+    def cut_percent(self) -> int:
+        if not self.before or self.after is None:
+            return 0
+        return round(100 * (self.before - self.after) / self.before)
+
+    def describe(self) -> str:
+        before = "no limit" if self.before is None else self.before
+        after = "no limit" if self.after is None else self.after
+        return f"{self.name} {before} → {after}"
 
 
 class LimitsForm(forms.Form):
@@ -66,7 +143,7 @@ class LimitsForm(forms.Form):
     max_inflight = _limit_field("max_inflight")
     tokens_per_day = _limit_field("tokens_per_day")
     tokens_per_month = _limit_field("tokens_per_month")
-    burst_percent = forms.IntegerField(
+    burst_percent = WholeNumberField(
         label="Burst percent",
         min_value=1,
         max_value=100,
@@ -79,7 +156,7 @@ class LimitsForm(forms.Form):
             "max_value": "Burst percent must be a whole number from 1 to 100.",
         },
     )
-    scheduling_weight = forms.IntegerField(
+    scheduling_weight = WholeNumberField(
         label="Scheduling weight",
         required=False,
         min_value=1,
@@ -116,6 +193,22 @@ class LimitsForm(forms.Form):
     def changes(self, tenant: Tenant) -> dict[str, int | None]:
         """Only the settings that differ from the tenant's current ones."""
         return {k: v for k, v in self.settings().items() if getattr(tenant, k) != v}
+
+    def review(self, tenant: Tenant) -> list[LimitChange]:
+        """The changed settings with their values before and after."""
+        return [
+            LimitChange(name, str(self.fields[name].label), getattr(tenant, name), value)
+            for name, value in self.changes(tenant).items()
+        ]
+
+
+def confirmation_token(tenant: Tenant, changes: Mapping[str, int | None]) -> str:
+    """What the confirm button posts back: a digest of the tenant's settings as the admin saw
+    them and of the change, so a confirmation applies only that change to that state (if
+    someone changed the tenant meanwhile, the admin is asked again)."""
+    seen = {name: getattr(tenant, name) for name in TENANT_SETTINGS}
+    payload = json.dumps([tenant.pk, seen, dict(changes)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 class TenantCreateForm(LimitsForm):

@@ -29,6 +29,7 @@ from pages.forms import (
     PresetForm,
     TenantCreateForm,
     TenantRenameForm,
+    confirmation_token,
     preset_initial,
 )
 from tenants.models import Tenant
@@ -68,13 +69,26 @@ def window_of(request: HttpRequest) -> selectors.Window:
     return selectors.date_range(start, end)
 
 
+# The window an admin picked, kept for the pages that follow (links need not carry it).
+WINDOW_SESSION_KEY = "console_window"
+
+
 def _window(request: HttpRequest) -> selectors.Window:
+    """The query's window; with none asked for, the named window (or month to date) picked
+    earlier in this session. A bad range shows the default window and says why."""
+    chosen = request.GET.get("window")
+    asked = chosen or request.GET.get("from") or request.GET.get("to")
+    if not asked:
+        saved = request.session.get(WINDOW_SESSION_KEY)
+        return selectors.month_to_date() if saved == "mtd" else selectors.window(saved)
     try:
-        return window_of(request)
+        win = window_of(request)
     except ValueError as exc:
-        # A bad range shows the default window and says why, rather than an error page.
         messages.error(request, str(exc))
         return selectors.window(None)
+    if chosen in (*selectors.WINDOWS, "mtd") and not request.GET.get("from"):
+        request.session[WINDOW_SESSION_KEY] = chosen
+    return win
 
 
 def _window_context(win: selectors.Window) -> dict:
@@ -210,10 +224,18 @@ def tenant_limits(request: HttpRequest, slug: str) -> HttpResponse:
     if not changes:
         messages.info(request, "Nothing changed.")
         return redirect("console:tenant", slug=tenant.slug)
+    review = form.review(tenant)
+    token = confirmation_token(tenant, changes)
+    if any(change.is_big_cut for change in review) and request.POST.get("confirm") != token:
+        # Nothing is written until the admin has seen before and after and confirmed.
+        context = {"tenant": tenant, "form": form, "review": review, "token": token}
+        return render(request, "console/limits_confirm.html", context)
     tenant_set_limits(tenant=tenant, changes=changes, actor=actor_of(request))
     names = ", ".join(sorted(changes))
+    shown = "; ".join(change.describe() for change in review)
     messages.success(
-        request, f"Limits saved ({names}); every worker applies them within about a second."
+        request,
+        f"Limits saved ({names}); every worker applies them within about a second. {shown}.",
     )
     return redirect("console:tenant", slug=tenant.slug)
 

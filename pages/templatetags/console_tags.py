@@ -60,3 +60,31 @@ def sort_href(query: str, current: str, column: str) -> str:
     flipped = column if current == f"-{column}" else f"-{column}"
     params["sort"] = flipped if current in (column, f"-{column}") else first
     return "?" + params.urlencode()
+
+
+@register.filter
+def num(value: object) -> str:
+    """Counts as cards, tables and chart legends show them: whole, with thousands separators
+    (12,345; None -> 0), so one figure reads the same wherever it appears."""
+    if value is None or value == "":
+        return "0"
+    try:
+        return f"{int(value):,}"  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def error_links(form: object) -> list[dict]:
+    """A failed form's errors for its summary: each with the id of the field it links to
+    (a multi-choice field links to its first option); errors of the whole form have none."""
+    rows: list[dict] = []
+    errors = getattr(form, "errors", None) or {}
+    for name, messages in errors.items():
+        field = form[name] if name != "__all__" else None  # type: ignore[index]
+        anchor = ""
+        if field is not None:
+            anchor = field.id_for_label or (f"{field.auto_id}_0" if field.auto_id else "")
+        label = str(field.label) if field is not None else ""
+        rows.extend({"anchor": anchor, "label": label, "message": m} for m in messages)
+    return rows

@@ -1,4 +1,5 @@
-// Inference node console: copy buttons, chart read-outs on hover, and the custom grace field.
+// Inference node console: copy buttons, chart read-outs on hover and as tables, the custom grace
+// field, and focus on a failed form's error summary.
 // Served from static/; the pages work without it (forms post, charts are server-drawn SVG).
 "use strict";
 
@@ -65,6 +66,58 @@ function customGrace(form) {
   sync();
 }
 
+function chartTable(details) {
+  // Built on first open from the data the chart already embeds: every bucket's values, for
+  // keyboard and screen-reader users (the hover read-out needs a mouse).
+  const script = document.getElementById(details.dataset.for);
+  const box = details.querySelector(".table-scroll");
+  if (!script || !box || box.querySelector("table")) return;
+  const data = JSON.parse(script.textContent);
+  const table = document.createElement("table");
+  table.className = "table chart-table";
+  const head = table.createTHead().insertRow();
+  ["Time (UTC)", ...data.series.map((s) => s.label)].forEach((text, i) => {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = text;
+    if (i) th.className = "num";
+    head.appendChild(th);
+  });
+  const body = table.createTBody();
+  const count = data.series.length ? data.series[0].values.length : 0;
+  const number = new Intl.NumberFormat("en-US");
+  for (let i = 0; i < count; i++) {
+    const row = body.insertRow();
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = formatBucket(data.start, data.step, i);
+    row.appendChild(th);
+    data.series.forEach((s) => {
+      const cell = row.insertCell();
+      cell.className = "num";
+      cell.textContent = number.format(s.values[i]);
+    });
+  }
+  box.replaceChildren(table);
+}
+
+function focusErrorSummary() {
+  // A failed submit opens on its error summary (role=alert), wherever the form sits.
+  const summary = document.querySelector(".error-summary");
+  if (!summary) return;
+  summary.focus();
+  summary.querySelectorAll("a[href^='#']").forEach((link) => {
+    link.addEventListener("click", (event) => {
+      const field = document.getElementById(link.getAttribute("href").slice(1));
+      if (!field) return;
+      event.preventDefault();
+      field.focus();
+      const label = document.querySelector(`label[for='${field.id}']`) || field;
+      label.scrollIntoView({ block: "start" });
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("button[data-copy]").forEach((button) => {
     button.addEventListener("click", () => copyFrom(button));
@@ -72,4 +125,12 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("svg.chart-svg").forEach(attachChart);
   const rotate = document.getElementById("rotate-form");
   if (rotate) customGrace(rotate);
+  document.querySelectorAll("details.chart-values").forEach((details) => {
+    details.addEventListener("toggle", () => details.open && chartTable(details));
+  });
+  focusErrorSummary();
+  const skip = document.querySelector(".skip-link");
+  const main = document.getElementById("main");
+  // Some browsers move only the scroll position to #main: put the focus there too.
+  if (skip && main) skip.addEventListener("click", () => main.focus());
 });

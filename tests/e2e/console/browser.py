@@ -185,6 +185,12 @@ class ConsoleBrowser:
             self.fill(f"#limits-form #id_{field}", value)
         self.submit("button[name=save-limits]")
 
+    def confirm_limits(self) -> list[str]:
+        """On the confirmation page of a big cut: the rows it marks as cuts, then confirm."""
+        cuts = [attribute(r, "data-field") for r in self.find_all("#limits-review tr.big-cut")]
+        self.submit("button[name=confirm-limits]")
+        return cuts
+
     def field_errors(self, form_css: str) -> list[str]:
         return [e.text for e in self.find_all(f"{form_css} .errors li")]
 

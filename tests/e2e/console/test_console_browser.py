@@ -199,6 +199,9 @@ def edit_a_limit(console: ConsoleBrowser, api: NodeApi, token: str) -> None:
 
 def force_a_429(console: ConsoleBrowser, api: NodeApi, key: ApiKey, token: str) -> None:
     console.set_limits(rpm=LOW_RPM)
+    # 1200 -> 2 is a cut of more than half: nothing is saved until it is confirmed.
+    assert Tenant.objects.get(slug="acme").rpm == 1200
+    assert console.confirm_limits() == ["rpm"]
     assert any(m.startswith("Limits saved (rpm)") for m in console.messages())
 
     def refused():
