@@ -11,7 +11,7 @@ from django.test import Client
 
 from pages.tests.roles import ensure_roles
 from pages.tests.test_permissions import READS, actions, assert_refused, state
-from tenants.models import AdminAction
+from tenants.models import AdminAction, Tenant
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +146,25 @@ def test_an_administrator_sees_every_action_and_the_users_link(
         assert form in html
     assert f'href="{USERS_PAGE}"' in html
     assert 'id="new-tenant"' in client.get("/console/tenants/").content.decode()
+
+
+def test_renaming_and_suspending_a_tenant_are_an_administrators(
+    as_role: Callable[[str], Client], issued
+) -> None:
+    # An Operator's change_tenant is for limits; a tenant's lifecycle needs add_tenant too.
+    lifecycle = {
+        "rename": ("/console/tenants/acme/rename/", {"name": "Acme Two"}),
+        "suspend": ("/console/tenants/acme/suspend/", {"confirm": "acme", "reason": "test"}),
+        "resume": ("/console/tenants/acme/resume/", {}),
+    }
+    operator = as_role("Operator")
+    assert 'id="suspend-link"' not in operator.get("/console/tenants/acme/").content.decode()
+    before = list(Tenant.objects.values_list("name", "active"))
+    for url, data in lifecycle.values():
+        assert_refused(operator.post(url, data), ["tenants.add_tenant (Can add tenant)"])
+    assert list(Tenant.objects.values_list("name", "active")) == before
+    admin = as_role("Administrator")
+    assert 'id="suspend-link"' in admin.get("/console/tenants/acme/").content.decode()
+    for url, data in (lifecycle["rename"], lifecycle["suspend"]):
+        assert admin.post(url, data).status_code == 302
+    assert list(Tenant.objects.values_list("name", "active")) == [("Acme Two", False)]
