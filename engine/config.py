@@ -29,7 +29,8 @@ class EngineConfig:
     prefill_step_tokens: int = 32
     # Rows a batch may hold past max_batch for tenants that hold no row in it: one tenant
     # filling the batch does not hold another's first token until one of its rows ends.
-    tenant_headroom: int = 2
+    # 0 here (max_batch is the bound); Django's INFERENCE_TENANT_HEADROOM defaults to 2.
+    tenant_headroom: int = 0
     max_wait_ms: int = 10
     max_queue: int = 256
     # Seconds a job may wait in the queue without starting before it fails with QueueTimeout;

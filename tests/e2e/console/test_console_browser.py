@@ -23,6 +23,7 @@ from tests.e2e.console.browser import (
     STAFF_PASSWORD,
     STAFF_USERNAME,
     TOKEN,
+    WINDOW,
     ConsoleBrowser,
     attribute,
 )
@@ -288,6 +289,40 @@ def see_the_overview(console: ConsoleBrowser, api: NodeApi, seeded: Seeded) -> N
     console.step("overview-tenants", focus=".columns")
 
 
+def run_the_business(console: ConsoleBrowser) -> None:
+    """Issue 17's pages: quota status, the tenants list's quota column, suspension, console
+    users, and a phone's view (appended, so the earlier screenshots keep their numbers)."""
+    console.open_tenant("acme")
+    assert console.find("#quota-table tr[data-period='tokens_per_day']")
+    console.step("quota-status", focus="#quota")
+    console.open("/console/tenants/")
+    assert [r.get_attribute("data-slug") for r in console.find_all("#tenants tbody tr")]
+    console.step("tenants-list")
+    console.open("/console/tenants/globex/suspend/")
+    console.fill("#id_confirm", "globex")
+    console.fill("#id_reason", "invoice overdue")
+    console.submit("#suspend-form button[type=submit]")
+    assert "suspended since" in console.find("#suspended-badge").text
+    assert not Tenant.objects.get(slug="globex").active
+    console.step("tenant-suspended")
+    console.open("/console/users/")
+    console.fill("#id_username", "auditor")
+    Select(console.find("#id_role")).select_by_value("Viewer")
+    console.fill("#id_password1", "a long enough passphrase 7")
+    console.fill("#id_password2", "a long enough passphrase 7")
+    console.submit("#new-user button[type=submit]")
+    assert console.find("[data-username='auditor']")
+    console.step("users")
+    console.driver.set_window_size(390, 844)
+    try:
+        console.open("/console/tenants/acme/")
+        width = console.driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= console.driver.execute_script("return window.innerWidth")
+        console.step("phone-tenant")
+    finally:
+        console.driver.set_window_size(*WINDOW)
+
+
 def test_an_admin_runs_a_tenant_from_the_console(
     console: ConsoleBrowser, node_api: NodeApi, staff_account
 ) -> None:
@@ -304,4 +339,5 @@ def test_an_admin_runs_a_tenant_from_the_console(
     revoke(console, node_api, key, token)
     read_the_audit_log(console)
     see_the_overview(console, node_api, seeded)
-    assert len(console.taken) == 17
+    run_the_business(console)
+    assert len(console.taken) == 22
