@@ -14,7 +14,13 @@ DJANGO_SETUP = "import django\ndjango.setup()\n"
 def child_env(*, database: bool = False, **overrides: str) -> dict[str, str]:
     """This process's environment for a child on the project's settings; database: on the
     database of the running test (pytest-django's test database, not DATABASE_URL's)."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "console.settings"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        # A child's first key load opens its database pool: on a busy machine (two test
+        # workers) that can pass the 1 s production bound, which would read as an outage.
+        "API_KEY_LOAD_TIMEOUT_SECONDS": "15",
+    }
     if database:
         env["DATABASE_URL"] = database_url_for_current_test_db()
     return {**env, **overrides}

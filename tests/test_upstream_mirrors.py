@@ -234,6 +234,9 @@ def test_api_handler_sets_everything_the_stock_load_middleware_sets() -> None:
     assert not missing, f"Django's handler now sets {missing}: console/handlers.py does not"
 
 
+# request_finished runs Django's close_old_connections, which asks a connection opened by an
+# earlier test in this process (the order differs under pytest-xdist) about its state.
+@pytest.mark.django_db
 def test_closing_a_response_runs_its_resource_closers_then_request_finished() -> None:
     response, events = HttpResponse(), []
     # Private, so not in the type stubs: reached by name.

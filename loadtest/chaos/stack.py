@@ -323,6 +323,7 @@ class Stack:
                 "APP_STATIC_TARGETS": [{"targets": [f"{HOST}:{r.port}" for r in self.replicas]}],
                 "TRAEFIK_METRICS_TARGETS": [f"{HOST}:{ports['internal']}"],
                 "PROMETHEUS_SELF_TARGETS": [f"{HOST}:{ports['prometheus']}"],
+                "ALERTMANAGER_TARGETS": [],  # the chaos run reads rules, sends no alert
                 "INFERENCE_MAX_QUEUE": 64,
             },
         )

@@ -24,6 +24,7 @@ def ensure_roles() -> None:
 
 
 def role_account(django_user_model, role: str, username: str | None = None) -> User:
+    ensure_roles()  # a transactional test before this one may have emptied the groups
     user = django_user_model.objects.create_user(
         username or role.lower(), password=PASSWORD, is_staff=True
     )

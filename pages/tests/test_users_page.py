@@ -71,7 +71,7 @@ def test_bad_input_adds_nobody_and_says_why(
     response = add(admin, **extra)
     assert response.status_code == 400
     html = response.content.decode()
-    assert f'id="id_{field}-errors"' in html and message in html
+    assert f'id="id_{field}_error"' in html and message in html
     assert django_user_model.objects.count() == count
     assert not AdminAction.objects.exists()
     assert NEW_PASSWORD not in html

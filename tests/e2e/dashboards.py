@@ -31,6 +31,10 @@ AGREED = {
     "api_completion_seconds",
     "api_rejections_total",
     "api_time_to_first_byte_seconds",
+    # The alert rules' (deploy/prometheus/rules/alerts.yml).
+    "ratelimit_flushes_total",
+    "auth_key_load_failures_total",
+    "auth_key_lookups_unavailable_total",
 }
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__range": "5m", "$__interval": "5s"}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}

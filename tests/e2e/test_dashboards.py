@@ -94,7 +94,14 @@ def test_the_alert_rules_use_agreed_names_or_traefiks_own() -> None:
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules" / "alerts.yml").read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     names = {name for e in exprs for name in metric_names(e.replace("${INFERENCE_MAX_QUEUE}", "9"))}
-    app_names = {name for name in names if not name.startswith("traefik_") and name != "up"}
+    external = ("traefik_", "alertmanager_")
+    app_names = {name for name in names if not name.startswith(external) and name != "up"}
     assert app_names and {base_name(name) for name in app_names} <= AGREED
-    # Traefik's names are checked against the real Traefik in test_prometheus.py.
-    assert names - app_names == {"traefik_entrypoint_requests_total", "up"}
+    # Traefik's and Alertmanager's names are checked against the real binaries
+    # (test_prometheus.py, test_alerting.py).
+    assert names - app_names == {
+        "traefik_entrypoint_requests_total",
+        "traefik_service_server_up",
+        "alertmanager_notifications_failed_total",
+        "up",
+    }

@@ -11,7 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.tokens import default_token_generator
 from django.urls import reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -90,6 +93,8 @@ def layout(console: ConsoleBrowser) -> dict:
 
 
 def assert_fits(console: ConsoleBrowser, what: str, *, signed_in: bool = True) -> None:
+    # From the top: a failed form scrolls to its error summary, below the header.
+    console.driver.execute_script("window.scrollTo(0, 0)")
     box = layout(console)
     assert box["inner"] == PHONE["width"], what
     assert box["scroll"] <= box["inner"], f"{what} scrolls sideways: {box}"
@@ -105,9 +110,18 @@ def active_id(console: ConsoleBrowser) -> str:
 
 
 def test_every_console_page_fits_a_phone(
-    console: ConsoleBrowser, staff_account, tmp_path: Path
+    console: ConsoleBrowser, staff_account, django_user_model, tmp_path: Path
 ) -> None:
     tenant, key = sample_data()
+    # A second console account: the Users page's routes and its set-password link.
+    reader = django_user_model.objects.create_user("reader", is_staff=True)
+    sample = {
+        "slug": tenant.slug,
+        "key_id": key.key_id,
+        "user_id": str(reader.pk),
+        "uidb64": urlsafe_base64_encode(force_bytes(reader.pk)),
+        "token": default_token_generator.make_token(reader),
+    }
     console.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
     console.open("/console/login/")
     assert_fits(console, "login", signed_in=False)
@@ -115,7 +129,7 @@ def test_every_console_page_fits_a_phone(
     assert console.path() == "/console/"
 
     visited, skipped = [], []
-    for name, path in console_urls({"slug": tenant.slug, "key_id": key.key_id}):
+    for name, path in console_urls(sample):
         if name == "logout":
             continue  # POST only; visiting it would end the session
         status, kind = fetch_kind(console, path)
@@ -207,7 +221,7 @@ def test_the_skip_link_and_the_chart_tables_work_from_the_keyboard(
 
     # A chart's values open as a table with the keyboard, and add up to its legend.
     console.open(f"/console/tenants/{tenant.slug}/")  # no ?window=: the kept 6 hours
-    chart = f"chart-key-{key.key_id}"
+    chart = "chart-tenant-requests"  # the tenant's own chart (its keys share one)
     totals = console.chart_totals(chart)
     summary = console.find(f"#{chart} details.chart-values summary")
     console.driver.execute_script("arguments[0].focus()", summary)
