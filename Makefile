@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/inference_node)
 TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 # pytest-xdist workers; each takes its own test database and the Redis database after the last
-# worker's (conftest.py), so with 2 the suite uses databases 9 and 10. 0: one process.
+# worker's (conftest.py), so with 2 the suite uses databases 9 and 10. 0: one process. Whole
+# files per worker, in the collection order (no reordering by size): the end-to-end files, whose
+# servers live for the whole session on the worker's databases, come after the unit tests.
 TEST_WORKERS      ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -44,7 +46,7 @@ run-tiny: $(STAMP)
 ## make test: the whole suite against real PostgreSQL and Redis (127.0.0.1 by default)
 test: $(STAMP) lint
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	  $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 ## make loadtest: the chaos benchmark (about 6 minutes): two replicas of a flan-t5-base-shaped
 ## model behind Traefik, a 150-user Locust swarm, Redis restarted, a replica SIGKILLed, Postgres

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -65,6 +66,20 @@ def attribute(element: WebElement, name: str) -> str:
     return value
 
 
+def replaced(element: WebElement) -> bool:
+    """Whether the page that held `element` is gone (ec.staleness_of, plus the inspector error
+    Chrome gives instead of a stale reference when the node's document was just replaced)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
+
+
 class ConsoleBrowser:
     """The console as an admin uses it: each method is one thing an admin does."""
 
@@ -103,7 +118,7 @@ class ConsoleBrowser:
         """Click a submit button and wait for the next page to load."""
         old_html = self.find("html")
         self.find(css).click()
-        WebDriverWait(self.driver, 15).until(ec.staleness_of(old_html))
+        WebDriverWait(self.driver, 15).until(lambda _: replaced(old_html))
 
     def path(self) -> str:
         return self.driver.current_url.removeprefix(self.base_url)
