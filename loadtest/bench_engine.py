@@ -94,6 +94,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="open loop: s per load")
     parser.add_argument("--loads", default="0.6,0.9,1.2", help="open loop: x static capacity")
     parser.add_argument("--capacity-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--open-backend", default=HEADLINE, help="open loop: our engine's backend (bf16 on CUDA)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--capacity", type=float, default=0.0, help="open loop: requests/s (0: measure it)"
@@ -418,7 +421,7 @@ def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
         options = variant_options(variant)
         # The served layout: a model process of its own (its RSS is the model's), no refusals.
         engine = start_engine(
-            args, HEADLINE, folder, adapter, process=True, max_queue=100_000, **options
+            args, args.open_backend, folder, adapter, process=True, max_queue=100_000, **options
         )
         try:
             if not plans:

@@ -81,6 +81,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: one per core")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached model")
     parser.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "quality-model")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda: where the model trains and the engines decode"
+    )
     return parser.parse_args()
 
 
@@ -152,11 +155,11 @@ def train(args: argparse.Namespace, before: Trained | None) -> Trained:
     # No dropout: the task is deterministic and the data endless, nothing to regularize.
     model = AutoModelForSeq2SeqLM.from_pretrained(
         args.model_dir, dtype=torch.float32, dropout_rate=0.0
-    )
+    ).to(args.device)
     done = before.steps if before else 0
     exact = before.held_out_exact if before else 0.0
     step, exact, seconds = train_until(args, model, tokenizer, done + 1, exact)
-    model.save_pretrained(args.model_dir)
+    model.to("cpu").save_pretrained(args.model_dir)
     return Trained(TASK_VERSION, step, seconds + (before.seconds if before else 0.0), exact)
 
 
@@ -206,8 +209,8 @@ def train_step(
     import torch
 
     model.train()
-    inputs = tokenizer(sources, return_tensors="pt", padding=True)
-    labels = tokenizer(answers, return_tensors="pt", padding=True).input_ids
+    inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
+    labels = tokenizer(answers, return_tensors="pt", padding=True).input_ids.to(model.device)
     labels[labels == tokenizer.pad_token_id] = -100  # padding is not a target
     for group in optimizer.param_groups:
         group["lr"] = rate
@@ -226,7 +229,7 @@ def probe_exact(model: Any, tokenizer: Any, probe: list[tuple[str, str]]) -> flo
     model.eval()
     sources = [source for source, _ in probe]
     with torch.inference_mode():
-        inputs = tokenizer(sources, return_tensors="pt", padding=True)
+        inputs = tokenizer(sources, return_tensors="pt", padding=True).to(model.device)
         out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     return sum(
@@ -249,7 +252,7 @@ def decode_backend(
     config = EngineConfig(
         model=str(args.model_dir),
         quantization=quantization,
-        device="cpu",
+        device=args.device,
         max_batch=BATCH,
         # All 16 of a batch are submitted together; the wait only makes sure they meet.
         max_wait_ms=50,
