@@ -90,7 +90,7 @@ def _new_async(purpose: str) -> aredis.Redis:
     if target.kind == "single":
         return aredis.Redis.from_url(target.url, **kwargs)
     if target.kind == "sentinel":
-        sentinel = asentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = asentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
         )
         master = sentinel.master_for(target.service, db=target.db, **_data_kwargs(target))
@@ -107,14 +107,14 @@ def _new_sync(purpose: str) -> redis.Redis:
     if target.kind == "single":
         return redis.Redis.from_url(target.url, **kwargs)
     if target.kind == "sentinel":
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, kwargs), **kwargs
         )
-        master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        master = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             target.service, db=target.db, **_data_kwargs(target)
         )
         return cast(redis.Redis, master)
-    nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call, unused-ignore]
     cluster = redis.cluster.RedisCluster(
         startup_nodes=nodes, **_data_kwargs(target), **_cluster_kwargs(purpose, kwargs, Retry)
     )

@@ -108,16 +108,22 @@ class _Room:
         prefill: int,
         max_batch: int,
         headroom: int = 0,
+        *,
+        urgent: bool = False,
     ) -> None:
         self.rows = len(running)
         self.held = sum(job.tokens for job in running)
         self.holders = {job.request.tenant for job in running}
         self.token_budget, self.prefill = token_budget, prefill
         self.max_batch, self.headroom = max_batch, headroom
+        # Only the headroom's rows: a full batch, tenants holding none (Scheduler.take_joiners).
+        self.urgent = urgent
         self.newcomers = self.widest = 0
 
     def fits(self, job: Job) -> bool:
         rows = self.rows + self.newcomers
+        if self.urgent and (rows < self.max_batch or job.request.tenant in self.holders):
+            return False
         if rows >= self.max_batch and (
             job.request.tenant in self.holders or rows >= self.max_batch + self.headroom
         ):
@@ -307,17 +313,27 @@ class Scheduler:
             self.track(batch)
             return batch
 
-    def take_joiners(self, running: Sequence[Job]) -> list[Job]:
+    def take_joiners(self, running: Sequence[Job], urgent: bool = False) -> list[Job]:
         """Without blocking: the waiting jobs that join the running batch now (between two
         decoder steps), within the free rows, the token budget and the encoder tokens one
-        admission may run. Also updates the running rows' gauges."""
+        admission may run. Also updates the running rows' gauges.
+
+        urgent: only jobs for the tenant headroom (the batch is full, their tenant holds no
+        row in `running`); their encoder pass runs whole at once, even while another pass is
+        under way, so a tenant arriving during another's flood starts within about one step
+        (docs/engine.md, "Fairness"). None without a headroom."""
+        if urgent and not self.tenant_headroom:
+            return []
         with self._cond:
-            joiners = self._take(running, prefill=self.max_prefill_tokens if running else 0)
+            prefill = self.max_prefill_tokens if running else 0
+            joiners = self._take(running, prefill=prefill, urgent=urgent)
             self.track([*running, *joiners])
             return joiners
 
-    def _take(self, running: Sequence[Job], prefill: int) -> list[Job]:
-        room = _Room(running, self.token_budget, prefill, self.max_batch, self.tenant_headroom)
+    def _take(self, running: Sequence[Job], prefill: int, urgent: bool = False) -> list[Job]:
+        room = _Room(
+            running, self.token_budget, prefill, self.max_batch, self.tenant_headroom, urgent=urgent
+        )
         rows = self.max_batch + self.tenant_headroom - len(running)
         taken = self._pending.take(rows, room.fits)
         if taken:

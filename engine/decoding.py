@@ -48,7 +48,9 @@ LOGPROB_FLOOR = -9999.0
 FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
 
 # Between two steps: given the running rows' jobs, the jobs that join now (never blocks).
-Admit = Callable[[Sequence[Job]], list[Job]]
+# (the rows holding places, urgent) -> the newcomers that start now; urgent asks only for the
+# tenant headroom's rows, whose pass runs whole at once (Scheduler.take_joiners).
+Admit = Callable[[Sequence[Job], bool], list[Job]]
 
 
 class Row:
@@ -379,14 +381,20 @@ def run_batch(
                     prefill = None  # every newcomer was cancelled while it was encoded
             # After the leaves: a row that ended or was cancelled frees its place at once. A
             # batch whose rows all ended ends (the next one starts at once if jobs wait). One
-            # pass at a time: newcomers wait while one is encoded (their rows count once in).
-            if admit is not None and not abort and batch.rows and prefill is None:
-                joiners = admit([row.job for row in batch.rows])
-                jobs += joiners
-                if joiners and record:
-                    record_join(joiners)
-                if rows := start_rows(model, joiners):
-                    prefill = Prefill(model, rows)
+            # pass at a time: newcomers wait while one is encoded (their rows count once in),
+            # except the headroom's, encoded whole here and decoding from this step on.
+            if admit is not None and not abort and batch.rows:
+                holding = [row.job for row in batch.rows]
+                if prefill is not None:
+                    holding += [row.job for row in prefill.rows]
+                if rows := _joined(model, jobs, admit(holding, True), record):
+                    now = Prefill(model, rows)
+                    now.run(0)
+                    batch.join(now)
+                if prefill is None:
+                    joiners = admit([row.job for row in batch.rows], False)
+                    if rows := _joined(model, jobs, joiners, record):
+                        prefill = Prefill(model, rows)
             # With no row running, nobody waits on the next step: the pass runs to its end.
             if prefill is not None and prefill.run(prefill_step_tokens if batch.rows else 0):
                 batch.join(prefill)
@@ -398,6 +406,14 @@ def run_batch(
                 stepped(time.perf_counter() - started)
             elif record:
                 metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+
+
+def _joined(model: LoadedModel, jobs: list[Job], joiners: list[Job], record: bool) -> list[Row]:
+    """Newcomers counted in the batch's jobs (a failed batch fails them too), as rows."""
+    jobs += joiners
+    if joiners and record:
+        record_join(joiners)
+    return start_rows(model, joiners)
 
 
 def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:

@@ -109,9 +109,12 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    """Rows that join the batch being decoded at its next step (or start one, if it ended)."""
+    """Rows that join the batch being decoded at its next step (or start one, if it ended).
+    urgent: the tenant headroom's rows, encoded whole at the next step even while another
+    pass is under way (Scheduler.take_joiners)."""
 
     rows: tuple[BatchRow, ...]
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

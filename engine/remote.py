@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -169,23 +168,27 @@ class ModelProcess:
                 self._unstarted.clear()
 
     def _join(self, jobs: list[Job], admit: Admit) -> None:
-        """Send the newcomers the queue lets join the rows still out (none once none is)."""
+        """Send the newcomers the queue lets join the rows still out (none once none is):
+        the tenant headroom's at once, the others one group at a time (the next once the
+        model process reports the last one's pass begun)."""
         with self._send_lock:
-            running: Sequence[Job] = list(self._running.values())
-            if self._unstarted:
-                return
+            running: list[Job] = list(self._running.values())
+            unstarted = bool(self._unstarted)
         if not running:
             return
-        joiners = admit(running)
-        if not joiners:
-            return
+        if urgent := admit(running, True):
+            self._send_joiners(jobs, urgent, urgent=True)
+        if not unstarted and (joiners := admit([*running, *urgent], False)):
+            self._send_joiners(jobs, joiners, urgent=False)
+
+    def _send_joiners(self, jobs: list[Job], joiners: list[Job], *, urgent: bool) -> None:
         jobs += joiners
         if joiners[0].record:
             record_join(joiners)
         with self._send_lock:
             rows = tuple(self._row(job) for job in joiners)
             self._unstarted.update(row.job_id for row in rows)
-            self._send(Join(rows))
+            self._send(Join(rows, urgent))
 
     def _next(self, *, wakeable: bool) -> FromModel | None:
         """The model process's next message; None when the queue woke us first."""

@@ -161,6 +161,7 @@ class Worker:
         self.prefill_step_tokens = prefill_step_tokens
         self.jobs: dict[int, RemoteJob] = {}
         self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch
+        self.urgent: deque[RemoteJob] = deque()  # the same, sent by an urgent Join
         self.outbox: list[tuple[int, Event]] = []
         self.steps: list[float] = []  # seconds of the steps since the last Events
         self.started: list[int] = []  # Join's rows whose pass began since the last Events
@@ -181,10 +182,10 @@ class Worker:
 
     def handle(self, message: ToModel) -> None:
         match message:
-            case Join(rows):
+            case Join(rows, urgent):
                 for row in rows:
                     job = self.jobs[row.job_id] = RemoteJob(row, self.outbox)
-                    self.waiting.append(job)
+                    (self.urgent if urgent else self.waiting).append(job)
             case Cancel(job_id) if job_id in self.jobs:
                 self.jobs[job_id].cancelled = True
             case Abort():
@@ -199,18 +200,19 @@ class Worker:
             self.handle(self.conn.recv())
         return self.aborted
 
-    def admit(self, running: Sequence[Job]) -> list[Job]:
-        """Between two steps: the rows sent by Join that start now. The server bounded them
-        by rows and tokens; several Joins may come during one step, so the encoder budget
-        between two steps is kept here."""
+    def admit(self, running: Sequence[Job], urgent: bool = False) -> list[Job]:
+        """Between two steps: the rows sent by Join (urgent: by an urgent Join) that start
+        now. The server bounded them by rows and tokens; several Joins may come during one
+        step, so the encoder budget between two steps is kept here."""
         limit = self.max_prefill_tokens
+        waiting = self.urgent if urgent else self.waiting
         taken: list[Job] = []
         widest = 0
-        while self.waiting:
-            width = max(widest, len(self.waiting[0].prompt_ids))
+        while waiting:
+            width = max(widest, len(waiting[0].prompt_ids))
             if taken and not prefill_fits(len(taken) + 1, width, limit):
                 break
-            job = self.waiting.popleft()
+            job = waiting.popleft()
             self.started.append(job.id)  # told with the next Events: the server sends more
             taken.append(job)
             widest = width
@@ -232,8 +234,9 @@ class Worker:
             self._decode(jobs)
             # Rows sent by Join as the batch's last row ended start a batch of their own (an
             # abort ends them cancelled).
-            jobs = list(self.waiting)
+            jobs = [*self.urgent, *self.waiting]
             self.waiting.clear()
+            self.urgent.clear()
             if self.aborted:
                 cancel_jobs(self.model, jobs)
                 jobs = []

@@ -212,6 +212,27 @@ def test_the_headroom_is_not_used_by_a_tenant_alone() -> None:
     assert len(scheduler.take_batch() or []) == 2
 
 
+def test_urgent_joiners_are_only_the_headroom_of_a_full_batch() -> None:
+    # Asked between two steps even while a pass is under way (run_batch): only tenants that
+    # hold no row, only once the batch is full; the rest waits for the ordinary admission.
+    scheduler = headroom_scheduler(1)
+    running = [Job(GenerationRequest("x", tenant="a"), [0])]
+    scheduler.put(mine := Job(GenerationRequest("x", tenant="a"), [0]))
+    scheduler.put(other := Job(GenerationRequest("x", tenant="b"), [0]))
+    assert scheduler.take_joiners(running, urgent=True) == []  # a free row: no hurry
+    full = [*running, Job(GenerationRequest("x", tenant="a"), [0])]
+    assert scheduler.take_joiners(full, urgent=True) == [other]
+    assert scheduler.take_joiners([*full, other], urgent=True) == []  # b holds one now
+    assert scheduler.take_joiners(running, urgent=False) == [mine]
+
+
+def test_without_headroom_nobody_is_urgent() -> None:
+    scheduler = headroom_scheduler(0)
+    full = [Job(GenerationRequest("x", tenant="a"), [0]) for _ in range(2)]
+    scheduler.put(Job(GenerationRequest("x", tenant="b"), [0]))
+    assert scheduler.take_joiners(full, urgent=True) == []
+
+
 def test_a_weight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="weight"):
         GenerationRequest("x", weight=0)

@@ -78,8 +78,8 @@ def decode(model: LoadedModel, budget: int, cancel_newcomer: bool = False) -> li
             newcomer.cancelled = True
         return False
 
-    def admit(rows: Sequence[Job]) -> list[Job]:
-        return [newcomer] if pauses == 3 else []
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        return [newcomer] if pauses == 3 and not urgent else []
 
     run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=budget)
     return [running, newcomer]
@@ -144,3 +144,45 @@ def test_a_group_of_newcomers_is_bounded_so_one_of_its_layers_fits_between_two_s
     assert prefill_group_limit(0, 32, 12) == 384
     assert prefill_group_limit(1024, 0, 12) == 1024  # whole passes: the setting alone
     assert not prefill_fits(2, 200, prefill_group_limit(1024, 32, 12))
+
+
+def test_an_urgent_newcomer_is_encoded_whole_while_another_pass_is_under_way(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tenant headroom's rows (Scheduler.take_joiners(urgent=True)) do not wait for the
+    # pass under way: they are encoded whole at the next pause, between two of its layers.
+    alone = [job.result.token_ids for job in decode(model, budget=0)]
+    log = trace(monkeypatch)
+    running = Recorded(model, RUNNING, 24)
+    newcomer = Recorded(model, NEWCOMER, 8)
+    urgent = Recorded(model, "A quiet tenant asks one thing", 4)
+    pauses = 0
+
+    def should_abort() -> bool:
+        nonlocal pauses
+        pauses += 1
+        return False
+
+    def admit(rows: Sequence[Job], is_urgent: bool) -> list[Job]:
+        if is_urgent:
+            # Offered once the long pass is under way, with its row among the holders.
+            return [urgent] if pauses == 4 and newcomer in rows else []
+        return [newcomer] if pauses == 3 else []
+
+    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=1)
+    layers = model.model.config.num_layers
+    long, short = len(model.encode(NEWCOMER)), len(model.encode(urgent.request.prompt))
+    encoder_work = [size for kind, size in log if kind == "layer"]
+    # The long pass's first layer, the urgent pass whole, then the long pass's other layers.
+    first_long = encoder_work.index(long)
+    assert encoder_work[first_long + 1 : first_long + 1 + layers] == [short] * layers
+    assert encoder_work[first_long + 1 + layers :] == [long] * (layers - 1)
+    assert urgent.result.completion_tokens == 4
+    assert urgent.result.token_ids == alone_tokens(model, urgent.request.prompt, 4)
+    assert [job.result.token_ids for job in (running, newcomer)] == alone
+
+
+def alone_tokens(model: LoadedModel, prompt: str, max_tokens: int) -> list[int]:
+    job = Recorded(model, prompt, max_tokens)
+    run_batch(model, [job], lambda: False)
+    return job.result.token_ids
