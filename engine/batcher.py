@@ -9,7 +9,7 @@ run between two steps.
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -97,9 +97,10 @@ class _Room:
     """The room a batch has for newcomers: asked once per candidate, in admission order; True
     counts the job in (the queue then takes it).
 
-    Rows: up to max_batch, and past it up to `headroom` more for tenants holding no row yet,
-    so a tenant that arrives while another fills the batch starts at the next step instead of
-    waiting for a row to end."""
+    Rows: up to max_batch, and past it up to `headroom` more for tenants holding fewer rows
+    than an equal share of max_batch among the tenants holding rows (one holding none always
+    does), so a tenant that arrives while another fills the batch starts at the next step
+    instead of waiting for a row to end; a tenant alone never has a share to claim."""
 
     def __init__(
         self,
@@ -113,19 +114,23 @@ class _Room:
     ) -> None:
         self.rows = len(running)
         self.held = sum(job.tokens for job in running)
-        self.holders = {job.request.tenant for job in running}
+        self.holding = Counter(job.request.tenant for job in running)
         self.token_budget, self.prefill = token_budget, prefill
         self.max_batch, self.headroom = max_batch, headroom
-        # Only the headroom's rows: a full batch, tenants holding none (Scheduler.take_joiners).
+        # Only the headroom's rows: a full batch, tenants under their share (take_joiners).
         self.urgent = urgent
         self.newcomers = self.widest = 0
 
+    def under_share(self, tenant: str) -> bool:
+        """Whether `tenant` holds fewer rows than max_batch split among the holders and it."""
+        tenants = len(self.holding) + (tenant not in self.holding)
+        return self.holding[tenant] * tenants < self.max_batch
+
     def fits(self, job: Job) -> bool:
         rows = self.rows + self.newcomers
-        if self.urgent and (rows < self.max_batch or job.request.tenant in self.holders):
-            return False
-        if rows >= self.max_batch and (
-            job.request.tenant in self.holders or rows >= self.max_batch + self.headroom
+        full = rows >= self.max_batch
+        if (full or self.urgent) and not (
+            full and rows < self.max_batch + self.headroom and self.under_share(job.request.tenant)
         ):
             return False
         # The first job of an empty batch always fits: one too large for the budget runs
@@ -139,7 +144,7 @@ class _Room:
         self.newcomers += 1
         self.held += job.tokens
         self.widest = width
-        self.holders.add(job.request.tenant)
+        self.holding[job.request.tenant] += 1
         return True
 
 

@@ -212,6 +212,33 @@ def test_the_headroom_is_not_used_by_a_tenant_alone() -> None:
     assert len(scheduler.take_batch() or []) == 2
 
 
+def test_a_tenant_under_its_share_of_a_full_batch_may_take_the_headroom() -> None:
+    # A quiet tenant whose last request still decodes holds a row: it may still take the
+    # headroom while another tenant holds more than an equal share, not once it has its own.
+    scheduler = Scheduler(
+        max_batch=4, max_wait_ms=0, max_queue=10, tenant_headroom=2, queue=FairQueue[Job]()
+    )
+    running = [Job(GenerationRequest("x", tenant="flood"), [0]) for _ in range(3)]
+    running.append(Job(GenerationRequest("x", tenant="quiet"), [0]))
+    scheduler.put(second := Job(GenerationRequest("x", tenant="quiet"), [0]))
+    scheduler.put(third := Job(GenerationRequest("x", tenant="quiet"), [0]))
+    # Two of four rows is quiet's share: its second request joins, its third waits.
+    assert scheduler.take_joiners(running, urgent=True) == [second]
+    assert scheduler.take_joiners([*running, second]) == []
+    assert scheduler.take_joiners(running[2:] + [second]) == [third]  # a free row
+
+
+def test_tenants_at_their_share_of_a_full_batch_do_not_take_the_headroom() -> None:
+    scheduler = Scheduler(
+        max_batch=4, max_wait_ms=0, max_queue=10, tenant_headroom=2, queue=FairQueue[Job]()
+    )
+    even = [Job(GenerationRequest("x", tenant=name), [0]) for name in ("a", "a", "b", "b")]
+    scheduler.put(Job(GenerationRequest("x", tenant="a"), [0]))
+    scheduler.put(Job(GenerationRequest("x", tenant="b"), [0]))
+    assert scheduler.take_joiners(even) == []
+    assert len(scheduler.take_joiners(even[1:])) == 1  # a row ended: one joins
+
+
 def test_urgent_joiners_are_only_the_headroom_of_a_full_batch() -> None:
     # Asked between two steps even while a pass is under way (run_batch): only tenants that
     # hold no row, only once the batch is full; the rest waits for the ordinary admission.
