@@ -117,7 +117,7 @@ class _Room:
         self.holding = Counter(job.request.tenant for job in running)
         self.token_budget, self.prefill = token_budget, prefill
         self.max_batch, self.headroom = max_batch, headroom
-        # Only the headroom's rows: a full batch, tenants under their share (take_joiners).
+        # Only tenants under their share of a full or flooded batch (take_joiners).
         self.urgent = urgent
         self.newcomers = self.widest = 0
 
@@ -126,12 +126,26 @@ class _Room:
         tenants = len(self.holding) + (tenant not in self.holding)
         return self.holding[tenant] * tenants < self.max_batch
 
+    def flooded(self, tenant: str) -> bool:
+        """Whether another tenant holds more than its share (and more than one row)."""
+        tenants = len(self.holding) + (tenant not in self.holding)
+        return any(
+            rows > 1 and rows * tenants > self.max_batch
+            for name, rows in self.holding.items()
+            if name != tenant
+        )
+
     def fits(self, job: Job) -> bool:
-        rows = self.rows + self.newcomers
+        rows, tenant = self.rows + self.newcomers, job.request.tenant
         full = rows >= self.max_batch
-        if (full or self.urgent) and not (
-            full and rows < self.max_batch + self.headroom and self.under_share(job.request.tenant)
-        ):
+        if rows >= self.max_batch + self.headroom:
+            return False
+        if self.urgent:
+            # A pass may be under way: only a tenant under its share, and only while the batch
+            # is full or another tenant holds more than its share (a flood), skips it.
+            if not (self.under_share(tenant) and (full or self.flooded(tenant))):
+                return False
+        elif full and not self.under_share(tenant):
             return False
         # The first job of an empty batch always fits: one too large for the budget runs
         # alone rather than never.
@@ -323,10 +337,11 @@ class Scheduler:
         decoder steps), within the free rows, the token budget and the encoder tokens one
         admission may run. Also updates the running rows' gauges.
 
-        urgent: only jobs for the tenant headroom (the batch is full, their tenant holds no
-        row in `running`); their encoder pass runs whole at once, even while another pass is
-        under way, so a tenant arriving during another's flood starts within about one step
-        (docs/engine.md, "Fairness"). None without a headroom."""
+        urgent: only jobs of tenants under their share of a batch that is full (the tenant
+        headroom) or that another tenant floods (holds more than its share); their encoder
+        pass runs whole at once, even while another pass is under way, so a tenant arriving
+        during another's flood starts within about one step (docs/engine.md, "Fairness").
+        None without a headroom."""
         if urgent and not self.tenant_headroom:
             return []
         with self._cond:

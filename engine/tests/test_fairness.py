@@ -253,6 +253,21 @@ def test_urgent_joiners_are_only_the_headroom_of_a_full_batch() -> None:
     assert scheduler.take_joiners(running, urgent=False) == [mine]
 
 
+def test_a_flood_makes_other_tenants_urgent_even_with_rows_free() -> None:
+    # A tenant holding more than its share (not just one row) is a flood: the others skip the
+    # pass under way even before the batch is full; among tenants at their share nobody does.
+    scheduler = Scheduler(
+        max_batch=6, max_wait_ms=0, max_queue=10, tenant_headroom=1, queue=FairQueue[Job]()
+    )
+    flood = [Job(GenerationRequest("x", tenant="flood"), [0]) for _ in range(4)]
+    scheduler.put(quiet := Job(GenerationRequest("x", tenant="quiet"), [0]))
+    assert scheduler.take_joiners(flood, urgent=True) == [quiet]
+    even = [Job(GenerationRequest("x", tenant=name), [0]) for name in ("a", "b", "c")]
+    scheduler.put(Job(GenerationRequest("x", tenant="d"), [0]))
+    assert scheduler.take_joiners(even, urgent=True) == []
+    assert len(scheduler.take_joiners(even)) == 1
+
+
 def test_without_headroom_nobody_is_urgent() -> None:
     scheduler = headroom_scheduler(0)
     full = [Job(GenerationRequest("x", tenant="a"), [0]) for _ in range(2)]
