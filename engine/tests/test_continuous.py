@@ -188,6 +188,13 @@ async def test_shutdown_drains_a_batch_that_others_joined(
     ]
 
 
+def of(tenant: str, max_tokens: int) -> GenerationRequest:
+    """A greedy request of `tenant` that runs its max_tokens (the model-process fairness tests)."""
+    return GenerationRequest(
+        PROMPTS[3], max_tokens=max_tokens, temperature=0, ignore_eos=True, tenant=tenant
+    )
+
+
 async def test_in_a_model_process_an_idle_tenant_goes_before_a_flooding_ones_backlog(
     make_engine: Callable[..., Engine],
 ) -> None:
@@ -196,11 +203,6 @@ async def test_in_a_model_process_an_idle_tenant_goes_before_a_flooding_ones_bac
     # queue, the model process has been sent only the first of them.
     engine = make_engine(process=True, prefill_step_tokens=1)
     pid = engine.status()["model_process"]
-
-    def of(tenant: str, max_tokens: int) -> GenerationRequest:
-        return GenerationRequest(
-            PROMPTS[3], max_tokens=max_tokens, temperature=0, ignore_eos=True, tenant=tenant
-        )
 
     long = await engine.submit(of("flood", LONG))
     iterator = await deltas(long, 1)
@@ -236,11 +238,6 @@ async def test_in_a_model_process_a_tenant_arriving_at_a_full_batch_starts_befor
     # pause, so its first token comes before the newcomer's, whose pass is cut per layer.
     engine = make_engine(process=True, prefill_step_tokens=1, max_batch=2, tenant_headroom=1)
     pid = engine.status()["model_process"]
-
-    def of(tenant: str, max_tokens: int) -> GenerationRequest:
-        return GenerationRequest(
-            PROMPTS[3], max_tokens=max_tokens, temperature=0, ignore_eos=True, tenant=tenant
-        )
 
     long = await engine.submit(of("flood", LONG))
     iterator = await deltas(long, 1)
