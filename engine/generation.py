@@ -64,6 +64,18 @@ class PromptTooLong(EngineError):
         self.char_limit = char_limit
 
 
+class UnknownAdapter(EngineError):
+    """The request names an adapter the engine does not hold in its registry."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No adapter named {name!r} is registered.")
+        self.name = name
+
+
+class AdapterLoadError(EngineError):
+    """A registered adapter's folder could not be loaded; the message says why (no path)."""
+
+
 class InvalidGeneration(EngineError):
     """A generation parameter is out of range; `param` names it."""
 
@@ -106,6 +118,9 @@ class GenerationRequest:
     # None: no log-probabilities (and no cost). 0 to MAX_TOP_LOGPROBS: each Delta carries the
     # chosen tokens' log-probabilities and that many most likely alternatives (messages.py).
     logprobs: int | None = None
+    # A registered adapter's name (Engine.set_adapters); "" decodes with the default adapter
+    # (INFERENCE_ADAPTER), or the bare base model without one.
+    adapter: str = ""
 
     def __post_init__(self) -> None:
         # The caller's mistake, not a client's (weights come from a database constraint, > 0):

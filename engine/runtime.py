@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from engine import metrics
@@ -37,6 +37,7 @@ from engine.generation import (
     QueueFull,
     QueueTimeout,
     RowFailed,
+    UnknownAdapter,
 )
 from engine.loading import LoadedModel
 from engine.messages import Delta, Done, Event, Failed, TokenLogprob
@@ -214,6 +215,8 @@ class Engine:
         self._remote: ModelProcess | None = None  # the model process, when config.process
         self._starting: ModelProcess | None = None  # the model process being started
         self._load_ended = False  # stop() came while loading: the load was ended, not awaited
+        # Registered adapters, name -> peft folder (set_adapters); replaced whole, never mutated.
+        self._adapters: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -310,6 +313,21 @@ class Engine:
         PromptTooLong for a prompt that cannot fit."""
         return self._prompt_ids(self._loaded(), text)
 
+    # --- adapters ------------------------------------------------------------------------------
+    def set_adapters(self, adapters: Mapping[str, str]) -> None:
+        """The whole registry of adapters a request may name, name -> peft folder (checked by
+        the caller: core/adapters.py). Returns at once; safe from any thread."""
+        self._adapters = dict(adapters)
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The registry as last set."""
+        return self._adapters
+
+    def _check_adapter(self, request: GenerationRequest) -> None:
+        if request.adapter and request.adapter not in self._adapters:
+            raise UnknownAdapter(request.adapter)
+
     async def submit(self, request: GenerationRequest) -> GenerationStream:
         """Queue a request; raises QueueFull, ModelNotReady, PromptTooLong, InvalidGeneration.
         The stream raises QueueTimeout when it waits longer than max_queue_wait to start,
@@ -317,6 +335,7 @@ class Engine:
         try:
             model = self._loaded()
             request.validate(self.config.max_output_tokens)
+            self._check_adapter(request)
             prompt_ids = self._prompt_ids(model, request.prompt, request.prompt_ids)
             stream = GenerationStream(self, request, prompt_ids)
             self._scheduler.put(stream._job)
@@ -333,6 +352,7 @@ class Engine:
             rows = []
             for request in requests:
                 request.validate(self.config.max_output_tokens)
+                self._check_adapter(request)
                 rows.append((request, self._prompt_ids(model, request.prompt, request.prompt_ids)))
             group = GenerationGroup(self, rows)
             self._scheduler.put_many(group.jobs)

@@ -195,10 +195,19 @@ def build_t5(folder: Path, shape: T5Shape, tokenizer: Any, seed: int = 0) -> int
     return sum(p.numel() for p in model.parameters())
 
 
+# Every Linear of a gated T5 block: what the per-tenant adapters of make_tiny_model adapt.
+ALL_T5_LINEARS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+
+
 def build_adapter(
-    base_folder: Path, adapter_folder: Path, seed: int = 0, rank: int = 8, strength: float = 0.05
+    base_folder: Path,
+    adapter_folder: Path,
+    seed: int = 0,
+    rank: int = 8,
+    strength: float = 0.05,
+    targets: tuple[str, ...] = ("q", "v"),
 ) -> None:
-    """Write a LoRA adapter (q and v) whose update is `strength` times each weight's norm."""
+    """Write a LoRA adapter (of `targets`) whose update is `strength` times each weight's norm."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM
 
@@ -209,7 +218,7 @@ def build_adapter(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=0.0,
-        target_modules=["q", "v"],
+        target_modules=list(targets),
         task_type=TaskType.SEQ_2_SEQ_LM,
         init_lora_weights=False,
     )
@@ -243,11 +252,22 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
     return weight
 
 
-def make_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write folder/ (tiny T5 + tokenizer) and folder/adapter/ (LoRA); returns folder."""
+def make_tiny_model(folder: Path, seed: int = 0, adapters: int = 0) -> Path:
+    """Write folder/ (tiny T5 + tokenizer), folder/adapter/ (LoRA of q and v) and `adapters`
+    further LoRA adapters of every Linear in folder/adapters/1..N, each from its own seed;
+    returns folder."""
     folder = Path(folder)
     tokenizer = build_tokenizer(seed)
     build_t5(folder, T5Shape(), tokenizer, seed)
     # A strong adapter, so tests see it change what the tiny model writes.
     build_adapter(folder, folder / "adapter", seed, rank=4, strength=1.0)
+    for number in range(1, adapters + 1):
+        build_adapter(
+            folder,
+            folder / "adapters" / str(number),
+            seed + 1000 * number,
+            rank=4,
+            strength=1.0,
+            targets=ALL_T5_LINEARS,
+        )
     return folder

@@ -53,3 +53,27 @@ def test_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(CommandError, match="not a folder"):
         make(blocker)
+
+
+def test_adapters_n_writes_n_more_adapters_each_its_own_and_leaves_the_default_alone(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "many"
+    make(folder, "--adapters", "2")
+    default = "adapter/adapter_model.safetensors"
+    assert (folder / default).read_bytes() == (tiny_model_dir / default).read_bytes()
+    first, second = (folder / "adapters" / n / "adapter_model.safetensors" for n in ("1", "2"))
+    assert first.read_bytes() != second.read_bytes()
+    config = json.loads((folder / "adapters" / "1" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+    assert not (folder / "adapters" / "3").exists()
+    again = tmp_path / "again"
+    make(again, "--adapters", "1")
+    assert (again / "adapters/1/adapter_model.safetensors").read_bytes() == first.read_bytes()
+
+
+def test_a_negative_adapter_count_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="--adapters takes 0 to 64"):
+        make(tmp_path / "x", "--adapters", "-1")
