@@ -318,6 +318,9 @@ TENANT_DEFAULT_PRESET = env_choice(
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
 INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")
+# The highest LoRA rank `adapter_add` registers (per-tenant adapters, docs/adapters.md): the
+# engine's per-row matrices are sized by it.
+INFERENCE_MAX_ADAPTER_RANK = env_int("INFERENCE_MAX_ADAPTER_RANK", 64)
 INFERENCE_QUANTIZATION = env_choice(
     "INFERENCE_QUANTIZATION", "auto", ("auto", "bnb-int8", "torch-int8", "bf16", "none")
 )
