@@ -308,6 +308,8 @@ class Run:
                 prompt_tokens=self.plan.prompt_tokens if delivered else 0,
                 completion_tokens=self.billed_tokens,
                 count_usage=delivered,
+                # Every row of a request names the same adapter ("" for the base model).
+                adapter=self.plan.request.adapter,
             )
         )
 

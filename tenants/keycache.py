@@ -1,8 +1,9 @@
 """The per-process cache of API key records, and how changes reach every process.
 
 A hot key costs no query: its record (hashes, state, limits) stays in process memory for at most
-API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits, tenant state)
-increments one Redis counter after its transaction commits; each process reads that counter at
+API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits, tenant state,
+an adapter granted or revoked: a record carries its tenant's adapter names) increments one Redis
+counter after its transaction commits; each process reads that counter at
 most every API_KEY_VERSION_POLL_SECONDS and drops its whole cache when it moved. So a change is
 seen everywhere within about half a second, and within the cache TTL even if Redis is down.
 

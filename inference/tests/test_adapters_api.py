@@ -6,6 +6,7 @@ revokes and the registry reach every request (open sockets too) within the versi
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from engine.generation import AdapterLoadError, UnknownAdapter
 from engine.runtime import Engine
 from inference.consumers import CompletionConsumer
 from inference.engines import api_error, engine_config, served_model_id
+from ratelimit import flush
+from tenants.adapter_selectors import AdapterUsageRow, adapter_usage
 from tenants.adapters import adapter_add, adapter_grant, adapter_remove, adapter_revoke
-from tenants.models import Adapter, Tenant
+from tenants.models import Adapter, AdapterUsageDay, Tenant
 from tenants.services import IssuedKey, api_key_issue, tenant_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -213,6 +216,23 @@ async def test_a_grant_and_a_revoke_reach_an_open_socket_within_a_second(
     # The socket stays open for the base model.
     assert (await ask(communicator, "base", served_model_id()))["type"] == "completion.done"
     await communicator.disconnect()
+
+
+async def test_usage_is_counted_per_adapter_and_day_once_flushed(support, issued, tenant) -> None:
+    answers = [await post(path, issued.token, "support") for path in BODIES]
+    assert (await post("/v1/completions", issued.token, served_model_id()))[0] == 200
+    assert (await post("/v1/completions", issued.token, UNKNOWN))[0] == 404
+    await sync_to_async(flush.flush)()
+    prompt = completion = 0
+    for status, body in answers:
+        assert status == 200, body
+        usage = body["usage"]
+        prompt += usage.get("prompt_tokens", usage.get("input_tokens", 0))
+        completion += usage.get("completion_tokens", usage.get("output_tokens", 0))
+    today = datetime.now(UTC).date()
+    rows = await sync_to_async(adapter_usage)(start=today, end=today)
+    assert rows == [AdapterUsageRow(today, "acme", "support", 3, prompt, completion)]
+    assert await AdapterUsageDay.objects.acount() == 1
 
 
 def test_the_engines_adapter_errors_map_to_a_404_and_a_503_without_a_path() -> None:
