@@ -66,7 +66,8 @@ class AdapterRegistry:
             return
         # Two reloads may overlap (one slower than the poll): the one that read first may land
         # last, but then its version is not Redis's, and the next poll reloads.
-        engine.set_adapters(registry)
+        if registry != engine.adapters:  # an unchanged registry is not handed again
+            engine.set_adapters(registry)
         self._version, self._engine = version, engine
 
 
