@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from core.adapters import AdapterInvalid, check_adapter_folder
@@ -38,6 +39,8 @@ def adapter_add(*, name: str, path: str, actor: str) -> Adapter:
             "an adapter name is 1-64 characters: lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    if name in _base_model_names():
+        raise AdapterRefused(f"{name!r} is the served base model's name; choose another")
     if not (path or "").strip():
         raise AdapterRefused("give the adapter's folder on this server")
     folder = Path(path.strip()).expanduser().resolve()
@@ -105,6 +108,13 @@ def registry_bump() -> None:
         get_sync_redis().set(REGISTRY_VERSION_KEY, uuid.uuid4().hex)
     except Exception as exc:  # Redis down: the registry poll rereads once it can reach Redis
         logger.warning("adapters: cannot bump the registry version (%s)", type(exc).__name__)
+
+
+def _base_model_names() -> set[str]:
+    # The names of the base a request may send that an adapter's could equal (no slash): as
+    # inference/engines.py served_model_names() derives them from the same two settings.
+    names = {settings.INFERENCE_MODEL_NAME, Path(settings.INFERENCE_MODEL).name}
+    return names - {""}
 
 
 def _locked(adapter: Adapter) -> Adapter:

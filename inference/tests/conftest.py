@@ -7,7 +7,6 @@ import pytest
 
 from engine.runtime import Engine
 from inference import engines
-from inference.adapters import adapter_registry
 
 
 @pytest.fixture
@@ -21,14 +20,6 @@ def installed() -> Iterator[Callable[[Engine], Engine]]:
 
     yield install
     engines.set_engine(previous)
-
-
-@pytest.fixture(autouse=True)
-def fresh_adapter_registry() -> Iterator[None]:
-    """Each test's engine learns the adapter registry from the table as that test has it."""
-    adapter_registry.reset()
-    yield
-    adapter_registry.reset()
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,14 @@ def test_a_malformed_name_is_refused(folder, name: str) -> None:
     assert not Adapter.objects.exists() and not AdminAction.objects.exists()
 
 
+def test_the_served_base_models_name_is_refused(folder, settings) -> None:
+    settings.INFERENCE_MODEL_NAME = "flan"
+    for name in ("flan", "base"):  # the id clients see, and the model folder's name
+        with pytest.raises(AdapterRefused, match=f"'{name}' is the served base model's name"):
+            adapter_add(name=name, path=folder(), actor="t")
+    assert not Adapter.objects.exists()
+
+
 def test_the_database_refuses_a_malformed_name_too(folder) -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         Adapter.objects.create(name="Bad Name", path="/x", rank=4, target_modules=["q"])
