@@ -20,6 +20,11 @@ async def test_the_request_carries_the_tenant_and_its_weight(
     monkeypatch.setattr(services, "served_model_names", lambda: frozenset({"tiny"}))
     monkeypatch.setattr(services, "engine_check_request", lambda request: None)
     monkeypatch.setattr(services, "engine_encode_prompt", encode)
+
+    async def no_registry() -> None:  # an engine another test started may still be installed
+        return None
+
+    monkeypatch.setattr(services, "engine_sync_adapters", no_registry)
     record = replace(make_record(slug="globex"), scheduling_weight=3)
     params = GenerationParams.model_validate({"model": "tiny", "max_tokens": 5})
     plan = await services.plan_completion(
