@@ -70,6 +70,7 @@ def engine_config() -> EngineConfig:
     return EngineConfig(
         model=settings.INFERENCE_MODEL,
         adapter=settings.INFERENCE_ADAPTER,
+        max_adapters=settings.INFERENCE_MAX_ADAPTERS,
         quantization=settings.INFERENCE_QUANTIZATION,
         device=settings.INFERENCE_DEVICE,
         max_batch=settings.INFERENCE_MAX_BATCH,
