@@ -6,10 +6,10 @@ merged, and every adapted Linear adds, per row, `scale * (x @ A[row]^T) @ B[row]
 - `attach(network)` wraps T5's q, k, v, o, wi_0, wi_1, wo (encoder, decoder self- and
   cross-attention) of any backend: a `LoraLinear` around a Linear (fp32, bf16, bitsandbytes'
   8-bit, rowint8's RowInt8Linear), and for rowint8's fused groups (q+k+v, cross k+v, wi_0+wi_1)
-  ONE side product for the group: x @ concat(A_q, A_k, A_v)^T, then one bmm with the targets'
-  B's block-diagonal, added to the group's packed output before it is sliced.
+  ONE side product for the group: x @ concat(A_q, A_k, A_v)^T, then one bmm over rows x
+  targets with each target's B, added to the group's packed output before it is sliced.
 - A wrapper reads the row tables of the pass being run (`Lora.using(tables)`): per unit, the
-  rows' A (rows, in, n*R) and B (rows, n*R, out) stacked when the rows join (zero-padded to the
+  rows' A (rows, in, n*R) and B (rows, n, R, out) stacked when the rows join (zero-padded to the
   largest rank among them; zeros for a row whose adapter leaves the unit alone, or that has
   none) and indexed with the batch's rows when rows leave: never gathered per step.
 - `AdapterHost` (on the model thread, or in the model process) owns the registry, the bank of
@@ -84,15 +84,28 @@ class LoraState:
 
 
 def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
-    """out + the rows' low-rank update of `hidden` (rows, positions, in), in place."""
+    """out + the rows' low-rank update of `hidden` (rows, positions, in), in place: one bmm
+    with the rows' A (all the unit's targets at once), one with their B's (rows x targets)."""
     tables = state.tables
     if tables is None or (pair := tables.get(key)) is None:
         return out
     a, b = pair
+    rows, n, rank, width = b.shape
+    positions = hidden.shape[1]
     x = hidden if hidden.dtype == a.dtype else hidden.to(a.dtype)
-    if out.dtype == a.dtype and out.is_contiguous():
-        return out.baddbmm_(torch.bmm(x, a), b)
-    return out + torch.bmm(torch.bmm(x, a), b).to(out.dtype)
+    low = torch.bmm(x, a)  # (rows, positions, n * rank)
+    if n == 1:
+        delta = torch.bmm(low, b.view(rows, rank, width))
+    else:
+        # (rows * n) products of (positions, rank) by (rank, width), then back to the packed
+        # layout [target 0 | target 1 | ...] of each position (views when positions == 1).
+        low = low.view(rows, positions, n, rank).transpose(1, 2).reshape(rows * n, positions, rank)
+        delta = torch.bmm(low, b.view(rows * n, rank, width))
+        delta = delta.view(rows, n, positions, width).transpose(1, 2)
+        delta = delta.reshape(rows, positions, n * width)
+    if out.dtype == delta.dtype:
+        return out.add_(delta)
+    return out + delta.to(out.dtype)
 
 
 class LoraLinear(torch.nn.Module):
@@ -161,12 +174,11 @@ class Lora:
             if all(part is None for part in parts):
                 continue
             rank = max(part[2] for part in parts if part is not None)
-            n, width = len(unit.targets), sum(unit.widths)
+            n, width = len(unit.targets), unit.widths[0]
             a_shape = (len(parts), unit.in_features, n * rank)
             a_rows = torch.zeros(a_shape, dtype=self.dtype, device=self.device)
-            b_rows = torch.zeros(
-                (len(parts), n * rank, width), dtype=self.dtype, device=self.device
-            )
+            b_shape = (len(parts), n, rank, width)
+            b_rows = torch.zeros(b_shape, dtype=self.dtype, device=self.device)
             for row, part in enumerate(parts):
                 if part is None:
                     continue
@@ -174,7 +186,7 @@ class Lora:
                 # Target i's r columns go to columns i*rank.. (the rest stays zero).
                 for i in range(n):
                     a_rows[row, :, i * rank : i * rank + r] = a[:, i * r : (i + 1) * r]
-                    b_rows[row, i * rank : i * rank + r] = b[i * r : (i + 1) * r]
+                b_rows[row, :, :r] = b
             tables[key] = (a_rows, b_rows)
         return tables
 
@@ -193,8 +205,8 @@ def join_tables(old: Tables, old_rows: int, new: Tables, new_rows: int, lora: Lo
             _pad_rank(t.get(key), rows, unit, lora)
             for t, rows in ((old, old_rows), (new, new_rows))
         ]
-        rank = max(p[0].shape[2] for p in pairs) // len(unit.targets)
-        pairs = [_to_rank(p, rank, len(unit.targets)) for p in pairs]
+        rank = max(p[1].shape[2] for p in pairs)
+        pairs = [_to_rank(p, rank) for p in pairs]
         joined[key] = (torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
     return joined
 
@@ -207,19 +219,18 @@ def _pad_rank(
     n, dtype, device = len(unit.targets), lora.dtype, lora.device
     return (
         torch.zeros((rows, unit.in_features, n), dtype=dtype, device=device),
-        torch.zeros((rows, n, sum(unit.widths)), dtype=dtype, device=device),
+        torch.zeros((rows, n, 1, unit.widths[0]), dtype=dtype, device=device),
     )
 
 
-def _to_rank(pair: tuple[Tensor, Tensor], rank: int, n: int) -> tuple[Tensor, Tensor]:
+def _to_rank(pair: tuple[Tensor, Tensor], rank: int) -> tuple[Tensor, Tensor]:
     a, b = pair
-    have = a.shape[2] // n
+    rows, n, have, _ = b.shape
     if have == rank:
         return pair
-    rows = a.shape[0]
     a = torch.nn.functional.pad(a.view(rows, a.shape[1], n, have), (0, rank - have))
-    b = torch.nn.functional.pad(b.view(rows, n, have, b.shape[2]), (0, 0, 0, rank - have))
-    return a.reshape(rows, a.shape[1], n * rank), b.reshape(rows, n * rank, b.shape[3])
+    b = torch.nn.functional.pad(b, (0, 0, 0, rank - have))
+    return a.reshape(rows, a.shape[1], n * rank), b
 
 
 def attach(network: torch.nn.Module) -> Lora:
@@ -247,6 +258,8 @@ def attach(network: torch.nn.Module) -> Lora:
         names = [name for _, name in sorted(slices)]
         key = f"{path}.{'+'.join(names)}"
         targets = tuple(f"{path}.{name}" for name in names)
+        if len(set(group.widths)) != 1:
+            raise ValueError(f"{key}: a fused group's Linears differ in width")
         units[key] = Unit(key, targets, group.in_features, tuple(group.widths))
         group.outputs = rowint8.LastInput(_FusedSide(group, key, state))
     # The activations' dtype (the embedding's: int8 backends keep fp32 activations).
@@ -266,8 +279,9 @@ def _shape(module: torch.nn.Module) -> tuple[int, int]:
 
 @dataclass
 class Adapter:
-    """A loaded adapter: per unit (A (in, n*r), B block-diagonal (n*r, out), r), scale folded
-    into B, in the model's dtype."""
+    """A loaded adapter: per unit (A (in, n*r): the n targets' A's side by side, B (n, r, out):
+    each target's, zeros for a target it leaves alone; r), peft's scale folded into B, in the
+    model's dtype and on its device."""
 
     name: str
     folder: str
@@ -323,18 +337,14 @@ def load_adapter(name: str, folder: str, lora: Lora, max_rank: int) -> Adapter:
         unit = lora.units[unit_key]
         n = len(unit.targets)
         a_cat = torch.zeros((unit.in_features, n * rank))
-        b_bd = torch.zeros((n * rank, sum(unit.widths)))
-        start = 0
-        for i, width in enumerate(unit.widths):
-            if i in parts:
-                a, b = parts[i]
-                a_cat[:, i * rank : (i + 1) * rank] = a.t()
-                b_bd[i * rank : (i + 1) * rank, start : start + width] = b.t()
-            start += width
+        b_all = torch.zeros((n, rank, unit.widths[0]))
+        for i, (a, b) in parts.items():
+            a_cat[:, i * rank : (i + 1) * rank] = a.t()
+            b_all[i] = b.t()
         a_cat = a_cat.to(dtype=lora.dtype, device=lora.device)
-        b_bd = b_bd.to(dtype=lora.dtype, device=lora.device)
-        nbytes += a_cat.nbytes + b_bd.nbytes
-        units[unit_key] = (a_cat, b_bd, rank)
+        b_all = b_all.to(dtype=lora.dtype, device=lora.device)
+        nbytes += a_cat.nbytes + b_all.nbytes
+        units[unit_key] = (a_cat, b_all, rank)
     if not units:
         raise AdapterLoadError(f"Adapter {name!r} holds no LoRA weights.")
     seconds = time.perf_counter() - started

@@ -105,7 +105,9 @@ def write_adapter(base: Path, folder: Path, rank: int, seed: int) -> None:
     shapes["wo"] = (d_ff, d_model)
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    layers = {"encoder": (("0", "SelfAttention"), ("1", "DenseReluDense"))}
+    layers: dict[str, tuple[tuple[str, str], ...]] = {
+        "encoder": (("0", "SelfAttention"), ("1", "DenseReluDense"))
+    }
     layers["decoder"] = (("0", "SelfAttention"), ("1", "EncDecAttention"), ("2", "DenseReluDense"))
     for stack, parts in layers.items():
         for block in range(config["num_layers"]):
