@@ -94,15 +94,17 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     positions = hidden.shape[1]
     x = hidden if hidden.dtype == a.dtype else hidden.to(a.dtype)
     low = torch.bmm(x, a)  # (rows, positions, n * rank)
-    if n == 1:
-        delta = torch.bmm(low, b.view(rows, rank, width))
-    else:
-        # (rows * n) products of (positions, rank) by (rank, width), then back to the packed
-        # layout [target 0 | target 1 | ...] of each position (views when positions == 1).
-        low = low.view(rows, positions, n, rank).transpose(1, 2).reshape(rows * n, positions, rank)
-        delta = torch.bmm(low, b.view(rows * n, rank, width))
-        delta = delta.view(rows, n, positions, width).transpose(1, 2)
-        delta = delta.reshape(rows, positions, n * width)
+    if out.dtype == a.dtype and out.is_contiguous() and (n == 1 or positions == 1):
+        # A decoder step (one position): rows x targets products of (1, rank) by (rank,
+        # width), added in place to the packed output [target 0 | target 1 | ...] (views).
+        shape = (rows * n, positions, width)
+        out.view(shape).baddbmm_(low.view(rows * n, positions, rank), b.view(shape[0], rank, width))
+        return out
+    # (rows * n) products of (positions, rank) by (rank, width), then back to the packed layout.
+    low = low.view(rows, positions, n, rank).transpose(1, 2).reshape(rows * n, positions, rank)
+    delta = torch.bmm(low, b.view(rows * n, rank, width))
+    delta = delta.view(rows, n, positions, width).transpose(1, 2)
+    delta = delta.reshape(rows, positions, n * width)
     if out.dtype == delta.dtype:
         return out.add_(delta)
     return out + delta.to(out.dtype)
