@@ -418,7 +418,7 @@ def run_batch(
             new = host.admit(new)
         rows = start_rows(model, new)
         if host is not None:
-            held.extend(rows)
+            held.extend(row for row in rows if row.job.adapter_key is not None)
             for job in new:
                 if job.finished:  # its setup failed (start_rows)
                     host.release(job)
@@ -486,9 +486,10 @@ def _settle(
 ) -> None:
     """Between two steps: release the adapters of rows that ended; parked rows whose adapter
     is now held join (their pass runs whole here), those whose load failed fail."""
-    for row in [row for row in held if not row.running]:
-        host.release(row.job)
-        held.remove(row)
+    if held and any(not row.running for row in held):
+        for row in [row for row in held if not row.running]:
+            host.release(row.job)
+            held.remove(row)
     if abort:
         cancel_jobs(model, host.take_parked())
     ready, failed = host.tick()
@@ -496,7 +497,7 @@ def _settle(
         fail_job(job, exc)
     if ready:
         rows = start_rows(model, ready)
-        held.extend(rows)
+        held.extend(row for row in rows if row.job.adapter_key is not None)
         if rows:
             now = Prefill(model, rows)
             now.run(0)

@@ -547,6 +547,8 @@ class AdapterHost:
     def tick(self) -> tuple[list["Job"], list[tuple["Job", Exception]]]:
         """Between two steps: (parked jobs that can run now, jobs that failed: their adapter
         failed to load or was removed)."""
+        if not (self._loaded or self._parked or self._failed or self._switch_failed):
+            return [], []  # the common case, every step: nothing to do
         self._wake.clear()
         with self._lock:
             loaded, self._loaded = self._loaded, []

@@ -9,10 +9,12 @@ machine is shared): 16 concurrent greedy requests (64-token prompts, --tokens ne
 on the merged engine, then on the per-row engine with 1, 4 and 16 distinct adapters of each
 rank; tokens/s per run, the best of the rounds counts, and the ratio per-row / merged. Then an
 adapter's load time (engine.lora.load_adapter, the median of 5) and its memory: its tensors'
-bytes and the resident-memory (VmRSS) growth of this process per adapter loaded.
+bytes and the resident-memory (VmRSS) growth of this process per adapter loaded. Each per-row
+run follows a merged run (the pair sees the same load): the median of the pairs' ratios is
+printed beside the best-of ratio.
 
     .venv/bin/python loadtest/bench_adapters.py [--rounds 3] [--tokens 64] [--ranks 8,16]
-        [--distinct 1,4,16] [--threads 1]     # about 3-4 minutes with the defaults
+        [--distinct 1,4,16] [--threads 1]     # about 5 minutes with the defaults
     .venv/bin/python loadtest/bench_adapters.py --rounds 1 --tokens 16    # under a minute
 """
 
@@ -188,25 +190,33 @@ def throughput(args: argparse.Namespace, base: Path, folders: dict[int, list[Pat
         names = [f"r{rank}-{i % args.adapters + 1}" for i in range(CONCURRENT)]
         loop.run_until_complete(run(per_row, texts, names, 4))
     results: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     for number in range(args.rounds):
         print(f"round {number + 1}: {uptime()}", flush=True)
-        results.setdefault("merged", []).append(
-            loop.run_until_complete(run(merged, texts, [""] * CONCURRENT, args.tokens))
-        )
         for rank in ranks:
             for count in distinct:
+                # Each per-row run right after a merged one: a pair sees the same load.
+                label = f"rank {rank}, {count} distinct"
+                before = loop.run_until_complete(run(merged, texts, [""] * CONCURRENT, args.tokens))
                 names = [f"r{rank}-{i % count + 1}" for i in range(CONCURRENT)]
                 figure = loop.run_until_complete(run(per_row, texts, names, args.tokens))
-                results.setdefault(f"rank {rank}, {count} distinct", []).append(figure)
+                results.setdefault("merged", []).append(before)
+                results.setdefault(label, []).append(figure)
+                ratios.setdefault(label, []).append(figure / before)
     merged.stop(30)
     per_row.stop(30)
     loop.close()
     best_merged = max(results["merged"])
-    print(f"\n16 concurrent, {args.tokens} new tokens, best of {args.rounds} (tokens/s, ratio)")
+    print(
+        f"\n16 concurrent, {args.tokens} new tokens, {args.rounds} rounds: best tokens/s, "
+        "best / best merged, median of the per-pair ratios"
+    )
     for label, figures in results.items():
         best = max(figures)
-        runs = ", ".join(f"{f:.1f}" for f in figures)
-        print(f"  {label:24} {best:7.1f}  x{best / best_merged:.2f}   (runs: {runs})")
+        pairs = ratios.get(label)
+        paired = f"  pairs x{statistics.median(pairs):.2f}" if pairs else ""
+        runs = ", ".join(f"{f:.0f}" for f in figures)
+        print(f"  {label:22} {best:6.1f}  x{best / best_merged:.2f}{paired}   (runs: {runs})")
 
 
 def load_and_memory(folders: dict[int, list[Path]]) -> None:
