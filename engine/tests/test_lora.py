@@ -338,3 +338,30 @@ def test_bnb_int8_rows_take_the_same_side_path(adapters_dir: Path) -> None:
         theirs = peft(**{k: v.cpu() for k, v in inputs.items()}, decoder_input_ids=start.cpu())
     # 8-bit rounding: close, not equal; the adapter's effect is far larger than the gap.
     assert (ours - theirs.logits).abs().max() < 0.25 * (theirs.logits.abs().max())
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+async def test_the_first_registration_switches_bases_while_rows_keep_decoding(
+    adapters_dir: Path, engines: Callable[..., Engine], process: bool
+) -> None:
+    engine = engines(
+        quantization="torch-int8", adapter=str(adapters_dir / "adapter"), process=process
+    )
+    expected = await _alone(engine, [(PROMPTS[1], "")])
+    long = await engine.submit(
+        GenerationRequest(PROMPTS[0], max_tokens=120, ignore_eos=True, temperature=0.0)
+    )
+    running = await deltas(long)
+    engine.set_adapters(registry(adapters_dir, 1))  # the per-row base loads meanwhile
+    adapted = asyncio.ensure_future(generate(engine, PROMPTS[1], adapter="t1", max_tokens=12))
+    plain = asyncio.ensure_future(generate(engine, PROMPTS[1], max_tokens=12))
+    for _ in range(5):
+        await anext(running)  # the merged base's row goes on
+    assert (await finish(running, long)).completion_tokens == 120
+    assert (await plain).token_ids == expected[0]
+    assert (await adapted).token_ids != expected[0]
+    # Once switched, the default adapter applied per row still writes what it wrote merged.
+    assert await _alone(engine, [(PROMPTS[1], ""), (PROMPTS[1], "t1")]) == [
+        expected[0],
+        (await adapted).token_ids,
+    ]
