@@ -138,17 +138,21 @@ def close_database_pools(django_db_setup: None) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def clean_redis() -> Iterator[None]:
-    """Each test starts with an empty test Redis database, an empty key cache and a fresh
-    limiter (no open breaker, no cached refusal, no backlog left by another test)."""
+    """Each test starts with an empty test Redis database, an empty key cache, a fresh
+    limiter (no open breaker, no cached refusal, no backlog left by another test) and an
+    adapter registry that has handed nothing to any engine yet."""
     from core.redis import get_sync_redis
+    from inference.adapters import adapter_registry
     from ratelimit import limiter
     from tenants.keycache import key_cache
 
     get_sync_redis().flushdb()
     key_cache.clear()
     limiter.reset_state()
+    adapter_registry.reset()
     yield
     key_cache.clear()
+    adapter_registry.reset()
 
 
 @pytest.fixture(scope="session")

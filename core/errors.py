@@ -167,6 +167,14 @@ class ModelUnavailable(ApiError):
     code = "model_unavailable"
 
 
+class AdapterUnavailable(ApiError):
+    """The adapter a request names is registered but could not be loaded on this node."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
 class GenerationError(ApiError):
     """The model failed on this request alone: the same request would likely fail again."""
 

@@ -6,9 +6,9 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Router, Schema
 
 from core.clientaddr import client_ip
-from core.errors import NotFound
 from inference import responses_api
-from inference.engines import served_model_id
+from inference.adapters import granted_adapters
+from inference.engines import served_model_id, unknown_model
 from inference.prompting import render_chat
 from inference.responses import json_response, stream_response
 from inference.responses_schemas import ResponseCreateIn, ResponseOut
@@ -80,15 +80,21 @@ class UsageOut(Schema):
     flush_interval_seconds: float
 
 
-def _models() -> list[ModelOut]:
-    """The models a key may use: what GET /v1/models lists and GET /v1/models/{model} finds."""
-    return [ModelOut(id=served_model_id())]
+def _models(record: KeyRecord) -> list[ModelOut]:
+    """The models a key may use: what GET /v1/models lists and GET /v1/models/{model} finds
+    (the served base, then the adapters granted to the key's tenant, by name)."""
+    return [ModelOut(id=name) for name in (served_model_id(), *granted_adapters(record))]
 
 
-@router.get("/models", response=ModelListOut, tags=["models"], summary="List the served model")
+@router.get(
+    "/models",
+    response=ModelListOut,
+    tags=["models"],
+    summary="List the served model and the adapters granted to the key's tenant",
+)
 async def list_models(request: KeyedRequest) -> ModelListOut:
     require_scope(request.auth, "models")
-    return ModelListOut(data=_models())
+    return ModelListOut(data=_models(request.auth))
 
 
 # {path:model}: ids such as google/flan-t5-base hold slashes (the SDK does not escape them).
@@ -96,14 +102,14 @@ async def list_models(request: KeyedRequest) -> ModelListOut:
     "/models/{path:model}",
     response=ModelOut,
     tags=["models"],
-    summary="Retrieve a model (404 model_not_found unless this node serves it)",
+    summary="Retrieve a model (404 model_not_found unless this key may use it)",
 )
 async def retrieve_model(request: KeyedRequest, model: str) -> ModelOut:
     require_scope(request.auth, "models")
-    for served in _models():
+    for served in _models(request.auth):
         if served.id == model:
             return served
-    raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
+    raise unknown_model(model)
 
 
 async def _respond(

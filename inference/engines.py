@@ -25,14 +25,17 @@ from typing import Any
 from django.conf import settings
 
 from core.errors import (
+    AdapterUnavailable,
     ApiError,
     ContextLengthExceeded,
     GenerationError,
     InvalidRequest,
     ModelUnavailable,
+    NotFound,
     Overloaded,
 )
 from engine.config import EngineConfig
+from engine.generation import AdapterLoadError, UnknownAdapter
 from engine.runtime import (
     Engine,
     EngineError,
@@ -46,6 +49,7 @@ from engine.runtime import (
     QueueTimeout,
     RowFailed,
 )
+from inference.adapters import adapter_registry
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def engine_config() -> EngineConfig:
         model=settings.INFERENCE_MODEL,
         adapter=settings.INFERENCE_ADAPTER,
         max_adapters=settings.INFERENCE_MAX_ADAPTERS,
+        max_adapter_rank=settings.INFERENCE_MAX_ADAPTER_RANK,
         quantization=settings.INFERENCE_QUANTIZATION,
         device=settings.INFERENCE_DEVICE,
         max_batch=settings.INFERENCE_MAX_BATCH,
@@ -205,6 +210,23 @@ def engine_token_prompt(ids: Sequence[int]) -> list[int]:
         raise api_error(exc) from exc
 
 
+async def engine_sync_adapters() -> None:
+    """Hand the engine the adapter registry if it changed (inference/adapters.py); ready or
+    not (it takes the registry while it loads); nothing without a started engine."""
+    engine = _engine
+    if engine is not None and _started:
+        await adapter_registry.sync(engine)
+
+
+def unknown_model(name: str) -> NotFound:
+    """The 404 of a model this key cannot use: unknown, or an adapter not granted to it."""
+    return NotFound(
+        f"The model '{name}' does not exist; GET /v1/models lists the ones you can use.",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def served_model_id() -> str:
     """The model id clients see and send: INFERENCE_MODEL_NAME, or the hub id, or for a local
     folder its name (never a filesystem path)."""
@@ -243,6 +265,15 @@ def api_error(exc: EngineError) -> ApiError:
     if isinstance(exc, PromptTooLong):
         return ContextLengthExceeded(
             exc.limit, tokens=exc.tokens, at_least=exc.at_least, char_limit=exc.char_limit
+        )
+    if isinstance(exc, UnknownAdapter):
+        # Removed between the key's check and the queue: as if it never existed.
+        return unknown_model(exc.name)
+    if isinstance(exc, AdapterLoadError):
+        # The reason is for operators (the log); a client gets what happened, no server path.
+        return AdapterUnavailable(
+            "The adapter this request names could not be loaded on this node; retry later, or "
+            "use another model."
         )
     if isinstance(exc, InvalidGeneration):
         return InvalidRequest(str(exc), param=exc.param)

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from core.errors import ApiError, ContextLengthExceeded, InvalidRequest, NotFound
+from core.errors import ApiError, ContextLengthExceeded, InvalidRequest
 from engine.generation import FINISH_CANCELLED, SEED_MAX
 from engine.messages import Delta
 from engine.runtime import GenerationGroup, GenerationRequest, GenerationResult
@@ -33,9 +33,11 @@ from inference.engines import (
     engine_check_request,
     engine_encode_prompt,
     engine_submit_group,
+    engine_sync_adapters,
     engine_token_prompt,
     served_model_id,
     served_model_names,
+    unknown_model,
 )
 from inference.schemas import MAX_CHOICES, GenerationParams
 from ratelimit.limiter import Admission, admit, charge_refusal, keep_alive, settle
@@ -69,16 +71,19 @@ class CompletionPlan:
         return self.prompt_tokens + sum(request.max_tokens for request in self.requests)
 
 
-def _check_parameters(params: GenerationParams) -> None:
+def _check_parameters(record: KeyRecord, params: GenerationParams) -> str:
+    """Refuse what this node cannot honour; returns the adapter the request names ("" for the
+    served base model)."""
     unsupported = params.unsupported()
     if unsupported is not None:
         raise InvalidRequest(str(unsupported), param=unsupported.param, code=unsupported.code)
-    if params.model is not None and params.model not in served_model_names():
-        raise NotFound(
-            f"The model '{params.model}' does not exist; GET /v1/models lists the served one.",
-            param="model",
-            code="model_not_found",
-        )
+    if params.model is None or params.model in served_model_names():
+        return ""
+    # An adapter not granted to this key's tenant is refused exactly as a model that does not
+    # exist: whether another tenant has one of that name is not this key's business.
+    if params.model in record.adapters:
+        return params.model
+    raise unknown_model(params.model)
 
 
 async def plan_completion(
@@ -113,7 +118,10 @@ async def _plan(
     received_at: float,
 ) -> CompletionPlan:
     require_scope(record, "completions")
-    _check_parameters(params)
+    # The engine's registry as the Adapter table has it (a look at most every poll interval),
+    # whatever this request asks: a removed adapter unloads once the next request comes.
+    await engine_sync_adapters()
+    adapter = _check_parameters(record, params)
     prompts = _prompts(prompt)
     n = params.n or 1
     _check_choices(len(prompts), n)
@@ -128,6 +136,7 @@ async def _plan(
         tenant=record.tenant_slug,
         weight=record.scheduling_weight,
         logprobs=params.requested_logprobs(),
+        adapter=adapter,
     )
     engine_check_request(request)
     # Encoded once here (a prompt too long for the model is refused before admission), and
@@ -299,6 +308,8 @@ class Run:
                 prompt_tokens=self.plan.prompt_tokens if delivered else 0,
                 completion_tokens=self.billed_tokens,
                 count_usage=delivered,
+                # Every row of a request names the same adapter ("" for the base model).
+                adapter=self.plan.request.adapter,
             )
         )
 

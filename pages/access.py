@@ -55,6 +55,17 @@ READ_KEY = (VIEW_TENANT, VIEW_APIKEY)
 # The usage CSV (per day and key, with 429s): what the overview shows, as a file.
 EXPORT_USAGE = READ_OVERVIEW
 
+# LoRA adapters served by name (tenants/adapters.py): every role reads them; registering,
+# removing, granting and revoking are the Administrator's (manage_adapters).
+VIEW_ADAPTER = "tenants.view_adapter"
+VIEW_ADAPTER_GRANT = "tenants.view_adaptergrant"
+VIEW_ADAPTER_USAGE = "tenants.view_adapterusageday"
+MANAGE_ADAPTERS = "tenants.manage_adapters"
+# The Adapters page lists each adapter with how many tenants hold it.
+READ_ADAPTERS = (VIEW_ADAPTER, VIEW_ADAPTER_GRANT)
+# An adapter's page: its grants (tenants by slug) and its usage per day and tenant.
+READ_ADAPTER = (*READ_ADAPTERS, VIEW_TENANT, VIEW_ADAPTER_USAGE)
+
 
 def is_console_user(user: object) -> bool:
     """Active staff accounts may sign in to the console (the Django admin requires the same)."""

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from pages import (
+    adapter_views,
     export_views,
     key_views,
     lifecycle_views,
@@ -47,6 +48,21 @@ urlpatterns = [
         throttle_views.tenant_throttles_csv,
         name="tenant-throttles-csv",
     ),
+    path(
+        "tenants/<slug:slug>/adapters/",
+        adapter_views.tenant_adapter_grant,
+        name="tenant-adapter-grant",
+    ),
+    # An adapter's name may hold dots ("support.v2"), which <slug:> refuses.
+    path("adapters/", adapter_views.adapter_list, name="adapters"),
+    path("adapters/<str:name>/", adapter_views.adapter_detail, name="adapter"),
+    path("adapters/<str:name>/grants/", adapter_views.adapter_grant_view, name="adapter-grant"),
+    path(
+        "adapters/<str:name>/grants/<slug:slug>/revoke/",
+        adapter_views.adapter_revoke_view,
+        name="adapter-revoke",
+    ),
+    path("adapters/<str:name>/remove/", adapter_views.adapter_remove_view, name="adapter-remove"),
     path("users/", user_views.user_list, name="users"),
     path("users/<int:user_id>/role/", user_views.user_role, name="user-role"),
     path("users/<int:user_id>/active/", user_views.user_active, name="user-active"),

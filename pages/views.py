@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from pages import charts, selectors
+from pages import adapter_reads, charts, selectors
 from pages.access import (
     ADD_TENANT,
     CHANGE_TENANT,
@@ -22,6 +22,7 @@ from pages.access import (
     actor_of,
     console_permission_required,
 )
+from pages.adapter_forms import GrantAdapterForm
 from pages.forms import (
     AuditFilterForm,
     IssueKeyForm,
@@ -169,6 +170,7 @@ def tenant_page(
     limits_form: LimitsForm | None = None,
     issue_form: IssueKeyForm | None = None,
     rename_form: TenantRenameForm | None = None,
+    adapter_form: GrantAdapterForm | None = None,
 ) -> HttpResponse:
     """The tenant page, with any bound form that failed validation (then status 400)."""
     win = _window(request)
@@ -192,9 +194,12 @@ def tenant_page(
         "quota": selectors.quota_status(tenant),
         "flush_seconds": settings.RATELIMIT_FLUSH_SECONDS,
         "recent_actions": selectors.admin_actions(tenant_slug=tenant.slug)[:10],
+        # None for an account that may not read adapters: the section is left out.
+        "adapters": adapter_reads.tenant_section(request.user, tenant, win.days, adapter_form),
         **_window_context(win),
     }
-    failed = any(f is not None and f.errors for f in (limits_form, issue_form, rename_form))
+    forms = (limits_form, issue_form, rename_form, adapter_form)
+    failed = any(f is not None and f.errors for f in forms)
     return render(request, "console/tenant.html", context, status=400 if failed else 200)
 
 

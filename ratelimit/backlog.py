@@ -44,6 +44,10 @@ class Call:
 
 _pending: deque[Call] = deque(maxlen=MAX_PENDING)
 _usage: dict[UsageKey, list[int]] = {}
+# The same per adapter: (tenant id, api key pk, minute, adapter NAME) -> [requests, prompt
+# tokens, completion tokens], AdapterUsageDay's columns.
+AdapterUsageKey = tuple[int, int, int, str]
+_adapter_usage: dict[AdapterUsageKey, list[int]] = {}
 ThrottleKey = tuple[int, int, str, int]  # tenant id, api key pk, reason, minute (epoch s)
 
 
@@ -98,7 +102,14 @@ def _add(tenant_id: int, api_key_pk: int, values: tuple[int, ...]) -> None:
     pending.set()
 
 
-def count_usage(tenant_id: int, api_key_pk: int, prompt: int, completion: int) -> None:
+def count_usage(
+    tenant_id: int, api_key_pk: int, prompt: int, completion: int, adapter: str = ""
+) -> None:
+    if adapter:
+        minute = int(time.time()) // 60 * 60
+        with _lock:
+            row = _adapter_usage.setdefault((tenant_id, api_key_pk, minute, adapter), [0, 0, 0])
+            row[0], row[1], row[2] = row[0] + 1, row[1] + prompt, row[2] + completion
     _add(tenant_id, api_key_pk, (1, prompt, completion, 0))
 
 
@@ -151,8 +162,25 @@ def restore_usage(rows: dict[UsageKey, list[int]]) -> None:
                 row[i] += value
 
 
+def take_adapter_usage() -> dict[AdapterUsageKey, list[int]]:
+    """take_usage() of the usage per adapter."""
+    global _adapter_usage
+    with _lock:
+        taken, _adapter_usage = _adapter_usage, {}
+    return taken
+
+
+def restore_adapter_usage(rows: dict[AdapterUsageKey, list[int]]) -> None:
+    with _lock:
+        for key, values in rows.items():
+            row = _adapter_usage.setdefault(key, [0, 0, 0])
+            for i, value in enumerate(values):
+                row[i] += value
+
+
 def clear() -> None:
     with _lock:
         _pending.clear()
         _usage.clear()
+        _adapter_usage.clear()
         _throttles.clear()

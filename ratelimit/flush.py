@@ -24,14 +24,14 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Required, TypedDict
 
 import redis
 import redis.cluster
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from core.redis import get_sync_redis, is_cluster
@@ -41,6 +41,7 @@ from ratelimit.scripts import CLAIM, preload_sync
 from tenants.models import ApiKey, Tenant
 from tenants.services import (
     Refusals,
+    adapter_usage_days_add,
     throttle_events_add,
     usage_batch_apply,
     usage_batches_prune,
@@ -80,6 +81,7 @@ class FlushReport:
     already_applied: int = 0
     dropped_rows: int = 0
     local_rows: int = 0
+    adapter_rows: int = 0  # (key, minute, adapter) rows summed into AdapterUsageDay
     settles_retried: int = 0
 
     def add(self, other: "FlushReport") -> None:
@@ -206,20 +208,29 @@ def _tenants_of(api_key_pks: set[int]) -> dict[int, int]:
 # The usage buffer's field letters, in UsageMinute's column order (settle.lua writes r, p, c;
 # count_error.lua writes e).
 USAGE_LETTERS = "rpce"
+# A request that decoded with an adapter is also counted in "<pk>|<minute>|<letter>|<adapter>"
+# (settle.lua, count_usage.lua): AdapterUsageDay's columns.
+ADAPTER_LETTERS = "rpc"
+AdapterRows = dict[tuple[int, str, str], list[int]]  # (api key pk, minute, adapter) -> r, p, c
 
 
-def _usage_rows(flat: Fields) -> dict[tuple[int, str], list[int]]:
+def _usage_rows(flat: Fields) -> tuple[dict[tuple[int, str], list[int]], AdapterRows]:
     rows: dict[tuple[int, str], list[int]] = {}
+    adapters: AdapterRows = {}
     for name, value in flat.items():
-        pk, minute, letter = _text(name).split("|")
+        pk, minute, letter, *adapter = _text(name).split("|")
+        if adapter:
+            per = adapters.setdefault((int(pk), minute, adapter[0]), [0] * len(ADAPTER_LETTERS))
+            per[ADAPTER_LETTERS.index(letter)] += int(value)
+            continue
         row = rows.setdefault((int(pk), minute), [0] * len(USAGE_LETTERS))
         row[USAGE_LETTERS.index(letter)] += int(value)
-    return rows
+    return rows, adapters
 
 
 def _write_usage(flat: Fields, report: FlushReport) -> None:
-    parsed = _usage_rows(flat)
-    tenants = _tenants_of({pk for pk, _ in parsed})
+    parsed, adapters = _usage_rows(flat)
+    tenants = _tenants_of({pk for pk, _ in parsed} | {pk for pk, _, _ in adapters})
     rows = {}
     for (pk, minute), values in parsed.items():
         if pk not in tenants:
@@ -231,8 +242,29 @@ def _write_usage(flat: Fields, report: FlushReport) -> None:
         report.completion_tokens += values[2]
         report.errors += values[3]
     usage_minutes_add(rows=rows)
+    # In the batch's transaction with the minutes: exactly once along with them.
+    adapter_usage_days_add(rows=_per_adapter_day(adapters, tenants, report))
     report.usage_rows += len(rows)
     report.usage_batches += 1
+
+
+AdapterDays = dict[tuple[int, str, date], list[int]]  # (tenant id, adapter, UTC day) -> r, p, c
+
+
+def _per_adapter_day(
+    adapters: AdapterRows, tenants: dict[int, int], report: FlushReport
+) -> AdapterDays:
+    """The adapter rows summed per (tenant, adapter, UTC day); those of unknown keys dropped."""
+    days: AdapterDays = {}
+    for (pk, minute, adapter), values in adapters.items():
+        if pk not in tenants:
+            report.dropped_rows += 1
+            continue
+        day = days.setdefault((tenants[pk], adapter, _minute(minute).date()), [0, 0, 0])
+        for i, value in enumerate(values):
+            day[i] += value
+        report.adapter_rows += 1
+    return days
 
 
 def _throttle_rows(flat: Fields) -> dict[tuple[int, str, str], _Refused]:
@@ -305,15 +337,20 @@ def _index_of(buffer_key: str) -> str:
 
 
 def _flush_local_usage(report: FlushReport) -> None:
-    taken = backlog.take_usage()
-    if not taken:
+    taken, per_adapter = backlog.take_usage(), backlog.take_adapter_usage()
+    if not taken and not per_adapter:
         return
     try:
-        tenants = _tenants_of({pk for _, pk, _ in taken})
+        tenants = _tenants_of({pk for _, pk, _ in taken} | {pk for _, pk, _, _ in per_adapter})
         rows = {(t, pk, _minute(str(m))): v for (t, pk, m), v in taken.items() if pk in tenants}
-        usage_minutes_add(rows=rows)
+        adapters = {(pk, str(m), name): v for (_, pk, m, name), v in per_adapter.items()}
+        # One transaction: the minutes and the adapters' days are written, or given back, together.
+        with transaction.atomic():
+            usage_minutes_add(rows=rows)
+            adapter_usage_days_add(rows=_per_adapter_day(adapters, tenants, report))
     except Exception:
         backlog.restore_usage(taken)  # written next time instead
+        backlog.restore_adapter_usage(per_adapter)
         raise
     report.local_rows += len(rows)
     report.dropped_rows += len(taken) - len(rows)

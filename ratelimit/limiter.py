@@ -366,7 +366,11 @@ def _charged(record: KeyRecord, limits: tuple[Limit, ...], reply: bytes | str) -
 
 
 def _settle_call(
-    admission: Admission, prompt: int, completion: int, count_usage: bool = True
+    admission: Admission,
+    prompt: int,
+    completion: int,
+    count_usage: bool = True,
+    adapter: str = "",
 ) -> backlog.Call:
     keys = [lease_key(admission.tenant_id, admission.lease_id), usage_key(admission.tenant_id)]
     args: list[Arg] = [
@@ -375,22 +379,29 @@ def _settle_call(
         completion,
         f"{admission.api_key_pk}|" if count_usage else "",
         _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
+        adapter,
     ]
     return backlog.Call([*keys, *admission.keys, dirty_key(admission.tenant_id)], args)
 
 
 async def settle(
-    admission: Admission, *, prompt_tokens: int, completion_tokens: int, count_usage: bool = True
+    admission: Admission,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    count_usage: bool = True,
+    adapter: str = "",
 ) -> bool:
     """Apply the real token count and release the lease, exactly once per lease (a second call
     does nothing). True when this call applied it; False when it was already settled or Redis
     could not answer twice in a row (then it is queued and retried by the flusher: SETTLE is
     idempotent). count_usage=False releases a request that never ran (refunded, not counted
-    as usage). Usage is in Redis's usage buffer when this returns, whenever Redis answers."""
+    as usage). Usage is in Redis's usage buffer when this returns, whenever Redis answers;
+    a request that decoded with an adapter (its NAME) is counted for that adapter too."""
     prompt, completion = max(0, int(prompt_tokens)), max(0, int(completion_tokens))
     if admission.source != "redis":
-        return await _settle_locally(admission, prompt, completion, count_usage)
-    call = _settle_call(admission, prompt, completion, count_usage)
+        return await _settle_locally(admission, prompt, completion, count_usage, adapter)
+    call = _settle_call(admission, prompt, completion, count_usage, adapter)
     try:
         settled = await _settle_once(admission, call)
         if settled is None:
@@ -432,7 +443,7 @@ def _settle_later(call: backlog.Call) -> bool:
 
 
 async def _settle_locally(
-    admission: Admission, prompt: int, completion: int, count_usage: bool = True
+    admission: Admission, prompt: int, completion: int, count_usage: bool, adapter: str
 ) -> bool:
     if admission.settled:
         return False
@@ -441,11 +452,11 @@ async def _settle_locally(
     if admission.source == "local":
         runtime().local.settle(admission.lease_id, prompt + completion)
     if count_usage:
-        await _count_usage(admission, prompt, completion)
+        await _count_usage(admission, prompt, completion, adapter)
     return True
 
 
-async def _count_usage(admission: Admission, prompt: int, completion: int) -> None:
+async def _count_usage(admission: Admission, prompt: int, completion: int, adapter: str) -> None:
     """The usage of a request admitted without Redis: in Redis's usage buffer if Redis answers
     now (from there any process's flush bills it, so it outlives this process), else in this
     process's backlog until the flusher writes it to Postgres. Never retried: COUNT_USAGE has
@@ -456,9 +467,10 @@ async def _count_usage(admission: Admission, prompt: int, completion: int) -> No
         prompt,
         completion,
         _ms(settings.RATELIMIT_BUFFER_TTL_SECONDS),
+        adapter,
     ]
     later = partial(
-        backlog.count_usage, admission.tenant_id, admission.api_key_pk, prompt, completion
+        backlog.count_usage, admission.tenant_id, admission.api_key_pk, prompt, completion, adapter
     )
     try:
         await guarded("count_usage", COUNT_USAGE, keys, args, on_reply=_ignore, fallback=later)

@@ -1,8 +1,9 @@
 """The per-process cache of API key records, and how changes reach every process.
 
 A hot key costs no query: its record (hashes, state, limits) stays in process memory for at most
-API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits, tenant state)
-increments one Redis counter after its transaction commits; each process reads that counter at
+API_KEY_CACHE_SECONDS. Every write that matters (revoke, rotate, expire, limits, tenant state,
+an adapter granted or revoked: a record carries its tenant's adapter names) increments one Redis
+counter after its transaction commits; each process reads that counter at
 most every API_KEY_VERSION_POLL_SECONDS and drops its whole cache when it moved. So a change is
 seen everywhere within about half a second, and within the cache TTL even if Redis is down.
 
@@ -48,7 +49,7 @@ from core.errors import DependencyUnavailable
 from core.redis import get_redis, get_sync_redis
 from tenants import keysnapshot, metrics
 from tenants.keysnapshot import VERSION_KEY as VERSION_KEY
-from tenants.models import ApiKey
+from tenants.models import AdapterGrant, ApiKey
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,11 @@ class KeyRecord:
     previous_hash: str = field(repr=False)
     previous_valid_until: datetime | None = None
     scheduling_weight: int = 1  # the tenant's share when tenants wait for the model together
+    # The names of the adapters granted to the tenant (`model: NAME`; tenants/adapters.py).
+    adapters: frozenset[str] = frozenset()
 
     @classmethod
-    def from_row(cls, key: ApiKey) -> "KeyRecord":
+    def from_row(cls, key: ApiKey, adapters: Iterable[str] = ()) -> "KeyRecord":
         tenant = key.tenant
         return cls(
             api_key_pk=key.pk,
@@ -96,12 +99,14 @@ class KeyRecord:
             previous_hash=key.previous_hash,
             previous_valid_until=key.previous_valid_until,
             scheduling_weight=tenant.scheduling_weight,
+            adapters=frozenset(adapters),
         )
 
     def to_json(self) -> str:
         """The record for the shared snapshot: the peppered hashes it holds, never a secret."""
         data: dict[str, object] = asdict(self)
         data["scopes"] = sorted(self.scopes)
+        data["adapters"] = sorted(self.adapters)
         for name in _DATETIMES:
             value = getattr(self, name)
             data[name] = value.isoformat() if value is not None else None
@@ -111,6 +116,8 @@ class KeyRecord:
     def from_json(cls, payload: str) -> "KeyRecord":
         data = json.loads(payload)
         data["scopes"] = frozenset(data["scopes"])
+        # A snapshot written before adapters were recorded has none.
+        data["adapters"] = frozenset(data.get("adapters", ()))
         for name in _DATETIMES:
             if data[name] is not None:
                 data[name] = datetime.fromisoformat(data[name])
@@ -359,6 +366,7 @@ class KeyCache:
                     F("last_used_at").desc(nulls_last=True), "-pk"
                 )[:limit]
             )
+            granted = _granted_adapters({key.tenant_id for key in rows})
         except DatabaseError as exc:
             logger.warning("key cache: cannot preload key records (%s)", type(exc).__name__)
             return 0
@@ -366,7 +374,8 @@ class KeyCache:
             close_old_connections()
         now = time.monotonic()
         for key in rows:
-            self._entries.setdefault(key.key_id, (KeyRecord.from_row(key), now))
+            record = KeyRecord.from_row(key, granted.get(key.tenant_id, ()))
+            self._entries.setdefault(key.key_id, (record, now))
         if version is not None and self._version is None:
             self._version, self._checked_at = version, now
         return len(rows)
@@ -394,9 +403,20 @@ class KeyCache:
 def _load_record(key_id: str) -> KeyRecord | None:
     try:
         key = ApiKey.objects.select_related("tenant").filter(key_id=key_id).first()
-        return KeyRecord.from_row(key) if key is not None else None
+        if key is None:
+            return None
+        return KeyRecord.from_row(key, _granted_adapters({key.tenant_id}).get(key.tenant_id, ()))
     finally:
         close_old_connections()
+
+
+def _granted_adapters(tenant_ids: Iterable[int]) -> dict[int, list[str]]:
+    """The names of the adapters granted to each of these tenants (one query)."""
+    granted: dict[int, list[str]] = {}
+    rows = AdapterGrant.objects.filter(tenant_id__in=list(tenant_ids))
+    for tenant_id, name in rows.values_list("tenant_id", "adapter__name"):
+        granted.setdefault(tenant_id, []).append(name)
+    return granted
 
 
 key_cache = KeyCache()

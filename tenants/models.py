@@ -1,4 +1,5 @@
-"""Tenants, their API keys, usage, the 429 audit and the audit of admin actions."""
+"""Tenants, their API keys, usage, the 429 audit, the audit of admin actions and the LoRA
+adapters tenants may be granted."""
 
 from django.db import models
 from django.db.models import Q
@@ -79,8 +80,8 @@ class Tenant(models.Model):
             ),
         ]
         # Console permissions that belong to no model of their own (tenants/migrations/0005
-        # gives them to the Administrator role). manage_adapters is a placeholder until the
-        # adapters have a model: nothing checks it yet.
+        # gives them to the Administrator role). manage_adapters guards every write of
+        # adapters and their grants (register, remove, grant, revoke).
         permissions = [
             ("manage_console_users", "Can add console users and set their roles"),
             ("manage_adapters", "Can grant and remove LoRA adapters"),
@@ -171,6 +172,12 @@ class AdminAction(models.Model):
         TENANT_RENAMED = "tenant.renamed"
         TENANT_SUSPENDED = "tenant.suspended"
         TENANT_RESUMED = "tenant.resumed"
+        # LoRA adapters (tenants/adapters.py): the name is in `after` (`before` on removal);
+        # grant and revoke also set the tenant.
+        ADAPTER_ADDED = "adapter.added", "Adapter added"
+        ADAPTER_REMOVED = "adapter.removed", "Adapter removed"
+        ADAPTER_GRANTED = "adapter.granted", "Adapter granted"
+        ADAPTER_REVOKED = "adapter.revoked", "Adapter revoked"
 
     actor = models.CharField(max_length=200)
     action = models.CharField(max_length=40, choices=Action.choices)
@@ -304,3 +311,72 @@ class ThrottleEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api_key_id} {self.reason} x{self.count} @{self.minute:%Y-%m-%d %H:%M}"
+
+
+# An adapter's NAME is what clients send as `model`: lowercase, no slash, no space.
+ADAPTER_NAME_REGEX = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class Adapter(models.Model):
+    """A LoRA adapter registered on this node (a peft folder on the server), served by NAME as
+    a model to the tenants it is granted to."""
+
+    name = models.CharField(max_length=64, unique=True)
+    # Absolute; checked against the served base when registered (core/adapters.py).
+    path = models.CharField(max_length=1024)
+    rank = models.PositiveSmallIntegerField()
+    target_modules = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(name__regex=ADAPTER_NAME_REGEX), name="adapter_name_format"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AdapterGrant(models.Model):
+    """A tenant's right to decode with an adapter (`model: NAME`)."""
+
+    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="grants")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="adapter_grants")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["adapter__name", "tenant__slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["adapter", "tenant"], name="adapter_grant_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.adapter_id} -> {self.tenant_id}"
+
+
+class AdapterUsageDay(models.Model):
+    """Requests and tokens of one tenant with one adapter per UTC day, moved here from Redis
+    with the rest of the usage (ratelimit/flush.py). `adapter` is the NAME, kept after the
+    adapter is removed."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="adapter_usage")
+    adapter = models.CharField(max_length=64)
+    day = models.DateField()
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "adapter"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "adapter", "day"], name="adapter_usage_tenant_adapter_day"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="adapter_usage_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.adapter}@{self.day:%Y-%m-%d}"

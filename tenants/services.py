@@ -5,7 +5,7 @@ rate limiter's flusher (ratelimit/flush.py) moves here from Redis in batches, ex
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
@@ -17,6 +17,7 @@ from tenants.models import (
     LIMIT_FIELDS,
     MAX_WEIGHT,
     SCOPES,
+    AdapterUsageDay,
     AdminAction,
     ApiKey,
     Tenant,
@@ -398,6 +399,32 @@ def usage_minutes_add(*, rows: UsageRows) -> None:
         _upsert(UsageMinute, "minute", rows)
         _upsert(UsageHour, "hour", _rolled_up(rows, "hour"))
         _upsert(UsageDay, "day", _rolled_up(rows, "day"))
+
+
+# (tenant id, adapter NAME, UTC day) -> [requests, prompt tokens, completion tokens]
+AdapterUsageRows = Mapping[tuple[int, str, date], Sequence[int]]
+
+UPSERT_ADAPTER_USAGE = (
+    "INSERT INTO {table} (tenant_id, adapter, day, requests, prompt_tokens, completion_tokens) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, adapter, day) DO UPDATE SET "
+    "requests = {table}.requests + excluded.requests, "
+    "prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = {table}.completion_tokens + excluded.completion_tokens"
+)
+
+
+def adapter_usage_days_add(*, rows: AdapterUsageRows) -> None:
+    """Add requests and tokens to AdapterUsageDay rows (tenant, adapter, day), creating them:
+    one upsert per row, in the caller's transaction (a batch's: exactly once with it)."""
+    # Our own table's name only; every value is a parameter. Sorted: concurrent writers lock
+    # shared rows in the same order (no deadlock).
+    sql = UPSERT_ADAPTER_USAGE.format(table=AdapterUsageDay._meta.db_table)  # noqa: S608
+    adapt = connection.ops.adapt_datefield_value
+    params = [(t, name, adapt(day), *values) for (t, name, day), values in sorted(rows.items())]
+    if not params:
+        return
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 REBUILD_ROLLUP = (

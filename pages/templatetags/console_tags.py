@@ -44,7 +44,10 @@ def changes(action: object) -> list[dict]:
 
 @register.filter
 def tenant_scoped(action: str) -> bool:
-    """Whether an audited action belongs to a tenant (sign-ins and console users do not)."""
+    """Whether an audited action belongs to a tenant (sign-ins, console users and adding or
+    removing an adapter do not; granting and revoking one do)."""
+    if action in ("adapter.added", "adapter.removed"):
+        return False
     return not action.startswith(("console.", "user."))
 
 

@@ -1,5 +1,5 @@
 """Fixtures of the role tests: accounts in the Viewer, Operator and Administrator groups that
-tenants/migrations/0005 makes.
+tenants/migrations/0005 makes (with the adapter views of 0008).
 
 A transactional test elsewhere empties every table after it runs, groups included (Django
 re-creates permissions then, not data-migration rows), so the fixture runs the migration's own
@@ -17,10 +17,12 @@ ROLES = ("Viewer", "Operator", "Administrator")
 PASSWORD = "correct horse battery staple 42"
 
 roles_migration = importlib.import_module("tenants.migrations.0005_console_roles")
+adapters_migration = importlib.import_module("tenants.migrations.0008_adapters")
 
 
 def ensure_roles() -> None:
     roles_migration.create_roles(apps, None)
+    adapters_migration.grant_views(apps, None)
 
 
 def role_account(django_user_model, role: str, username: str | None = None) -> User:

@@ -36,6 +36,10 @@ READS = {
     "/console/tenants/acme/throttles.csv": THROTTLES,
     "/console/usage.csv": OVERVIEW,
     "/console/tenants/acme/usage.csv": OVERVIEW,
+    "/console/adapters/": [
+        "tenants.view_adapter (Can view adapter)",
+        "tenants.view_adaptergrant (Can view adapter grant)",
+    ],
 }
 
 

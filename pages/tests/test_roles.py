@@ -15,7 +15,17 @@ from tenants.models import AdminAction, Tenant
 
 pytestmark = pytest.mark.django_db
 
-VIEW = {"view_tenant", "view_apikey", "view_usageminute", "view_throttleevent", "view_adminaction"}
+VIEW = {
+    "view_tenant",
+    "view_apikey",
+    "view_usageminute",
+    "view_throttleevent",
+    "view_adminaction",
+    # tenants/migrations/0008_adapters
+    "view_adapter",
+    "view_adaptergrant",
+    "view_adapterusageday",
+}
 EXPECTED = {
     "Viewer": VIEW,
     "Operator": VIEW | {"add_apikey", "change_apikey", "change_tenant"},

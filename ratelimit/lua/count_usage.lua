@@ -12,6 +12,7 @@
 -- ARGV[2]  prompt tokens (>= 0)
 -- ARGV[3]  completion tokens (>= 0)
 -- ARGV[4]  usage buffer TTL, ms (the flusher must run more often than this)
+-- ARGV[5]  the adapter the request decoded with ("" or absent: none): counted as SETTLE does
 --
 -- Returns the minute's request count in this buffer so far.
 
@@ -21,6 +22,12 @@ local field = ARGV[1] .. string.format('%d', minute) .. '|'
 local requests = redis.call('HINCRBY', KEYS[1], field .. 'r', 1)
 redis.call('HINCRBY', KEYS[1], field .. 'p', string.format('%d', tonumber(ARGV[2])))
 redis.call('HINCRBY', KEYS[1], field .. 'c', string.format('%d', tonumber(ARGV[3])))
+local adapter = ARGV[5] or ''
+if adapter ~= '' then
+  redis.call('HINCRBY', KEYS[1], field .. 'r|' .. adapter, 1)
+  redis.call('HINCRBY', KEYS[1], field .. 'p|' .. adapter, string.format('%d', tonumber(ARGV[2])))
+  redis.call('HINCRBY', KEYS[1], field .. 'c|' .. adapter, string.format('%d', tonumber(ARGV[3])))
+end
 -- Every buffer key has a TTL, as SETTLE gives it: a node with no flusher leaks nothing.
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], KEYS[1])

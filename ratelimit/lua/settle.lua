@@ -16,6 +16,8 @@
 -- ARGV[3]  completion tokens (>= 0)
 -- ARGV[4]  usage field prefix, "<api key pk>|" ("" = count nothing)
 -- ARGV[5]  usage buffer TTL, ms (the flusher must run more often than this)
+-- ARGV[6]  the adapter the request decoded with ("" or absent: none); counted too, in fields
+--          "<api key pk>|<minute>|<r/p/c>|<adapter>" beside the key's own (AdapterUsageDay)
 --
 -- Returns {settled (1|0), actual - reserved tokens (0 when not settled), now us}
 
@@ -74,6 +76,12 @@ if ARGV[4] ~= '' then
   redis.call('HINCRBY', KEYS[2], field .. 'r', 1)
   redis.call('HINCRBY', KEYS[2], field .. 'p', int(prompt))
   redis.call('HINCRBY', KEYS[2], field .. 'c', int(completion))
+  local adapter = ARGV[6] or ''
+  if adapter ~= '' then
+    redis.call('HINCRBY', KEYS[2], field .. 'r|' .. adapter, 1)
+    redis.call('HINCRBY', KEYS[2], field .. 'p|' .. adapter, int(prompt))
+    redis.call('HINCRBY', KEYS[2], field .. 'c|' .. adapter, int(completion))
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   local index = KEYS[#KEYS]
   redis.call('SADD', index, KEYS[2])

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from tenants.models import ApiKey, Tenant
+from tenants.models import Adapter, ApiKey, Tenant
 from tenants.presets import PRESET_NAMES
 
 LIMIT_OPTIONS = {
@@ -86,3 +86,10 @@ def get_key(key_id: str) -> ApiKey:
     if key is None:
         raise CommandError(f"no API key with key_id {key_id!r}")
     return key
+
+
+def get_adapter(name: str) -> Adapter:
+    adapter = Adapter.objects.filter(name=name).first()
+    if adapter is None:
+        raise CommandError(f"no adapter named {name!r}")
+    return adapter

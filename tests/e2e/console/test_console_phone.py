@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.tokens import default_token_generator
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from selenium.webdriver.common.action_chains import ActionChains
@@ -20,7 +21,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from pages.urls import urlpatterns
-from tenants.models import ApiKey, Tenant
+from tenants.adapters import adapter_add, adapter_grant
+from tenants.models import AdapterUsageDay, ApiKey, Tenant
 from tenants.services import api_key_issue, api_key_rotate, tenant_create, tenant_set_limits
 from tests.e2e.console.browser import STAFF_PASSWORD, STAFF_USERNAME, ConsoleBrowser, attribute
 from tests.e2e.console.seed import seed_throttles, seed_usage
@@ -32,6 +34,8 @@ PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False}
 # A long slug and name, as real tenants have: they must wrap, not widen the page.
 SLUG = "northwind-traders-europe-production"
 NAME = "Northwind Traders Europe GmbH & Co. KG (production)"
+# As long as a name may be (64): it must wrap too.
+ADAPTER = "northwind-support-assistant.v2-production-europe-west-1-canary-x"
 
 
 def sample_data() -> tuple[Tenant, ApiKey]:
@@ -46,6 +50,25 @@ def sample_data() -> tuple[Tenant, ApiKey]:
     api_key_rotate(api_key=keys[1], grace=timedelta(hours=1), actor="cli:seed")
     tenant_set_limits(tenant=tenant, changes={"rpm": 900, "tpm": 250_000}, actor="cli:seed")
     return tenant, keys[0]
+
+
+def sample_adapter(tenant: Tenant, folder: Path) -> str:
+    """A registered adapter granted to the tenant, with a few days of usage; returns its name."""
+    adapter = adapter_add(name=ADAPTER, path=str(folder), actor="cli:seed")
+    adapter_grant(adapter=adapter, tenant=tenant, actor="cli:seed")
+    today = timezone.now().date()
+    AdapterUsageDay.objects.bulk_create(
+        AdapterUsageDay(
+            tenant=tenant,
+            adapter=ADAPTER,
+            day=today - timedelta(days=n),
+            requests=12_345 * (n + 1),
+            prompt_tokens=1_234_567 * (n + 1),
+            completion_tokens=345_678 * (n + 1),
+        )
+        for n in range(5)
+    )
+    return adapter.name
 
 
 def console_urls(sample: dict[str, str]) -> Iterator[tuple[str, str]]:
@@ -110,9 +133,17 @@ def active_id(console: ConsoleBrowser) -> str:
 
 
 def test_every_console_page_fits_a_phone(
-    console: ConsoleBrowser, staff_account, django_user_model, tmp_path: Path
+    console: ConsoleBrowser,
+    staff_account,
+    django_user_model,
+    tmp_path: Path,
+    settings,
+    tiny_model_dir: Path,
 ) -> None:
     tenant, key = sample_data()
+    # Adapters are checked against the served base: the live server's tiny model.
+    settings.INFERENCE_MODEL = str(tiny_model_dir)
+    adapter = sample_adapter(tenant, tiny_model_dir / "adapter")
     # A second console account: the Users page's routes and its set-password link.
     reader = django_user_model.objects.create_user("reader", is_staff=True)
     sample = {
@@ -121,6 +152,7 @@ def test_every_console_page_fits_a_phone(
         "user_id": str(reader.pk),
         "uidb64": urlsafe_base64_encode(force_bytes(reader.pk)),
         "token": default_token_generator.make_token(reader),
+        "name": adapter,
     }
     console.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
     console.open("/console/login/")
@@ -137,7 +169,7 @@ def test_every_console_page_fits_a_phone(
             skipped.append(name)  # a POST-only action, or a download (CSV)
             continue
         assert status == 200, f"{name} {path}: {status}"
-        for window in ("", "?window=7d") if name in ("overview", "tenant") else ("",):
+        for window in ("", "?window=7d") if name in ("overview", "tenant", "adapter") else ("",):
             console.open(path + window)
             # Kept with the test's temp files for a look at a failure (never in docs/).
             console.driver.save_screenshot(str(tmp_path / f"phone-{name}{window[1:]}.png"))
@@ -146,6 +178,8 @@ def test_every_console_page_fits_a_phone(
     for expected in ("overview", "tenants", "tenant", "audit", "key-rotate", "key-revoke"):
         assert expected in visited
     assert "tenant-throttles" in visited and "key-issue" in skipped
+    assert {"adapters", "adapter", "adapter-remove"} <= set(visited)
+    assert {"adapter-grant", "adapter-revoke", "tenant-adapter-grant"} <= set(skipped)
 
     # Pages that only a POST shows: a failed form, the confirmation of a cut, a token.
     console.open("/console/tenants/")
@@ -160,6 +194,12 @@ def test_every_console_page_fits_a_phone(
     console.open_tenant(tenant.slug)
     console.issue_key("phone")
     assert_fits(console, "token shown once")
+    console.open("/console/adapters/")
+    console.fill("#id_name", ADAPTER.replace(".v2", ".v3"))
+    console.fill("#id_path", str(tmp_path / "no" / "such" / "adapter" / "folder" / "anywhere"))
+    console.submit("button[name=register]")
+    assert console.find("#adapter-errors").is_displayed()
+    assert_fits(console, "adapter form with errors")
 
 
 def test_a_failed_submit_opens_on_the_error_summary(console: ConsoleBrowser, staff_account) -> None:
