@@ -318,6 +318,9 @@ TENANT_DEFAULT_PRESET = env_choice(
 # --- Inference ------------------------------------------------------------------------------
 INFERENCE_MODEL = env_str("INFERENCE_MODEL", "google/flan-t5-base")
 INFERENCE_ADAPTER = env_str("INFERENCE_ADAPTER", "")
+# Registered adapters the model process holds at once (least recently used evicted beyond it,
+# never one with running rows; INFERENCE_ADAPTER is not counted), docs/engine.md "Adapters".
+INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 16)
 # The highest LoRA rank `adapter_add` registers (per-tenant adapters, docs/adapters.md): the
 # engine's per-row matrices are sized by it.
 INFERENCE_MAX_ADAPTER_RANK = env_int("INFERENCE_MAX_ADAPTER_RANK", 64)

@@ -10,8 +10,8 @@ import asyncio
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from engine import metrics
 from engine.generation import GenerationRequest, ModelNotReady, QueueFull, QueueTimeout
@@ -47,6 +47,9 @@ class Job:
         self.finished = False
         self.queued_at = 0.0  # set by Scheduler.put(), under its lock
         self.remote_id: int | None = None  # its id in the model process (EngineConfig.process)
+        # Its adapter while it decodes (engine/lora.py's Adapter and bank key; None: the base).
+        self.adapter: Any = None
+        self.adapter_key: tuple[str, str] | None = None
         self._last_delta_at: float | None = None  # only ever touched by the thread that sends
 
     @property
@@ -185,6 +188,9 @@ class JobQueue(Protocol):
     def clear(self) -> list[Job]:
         """Take every job out and return them."""
 
+    def __iter__(self) -> Iterator[Job]:
+        """The queued jobs (any order)."""
+
     def __len__(self) -> int: ...
 
 
@@ -222,6 +228,9 @@ class FifoQueue:
         jobs = list(self._jobs)
         self._jobs.clear()
         return jobs
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(list(self._jobs))
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -430,6 +439,15 @@ class Scheduler:
                     None if oldest is None else oldest.queued_at + self.max_queue_wait - now
                 )
             return None
+
+    def drop_where(self, unwanted: Callable[[Job], bool]) -> list[Job]:
+        """Take out the queued jobs `unwanted` picks (an adapter removed) and return them."""
+        with self._cond:
+            gone = [job for job in self._pending if unwanted(job)]
+            for job in gone:
+                self._pending.remove(job)
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+            return gone
 
     def drop_all(self) -> list[Job]:
         """Empty the queue and return what was in it (shutdown past its deadline)."""

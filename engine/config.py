@@ -47,6 +47,11 @@ class EngineConfig:
     max_output_tokens: int = 512
     allow_download: bool = True  # a hub id missing from the cache may be fetched
     warmup: bool = True
+    # Per-row adapters held at once (engine/lora.py; least recently used evicted beyond it,
+    # never one with running rows; the default adapter is not counted): INFERENCE_MAX_ADAPTERS.
+    max_adapters: int = 16
+    # The largest adapter rank the model process loads (core/adapters.py checks it first).
+    max_adapter_rank: int = 64
     # Decode in a model process of its own (spawned; nice and cpus apply to it) instead of a
     # thread of the serving process: the request path and the decoder stop sharing one
     # interpreter lock. Django's INFERENCE_MODEL_PROCESS defaults to on.

@@ -13,11 +13,13 @@ fails that row alone (InvalidGeneration for a bad parameter, RowFailed otherwise
 fault in the shared part (encoder, decoder step) fails the batch.
 """
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -36,6 +38,7 @@ from engine.generation import (
     RowFailed,
 )
 from engine.loading import LoadedModel
+from engine.lora import AdapterHost, Tables, join_tables, keep_rows
 from engine.messages import Delta, Done, Failed, TokenLogprob
 from engine.t5_decoder import T5DecoderStep
 from engine.t5_encoder import EncoderPass
@@ -262,11 +265,22 @@ class Prefill:
 
     def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
         self.rows = rows
-        # Equal prompts (a request's n choices, or the same prompt twice) are encoded once;
-        # slots maps each row to its prompt's place in the pass.
-        distinct: dict[tuple[int, ...], int] = {}
-        self.slots = [distinct.setdefault(tuple(row.job.prompt_ids), len(distinct)) for row in rows]
-        ids, self.mask = _pad([list(prompt) for prompt in distinct], model.pad_id, model.device)
+        self.lora = model.lora
+        # Equal prompts (a request's n choices, or the same prompt twice) with the same
+        # adapter are encoded once; slots maps each row to its prompt's place in the pass.
+        distinct: dict[tuple[int, tuple[int, ...]], int] = {}
+        adapters: list[Any] = []
+        self.slots = []
+        for row in rows:
+            key = (id(row.job.adapter), tuple(row.job.prompt_ids))
+            if key not in distinct:
+                distinct[key] = len(distinct)
+                adapters.append(row.job.adapter)
+            self.slots.append(distinct[key])
+        prompts = [list(prompt) for _, prompt in distinct]
+        ids, self.mask = _pad(prompts, model.pad_id, model.device)
+        # The rows' encoder tables, gathered once for the whole pass (engine/lora.py).
+        self.tables = None if self.lora is None else self.lora.gather(adapters, "encoder.")
         self.encoder = EncoderPass(model.model, ids, self.mask)
 
     @property
@@ -276,10 +290,14 @@ class Prefill:
 
     def run(self, budget: int) -> bool:
         """Run the layers `budget` encoder tokens buy (0: all); True when the pass is done."""
-        return self.encoder.run(self.encoder.layers_for(budget))
+        if self.lora is None:
+            return self.encoder.run(self.encoder.layers_for(budget))
+        with self.lora.using(self.tables):
+            return self.encoder.run(self.encoder.layers_for(budget))
 
     def running(self) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
         """The rows still running, their encoder output and mask (the pass finished here)."""
+        self.run(0)
         encoded = self.encoder.finish()
         keep = [index for index, row in enumerate(self.rows) if row.running]
         slots = [self.slots[index] for index in keep]
@@ -299,6 +317,8 @@ class Batch:
         self.rows: list[Row] = []
         self.decoder: T5DecoderStep | None = None
         self.next_ids = torch.empty((0, 1), dtype=torch.long, device=model.device)
+        # The rows' decoder tables (engine/lora.py): stacked as rows join, indexed as they leave.
+        self.tables: Tables = {}
         if rows:
             self.join(Prefill(model, rows))
 
@@ -308,14 +328,26 @@ class Batch:
         rows, encoded, mask = prefill.running()
         if not rows:
             return
-        if self.decoder is None:
-            # No row feeds more than max_tokens inputs to the decoder; start at most 128
-            # positions (the buffers double when full), so a long max_tokens that ends early
-            # costs nothing.
-            capacity = min(CACHE_START, max(row.request.max_tokens for row in rows))
-            self.decoder = T5DecoderStep(self.model.model, encoded, mask, capacity)
-        else:
-            self.decoder.extend(encoded, mask)
+        lora = self.model.lora
+        tables: Tables | None = None
+        if lora is not None:
+            tables = lora.gather([row.job.adapter for row in rows], "decoder.")
+        with contextlib.nullcontext() if lora is None else lora.using(tables):
+            # Cross-attention's keys and values: with the newcomers' adapters, once.
+            if self.decoder is None:
+                # No row feeds more than max_tokens inputs to the decoder; start at most 128
+                # positions (the buffers double when full), so a long max_tokens that ends
+                # early costs nothing.
+                capacity = min(CACHE_START, max(row.request.max_tokens for row in rows))
+                self.decoder = T5DecoderStep(self.model.model, encoded, mask, capacity)
+            else:
+                self.decoder.extend(encoded, mask)
+        if lora is not None and tables is not None:
+            kept = {key: pair for key, pair in tables.items() if not lora.units[key].cross_kv}
+            if self.rows:
+                self.tables = join_tables(self.tables, len(self.rows), kept, len(rows), lora)
+            else:
+                self.tables = kept
         self.rows += rows
         start = torch.full((len(rows), 1), self.model.decoder_start_id, dtype=torch.long)
         self.next_ids = torch.cat([self.next_ids, start.to(self.device)])
@@ -324,7 +356,12 @@ class Batch:
         """One decoder step for every row (a fault here fails the batch); each row then
         chooses and takes its next token on its own. Returns each row's token."""
         assert self.decoder is not None  # noqa: S101 - only stepped with rows
-        logits = self.decoder(self.next_ids)
+        lora = self.model.lora
+        if lora is None:
+            logits = self.decoder(self.next_ids)
+        else:
+            with lora.using(self.tables):
+                logits = self.decoder(self.next_ids)
         greedy = logits.argmax(dim=-1).tolist()
         now = time.perf_counter()
         return [
@@ -346,8 +383,11 @@ class Batch:
             self.next_ids = self.next_ids[index]
         if not self.rows:
             self.decoder = None  # the next rows start on fresh caches (and a fresh clock)
+            self.tables = {}
         elif self.decoder is not None:
             self.decoder.keep(index)
+            if self.tables:
+                self.tables = keep_rows(self.tables, index)
 
 
 def run_batch(
@@ -358,62 +398,118 @@ def run_batch(
     admit: Admit | None = None,
     stepped: Callable[[float], None] | None = None,
     prefill_step_tokens: int = 0,
+    adapters: AdapterHost | None = None,
 ) -> None:
     """Decode jobs together until every row has ended (or been cancelled). With `admit`,
     newcomers join between steps (and are appended to `jobs`, so a caller that fails the
     batch fails them too): their encoder pass runs `prefill_step_tokens` encoder tokens' worth
     of layers per pause (0: all at once) while the running rows go on decoding; `stepped`
-    gets each iteration's seconds (encoder work and step)."""
+    gets each iteration's seconds (encoder work and step). With `adapters`, a row whose
+    adapter is not held yet is parked while it loads (the others decode), and joins once it
+    is; the batch takes no newcomers once the host has the other base ready (it then ends)."""
     record = jobs[0].record
     if record:
         record_batch(jobs)
-    with torch.inference_mode():
-        batch = Batch(model, start_rows(model, jobs))
-        prefill: Prefill | None = None
-        while True:
-            started = time.perf_counter()
-            abort = should_abort()
-            _cancel_rows(batch.rows, abort=abort)
-            batch.keep_running()
-            if prefill is not None:
-                _cancel_rows(prefill.rows, abort=abort)
-                if not prefill.waiting:
-                    prefill = None  # every newcomer was cancelled while it was encoded
-            # After the leaves: a row that ended or was cancelled frees its place at once. A
-            # batch whose rows all ended ends (the next one starts at once if jobs wait). One
-            # pass at a time: newcomers wait while one is encoded (their rows count once in),
-            # except the headroom's, encoded whole here and decoding from this step on.
-            if admit is not None and not abort and batch.rows:
-                holding = [row.job for row in batch.rows]
+    host = adapters
+    held: list[Row] = []  # rows holding an adapter: released when they end
+
+    def rows_of(new: list[Job]) -> list[Row]:
+        if host is not None:
+            new = host.admit(new)
+        rows = start_rows(model, new)
+        if host is not None:
+            held.extend(row for row in rows if row.job.adapter_key is not None)
+            for job in new:
+                if job.finished:  # its setup failed (start_rows)
+                    host.release(job)
+        return rows
+
+    def joined(new: list[Job]) -> list[Row]:
+        return rows_of(_joined(jobs, new, record))
+
+    try:
+        with torch.inference_mode():
+            batch = Batch(model, rows_of(jobs))
+            prefill: Prefill | None = None
+            while True:
+                started = time.perf_counter()
+                abort = should_abort()
+                _cancel_rows(batch.rows, abort=abort)
+                batch.keep_running()
                 if prefill is not None:
-                    holding += [row.job for row in prefill.rows]
-                if rows := _joined(model, jobs, admit(holding, True), record):
-                    now = Prefill(model, rows)
-                    now.run(0)
-                    batch.join(now)
-                if prefill is None:
-                    joiners = admit([row.job for row in batch.rows], False)
-                    if rows := _joined(model, jobs, joiners, record):
-                        prefill = Prefill(model, rows)
-            # With no row running, nobody waits on the next step: the pass runs to its end.
-            if prefill is not None and prefill.run(prefill_step_tokens if batch.rows else 0):
-                batch.join(prefill)
-                prefill = None
-            if not batch.rows:
-                return
-            batch.keep_running(batch.step())
-            if stepped is not None:
-                stepped(time.perf_counter() - started)
-            elif record:
-                metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+                    _cancel_rows(prefill.rows, abort=abort)
+                    if not prefill.waiting:
+                        prefill = None  # every newcomer was cancelled while it was encoded
+                if host is not None:
+                    _settle(model, host, batch, held, abort)
+                # After the leaves: a row that ended or was cancelled frees its place at once.
+                # A batch whose rows all ended ends (the next one starts at once if jobs
+                # wait). One pass at a time: newcomers wait while one is encoded (their rows
+                # count once in), except the headroom's, encoded whole here and decoding from
+                # this step on.
+                parked = [] if host is None else host.parked
+                swapping = host is not None and host.swap_ready
+                if admit is not None and not abort and not swapping and (batch.rows or parked):
+                    holding = [row.job for row in batch.rows] + parked
+                    if prefill is not None:
+                        holding += [row.job for row in prefill.rows]
+                    if rows := joined(admit(holding, True)):
+                        now = Prefill(model, rows)
+                        now.run(0)
+                        batch.join(now)
+                    if prefill is None:
+                        joiners = admit([row.job for row in batch.rows] + parked, False)
+                        if rows := joined(joiners):
+                            prefill = Prefill(model, rows)
+                # With no row running, nobody waits on the next step: the pass runs to its end.
+                if prefill is not None and prefill.run(prefill_step_tokens if batch.rows else 0):
+                    batch.join(prefill)
+                    prefill = None
+                if not batch.rows:
+                    if host is not None and host.parked and not swapping and not abort:
+                        host.wait(0.05)  # rows wait for their adapter: nothing else runs
+                        continue
+                    return
+                batch.keep_running(batch.step())
+                if stepped is not None:
+                    stepped(time.perf_counter() - started)
+                elif record:
+                    metrics.STEP_SECONDS.observe(time.perf_counter() - started)
+    finally:
+        if host is not None:
+            for row in held:
+                host.release(row.job)
 
 
-def _joined(model: LoadedModel, jobs: list[Job], joiners: list[Job], record: bool) -> list[Row]:
-    """Newcomers counted in the batch's jobs (a failed batch fails them too), as rows."""
+def _settle(
+    model: LoadedModel, host: AdapterHost, batch: Batch, held: list[Row], abort: bool
+) -> None:
+    """Between two steps: release the adapters of rows that ended; parked rows whose adapter
+    is now held join (their pass runs whole here), those whose load failed fail."""
+    if held and any(not row.running for row in held):
+        for row in [row for row in held if not row.running]:
+            host.release(row.job)
+            held.remove(row)
+    if abort:
+        cancel_jobs(model, host.take_parked())
+    ready, failed = host.tick()
+    for job, exc in failed:
+        fail_job(job, exc)
+    if ready:
+        rows = start_rows(model, ready)
+        held.extend(row for row in rows if row.job.adapter_key is not None)
+        if rows:
+            now = Prefill(model, rows)
+            now.run(0)
+            batch.join(now)
+
+
+def _joined(jobs: list[Job], joiners: list[Job], record: bool) -> list[Job]:
+    """Newcomers counted in the batch's jobs (a failed batch fails them too)."""
     jobs += joiners
     if joiners and record:
         record_join(joiners)
-    return start_rows(model, joiners)
+    return joiners
 
 
 def start_rows(model: LoadedModel, jobs: list[Job]) -> list[Row]:

@@ -71,6 +71,10 @@ class UnknownAdapter(EngineError):
         super().__init__(f"No adapter named {name!r} is registered.")
         self.name = name
 
+    def __reduce__(self) -> tuple[type[Self], tuple[str]]:
+        # It travels from the model process as an event (pickled): args holds the message.
+        return type(self), (self.name,)
+
 
 class AdapterLoadError(EngineError):
     """A registered adapter's folder could not be loaded; the message says why (no path)."""

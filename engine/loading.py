@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ import torch
 from engine import rowint8
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
+from engine.lora import Lora, attach
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ DEFAULT_MAX_INPUT_TOKENS = 512  # flan-t5 was trained on 512-token inputs
 # so a huge body costs no tokenizer time (ordinary text is about 4 characters a token).
 PROMPT_CHARS_PER_TOKEN_CAP = 64
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
+# transformers builds models under process-wide patches (the meta device while loading): two
+# threads loading at once (the model thread and the adapter host's base loader) break each
+# other, so loads in one process take turns.
+LOAD_LOCK = threading.Lock()
 
 
 class ModelLoadError(EngineError):
@@ -53,6 +59,9 @@ class LoadedModel:
     load_seconds: float
     byte_ids: frozenset[int] = frozenset()  # byte-fallback pieces, held back while streaming
     special_ids: frozenset[int] = frozenset()  # skipped when decoding
+    # The per-row adapters' side path (engine/lora.py), on a base loaded without any adapter
+    # merged; None: the merged fast path.
+    lora: Lora | None = None
 
     @property
     def max_prompt_chars(self) -> int:
@@ -198,8 +207,10 @@ def load_model(
     device: str = "auto",
     max_input_tokens: int = 0,
     allow_download: bool = True,
+    per_row: bool = False,
 ) -> LoadedModel:
-    """Load tokenizer and model, merge the adapter (fp32), quantize, move to the device."""
+    """Load tokenizer and model, merge the adapter (fp32), quantize, move to the device.
+    per_row: the base without the adapter, with the per-row side path (engine/lora.py)."""
     started = time.perf_counter()
     quiet_libraries()
     target = resolve_device(device)
@@ -210,13 +221,18 @@ def load_model(
         if adapter
         else None
     )
+    if per_row:
+        adapter_folder = None  # applied per row instead (AdapterHost loads it)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    with _known_warnings():
-        network = _build(folder, adapter_folder, scheme, target)
+    with LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with _known_warnings():
+            network = _build(folder, adapter_folder, scheme, target)
     _tune(network, target)
     loaded = _describe(network.eval(), tokenizer, target, scheme)
+    if per_row:
+        loaded.lora = attach(network)
     loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
     loaded.load_seconds = time.perf_counter() - started
     return loaded

@@ -20,6 +20,7 @@ every type here must stay picklable: engine/tests/test_messages.py checks it):
     model -> server   Events ((job id, event), ...)  once per decoder step (step times)
     model -> server   BatchDone                      once, after the batch's last Events
     server -> model   Cancel | Abort                 any time (read between decoder steps)
+    server -> model   SetAdapters                    any time: the adapter registry
     server -> model   Stop                           end after the batch being decoded
 
 A Join can cross the BatchDone of a batch that just ended: the model process then starts a
@@ -87,6 +88,8 @@ class Configure:
 
     config: EngineConfig
     log_level: int
+    # The adapter registry at start (name, folder): a non-empty one loads the per-row base.
+    adapters: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,15 @@ class Stop:
     """End the process once the batch being decoded is done."""
 
 
-ToModel = Configure | Batch | Join | Cancel | Abort | Stop
+@dataclass(frozen=True, slots=True)
+class SetAdapters:
+    """The whole adapter registry (name, folder), read between two decoder steps
+    (Engine.set_adapters; engine/lora.py's AdapterHost)."""
+
+    adapters: tuple[tuple[str, str], ...]
+
+
+ToModel = Configure | Batch | Join | Cancel | Abort | Stop | SetAdapters
 
 
 # --- model process -> server process ------------------------------------------------------------

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import types
+from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from engine.messages import (
     Join,
     LoadFailed,
     ModelFacts,
+    SetAdapters,
     Stop,
     ToModel,
 )
@@ -56,8 +58,9 @@ class ModelProcessExited(Exception):
 class ModelProcess:
     """One model process; `start()` blocks until it is ready, `run()` serves one batch."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, adapters: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.adapters = dict(adapters or {})  # the registry it starts with
         self.process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._send_lock = threading.Lock()  # the engine thread and the event loop both send
@@ -106,7 +109,8 @@ class ModelProcess:
             if self._cancelled:  # cancel() came before the process existed
                 self.process.kill()
         self._conn = Connection(ours.detach())
-        self._send(Configure(self.config, logging.getLogger("engine").getEffectiveLevel()))
+        level = logging.getLogger("engine").getEffectiveLevel()
+        self._send(Configure(self.config, level, tuple(self.adapters.items())))
         try:
             reply = self._conn.recv()
         except (EOFError, OSError):
@@ -241,6 +245,11 @@ class ModelProcess:
         with self._send_lock:
             if job.remote_id in self._running:
                 self._send(Cancel(job.remote_id))
+
+    def set_adapters(self, adapters: Mapping[str, str]) -> None:
+        """The whole adapter registry (from any thread); read between two decoder steps."""
+        with self._send_lock:
+            self._send(SetAdapters(tuple(adapters.items())))
 
     def abort(self) -> None:
         """Cancel every row of the batch being decoded (a shutdown past its deadline)."""

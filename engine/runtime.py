@@ -40,9 +40,10 @@ from engine.generation import (
     UnknownAdapter,
 )
 from engine.loading import LoadedModel
+from engine.lora import AdapterHost
 from engine.messages import Delta, Done, Event, Failed, TokenLogprob
 from engine.remote import ModelProcess, ModelProcessExited
-from engine.worker import cuda_memory, load_warm, prepare
+from engine.worker import adapter_host, cuda_memory, prepare
 
 __all__ = [
     "Engine",
@@ -217,6 +218,7 @@ class Engine:
         self._load_ended = False  # stop() came while loading: the load was ended, not awaited
         # Registered adapters, name -> peft folder (set_adapters); replaced whole, never mutated.
         self._adapters: dict[str, str] = {}
+        self._host: AdapterHost | None = None  # on the model thread (not config.process)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -316,8 +318,18 @@ class Engine:
     # --- adapters ------------------------------------------------------------------------------
     def set_adapters(self, adapters: Mapping[str, str]) -> None:
         """The whole registry of adapters a request may name, name -> peft folder (checked by
-        the caller: core/adapters.py). Returns at once; safe from any thread."""
-        self._adapters = dict(adapters)
+        the caller: core/adapters.py). Returns at once; safe from any thread. Queued requests
+        naming an adapter no longer registered fail with UnknownAdapter; running ones finish
+        (the adapter unloads after them)."""
+        self._adapters = registry = dict(adapters)
+        for job in self._scheduler.drop_where(
+            lambda job: bool(job.request.adapter) and job.request.adapter not in registry
+        ):
+            self._fail_jobs([job], UnknownAdapter(job.request.adapter))
+        if (host := self._host) is not None:
+            host.set_registry(registry)
+        if (remote := self._remote) is not None:
+            remote.set_adapters(registry)
 
     @property
     def adapters(self) -> dict[str, str]:
@@ -436,9 +448,11 @@ class Engine:
         self._finished.set()
 
     def _load(self) -> LoadedModel:
-        model = load_warm(self.config)
-        self._loaded_in(model.load_seconds)
-        return model
+        host = adapter_host(self.config, self._adapters)
+        self._host = host
+        host.set_registry(self._adapters)  # as it is now (set_adapters may have come meanwhile)
+        self._loaded_in(host.model.load_seconds)
+        return host.model
 
     def _loaded_in(self, seconds: float) -> None:
         metrics.MODEL_LOAD_SECONDS.set(seconds)
@@ -463,7 +477,14 @@ class Engine:
         self._scheduler.max_prefill_tokens = prefill_group_limit(
             config.max_prefill_tokens, config.prefill_step_tokens, model.model.config.num_layers
         )
-        while jobs := self._scheduler.take_batch():
+        host = self._host
+        assert host is not None  # noqa: S101 - _load made it
+        while True:
+            # Rows parked for the other base start the next batch, on it (engine/lora.py).
+            jobs = host.take_parked() or self._scheduler.take_batch()
+            if not jobs:
+                break
+            model = self._model = host.swap()
             try:
                 # Rows that join are appended to jobs: a failed batch fails them too.
                 run_batch(
@@ -472,6 +493,7 @@ class Engine:
                     lambda: self._abort,
                     admit=self._admit,
                     prefill_step_tokens=self.config.prefill_step_tokens,
+                    adapters=host,
                 )
             except Exception as exc:
                 logger.exception("inference batch of %d failed", len(jobs))
@@ -484,7 +506,7 @@ class Engine:
     # --- the model process (config.process) ---------------------------------------------------
     def _main_remote(self) -> None:
         while True:
-            remote = self._starting = ModelProcess(self.config)
+            remote = self._starting = ModelProcess(self.config, self._adapters)
             if self._load_ended:
                 # stop() set the flag before reading _starting: it may have seen the last one.
                 remote.cancel_start()
@@ -496,6 +518,7 @@ class Engine:
                 self._load_failed(exc)
                 return
             self._remote = remote
+            remote.set_adapters(self._adapters)  # as it is now (it may have changed meanwhile)
             if self._admit is not None:
                 self._scheduler.on_put = remote.wake
             self._loaded_in(self._model.load_seconds)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 
 from engine.batcher import Job, prefill_fits, prefill_group_limit
@@ -24,6 +24,7 @@ from engine.config import EngineConfig
 from engine.decoding import cancel_jobs, run_batch
 from engine.generation import GenerationFailed, GenerationRequest
 from engine.loading import LoadedModel, configure_threads, load_model
+from engine.lora import AdapterHost
 from engine.messages import (
     Abort,
     Batch,
@@ -38,6 +39,7 @@ from engine.messages import (
     LoadFailed,
     ModelFacts,
     Ready,
+    SetAdapters,
     Stop,
     ToModel,
 )
@@ -79,9 +81,10 @@ def prepare(config: EngineConfig) -> None:
     configure_threads(config.threads)
 
 
-def load_warm(config: EngineConfig) -> LoadedModel:
+def load_warm(config: EngineConfig, per_row: bool = False) -> LoadedModel:
     """Load the model and run one tiny generation through the real path: first-call
-    allocations and kernel selection happen here, not in the first client's latency."""
+    allocations and kernel selection happen here, not in the first client's latency.
+    per_row: the base without the adapter merged, with the per-row side path (engine/lora.py)."""
     started = time.perf_counter()
     model = load_model(
         config.model,
@@ -90,6 +93,7 @@ def load_warm(config: EngineConfig) -> LoadedModel:
         device=config.device,
         max_input_tokens=config.max_input_tokens,
         allow_download=config.allow_download,
+        per_row=per_row,
     )
     if config.warmup:
         warmup = WarmupJob(model.encode(WARMUP.prompt))
@@ -98,6 +102,18 @@ def load_warm(config: EngineConfig) -> LoadedModel:
             raise warmup.error
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def adapter_host(config: EngineConfig, adapters: Mapping[str, str]) -> AdapterHost:
+    """Load the base the registry asks for (merged when empty) and its host (engine/lora.py);
+    the other base is loaded on a thread of the host's when the registry turns."""
+
+    def loader(per_row: bool) -> LoadedModel:
+        # On the host's loader thread: torch's threads as the model thread's.
+        configure_threads(config.threads)
+        return load_warm(config, per_row)
+
+    return AdapterHost(config, load_warm(config, bool(adapters)), loader, adapters)
 
 
 class WarmupJob(Job):
@@ -149,11 +165,12 @@ class Worker:
     def __init__(
         self,
         conn: Connection,
-        model: LoadedModel,
+        host: AdapterHost,
         max_prefill_tokens: int = 0,
         prefill_step_tokens: int = 0,
     ) -> None:
-        self.conn, self.model = conn, model
+        self.conn, self.host, self.model = conn, host, host.model
+        model = host.model
         layers = int(model.model.config.num_layers)
         self.max_prefill_tokens = prefill_group_limit(
             max_prefill_tokens, prefill_step_tokens, layers
@@ -190,6 +207,8 @@ class Worker:
                 self.jobs[job_id].cancelled = True
             case Abort():
                 self.aborted = True
+            case SetAdapters(adapters):
+                self.host.set_registry(dict(adapters))
             case Stop():
                 self.stopping = True
 
@@ -231,10 +250,11 @@ class Worker:
         self.jobs = {row.job_id: RemoteJob(row, self.outbox) for row in rows}
         jobs: list[Job] = list(self.jobs.values())
         while jobs:
+            self.model = self.host.swap()
             self._decode(jobs)
             # Rows sent by Join as the batch's last row ended start a batch of their own (an
-            # abort ends them cancelled).
-            jobs = [*self.urgent, *self.waiting]
+            # abort ends them cancelled), and so do rows parked for the other base.
+            jobs = [*self.host.take_parked(), *self.urgent, *self.waiting]
             self.waiting.clear()
             self.urgent.clear()
             if self.aborted:
@@ -253,6 +273,7 @@ class Worker:
                 admit=self.admit,
                 stepped=self.steps.append,
                 prefill_step_tokens=self.prefill_step_tokens,
+                adapters=self.host,
             )
         except (EOFError, OSError):
             raise  # the parent is gone: nothing to tell it
@@ -314,14 +335,14 @@ def main(conn: Connection, parent: int | None = None) -> None:
     )
     try:
         prepare(config)
-        model = load_warm(config)
+        host = adapter_host(config, dict(configure.adapters))
     except Exception as exc:
         with contextlib.suppress(OSError):
             conn.send(LoadFailed(str(exc) or type(exc).__name__))
         return
     try:
-        conn.send(Ready(facts(model)))
-        Worker(conn, model, config.max_prefill_tokens, config.prefill_step_tokens).serve()
+        conn.send(Ready(facts(host.model)))
+        Worker(conn, host, config.max_prefill_tokens, config.prefill_step_tokens).serve()
     except (EOFError, OSError):
         pass  # the parent went away mid-batch
 

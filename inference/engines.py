@@ -74,6 +74,8 @@ def engine_config() -> EngineConfig:
     return EngineConfig(
         model=settings.INFERENCE_MODEL,
         adapter=settings.INFERENCE_ADAPTER,
+        max_adapters=settings.INFERENCE_MAX_ADAPTERS,
+        max_adapter_rank=settings.INFERENCE_MAX_ADAPTER_RANK,
         quantization=settings.INFERENCE_QUANTIZATION,
         device=settings.INFERENCE_DEVICE,
         max_batch=settings.INFERENCE_MAX_BATCH,

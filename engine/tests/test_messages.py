@@ -10,11 +10,13 @@ import pytest
 from engine import messages
 from engine.config import EngineConfig
 from engine.generation import (
+    AdapterLoadError,
     GenerationRequest,
     GenerationResult,
     InvalidGeneration,
     QueueTimeout,
     RowFailed,
+    UnknownAdapter,
 )
 from engine.messages import (
     Abort,
@@ -31,6 +33,7 @@ from engine.messages import (
     LoadFailed,
     ModelFacts,
     Ready,
+    SetAdapters,
     Stop,
     TokenLogprob,
 )
@@ -57,7 +60,11 @@ SAMPLES = [
     LOGPROB,
     Done(RESULT),
     Failed(QueueTimeout("The request waited 31.0s in the queue.")),
+    Failed(AdapterLoadError("Adapter 'acme' could not be read (OSError).")),
+    Failed(UnknownAdapter("acme")),
     Configure(EngineConfig(model="/models/tiny", cpus=(0, 1), process=True), 20),
+    Configure(EngineConfig(model="/models/tiny"), 20, (("acme", "/adapters/acme"),)),
+    SetAdapters((("acme", "/adapters/acme"), ("beta", "/adapters/beta"))),
     ROW,
     Batch((ROW, BatchRow(5, GenerationRequest("Bye"), [9, 1], True, 13.0))),
     Join((ROW,)),

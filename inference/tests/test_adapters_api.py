@@ -129,6 +129,37 @@ async def test_an_adapter_not_granted_is_refused_exactly_as_an_unknown_model(
     assert unknown[1]["error"]["code"] == "model_not_found"
 
 
+async def test_the_answer_by_name_is_that_adapters_decode_not_the_base_models(
+    support, served, issued
+) -> None:
+    from engine.generation import GenerationRequest
+
+    async def api_text(model: str) -> str:
+        body = {"prompt": "the quiet river", "max_tokens": 8, "temperature": 0, "model": model}
+        response = await AsyncClient().post(
+            "/v1/completions",
+            body,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {issued.token}"},
+        )
+        assert response.status_code == 200, response.json()
+        text: str = response.json()["choices"][0]["text"]
+        return text
+
+    async def engine_text(adapter: str) -> str:
+        request = GenerationRequest(
+            prompt="the quiet river", max_tokens=8, temperature=0, adapter=adapter
+        )
+        return (await (await served.submit(request)).complete()).text
+
+    by_name = await api_text("support")
+    # The registry reached the engine with that request; the same request straight to it.
+    assert by_name == await engine_text("support")
+    assert await api_text(served_model_id()) == await engine_text("")
+    # The tiny adapters are strong: another adapter writes something else.
+    assert by_name != await engine_text("")
+
+
 async def test_the_request_reaches_the_engine_naming_its_adapter(support, served, issued) -> None:
     assert (await post("/v1/completions", issued.token, "support"))[0] == 200
     # Behind the registry's back (its version did not move, so it is not handed again): the
