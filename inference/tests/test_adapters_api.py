@@ -130,7 +130,7 @@ async def test_an_adapter_not_granted_is_refused_exactly_as_an_unknown_model(
 
 
 async def test_the_answer_by_name_is_that_adapters_decode_not_the_base_models(
-    support, served, issued
+    support: Adapter, served: Engine, issued: IssuedKey
 ) -> None:
     from engine.generation import GenerationRequest
 
