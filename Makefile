@@ -10,8 +10,9 @@ TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/inf
 TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 # pytest-xdist workers; each takes its own test database and the Redis database after the last
 # worker's (conftest.py), so with 2 the suite uses databases 9 and 10. 0: one process. Whole
-# files per worker, in the collection order (no reordering by size): the end-to-end files, whose
-# servers live for the whole session on the worker's databases, come after the unit tests.
+# files per worker, in the collection order (no reordering by size), which conftest.py sets:
+# the chaos smoke first; the end-to-end files, whose servers live for the whole session on the
+# worker's databases, after the unit tests, the longest first.
 TEST_WORKERS      ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -107,6 +107,42 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     settings.TENANT_DEFAULT_PRESET = os.environ["TENANT_DEFAULT_PRESET"]
 
 
+# The order `make test`'s workers take whole files in (first come, first served). Last in, the
+# run's end waits for one worker alone: so the two-minute chaos smoke (its own servers, Redis and
+# database) goes first; the end-to-end files stay after the unit tests (their session servers
+# then live only to the end), the longest first.
+RUN_FIRST = ("tests/loadtest/test_chaos_smoke.py",)
+E2E_LONGEST = (
+    "tests/e2e/test_prometheus.py",
+    "tests/e2e/test_alerting.py",
+    "tests/e2e/test_traefik.py",
+    "tests/e2e/test_pgbouncer.py",
+    "tests/e2e/console/test_console_phone.py",
+    "tests/e2e/console/test_console_roles.py",
+    "tests/e2e/test_multiprocess.py",
+    "tests/e2e/test_k8s_binaries.py",
+    "tests/e2e/console/test_console_browser.py",
+    "tests/e2e/api/test_bad_input.py",
+    "tests/e2e/test_streaming.py",
+)
+
+
+def _run_rank(path: str) -> tuple[int, int]:
+    if path in RUN_FIRST:
+        return 0, RUN_FIRST.index(path)
+    if path in E2E_LONGEST:
+        return 2, E2E_LONGEST.index(path)
+    return (3, 0) if path.startswith("tests/") else (1, 0)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    # After pytest-django's order (database tests first), which a stable sort keeps within each
+    # rank; a file's tests keep their order.
+    yield
+    items.sort(key=lambda item: _run_rank(item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def close_database_pools(django_db_setup: None) -> Iterator[None]:
     """Close psycopg pools before pytest-django drops the test database."""

@@ -18,7 +18,7 @@ from tests.e2e.console.browser import (
 from tests.e2e.live_daphne import LiveDaphne, start_daphne, wait_ready
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def daphne_server_env(tiny_model_dir: Path) -> dict[str, str]:
     """Environment of the live server beyond the test process's own (override to add to it)."""
     return {
@@ -35,17 +35,22 @@ def daphne_server_env(tiny_model_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterator[LiveDaphne]:
-    """A daphne serving the whole project (the tiny model too) on this test's database and
-    Redis, once /readyz says it is ready."""
+@pytest.fixture(scope="module")
+def daphne_server(
+    django_db_setup: None, daphne_server_env, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveDaphne]:
+    """A daphne serving the whole project (the tiny model too) on the test database and Redis,
+    once /readyz says it is ready. One per module (its start is most of a test's time): every
+    test here is transactional, so the database is emptied after each, and clean_redis
+    empties Redis before each; the server keeps no state a test reads (keys are new tokens,
+    tenants new ids, sessions new cookies in a new browser profile)."""
     env = {
         "DATABASE_URL": database_url_for_current_test_db(),
         "DJANGO_SETTINGS_MODULE": "console.settings",
         "PYTHONUNBUFFERED": "1",
         **daphne_server_env,
     }
-    server = start_daphne(env, tmp_path / "daphne.log")
+    server = start_daphne(env, tmp_path_factory.mktemp("console-daphne") / "daphne.log")
     try:
         wait_ready(server.url)
         yield server
@@ -54,7 +59,7 @@ def daphne_server(transactional_db, daphne_server_env, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture
-def node_api(daphne_server: LiveDaphne, tiny_model_dir: Path) -> NodeApi:
+def node_api(transactional_db, daphne_server: LiveDaphne, tiny_model_dir: Path) -> NodeApi:
     """The live server's API, called as a tenant's program would (the model by its name)."""
     return NodeApi(daphne_server.url, tiny_model_dir.name)
 
@@ -79,7 +84,7 @@ def screenshots_dir(tmp_path: Path) -> Path:
     return Path(chosen) if chosen else tmp_path / "screenshots"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser_ready() -> None:
     """Skip (or, under .ci/run, fail) before any server starts when Chromium is missing."""
     missing = browser_missing()
@@ -91,7 +96,11 @@ def browser_ready() -> None:
 
 @pytest.fixture
 def console(
-    browser_ready: None, daphne_server: LiveDaphne, screenshots_dir: Path, tmp_path: Path
+    browser_ready: None,
+    transactional_db,
+    daphne_server: LiveDaphne,
+    screenshots_dir: Path,
+    tmp_path: Path,
 ) -> Iterator[ConsoleBrowser]:
     """Headless Chromium on the live server's console."""
     driver = make_driver(tmp_path / "chromium-profile")
