@@ -26,7 +26,7 @@ from pages.adapter_forms import (
     RemoveAdapterForm,
     refusal,
 )
-from pages.views import _window, _window_context, tenant_page
+from pages.views import chosen_window, tenant_page, window_context
 from tenants.adapter_selectors import adapter_usage
 from tenants.adapters import (
     AdapterRefused,
@@ -65,7 +65,7 @@ def adapter_page(
     request: HttpRequest, adapter: Adapter, *, grant_form: GrantTenantForm | None = None
 ) -> HttpResponse:
     """An adapter's page, with a bound grant form that failed validation (then status 400)."""
-    win = _window(request)
+    win = chosen_window(request)
     first, last = win.days
     usage = adapter_usage(start=first, end=last, adapter=adapter.name)
     page = Paginator(usage, USAGE_PAGE_SIZE).get_page(request.GET.get("page"))
@@ -80,7 +80,7 @@ def adapter_page(
         "page": page,
         "query": query.urlencode(),
         "usage_total": adapter_reads.usage_total(usage),
-        **_window_context(win),
+        **window_context(win),
     }
     failed = grant_form is not None and grant_form.is_bound and bool(grant_form.errors)
     return render(request, "console/adapter.html", context, status=400 if failed else 200)

@@ -74,7 +74,7 @@ def window_of(request: HttpRequest) -> selectors.Window:
 WINDOW_SESSION_KEY = "console_window"
 
 
-def _window(request: HttpRequest) -> selectors.Window:
+def chosen_window(request: HttpRequest) -> selectors.Window:
     """The query's window; with none asked for, the named window (or month to date) picked
     earlier in this session. A bad range shows the default window and says why."""
     chosen = request.GET.get("window")
@@ -92,7 +92,7 @@ def _window(request: HttpRequest) -> selectors.Window:
     return win
 
 
-def _window_context(win: selectors.Window) -> dict:
+def window_context(win: selectors.Window) -> dict:
     named = {name: label for name, (_, _, label) in selectors.WINDOWS.items()}
     return {"win": win, "window_label": win.title, "windows": named}
 
@@ -109,13 +109,13 @@ def _paged(request: HttpRequest, rows: list, size: int, allowed: tuple[str, ...]
 @require_GET
 @console_permission_required(*READ_OVERVIEW)
 def overview(request: HttpRequest) -> HttpResponse:
-    win = _window(request)
+    win = chosen_window(request)
     context = {
         "totals": selectors.node_totals(win),
         "busiest": selectors.busiest_tenants(win),
         "throttled": selectors.most_throttled_tenants(win),
         "charts": charts.node_charts(win),
-        **_window_context(win),
+        **window_context(win),
     }
     return render(request, "console/overview.html", context)
 
@@ -142,7 +142,7 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Tenant “{tenant.slug}” created. Issue its first key below.")
             return redirect("console:tenant", slug=tenant.slug)
-    win = _window(request)
+    win = chosen_window(request)
     search = request.GET.get("q", "").strip()
     tenants = selectors.tenants_with_usage(win.start, win.end, search=search)
     paged = _paged(request, tenants, TENANTS_PAGE_SIZE, TENANT_SORTS)
@@ -158,7 +158,7 @@ def tenant_list(request: HttpRequest) -> HttpResponse:
         "default_preset": settings.TENANT_DEFAULT_PRESET,
         "near_percent": selectors.NEAR_QUOTA_PERCENT,
         **paged,
-        **_window_context(win),
+        **window_context(win),
     }
     return render(request, "console/tenants.html", context, status=400 if form.errors else 200)
 
@@ -173,7 +173,7 @@ def tenant_page(
     adapter_form: GrantAdapterForm | None = None,
 ) -> HttpResponse:
     """The tenant page, with any bound form that failed validation (then status 400)."""
-    win = _window(request)
+    win = chosen_window(request)
     search = request.GET.get("q", "").strip()
     # Every key's sums: the chart ranks them all, the table shows those that match.
     keys = selectors.tenant_keys(tenant, win.start, win.end)
@@ -196,7 +196,7 @@ def tenant_page(
         "recent_actions": selectors.admin_actions(tenant_slug=tenant.slug)[:10],
         # None for an account that may not read adapters: the section is left out.
         "adapters": adapter_reads.tenant_section(request.user, tenant, win.days, adapter_form),
-        **_window_context(win),
+        **window_context(win),
     }
     forms = (limits_form, issue_form, rename_form, adapter_form)
     failed = any(f is not None and f.errors for f in forms)
