@@ -17,7 +17,7 @@ from ratelimit import backlog, limiter
 from tenants.auth import authenticate_cached
 from tenants.keycache import key_cache
 from tenants.models import AdminAction, Tenant, UsageMinute
-from tenants.services import TenantError, tenant_resume, tenant_suspend
+from tenants.services import TenantError, tenant_resume, tenant_suspend, usage_rollups_rebuild
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,6 +86,9 @@ async def test_resuming_restores_service_and_keeps_usage_and_audit(issued, tenan
         prompt_tokens=30,
         completion_tokens=12,
     )
+    # Written straight to the minutes, so rolled up as a flush does: a month's sum reads whole
+    # hours from UsageHour, and the tenant's minute is one once the clock passes the hour.
+    await sync_to_async(usage_rollups_rebuild)()
     before = (await answer("GET", "/v1/usage", issued.token))[1]["this_month"]
     await sync_to_async(tenant_suspend)(tenant=tenant, actor="test")
     await asyncio.sleep(POLL + 0.1)
