@@ -51,6 +51,10 @@ class Job:
         self.adapter: Any = None
         self.adapter_key: tuple[str, str] | None = None
         self._last_delta_at: float | None = None  # only ever touched by the thread that sends
+        # Set once a piece of its answer was sent (by whoever sends: the model thread, or the
+        # serving process's reader of a model process); read by the scheduler's fairness
+        # (_Room): a row not answering yet waits for an encoder pass or its first token.
+        self.answering = False
 
     @property
     def tokens(self) -> int:
@@ -59,8 +63,10 @@ class Job:
 
     def send(self, event: Event) -> None:
         """Hand an event to the consumer's event loop (called from the model thread)."""
-        if self.record and isinstance(event, Delta):
-            self._time_delta()
+        if isinstance(event, Delta):
+            self.answering = True
+            if self.record:
+                self._time_delta()
         if self._loop is None or self._deliver is None:
             return
         try:
@@ -103,7 +109,12 @@ class _Room:
     Rows: up to max_batch, and past it up to `headroom` more for tenants holding fewer rows
     than an equal share of max_batch among the tenants holding rows (one holding none always
     does), so a tenant that arrives while another fills the batch starts at the next step
-    instead of waiting for a row to end; a tenant alone never has a share to claim."""
+    instead of waiting for a row to end; a tenant alone never has a share to claim.
+
+    Urgent (asked between every two steps, even while an encoder pass is under way): a tenant
+    under its share whose newcomer would otherwise wait behind other tenants' work: the batch
+    is full, another tenant floods it (holds more than its share), or another tenant's rows
+    wait for their encoder pass or first token while this tenant has none waiting."""
 
     def __init__(
         self,
@@ -118,6 +129,8 @@ class _Room:
         self.rows = len(running)
         self.held = sum(job.tokens for job in running)
         self.holding = Counter(job.request.tenant for job in running)
+        # Tenants with rows not answering yet (a pass under way or to come, a first token).
+        self.passing = {job.request.tenant for job in running if not job.answering}
         self.token_budget, self.prefill = token_budget, prefill
         self.max_batch, self.headroom = max_batch, headroom
         # Only tenants under their share of a full or flooded batch (take_joiners).
@@ -138,6 +151,11 @@ class _Room:
             if name != tenant
         )
 
+    def behind(self, tenant: str) -> bool:
+        """Whether other tenants' rows wait for a pass or a first token and none of `tenant`'s
+        does (its newcomer would queue behind their passes)."""
+        return tenant not in self.passing and any(name != tenant for name in self.passing)
+
     def fits(self, job: Job) -> bool:
         rows, tenant = self.rows + self.newcomers, job.request.tenant
         full = rows >= self.max_batch
@@ -145,8 +163,10 @@ class _Room:
             return False
         if self.urgent:
             # A pass may be under way: only a tenant under its share, and only while the batch
-            # is full or another tenant holds more than its share (a flood), skips it.
-            if not (self.under_share(tenant) and (full or self.flooded(tenant))):
+            # is full, another tenant holds more than its share (a flood), or its newcomer
+            # would wait behind other tenants' passes, skips it.
+            waiting = full or self.flooded(tenant) or self.behind(tenant)
+            if not (self.under_share(tenant) and waiting):
                 return False
         elif full and not self.under_share(tenant):
             return False
@@ -161,7 +181,8 @@ class _Room:
         self.newcomers += 1
         self.held += job.tokens
         self.widest = width
-        self.holding[job.request.tenant] += 1
+        self.holding[tenant] += 1
+        self.passing.add(tenant)
         return True
 
 
@@ -347,10 +368,11 @@ class Scheduler:
         admission may run. Also updates the running rows' gauges.
 
         urgent: only jobs of tenants under their share of a batch that is full (the tenant
-        headroom) or that another tenant floods (holds more than its share); their encoder
-        pass runs whole at once, even while another pass is under way, so a tenant arriving
-        during another's flood starts within about one step (docs/engine.md, "Fairness").
-        None without a headroom."""
+        headroom), that another tenant floods (holds more than its share), or whose other
+        tenants' rows wait for their pass while none of theirs does (_Room.behind); their
+        encoder pass runs whole at once, even while another pass is under way, so a tenant
+        arriving during another's flood, or as one begins, starts within about one step
+        (docs/engine.md, "Fairness"). None without a headroom."""
         if urgent and not self.tenant_headroom:
             return []
         with self._cond:

@@ -264,6 +264,40 @@ async def test_in_a_model_process_a_tenant_arriving_at_a_full_batch_starts_befor
     assert order == ["quiet", "newcomer"]
 
 
+async def test_in_a_model_process_a_tenant_arriving_as_another_tenants_pass_waits_goes_first(
+    make_engine: Callable[..., Engine],
+) -> None:
+    # Rows free and no flood (one long flood row decoding, a flood newcomer sent for its pass):
+    # the quiet tenant, with no row waiting, would queue behind that pass; it is sent urgent
+    # and encoded whole at the next pause, so its first token comes before the newcomer's.
+    engine = make_engine(process=True, prefill_step_tokens=1, max_batch=8, tenant_headroom=1)
+    pid = engine.status()["model_process"]
+
+    long = await engine.submit(of("flood", LONG))
+    iterator = await deltas(long, 1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        newcomer = await engine.submit(of("flood", 4))
+        await asyncio.sleep(0.2)  # sent to the (paused) model process: its pass not begun
+        quiet = await engine.submit(of("quiet", 4))
+        await asyncio.sleep(0.2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    order: list[str] = []
+
+    async def first(name: str, stream: GenerationStream) -> None:
+        pieces = aiter(stream)
+        await asyncio.wait_for(anext(pieces), timeout=120)
+        order.append(name)
+        async for _ in pieces:
+            pass
+
+    await asyncio.gather(first("newcomer", newcomer), first("quiet", quiet))
+    long.cancel()
+    await finish(iterator, long)
+    assert order == ["quiet", "newcomer"]
+
+
 async def test_a_killed_model_process_fails_the_rows_that_joined_too(
     make_engine: Callable[..., Engine],
 ) -> None:

@@ -169,6 +169,13 @@ def test_the_scheduler_admits_through_it() -> None:
     assert scheduler.take_batch() == [flood[1], flood[3]]
 
 
+def decoding(tenant: str) -> Job:
+    """A running row that answers already (its pass is over and its first token sent)."""
+    running = Job(GenerationRequest("x", tenant=tenant), [0])
+    running.answering = True
+    return running
+
+
 def headroom_scheduler(headroom: int) -> Scheduler:
     return Scheduler(
         max_batch=2, max_wait_ms=0, max_queue=10, tenant_headroom=headroom, queue=FairQueue[Job]()
@@ -243,11 +250,11 @@ def test_urgent_joiners_are_only_the_headroom_of_a_full_batch() -> None:
     # Asked between two steps even while a pass is under way (run_batch): only tenants that
     # hold no row, only once the batch is full; the rest waits for the ordinary admission.
     scheduler = headroom_scheduler(1)
-    running = [Job(GenerationRequest("x", tenant="a"), [0])]
+    running = [decoding("a")]
     scheduler.put(mine := Job(GenerationRequest("x", tenant="a"), [0]))
     scheduler.put(other := Job(GenerationRequest("x", tenant="b"), [0]))
     assert scheduler.take_joiners(running, urgent=True) == []  # a free row: no hurry
-    full = [*running, Job(GenerationRequest("x", tenant="a"), [0])]
+    full = [*running, decoding("a")]
     assert scheduler.take_joiners(full, urgent=True) == [other]
     assert scheduler.take_joiners([*full, other], urgent=True) == []  # b holds one now
     assert scheduler.take_joiners(running, urgent=False) == [mine]
@@ -262,10 +269,35 @@ def test_a_flood_makes_other_tenants_urgent_even_with_rows_free() -> None:
     flood = [Job(GenerationRequest("x", tenant="flood"), [0]) for _ in range(4)]
     scheduler.put(quiet := Job(GenerationRequest("x", tenant="quiet"), [0]))
     assert scheduler.take_joiners(flood, urgent=True) == [quiet]
-    even = [Job(GenerationRequest("x", tenant=name), [0]) for name in ("a", "b", "c")]
+    even = [decoding(name) for name in ("a", "b", "c")]
     scheduler.put(Job(GenerationRequest("x", tenant="d"), [0]))
     assert scheduler.take_joiners(even, urgent=True) == []
     assert len(scheduler.take_joiners(even)) == 1
+
+
+def test_a_tenant_is_urgent_rather_than_wait_behind_another_tenants_pass() -> None:
+    # The batch is neither full nor flooded, but tenant a's newcomer waits for its encoder
+    # pass: b, with no row waiting, skips that pass (and only one of b's jobs does); once a's
+    # row answers, or when the waiting row is b's own, nobody is urgent.
+    scheduler = Scheduler(
+        max_batch=8, max_wait_ms=0, max_queue=10, tenant_headroom=1, queue=FairQueue[Job]()
+    )
+    in_pass = Job(GenerationRequest("x", tenant="a"), [0])
+    running = [decoding("a"), in_pass, decoding("b")]
+    scheduler.put(mine := Job(GenerationRequest("x", tenant="a"), [0]))
+    scheduler.put(first := Job(GenerationRequest("x", tenant="b"), [0]))
+    scheduler.put(second := Job(GenerationRequest("x", tenant="b"), [0]))
+    assert scheduler.take_joiners(running, urgent=True) == [first]
+    assert scheduler.take_joiners([*running, first], urgent=True) == []  # b's row waits now
+    in_pass.answering = first.answering = True
+    assert scheduler.take_joiners([*running, first], urgent=True) == []  # nobody waits
+    assert scheduler.take_joiners([*running, first]) == [mine, second]
+
+
+def test_a_tenant_alone_is_never_urgent_behind_its_own_pass() -> None:
+    scheduler = headroom_scheduler(2)
+    scheduler.put(Job(GenerationRequest("x", tenant="a"), [0]))
+    assert scheduler.take_joiners([Job(GenerationRequest("x", tenant="a"), [0])], True) == []
 
 
 def test_without_headroom_nobody_is_urgent() -> None:
