@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.batcher import Job, prefill_fits, prefill_group_limit
+from engine.batcher import Job, Scheduler, prefill_fits, prefill_group_limit
 from engine.decoding import run_batch
+from engine.fairness import FairQueue
 from engine.generation import GenerationRequest, GenerationResult
 from engine.loading import LoadedModel, load_model
 from engine.messages import Done, Event
@@ -24,12 +25,15 @@ NEWCOMER = " ".join(["quiet green garden, the tenant waits"] * 6)  # a long prom
 class Recorded(Job):
     """A job whose events are kept (no event loop here)."""
 
-    def __init__(self, model: LoadedModel, prompt: str, max_tokens: int) -> None:
-        request = GenerationRequest(prompt, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    def __init__(self, model: LoadedModel, prompt: str, max_tokens: int, tenant: str = "") -> None:
+        request = GenerationRequest(
+            prompt, max_tokens=max_tokens, temperature=0, ignore_eos=True, tenant=tenant
+        )
         super().__init__(request, model.encode(prompt), record=False)
         self.events: list[Event] = []
 
     def send(self, event: Event) -> None:
+        super().send(event)  # no event loop: only marks the job answering
         self.events.append(event)
 
     @property
@@ -180,6 +184,40 @@ def test_an_urgent_newcomer_is_encoded_whole_while_another_pass_is_under_way(
     assert urgent.result.completion_tokens == 4
     assert urgent.result.token_ids == alone_tokens(model, urgent.request.prompt, 4)
     assert [job.result.token_ids for job in (running, newcomer)] == alone
+
+
+def test_with_the_scheduler_a_tenant_skips_another_tenants_pass_that_has_begun(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scheduler's own admission in run_batch, rows free and no flood: tenant a's long
+    # newcomer begins its pass (cut per layer); tenant b arrives after it began, with no row
+    # waiting, and is urgent (_Room.behind): its pass runs whole at the next pause, between
+    # two layers of a's. Without the rule b waits for a's pass to end and is then cut too.
+    log = trace(monkeypatch)
+    scheduler = Scheduler(
+        max_batch=8, max_wait_ms=0, max_queue=8, tenant_headroom=1, queue=FairQueue[Job]()
+    )
+    running = Recorded(model, RUNNING, 24, tenant="a")
+    newcomer = Recorded(model, NEWCOMER, 8, tenant="a")
+    quiet = Recorded(model, "A quiet tenant asks one thing", 4, tenant="b")
+    scheduler.put(newcomer)  # taken at the first pause
+    pauses = 0
+
+    def should_abort() -> bool:
+        nonlocal pauses
+        pauses += 1
+        if pauses == 2:  # the newcomer's pass ran one layer
+            scheduler.put(quiet)
+        return False
+
+    run_batch(model, [running], should_abort, admit=scheduler.take_joiners, prefill_step_tokens=1)
+    layers = model.model.config.num_layers
+    long, short = len(newcomer.prompt_ids), len(quiet.prompt_ids)
+    encoder_work = [size for kind, size in log if kind == "layer"]
+    first_long = encoder_work.index(long)
+    assert encoder_work[first_long:] == [long] + [short] * layers + [long] * (layers - 1)
+    assert quiet.result.token_ids == alone_tokens(model, quiet.request.prompt, 4)
+    assert newcomer.result.completion_tokens == 8
 
 
 def alone_tokens(model: LoadedModel, prompt: str, max_tokens: int) -> list[int]:
