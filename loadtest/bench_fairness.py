@@ -16,7 +16,7 @@ Goal: quiet's TTFT p95 under the flood at most 2x its TTFT p95 on the idle engin
 variant of --headrooms (INFERENCE_TENANT_HEADROOM) runs both phases on its own engine, so the
 rows past INFERENCE_MAX_BATCH kept for tenants holding none can be compared with none.
 
-    .venv/bin/python loadtest/bench_fairness.py [--duration 60] [--headrooms 2,0]
+    .venv/bin/python loadtest/bench_fairness.py [--duration 60] [--headrooms 2,0] [--per-request]
 """
 
 import argparse
@@ -56,6 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--per-request",
+        action="store_true",
+        help="print each quiet request (arrival, sizes, time to first token) per phase",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
     return parser.parse_args()
 
@@ -83,6 +88,22 @@ async def until_served(
     return records, refused - sum(record.refused for record in records)
 
 
+def per_request(plan: list[Planned], records: list[Record], tenant: str) -> str:
+    """One line per request of `tenant`: its arrival (s after its first), sizes and TTFT."""
+    mine = [item for item in plan if item.tenant == tenant]
+    first = min(record.arrival for record in records)
+    lines = []
+    for item, record in zip(mine, records, strict=True):
+        ttft = "refused" if record.refused else "no token"
+        if record.token_times:
+            ttft = f"ttft {(record.token_times[0] - record.arrival) * 1000:6.0f} ms"
+        lines.append(
+            f"    at {record.arrival - first:6.2f} s  prompt {item.prompt_tokens:3d}  "
+            f"max_tokens {item.max_tokens:3d}  {ttft}"
+        )
+    return "\n".join(lines)
+
+
 def phase_row(name: str, quiet: Figures, refused: int) -> str:
     return (
         f"  {name:<14} {quiet['requests']:5.0f}  ttft p50 {quiet['ttft_p50']:7.0f}  "
@@ -105,10 +126,15 @@ def run_variant(
             print(f"capacity {args.capacity:.2f} requests/s (closed loop)", flush=True)
         quiet = tenant_plan("quiet", args.quiet_load * args.capacity, args.duration, args.seed)
         flood = tenant_plan("flood", args.flood_load * args.capacity, args.duration, args.seed + 9)
-        idle = summarize(asyncio.run(until_served(engine, quiet, tokenizer, "quiet"))[0])
+        alone = asyncio.run(until_served(engine, quiet, tokenizer, "quiet"))[0]
+        if args.per_request:
+            print(per_request(quiet, alone, "quiet"), flush=True)
+        idle = summarize(alone)
         print(phase_row(f"h={headroom} idle", idle, 0), flush=True)
         both = sorted([*quiet, *flood], key=lambda item: item.at)
         records, refused = asyncio.run(until_served(engine, both, tokenizer, "quiet"))
+        if args.per_request:
+            print(per_request(both, records, "quiet"), flush=True)
         loaded = summarize(records)
         print(phase_row(f"h={headroom} flood", loaded, refused), flush=True)
         return idle, loaded
