@@ -229,48 +229,26 @@ async def test_in_a_model_process_an_idle_tenant_goes_before_a_flooding_ones_bac
     assert order.index("quiet") <= 2, order
 
 
-async def test_in_a_model_process_a_tenant_arriving_at_a_full_batch_starts_before_a_pass_under_way(
-    make_engine: Callable[..., Engine],
+@pytest.mark.parametrize(
+    "max_batch",
+    [
+        # A full batch (a long flood row and a flood newcomer sent for its encoder pass): the
+        # quiet tenant's request takes the headroom row.
+        pytest.param(2, id="full-batch"),
+        # Rows free and no flood: the quiet tenant, with no row waiting, would queue behind the
+        # newcomer's pass (_Room.behind).
+        pytest.param(8, id="behind-another-tenants-pass"),
+    ],
+)
+async def test_in_a_model_process_a_quiet_tenant_starts_before_a_pass_not_yet_begun(
+    make_engine: Callable[..., Engine], max_batch: int
 ) -> None:
-    # A full batch (a long flood row and a flood newcomer sent for its encoder pass): the quiet
-    # tenant's request takes the headroom row and is sent at once, marked urgent, instead of
-    # waiting for the newcomer's pass to begin; the model process encodes it whole at the next
-    # pause, so its first token comes before the newcomer's, whose pass is cut per layer.
-    engine = make_engine(process=True, prefill_step_tokens=1, max_batch=2, tenant_headroom=1)
-    pid = engine.status()["model_process"]
-
-    long = await engine.submit(of("flood", LONG))
-    iterator = await deltas(long, 1)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        newcomer = await engine.submit(of("flood", 4))
-        await asyncio.sleep(0.2)  # sent to the (paused) model process: its pass not begun
-        quiet = await engine.submit(of("quiet", 4))
-        await asyncio.sleep(0.2)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    order: list[str] = []
-
-    async def first(name: str, stream: GenerationStream) -> None:
-        pieces = aiter(stream)
-        await asyncio.wait_for(anext(pieces), timeout=120)
-        order.append(name)
-        async for _ in pieces:
-            pass
-
-    await asyncio.gather(first("newcomer", newcomer), first("quiet", quiet))
-    long.cancel()
-    await finish(iterator, long)
-    assert order == ["quiet", "newcomer"]
-
-
-async def test_in_a_model_process_a_tenant_arriving_as_another_tenants_pass_waits_goes_first(
-    make_engine: Callable[..., Engine],
-) -> None:
-    # Rows free and no flood (one long flood row decoding, a flood newcomer sent for its pass):
-    # the quiet tenant, with no row waiting, would queue behind that pass; it is sent urgent
-    # and encoded whole at the next pause, so its first token comes before the newcomer's.
-    engine = make_engine(process=True, prefill_step_tokens=1, max_batch=8, tenant_headroom=1)
+    # The quiet request is sent at once, marked urgent, instead of waiting for the newcomer's
+    # pass to begin; the model process encodes it whole at the next pause, so its first token
+    # comes before the newcomer's, whose pass is cut per layer.
+    engine = make_engine(
+        process=True, prefill_step_tokens=1, max_batch=max_batch, tenant_headroom=1
+    )
     pid = engine.status()["model_process"]
 
     long = await engine.submit(of("flood", LONG))
