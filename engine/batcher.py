@@ -133,7 +133,7 @@ class _Room:
         self.passing = {job.request.tenant for job in running if not job.answering}
         self.token_budget, self.prefill = token_budget, prefill
         self.max_batch, self.headroom = max_batch, headroom
-        # Only tenants under their share of a full or flooded batch (take_joiners).
+        # Only tenants under their share, of a full or flooded batch or behind others' passes.
         self.urgent = urgent
         self.newcomers = self.widest = 0
 

@@ -93,8 +93,8 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     rows, n, rank, width = b.shape
     positions = hidden.shape[1]
     x = hidden if hidden.dtype == a.dtype else hidden.to(a.dtype)
-    # A is kept (n * rank, in) per row: A x^T reads it at the memory's speed on the CPU, a third
-    # faster than x A on the (in, n * rank) layout in a decoder step.
+    # A is kept (n * rank, in) per row: in a decoder step A x^T reads it at about the memory's
+    # speed on the CPU, where x A on an (in, n * rank) layout took a third longer.
     low = torch.bmm(a, x.transpose(1, 2))  # (rows, n * rank, positions)
     if positions == 1:
         low = low.view(rows * n, 1, rank)
