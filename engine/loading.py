@@ -232,7 +232,8 @@ def load_model(
     _tune(network, target)
     loaded = _describe(network.eval(), tokenizer, target, scheme)
     if per_row:
-        loaded.lora = attach(network)
+        compact = scheme in ("torch-int8", "bnb-int8") and target.type == "cpu"
+        loaded.lora = attach(network, compact=compact)
     loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
     loaded.load_seconds = time.perf_counter() - started
     return loaded

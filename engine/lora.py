@@ -12,6 +12,9 @@ merged, and every adapted Linear adds, per row, `scale * (x @ A[row]^T) @ B[row]
   rows' A (rows, n*R, in) and B (rows, n, R, out) stacked when the rows join (zero-padded to the
   largest rank among them; zeros for a row whose adapter leaves the unit alone, or that has
   none) and indexed with the batch's rows when rows leave: never gathered per step.
+- On an 8-bit CPU base, where engine/lowrank.py's kernel runs, the tables are half precision
+  and B is blocked, (rows, n, out/64, R, 64), and every pass (decoder step, encoder pass,
+  cross-attention's keys and values) runs the kernel instead of torch's bmm.
 - `AdapterHost` (on the model thread, or in the model process) owns the registry, the bank of
   loaded adapters (at most `max_adapters`, least recently used evicted, never one with rows),
   the loader thread (rows whose adapter loads are parked while the others run; a load that
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from engine import rowint8
+from engine import lowrank, rowint8
 from engine.generation import AdapterLoadError, UnknownAdapter
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ logger = logging.getLogger(__name__)
 TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 DEFAULT = ""  # the name rows without an adapter use: INFERENCE_ADAPTER, or none at all
 PEFT_PREFIX = "base_model.model."
+HALF = 65504.0  # the largest half-precision value: the kernel's tables hold at most this
 
 # A test hook: called on the loader thread with the folder before each adapter load (a slow
 # disk, in tests). Never set in production.
@@ -77,10 +81,12 @@ class Unit:
 
 
 class LoraState:
-    """The row tables of the pass being run on the model thread (None: no side path)."""
+    """The row tables of the pass being run on the model thread (None: no side path), and the
+    decoder step's kernel where the tables are laid out for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: lowrank.Kernel | None = None) -> None:
         self.tables: Tables | None = None
+        self.kernel = kernel
 
 
 def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
@@ -90,8 +96,14 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     if tables is None or (pair := tables.get(key)) is None:
         return out
     a, b = pair
-    rows, n, rank, width = b.shape
     positions = hidden.shape[1]
+    if b.dim() == 5:  # half precision, B blocked: the kernel's layout
+        kernel = state.kernel
+        if kernel is not None and a.shape[1] <= kernel.max_low and _fits(hidden, out):
+            kernel.run(a, b, hidden.contiguous(), out, torch.get_num_threads())
+            return out
+        a, b = a.to(hidden.dtype), unblock(b).to(hidden.dtype)
+    rows, n, rank, width = b.shape
     x = hidden if hidden.dtype == a.dtype else hidden.to(a.dtype)
     # A is kept (n * rank, in) per row: in a decoder step A x^T reads it at about the memory's
     # speed on the CPU, where x A on an (in, n * rank) layout took a third longer.
@@ -113,6 +125,26 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     if out.dtype == delta.dtype:
         return out.add_(delta)
     return out + delta.to(out.dtype)
+
+
+def _fits(hidden: Tensor, out: Tensor) -> bool:
+    """The kernel's inputs: fp32 activations on the CPU, the output packed."""
+    fp32 = hidden.dtype == out.dtype == torch.float32
+    return fp32 and hidden.device.type == "cpu" and out.is_contiguous()
+
+
+def block(b: Tensor) -> Tensor:
+    """B (rows, n, R, W) in the kernel's layout (rows, n, W/64, R, 64)."""
+    rows, n, rank, width = b.shape
+    blocks = width // lowrank.BLOCK
+    b = b.view(rows, n, rank, blocks, lowrank.BLOCK).permute(0, 1, 3, 2, 4)
+    return b.contiguous()
+
+
+def unblock(b: Tensor) -> Tensor:
+    """The kernel's layout back to B (rows, n, R, W)."""
+    rows, n, blocks, rank, size = b.shape
+    return b.permute(0, 1, 3, 2, 4).reshape(rows, n, rank, blocks * size)
 
 
 class LoraLinear(torch.nn.Module):
@@ -158,6 +190,8 @@ class Lora:
         self.state = state
         self.dtype = dtype
         self.device = device or torch.device("cpu")
+        # The tables' dtype: half precision where the kernel reads them.
+        self.table_dtype = torch.float16 if state.kernel is not None else dtype
         # Which unit (and which place in it) each target module path belongs to.
         self.target_of = {t: (u.key, i) for u in units.values() for i, t in enumerate(u.targets)}
 
@@ -184,9 +218,9 @@ class Lora:
             rank = max(part[2] for part in parts if part is not None)
             n, width = len(unit.targets), unit.widths[0]
             a_shape = (len(parts), n * rank, unit.in_features)
-            a_rows = torch.zeros(a_shape, dtype=self.dtype, device=self.device)
+            a_rows = torch.zeros(a_shape, dtype=self.table_dtype, device=self.device)
             b_shape = (len(parts), n, rank, width)
-            b_rows = torch.zeros(b_shape, dtype=self.dtype, device=self.device)
+            b_rows = torch.zeros(b_shape, dtype=self.table_dtype, device=self.device)
             for row, part in enumerate(parts):
                 if part is None:
                     continue
@@ -195,8 +229,12 @@ class Lora:
                 for i in range(n):
                     a_rows[row, i * rank : i * rank + r] = a[i * r : (i + 1) * r]
                 b_rows[row, :, :r] = b
-            tables[key] = (a_rows, b_rows)
+            tables[key] = (a_rows, self.lay_out(b_rows))
         return tables
+
+    def lay_out(self, b: Tensor) -> Tensor:
+        """Rows' B (rows, n, R, W) as the side path reads it (blocked for the kernel)."""
+        return block(b) if self.state.kernel is not None else b
 
 
 def keep_rows(tables: Tables, rows: Tensor) -> Tables:
@@ -213,7 +251,7 @@ def join_tables(old: Tables, old_rows: int, new: Tables, new_rows: int, lora: Lo
             _pad_rank(t.get(key), rows, unit, lora)
             for t, rows in ((old, old_rows), (new, new_rows))
         ]
-        rank = max(p[1].shape[2] for p in pairs)
+        rank = max(p[1].shape[-2] for p in pairs)
         pairs = [_to_rank(p, rank) for p in pairs]
         joined[key] = (torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
     return joined
@@ -224,16 +262,16 @@ def _pad_rank(
 ) -> tuple[Tensor, Tensor]:
     if pair is not None:
         return pair
-    n, dtype, device = len(unit.targets), lora.dtype, lora.device
+    n, dtype, device = len(unit.targets), lora.table_dtype, lora.device
     return (
         torch.zeros((rows, n, unit.in_features), dtype=dtype, device=device),
-        torch.zeros((rows, n, 1, unit.widths[0]), dtype=dtype, device=device),
+        lora.lay_out(torch.zeros((rows, n, 1, unit.widths[0]), dtype=dtype, device=device)),
     )
 
 
 def _to_rank(pair: tuple[Tensor, Tensor], rank: int) -> tuple[Tensor, Tensor]:
     a, b = pair
-    rows, n, have, _ = b.shape
+    rows, n, have = b.shape[0], b.shape[1], b.shape[-2]  # R is next to last in either layout
     if have == rank:
         return pair
     width = a.shape[2]
@@ -242,8 +280,9 @@ def _to_rank(pair: tuple[Tensor, Tensor], rank: int) -> tuple[Tensor, Tensor]:
     return a.reshape(rows, n * rank, width), b
 
 
-def attach(network: torch.nn.Module) -> Lora:
-    """Wrap every adaptable Linear of a T5 network in place (see the module); its Lora."""
+def attach(network: torch.nn.Module, compact: bool = False) -> Lora:
+    """Wrap every adaptable Linear of a T5 network in place (see the module); its Lora.
+    compact: an 8-bit base on the CPU, whose side path may run engine/lowrank.py's kernel."""
     state = LoraState()
     units: dict[str, Unit] = {}
     groups: dict[int, tuple[str, rowint8.FusedRowInt8]] = {}
@@ -276,7 +315,12 @@ def attach(network: torch.nn.Module) -> Lora:
     dtype = embedding.weight.dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         dtype = torch.float32
-    return Lora(units, state, dtype, embedding.weight.device)
+    device = embedding.weight.device
+    if compact and dtype == torch.float32 and device.type == "cpu":
+        widths = {w for unit in units.values() for w in unit.widths}
+        if all(w % lowrank.BLOCK == 0 for w in widths):
+            state.kernel = lowrank.load()
+    return Lora(units, state, dtype, device)
 
 
 def _shape(module: torch.nn.Module) -> tuple[int, int]:
@@ -350,8 +394,10 @@ def load_adapter(name: str, folder: str, lora: Lora, max_rank: int) -> Adapter:
         for i, (a, b) in parts.items():
             a_cat[i * rank : (i + 1) * rank] = a
             b_all[i] = b.t()
-        a_cat = a_cat.to(dtype=lora.dtype, device=lora.device)
-        b_all = b_all.to(dtype=lora.dtype, device=lora.device)
+        if lora.table_dtype == torch.float16 and max(a_cat.abs().max(), b_all.abs().max()) > HALF:
+            raise AdapterLoadError(f"Adapter {name!r} has weights beyond half precision's range.")
+        a_cat = a_cat.to(dtype=lora.table_dtype, device=lora.device)
+        b_all = b_all.to(dtype=lora.table_dtype, device=lora.device)
         nbytes += a_cat.nbytes + b_all.nbytes
         units[unit_key] = (a_cat, b_all, rank)
     if not units:

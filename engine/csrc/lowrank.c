@@ -1,0 +1,144 @@
+/* One decoder step of the per-row LoRA side path (engine/lora.py), for the CPU.
+ *
+ * For each row r of the batch, with that row's own matrices (half precision, gathered when the
+ * row joined) and its one position's activations x[r] (fp32):
+ *     low[j]   = sum_i A[r][j][i] * x[r][i]                  j < n * R
+ *     out[r][t * W + w] += sum_k low[t * R + k] * B[r][t][k][w]
+ * A is (rows, n * R, in); B is blocked, (rows, n, W / BLOCK, R, BLOCK), so that one block of
+ * outputs reads its R x BLOCK weights in one sequential run; out is (rows, n * W), contiguous.
+ *
+ * Each row is computed whole by one thread, in the same order whatever the batch holds: a
+ * row's result does not depend on its batch-mates (bitwise). engine/lowrank.py builds this file
+ * for AVX-512 or for AVX2 (with FMA and F16C) and picks the one the CPU runs.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+#define BLOCK 64
+#define MAX_LOW 512
+
+#if defined(__AVX512F__)
+typedef __m512 vf;
+#define L 16
+#define ZERO() _mm512_setzero_ps()
+#define LOADF(p) _mm512_loadu_ps(p)
+#define STOREF(p, v) _mm512_storeu_ps(p, v)
+#define LOADH(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define SET1(s) _mm512_set1_ps(s)
+#define ADD(a, b) _mm512_add_ps(a, b)
+static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+typedef __m256 vf;
+#define L 8
+#define ZERO() _mm256_setzero_ps()
+#define LOADF(p) _mm256_loadu_ps(p)
+#define STOREF(p, v) _mm256_storeu_ps(p, v)
+#define LOADH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define SET1(s) _mm256_set1_ps(s)
+#define ADD(a, b) _mm256_add_ps(a, b)
+static inline float hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#error "lowrank.c needs AVX-512F, or AVX2 with FMA and F16C"
+#endif
+
+#define NV (BLOCK / L)
+
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+int lowrank_block(void) { return BLOCK; }
+
+int lowrank_max_low(void) { return MAX_LOW; }
+
+/* Up to GROUP positions at once: each weight is loaded and converted once for all of them.
+ * A position's arithmetic is the same whatever group it falls in (the same FMAs in the same
+ * order), so a row's result does not depend on its length either. */
+#define GROUP 4
+
+/* low[q][j] = A[j] . x[q] for the group's np positions (x rows `in` apart). */
+static inline void dots(const uint16_t *a, long m, const float *x, long in, int np, float *low,
+                        long low_stride) {
+    for (long j = 0; j < m; j++) {
+        const uint16_t *aj = a + j * in;
+        vf s0[GROUP], s1[GROUP];
+        for (int q = 0; q < np; q++) s0[q] = s1[q] = ZERO();
+        long i = 0;
+        for (; i + 2 * L <= in; i += 2 * L) {
+            const vf a0 = LOADH(aj + i), a1 = LOADH(aj + i + L);
+            for (int q = 0; q < np; q++) {
+                s0[q] = FMA(a0, LOADF(x + q * in + i), s0[q]);
+                s1[q] = FMA(a1, LOADF(x + q * in + i + L), s1[q]);
+            }
+        }
+        if (i + L <= in) {
+            const vf a0 = LOADH(aj + i);
+            for (int q = 0; q < np; q++) s0[q] = FMA(a0, LOADF(x + q * in + i), s0[q]);
+            i += L;
+        }
+        for (int q = 0; q < np; q++) {
+            float s = hsum(ADD(s0[q], s1[q]));
+            for (long t = i; t < in; t++) s += half_to_float(aj[t]) * x[q * in + t];
+            low[q * low_stride + j] = s;
+        }
+    }
+}
+
+/* out[q][w] += sum_k low[q][k] * B[k][w] for the group's np positions (out rows `stride`
+ * apart), B blocked (W / BLOCK, R, BLOCK). */
+static inline void update(const uint16_t *b, long W, int R, const float *low, long low_stride,
+                          int np, float *out, long stride) {
+    for (long w0 = 0; w0 < W; w0 += BLOCK) {
+        const uint16_t *block = b + w0 * R;
+        vf acc[GROUP][NV];
+        for (int q = 0; q < np; q++)
+            for (int v = 0; v < NV; v++) acc[q][v] = LOADF(out + q * stride + w0 + v * L);
+        for (int k = 0; k < R; k++) {
+            const uint16_t *row = block + (long)k * BLOCK;
+            vf weights[NV];
+            for (int v = 0; v < NV; v++) weights[v] = LOADH(row + v * L);
+            for (int q = 0; q < np; q++) {
+                const vf l = SET1(low[q * low_stride + k]);
+                for (int v = 0; v < NV; v++) acc[q][v] = FMA(l, weights[v], acc[q][v]);
+            }
+        }
+        for (int q = 0; q < np; q++)
+            for (int v = 0; v < NV; v++) STOREF(out + q * stride + w0 + v * L, acc[q][v]);
+    }
+}
+
+/* One group of np positions of row r. */
+static inline void group(const uint16_t *A, const uint16_t *B, const float *x, float *out, int n,
+                         int R, long in, long W, int np) {
+    float low[GROUP * MAX_LOW];
+    dots(A, (long)n * R, x, in, np, low, MAX_LOW);
+    for (int t = 0; t < n; t++)
+        update(B + (long)t * R * W, W, R, low + t * R, MAX_LOW, np, out + (long)t * W, n * W);
+}
+
+/* x (rows, P, in), out (rows, P, n * W); P is 1 in a decoder step, the prompt's length in an
+ * encoder pass (and cross-attention's keys and values when rows join). */
+void lowrank_run(const uint16_t *A, const uint16_t *B, const float *x, float *out, int rows,
+                 int P, int n, int R, long in, long W, int threads) {
+    const int groups = (P + GROUP - 1) / GROUP;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (threads > 1)
+    for (int r = 0; r < rows; r++) {
+        for (int g = 0; g < groups; g++) {
+            const int p = g * GROUP, np = P - p < GROUP ? P - p : GROUP;
+            const uint16_t *a = A + (long)r * n * R * in, *b = B + (long)r * n * R * W;
+            const float *xp = x + ((long)r * P + p) * in;
+            float *op = out + ((long)r * P + p) * n * W;
+            switch (np) {  /* constant group sizes: the compiler unrolls and keeps registers */
+            case 4: group(a, b, xp, op, n, R, in, W, 4); break;
+            case 3: group(a, b, xp, op, n, R, in, W, 3); break;
+            case 2: group(a, b, xp, op, n, R, in, W, 2); break;
+            default: group(a, b, xp, op, n, R, in, W, 1); break;
+            }
+        }
+    }
+}
