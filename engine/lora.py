@@ -206,8 +206,8 @@ class Lora:
 
     def gather(self, adapters: Sequence["Adapter | None"], prefix: str) -> Tables:
         """The rows' tables for the units under `prefix` ("encoder." or "decoder."): each row's
-        A (n * rank, in) and B (n, rank, out) stacked, zero-padded to the largest rank among
-        the rows."""
+        A (n * rank, in) and B (n, rank, out; blocked for the kernel) stacked, zero-padded to
+        the largest rank among the rows: one concatenation per unit."""
         tables: Tables = {}
         for key, unit in self.units.items():
             if not key.startswith(prefix):
@@ -216,20 +216,9 @@ class Lora:
             if all(part is None for part in parts):
                 continue
             rank = max(part[2] for part in parts if part is not None)
-            n, width = len(unit.targets), unit.widths[0]
-            a_shape = (len(parts), n * rank, unit.in_features)
-            a_rows = torch.zeros(a_shape, dtype=self.table_dtype, device=self.device)
-            b_shape = (len(parts), n, rank, width)
-            b_rows = torch.zeros(b_shape, dtype=self.table_dtype, device=self.device)
-            for row, part in enumerate(parts):
-                if part is None:
-                    continue
-                a, b, r = part
-                # Target i's r rows go to rows i*rank.. (the rest stays zero).
-                for i in range(n):
-                    a_rows[row, i * rank : i * rank + r] = a[i * r : (i + 1) * r]
-                b_rows[row, :, :r] = b
-            tables[key] = (a_rows, self.lay_out(b_rows))
+            zeros = _to_rank(_pad_rank(None, 1, unit, self), rank)
+            rows = [zeros if p is None else _to_rank((p[0][None], p[1][None]), rank) for p in parts]
+            tables[key] = (torch.cat([a for a, _ in rows]), torch.cat([b for _, b in rows]))
         return tables
 
     def lay_out(self, b: Tensor) -> Tensor:
@@ -333,8 +322,8 @@ def _shape(module: torch.nn.Module) -> tuple[int, int]:
 @dataclass
 class Adapter:
     """A loaded adapter: per unit (A (n*r, in): the n targets' A's stacked, B (n, r, out):
-    each target's, zeros for a target it leaves alone; r), peft's scale folded into B, in the
-    model's dtype and on its device."""
+    each target's, zeros for a target it leaves alone, blocked for the kernel; r), peft's scale
+    folded into B, in the tables' dtype and on the model's device."""
 
     name: str
     folder: str
@@ -397,7 +386,7 @@ def load_adapter(name: str, folder: str, lora: Lora, max_rank: int) -> Adapter:
         if lora.table_dtype == torch.float16 and max(a_cat.abs().max(), b_all.abs().max()) > HALF:
             raise AdapterLoadError(f"Adapter {name!r} has weights beyond half precision's range.")
         a_cat = a_cat.to(dtype=lora.table_dtype, device=lora.device)
-        b_all = b_all.to(dtype=lora.table_dtype, device=lora.device)
+        b_all = lora.lay_out(b_all[None].to(dtype=lora.table_dtype, device=lora.device))[0]
         nbytes += a_cat.nbytes + b_all.nbytes
         units[unit_key] = (a_cat, b_all, rank)
     if not units:

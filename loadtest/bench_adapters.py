@@ -11,16 +11,19 @@ rank; tokens/s per run, the best of the rounds counts, and the ratio per-row / m
 adapter's load time (engine.lora.load_adapter, the median of 5) and its memory: its tensors'
 bytes and the resident-memory (VmRSS) growth of this process per adapter loaded. Each per-row
 run follows a merged run (the pair sees the same load): the median of the pairs' ratios is
-printed beside the best-of ratio.
+printed beside the best-of ratio. --torch-side adds a third engine whose side path stays in
+torch (INFERENCE_ADAPTER_KERNEL=off: fp32 tables, bmm), run in the same pairs, against the C
+kernel (engine/lowrank.py) the per-row engine runs where it can be built.
 
     .venv/bin/python loadtest/bench_adapters.py [--rounds 3] [--tokens 64] [--ranks 8,16]
-        [--distinct 1,4,16] [--threads 1]     # about 5 minutes with the defaults
+        [--distinct 1,4,16] [--threads 1] [--torch-side]   # about 5 minutes with the defaults
     .venv/bin/python loadtest/bench_adapters.py --rounds 1 --tokens 16    # under a minute
 """
 
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine import lowrank  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.generation import GenerationRequest  # noqa: E402
 from engine.runtime import Engine  # noqa: E402
@@ -48,6 +52,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--adapters", type=int, default=16, help="adapters built per rank")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: all cores)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "bench")
+    parser.add_argument(
+        "--torch-side",
+        action="store_true",
+        help="also run a per-row engine whose side path stays in torch (no kernel), "
+        "in the same pairs",
+    )
     return parser.parse_args()
 
 
@@ -183,12 +193,18 @@ def throughput(args: argparse.Namespace, base: Path, folders: dict[int, list[Pat
     registry = {f"r{r}-{i}": str(f) for r in ranks for i, f in enumerate(folders[r], 1)}
     per_row = start(base, args, adapter=str(default), max_adapters=len(registry))
     per_row.set_adapters(registry)
+    engines = {"": per_row}
     loop = asyncio.new_event_loop()
     # Warm both (and load every adapter into the per-row engine's bank).
     loop.run_until_complete(run(merged, texts, [""] * CONCURRENT, 4))
     for rank in ranks:
         names = [f"r{rank}-{i % args.adapters + 1}" for i in range(CONCURRENT)]
         loop.run_until_complete(run(per_row, texts, names, 4))
+    if args.torch_side:  # started once the per-row engine's base has loaded with the kernel
+        engines[" (torch)"] = start_torch_side(base, args, default, registry)
+        for rank in ranks:
+            names = [f"r{rank}-{i % args.adapters + 1}" for i in range(CONCURRENT)]
+            loop.run_until_complete(run(engines[" (torch)"], texts, names, 4))
     results: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
     for number in range(args.rounds):
@@ -196,15 +212,19 @@ def throughput(args: argparse.Namespace, base: Path, folders: dict[int, list[Pat
         for rank in ranks:
             for count in distinct:
                 # Each per-row run right after a merged one: a pair sees the same load.
-                label = f"rank {rank}, {count} distinct"
-                before = loop.run_until_complete(run(merged, texts, [""] * CONCURRENT, args.tokens))
                 names = [f"r{rank}-{i % count + 1}" for i in range(CONCURRENT)]
-                figure = loop.run_until_complete(run(per_row, texts, names, args.tokens))
-                results.setdefault("merged", []).append(before)
-                results.setdefault(label, []).append(figure)
-                ratios.setdefault(label, []).append(figure / before)
+                for suffix, engine in engines.items():
+                    label = f"rank {rank}, {count} distinct{suffix}"
+                    before = loop.run_until_complete(
+                        run(merged, texts, [""] * CONCURRENT, args.tokens)
+                    )
+                    figure = loop.run_until_complete(run(engine, texts, names, args.tokens))
+                    results.setdefault("merged", []).append(before)
+                    results.setdefault(label, []).append(figure)
+                    ratios.setdefault(label, []).append(figure / before)
     merged.stop(30)
-    per_row.stop(30)
+    for engine in engines.values():
+        engine.stop(30)
     loop.close()
     best_merged = max(results["merged"])
     print(
@@ -217,6 +237,25 @@ def throughput(args: argparse.Namespace, base: Path, folders: dict[int, list[Pat
         paired = f"  pairs x{statistics.median(pairs):.2f}" if pairs else ""
         runs = ", ".join(f"{f:.0f}" for f in figures)
         print(f"  {label:22} {best:6.1f}  x{best / best_merged:.2f}{paired}   (runs: {runs})")
+
+
+def start_torch_side(
+    base: Path, args: argparse.Namespace, default: Path, registry: dict[str, str]
+) -> Engine:
+    """A per-row engine without the side path's kernel (INFERENCE_ADAPTER_KERNEL=off while it
+    loads; a model process reads it when it starts)."""
+    os.environ["INFERENCE_ADAPTER_KERNEL"] = "off"
+    lowrank.load.cache_clear()
+    try:
+        engine = start(base, args, adapter=str(default), max_adapters=len(registry))
+        engine.set_adapters(registry)
+        loop = asyncio.new_event_loop()  # the per-row base loads on the first adapter request
+        loop.run_until_complete(run(engine, prompts(base)[:1], [next(iter(registry))], 1))
+        loop.close()
+    finally:
+        del os.environ["INFERENCE_ADAPTER_KERNEL"]
+        lowrank.load.cache_clear()
+    return engine
 
 
 def load_and_memory(folders: dict[int, list[Path]]) -> None:
@@ -250,6 +289,9 @@ def load_and_memory(folders: dict[int, list[Path]]) -> None:
 def main() -> None:
     args = parse_args()
     print(f"CPU: {cpu_model()}; threads {args.threads}; {uptime()}", flush=True)
+    kernel = lowrank.load()
+    side = f"the C kernel ({kernel.target})" if kernel else "torch (no kernel)"
+    print(f"per-row side path: {side}", flush=True)
     ranks = [int(r) for r in args.ranks.split(",")]
     base, folders = ensure_adapters(args.workdir, ranks, args.adapters)
     throughput(args, base, folders)
