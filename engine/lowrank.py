@@ -123,6 +123,18 @@ class Kernel:
         in) and out (rows, P, n*W) in fp32, all contiguous on the CPU (the caller checks)."""
         rows, n, blocks, rank, _ = b.shape
         positions, width = x.shape[1], x.shape[2]
+        # C reads raw memory: a shape that does not fit is an error here, never a stray read.
+        half = str(a.dtype) == str(b.dtype) == "torch.float16"
+        single = str(x.dtype) == str(out.dtype) == "torch.float32"
+        fits = (
+            a.shape == (rows, n * rank, width)
+            and x.shape[0] == rows
+            and out.shape == (rows, positions, n * blocks * BLOCK)
+            and n * rank <= self.max_low
+        )
+        packed = all(t.is_contiguous() for t in (a, b, x, out))
+        if not (half and single and fits and packed):
+            raise ValueError("lowrank: the tables, input and output do not fit together")
         self._run(
             a.data_ptr(),
             b.data_ptr(),

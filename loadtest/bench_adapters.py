@@ -236,7 +236,7 @@ def throughput(args: argparse.Namespace, base: Path, folders: dict[int, list[Pat
         pairs = ratios.get(label)
         paired = f"  pairs x{statistics.median(pairs):.2f}" if pairs else ""
         runs = ", ".join(f"{f:.0f}" for f in figures)
-        print(f"  {label:22} {best:6.1f}  x{best / best_merged:.2f}{paired}   (runs: {runs})")
+        print(f"  {label:30} {best:6.1f}  x{best / best_merged:.2f}{paired}   (runs: {runs})")
 
 
 def start_torch_side(

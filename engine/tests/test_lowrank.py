@@ -211,3 +211,20 @@ def test_a_prebuilt_library_is_used_without_a_compiler(
     kernel = lowrank.load()
     assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
     assert not fresh.exists()
+
+
+@needs_kernel
+def test_tables_that_do_not_fit_the_input_are_an_error_not_a_stray_read(
+    kernels: list[lowrank.Kernel],
+) -> None:
+    a, b = _tables(2, 1, 4, 64, 64)
+    x, out = torch.randn(2, 3, 64), torch.zeros(2, 3, 64)
+    kernel = kernels[0]
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.run(a, lora.block(b), x[:1].contiguous(), out, 1)  # one row of input, two of tables
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.run(a, lora.block(b), x, torch.zeros(2, 3, 128), 1)  # a wider output
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.run(a.float(), lora.block(b), x, out, 1)  # fp32 tables
+    kernel.run(a, lora.block(b), x, out, 1)
+    assert out.abs().max() > 0
