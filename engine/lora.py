@@ -100,7 +100,7 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     if b.dim() == 5:  # half precision, B blocked: the kernel's layout
         kernel = state.kernel
         if kernel is not None and a.shape[1] <= kernel.max_low and _fits(hidden, out):
-            kernel.run(a, b, hidden.contiguous(), out, torch.get_num_threads())
+            kernel.run(a, b, hidden.contiguous(), out, _threads(hidden))
             return out
         a, b = a.to(hidden.dtype), unblock(b).to(hidden.dtype)
     rows, n, rank, width = b.shape
@@ -125,6 +125,19 @@ def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
     if out.dtype == delta.dtype:
         return out.add_(delta)
     return out + delta.to(out.dtype)
+
+
+# Positions (rows x length) below which the kernel runs on the model thread alone: a decoder
+# step's units take tens of microseconds each, and a parallel region's wake-up and barrier
+# cost more than they save whenever the other core is busy (bench_adapters --threads 0: 0.76-0.79x
+# merged at rank 16 with two threads here against 0.80-0.82x with one).
+PARALLEL_POSITIONS = 128
+
+
+def _threads(hidden: Tensor) -> int:
+    if hidden.shape[0] * hidden.shape[1] < PARALLEL_POSITIONS:
+        return 1
+    return torch.get_num_threads()
 
 
 def _fits(hidden: Tensor, out: Tensor) -> bool:

@@ -228,3 +228,12 @@ def test_tables_that_do_not_fit_the_input_are_an_error_not_a_stray_read(
         kernel.run(a.float(), lora.block(b), x, out, 1)  # fp32 tables
     kernel.run(a, lora.block(b), x, out, 1)
     assert out.abs().max() > 0
+
+
+def test_a_decoder_step_runs_on_one_thread_and_a_long_pass_on_torchs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert lora._threads(torch.empty(32, 1, 8)) == 1  # 32 rows, one position each
+    assert lora._threads(torch.empty(16, 64, 8)) == 8  # an encoder pass of 16 x 64
+    assert lora._threads(torch.empty(1, lora.PARALLEL_POSITIONS, 8)) == 8
