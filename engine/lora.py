@@ -82,7 +82,7 @@ class Unit:
 
 class LoraState:
     """The row tables of the pass being run on the model thread (None: no side path), and the
-    decoder step's kernel where the tables are laid out for it."""
+    side path's kernel where the tables are laid out for it (engine/lowrank.py)."""
 
     def __init__(self, kernel: lowrank.Kernel | None = None) -> None:
         self.tables: Tables | None = None
