@@ -100,8 +100,12 @@ def _cache_folders() -> list[Path]:
     configured = os.environ.get("INFERENCE_KERNEL_DIR")
     if configured:
         return [Path(configured)]
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [home / "inference-node", Path(tempfile.gettempdir()) / f"inference-node-{os.getuid()}"]
+    temporary = Path(tempfile.gettempdir()) / f"inference-node-{os.getuid()}"
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory (a service user without one)
+        return [temporary]
+    return [cache / "inference-node", temporary]
 
 
 class Kernel:

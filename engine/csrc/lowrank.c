@@ -1,15 +1,17 @@
-/* One decoder step of the per-row LoRA side path (engine/lora.py), for the CPU.
+/* The per-row LoRA side path (engine/lora.py) on the CPU: a decoder step (one position per
+ * row), an encoder pass, or cross-attention's keys and values at join.
  *
- * For each row r of the batch, with that row's own matrices (half precision, gathered when the
- * row joined) and its one position's activations x[r] (fp32):
- *     low[j]   = sum_i A[r][j][i] * x[r][i]                  j < n * R
- *     out[r][t * W + w] += sum_k low[t * R + k] * B[r][t][k][w]
+ * For each row r of the batch and each of its P positions p, with that row's own matrices (half
+ * precision, gathered when the row joined) and the position's activations x[r][p] (fp32):
+ *     low[j]   = sum_i A[r][j][i] * x[r][p][i]                  j < n * R
+ *     out[r][p][t * W + w] += sum_k low[t * R + k] * B[r][t][k][w]
  * A is (rows, n * R, in); B is blocked, (rows, n, W / BLOCK, R, BLOCK), so that one block of
- * outputs reads its R x BLOCK weights in one sequential run; out is (rows, n * W), contiguous.
+ * outputs reads its R x BLOCK weights in one sequential run; out is (rows, P, n * W), packed.
  *
- * Each row is computed whole by one thread, in the same order whatever the batch holds: a
- * row's result does not depend on its batch-mates (bitwise). engine/lowrank.py builds this file
- * for AVX-512 or for AVX2 (with FMA and F16C) and picks the one the CPU runs.
+ * Each position of each row is computed whole by one thread, with the same operations in the
+ * same order whatever the batch holds, the row's length or the thread count: a row's result
+ * does not depend on its batch-mates (bitwise). engine/lowrank.py builds this file for AVX-512
+ * or for AVX2 (with FMA and F16C) and picks the one the CPU runs.
  */
 #include <immintrin.h>
 #include <stdint.h>

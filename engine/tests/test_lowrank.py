@@ -4,6 +4,7 @@ result independent of its batch-mates, its length and the thread count, the tabl
 base keeps for it, and torch's path wherever the kernel cannot be built."""
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,17 @@ def test_a_decoder_step_runs_on_one_thread_and_a_long_pass_on_torchs(
     assert lora._threads(torch.empty(32, 1, 8)) == 1  # 32 rows, one position each
     assert lora._threads(torch.empty(16, 64, 8)) == 8  # an encoder pass of 16 x 64
     assert lora._threads(torch.empty(1, lora.PARALLEL_POSITIONS, 8)) == 8
+
+
+def test_without_a_home_the_library_is_kept_under_the_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("INFERENCE_KERNEL_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    folders = lowrank._cache_folders()
+    assert len(folders) == 1 and folders[0].parent == Path(tempfile.gettempdir())
