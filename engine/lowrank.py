@@ -1,4 +1,4 @@
-"""The decoder step's per-row LoRA kernel (engine/csrc/lowrank.c), built for this CPU.
+"""The per-row LoRA side path's kernel (engine/csrc/lowrank.c), built for this CPU.
 
 With per-row adapters on an 8-bit CPU base, a decoder step reads every row's own low-rank
 matrices: 217 MB a step at rank 16 for 16 rows of flan-t5-base in fp32, at the memory's speed.

@@ -244,6 +244,7 @@ def start_torch_side(
 ) -> Engine:
     """A per-row engine without the side path's kernel (INFERENCE_ADAPTER_KERNEL=off while it
     loads; a model process reads it when it starts)."""
+    previous = os.environ.get("INFERENCE_ADAPTER_KERNEL")
     os.environ["INFERENCE_ADAPTER_KERNEL"] = "off"
     lowrank.load.cache_clear()
     try:
@@ -253,7 +254,10 @@ def start_torch_side(
         loop.run_until_complete(run(engine, prompts(base)[:1], [next(iter(registry))], 1))
         loop.close()
     finally:
-        del os.environ["INFERENCE_ADAPTER_KERNEL"]
+        if previous is None:
+            del os.environ["INFERENCE_ADAPTER_KERNEL"]
+        else:
+            os.environ["INFERENCE_ADAPTER_KERNEL"] = previous
         lowrank.load.cache_clear()
     return engine
 
