@@ -339,7 +339,9 @@ class Batch:
                 # positions (the buffers double when full), so a long max_tokens that ends
                 # early costs nothing.
                 capacity = min(CACHE_START, max(row.request.max_tokens for row in rows))
-                self.decoder = T5DecoderStep(self.model.model, encoded, mask, capacity)
+                self.decoder = T5DecoderStep(
+                    self.model.model, encoded, mask, capacity, self.model.attention
+                )
             else:
                 self.decoder.extend(encoded, mask)
         if lora is not None and tables is not None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from engine import rowint8
+from engine import attention, rowint8
+from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
 from engine.lora import Lora, attach
@@ -62,6 +63,9 @@ class LoadedModel:
     # The per-row adapters' side path (engine/lora.py), on a base loaded without any adapter
     # merged; None: the merged fast path.
     lora: Lora | None = None
+    # A decoder step's attention kernel over half-precision caches (engine/attention.py), for
+    # an 8-bit model on the CPU; None: torch over the model's own dtype.
+    attention: Kernel | None = None
 
     @property
     def max_prompt_chars(self) -> int:
@@ -231,9 +235,11 @@ def load_model(
             network = _build(folder, adapter_folder, scheme, target)
     _tune(network, target)
     loaded = _describe(network.eval(), tokenizer, target, scheme)
+    eight_bit_cpu = scheme in ("torch-int8", "bnb-int8") and target.type == "cpu"
+    if eight_bit_cpu:
+        loaded.attention = attention.load()
     if per_row:
-        compact = scheme in ("torch-int8", "bnb-int8") and target.type == "cpu"
-        loaded.lora = attach(network, compact=compact)
+        loaded.lora = attach(network, compact=eight_bit_cpu)
     loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
     loaded.load_seconds = time.perf_counter() - started
     return loaded

@@ -8,104 +8,22 @@ read it at about half the memory's speed; in an encoder pass it takes four posit
 weight loaded, where torch's small batched GEMMs ran at a fifth of the CPU's peak
 (docs/adapters.md, "What adapters cost").
 
-The library is compiled with the host's C compiler (`CC`, else `cc`) the first time a model
-process needs it, for AVX-512 or for AVX2 with FMA and F16C (whichever the CPU runs), and kept
-under a cache folder by a digest of its source and flags; an image may ship it prebuilt
-(`python engine/lowrank.py --build DIR`, deploy/Dockerfile). Without a compiler or such a CPU,
-or with INFERENCE_ADAPTER_KERNEL=off, `load()` returns None and the side path stays in torch
-(fp32 tables; correct, slower).
+The library is built and found by engine/native.py. Without a compiler or a CPU with AVX2
+and F16C, or with INFERENCE_ADAPTER_KERNEL=off, `load()` returns None and the side path stays in
+torch (fp32 tables; correct, slower).
 
-Only the standard library at import: the image's build stage runs this file as a script.
+Only the standard library at import.
 """
 
-import argparse
 import ctypes
 import functools
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from engine import native
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lowrank.c"
 BLOCK = 64  # B's output columns per block (the C file's BLOCK)
-COMMON_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fopenmp")
-TARGETS = {
-    "avx512": ("-mavx512f", "-mfma", "-mf16c"),
-    "avx2": ("-mavx2", "-mfma", "-mf16c"),
-}
-# Where an image ships the libraries prebuilt (read only), before the per-user cache.
-PREBUILT = Path(sys.prefix) / "lib" / "inference-node"
-
-
-def cpu_target(flags: set[str] | None = None) -> str | None:
-    """The best target this CPU runs (None: neither)."""
-    if flags is None:
-        flags = _cpu_flags()
-    if "avx512f" in flags and {"fma", "f16c"} <= flags:
-        return "avx512"
-    if {"avx2", "fma", "f16c"} <= flags:
-        return "avx2"
-    return None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def library_name(target: str) -> str:
-    """The file name of the target's library: its source and flags' digest in it."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update(" ".join(COMMON_FLAGS + TARGETS[target]).encode())
-    return f"lowrank-{target}-{digest.hexdigest()[:16]}.so"
-
-
-def build(target: str, folder: Path) -> Path:
-    """Compile the target's library into `folder` (atomically: a concurrent build of the same
-    library by another process is harmless); RuntimeError with the compiler's reason."""
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler ({compiler!r} is not on PATH)")
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / library_name(target)
-    handle, partial = tempfile.mkstemp(dir=folder, prefix=".lowrank-", suffix=".so")
-    os.close(handle)
-    command = [compiler, *COMMON_FLAGS, *TARGETS[target], str(SOURCE), "-o", partial]
-    try:
-        # The command is ours: the compiler named by CC, fixed flags, our own source file.
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
-        if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
-            raise RuntimeError(f"{compiler} failed: {reason}")
-        os.replace(partial, final)
-    finally:
-        Path(partial).unlink(missing_ok=True)
-    return final
-
-
-def _cache_folders() -> list[Path]:
-    configured = os.environ.get("INFERENCE_KERNEL_DIR")
-    if configured:
-        return [Path(configured)]
-    temporary = Path(tempfile.gettempdir()) / f"inference-node-{os.getuid()}"
-    try:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    except RuntimeError:  # no home directory (a service user without one)
-        return [temporary]
-    return [cache / "inference-node", temporary]
 
 
 class Kernel:
@@ -159,38 +77,4 @@ def load() -> Kernel | None:
     """This CPU's kernel, built if need be (once per process); None where it cannot run."""
     if os.environ.get("INFERENCE_ADAPTER_KERNEL", "auto").strip().lower() == "off":
         return None
-    target = cpu_target()
-    if target is None:
-        logger.info("adapters: the CPU lacks AVX2/F16C; the side path stays in torch")
-        return None
-    name = library_name(target)
-    reasons = []
-    for folder in [PREBUILT, *_cache_folders()]:
-        path = folder / name
-        try:
-            if not path.is_file():
-                if folder == PREBUILT:
-                    continue
-                build(target, folder)
-            return Kernel(path, target)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            reasons.append(str(exc))
-    logger.warning(
-        "adapters: the side path's kernel could not be built (%s); using torch, slower",
-        "; ".join(reasons)[:300],
-    )
-    return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the side path's kernel libraries.")
-    parser.add_argument("--build", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--targets", default=",".join(TARGETS))
-    args = parser.parse_args(argv)
-    for target in args.targets.split(","):
-        print(build(target, args.build))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return native.find("lowrank", "adapters' side path", Kernel)

@@ -13,6 +13,10 @@ position bias depends only on the distance between key and query, and on the sha
 row's distances are its own ones shifted, so one bias serves every row and a row's logits are
 those of decoding it alone. Columns no row needs any more are trimmed when the buffers fill,
 so a steady flow of rows does not grow them forever.
+
+With engine/attention.py's kernel (an 8-bit model on the CPU) the caches are half precision,
+the self-attention keys are kept transposed (rows, heads, head width, columns), and each
+layer's attention is one kernel call over each row's own columns instead of a mask.
 """
 
 from typing import Any
@@ -20,14 +24,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from engine.attention import HALF_MAX, Kernel
+
 
 class T5DecoderStep:
     """Call with the last token of each row; returns each row's next-token logits."""
 
     def __init__(
-        self, model: Any, encoded: torch.Tensor, mask: torch.Tensor, capacity: int
+        self,
+        model: Any,
+        encoded: torch.Tensor,
+        mask: torch.Tensor,
+        capacity: int,
+        kernel: Kernel | None = None,
     ) -> None:
         config = model.config
+        self.kernel = kernel
+        # The caches' type, and the axis of the self-attention keys' columns.
+        self.cache_dtype = torch.float16 if kernel else encoded.dtype
+        self.key_axis = 3 if kernel else 2
         self.lm_head = model.lm_head
         self.decoder = model.get_decoder()
         self.blocks = list(self.decoder.block)
@@ -35,10 +50,13 @@ class T5DecoderStep:
         self.output_scale = config.d_model**-0.5 if config.scale_decoder_outputs else None
         rows, dtype = encoded.shape[0], encoded.dtype
         self.cross_bias = _padding_bias(mask, dtype)
+        # Each row's prompt length: T5's padding is on the right, so its columns are 0..length.
+        self.cross_length = mask.sum(dim=1).to(torch.long)
         self.cross = [self._cross_kv(block, encoded) for block in self.blocks]
         shape = (rows, self.heads, max(1, capacity), self.head_dim)
-        self.keys = [encoded.new_empty(shape) for _ in self.blocks]
-        self.values = [encoded.new_empty(shape) for _ in self.blocks]
+        key_shape = (rows, self.heads, self.head_dim, max(1, capacity)) if kernel else shape
+        self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
+        self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
         # The column each row joined at (all 0 in a batch nobody joined: then no mask).
         self.starts = torch.zeros(rows, dtype=torch.long, device=encoded.device)
@@ -56,11 +74,17 @@ class T5DecoderStep:
         attention = block.layer[1].EncDecAttention
         # Stored as plain contiguous matrices (keys already transposed): batched matmuls on
         # transposed views are several times slower on the CPU.
-        keys = self._split(attention.k(encoded)).transpose(2, 3).contiguous()
-        return keys, self._split(attention.v(encoded)).contiguous()
+        keys = self._store(self._split(attention.k(encoded)).transpose(2, 3))
+        return keys, self._store(self._split(attention.v(encoded)))
+
+    def _store(self, states: torch.Tensor) -> torch.Tensor:
+        """states as the caches keep them: contiguous, in half precision for the kernel."""
+        if self.kernel is None:
+            return states.contiguous()
+        return states.clamp(-HALF_MAX, HALF_MAX).to(self.cache_dtype).contiguous()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.length == self.keys[0].shape[2]:
+        if self.length == self.keys[0].shape[self.key_axis]:
             self._make_room()
         position = self.length
         hidden = self.decoder.embed_tokens(tokens)
@@ -82,6 +106,8 @@ class T5DecoderStep:
         # -position..0 whatever the row's own start, so one bias for all rows ...
         first = self.blocks[0].layer[0].SelfAttention
         bias: Tensor = first.compute_bias(1, position + 1, device=device, past_seen_tokens=position)
+        if self.kernel is not None:  # (heads, columns): each row's start is its first column
+            return bias.reshape(self.heads, position + 1).contiguous()
         if not self.joined:
             return bias
         # ... and each row masks the columns before its start (written by other rows' steps).
@@ -95,6 +121,17 @@ class T5DecoderStep:
         attention = layer.SelfAttention
         normed = layer.layer_norm(hidden)
         end = position + 1
+        if self.kernel is not None:
+            rows = hidden.shape[0]
+            shape = (rows, self.heads, self.head_dim)
+            key, value = attention.k(normed).reshape(shape), attention.v(normed).reshape(shape)
+            self.keys[index][..., position] = key.clamp(-HALF_MAX, HALF_MAX)
+            self.values[index][:, :, position] = value.clamp(-HALF_MAX, HALF_MAX)
+            ends = torch.full((rows,), end, dtype=torch.long)
+            query = attention.q(normed).reshape(shape).contiguous()
+            out = self._attend(query, self.keys[index], self.values[index], bias, ends)
+            projected: Tensor = attention.o(out)
+            return hidden + projected
         self.keys[index][:, :, position:end] = self._split(attention.k(normed))
         self.values[index][:, :, position:end] = self._split(attention.v(normed))
         keys, values = self.keys[index][:, :, :end], self.values[index][:, :, :end]
@@ -106,10 +143,32 @@ class T5DecoderStep:
     def _cross_attention(self, index: int, layer: Any, hidden: Tensor) -> Tensor:
         attention = layer.EncDecAttention
         keys, values = self.cross[index]
+        if self.kernel is not None:
+            query = attention.q(layer.layer_norm(hidden))
+            query = query.reshape(-1, self.heads, self.head_dim).contiguous()
+            zero = torch.zeros_like(self.cross_length)
+            out = self._attend(query, keys, values, None, self.cross_length, zero)
+            crossed: Tensor = attention.o(out)
+            return hidden + crossed
         query = self._split(attention.q(layer.layer_norm(hidden)))
         scores = torch.matmul(query, keys) + self.cross_bias
         attended: Tensor = attention.o(self._merge(torch.softmax(scores, dim=-1), values))
         return hidden + attended
+
+    def _attend(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        bias: Tensor | None,
+        ends: Tensor,
+        starts: Tensor | None = None,
+    ) -> Tensor:
+        """The kernel over columns starts..ends of each row; (rows, 1, heads * head width)."""
+        assert self.kernel is not None  # noqa: S101 - called only in the kernel's layout
+        first = self.starts if starts is None else starts
+        out = self.kernel.run(query, keys, values, bias, first, ends, torch.get_num_threads())
+        return out.view(out.shape[0], 1, self.heads * self.head_dim)
 
     def _merge(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         out = torch.matmul(weights, values).transpose(1, 2)
@@ -119,13 +178,16 @@ class T5DecoderStep:
         # The buffers are full: drop the columns before every row's start (lazily, here, so
         # a leave or a join costs no copy), and double the buffers only if that frees none.
         offset = int(self.starts.min()) if self.rows else self.length
-        capacity = self.keys[0].shape[2]
+        capacity = self.keys[0].shape[self.key_axis]
         if offset == 0:
             capacity *= 2  # doubling: a row that runs long costs a few copies, not one a step
-        for caches in (self.keys, self.values):
+        for caches, axis in ((self.keys, self.key_axis), (self.values, 2)):
             for index, old in enumerate(caches):
-                new = old.new_empty((*old.shape[:2], capacity, old.shape[3]))
-                new[:, :, : self.length - offset] = old[:, :, offset : self.length]
+                shape = list(old.shape)
+                shape[axis] = capacity
+                new = old.new_empty(shape)
+                kept = self.length - offset
+                new.narrow(axis, 0, kept).copy_(old.narrow(axis, offset, kept))
                 caches[index] = new
         self.length -= offset
         self._set_starts(self.starts - offset)
@@ -133,21 +195,23 @@ class T5DecoderStep:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices) in every cache."""
         self.cross_bias = self.cross_bias[rows]
+        self.cross_length = self.cross_length[rows]
         self.cross = [(keys[rows], values[rows]) for keys, values in self.cross]
-        self.keys = [self._filled_rows(keys, rows) for keys in self.keys]
-        self.values = [self._filled_rows(values, rows) for values in self.values]
+        self.keys = [self._filled_rows(keys, rows, self.key_axis) for keys in self.keys]
+        self.values = [self._filled_rows(values, rows, 2) for values in self.values]
         self._set_starts(self.starts[rows])
 
-    def _filled_rows(self, cache: Tensor, rows: Tensor) -> Tensor:
-        # Copy only the filled positions: the rest of a fresh buffer stays untouched memory.
+    def _filled_rows(self, cache: Tensor, rows: Tensor, axis: int) -> Tensor:
+        # Copy only the filled columns: the rest of a fresh buffer stays untouched memory.
         kept = cache.new_empty((len(rows), *cache.shape[1:]))
-        kept[:, :, : self.length] = cache[rows, :, : self.length]
+        kept.narrow(axis, 0, self.length).copy_(cache.narrow(axis, 0, self.length)[rows])
         return kept
 
     def extend(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
         """Add rows (their encoder output and mask) that start decoding at the next step."""
         width = max(encoded.shape[1], self.cross_bias.shape[-1])
         bias = _padding_bias(mask, encoded.dtype)
+        self.cross_length = torch.cat([self.cross_length, mask.sum(dim=1).to(torch.long)])
         lowest = torch.finfo(encoded.dtype).min
         self.cross_bias = torch.cat([_pad_last(b, width, lowest) for b in (self.cross_bias, bias)])
         joined = []

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import lora, lowrank
+from engine import lora, lowrank, native
 from engine.generation import AdapterLoadError
 from engine.loading import load_model
 
-needs_kernel = pytest.mark.skipif(lowrank.cpu_target() is None, reason="needs AVX2 with F16C")
+needs_kernel = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
 
 # rows, positions, targets (n), rank, in, out: tails in every dimension the C file loops over.
 SHAPES = [
@@ -30,16 +30,16 @@ SHAPES = [
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[lowrank.Kernel]:
     """The library built for each target this CPU runs (AVX-512 machines run both)."""
     folder = tmp_path_factory.mktemp("kernels")
-    flags = lowrank._cpu_flags()
-    targets = [t for t in lowrank.TARGETS if lowrank.cpu_target(flags) in (t, "avx512")]
-    return [lowrank.Kernel(lowrank.build(target, folder), target) for target in targets]
+    flags = native._cpu_flags()
+    targets = [t for t in native.TARGETS if native.cpu_target(flags) in (t, "avx512")]
+    return [lowrank.Kernel(native.build("lowrank", target, folder), target) for target in targets]
 
 
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """load() from scratch, into an empty cache folder; the process's own kernel after."""
     monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(lowrank, "PREBUILT", tmp_path / "prebuilt")
+    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
     lowrank.load.cache_clear()
     yield tmp_path / "cache"
     lowrank.load.cache_clear()
@@ -163,10 +163,10 @@ def test_without_a_compiler_the_side_path_stays_in_torch(
     tiny_adapters: Path,
 ) -> None:
     monkeypatch.setenv("CC", str(fresh / "no-compiler"))
-    with caplog.at_level(logging.WARNING, logger="engine.lowrank"):
+    with caplog.at_level(logging.WARNING, logger="engine.native"):
         loaded = load_model(str(tiny_adapters), quantization="torch-int8", per_row=True)
     assert loaded.lora is not None and loaded.lora.state.kernel is None
-    if lowrank.cpu_target() is not None:
+    if native.cpu_target() is not None:
         assert "no C compiler" in caplog.text
     assert loaded.lora.table_dtype == torch.float32
     # ... and it still adapts: the side path changes the logits.
@@ -187,10 +187,10 @@ def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_cpu_target_follows_the_cpus_flags() -> None:
-    assert lowrank.cpu_target({"avx512f", "avx2", "fma", "f16c"}) == "avx512"
-    assert lowrank.cpu_target({"avx2", "fma", "f16c"}) == "avx2"
-    assert lowrank.cpu_target({"avx2", "fma"}) is None  # no F16C: no half-precision loads
-    assert lowrank.cpu_target(set()) is None
+    assert native.cpu_target({"avx512f", "avx2", "fma", "f16c"}) == "avx512"
+    assert native.cpu_target({"avx2", "fma", "f16c"}) == "avx2"
+    assert native.cpu_target({"avx2", "fma"}) is None  # no F16C: no half-precision loads
+    assert native.cpu_target(set()) is None
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_a_prebuilt_library_is_used_without_a_compiler(
     fresh: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # What deploy/Dockerfile's build stage runs; the runtime image has no compiler.
-    assert lowrank.main(["--build", str(tmp_path / "prebuilt")]) == 0
+    assert native.main(["--build", str(tmp_path / "prebuilt")]) == 0
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
     kernel = lowrank.load()
     assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
@@ -250,5 +250,5 @@ def test_without_a_home_the_library_is_kept_under_the_temporary_directory(
         raise RuntimeError("Could not determine home directory.")
 
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
-    folders = lowrank._cache_folders()
+    folders = native._cache_folders()
     assert len(folders) == 1 and folders[0].parent == Path(tempfile.gettempdir())

@@ -4,24 +4,35 @@ from typing import Any
 import pytest
 import torch
 
+from engine import attention, native
 from engine.loading import load_model
 from engine.t5_decoder import T5DecoderStep
+
+needs_kernel = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
+MODES = ["torch", pytest.param("kernel", marks=needs_kernel)]
 
 PROMPTS = ["Hello café", "The model runs over the river today", "🙂"]
 
 
-@pytest.mark.parametrize("quantization", ["none", "bf16"])
+@pytest.mark.parametrize(
+    ("quantization", "mode"),
+    [("none", "torch"), ("bf16", "torch"), pytest.param("none", "kernel", marks=needs_kernel)],
+)
 def test_decoder_steps_match_the_transformers_forward_also_after_dropping_rows(
-    tiny_model_dir: Path, quantization: str
+    tiny_model_dir: Path, quantization: str, mode: str
 ) -> None:
     loaded = load_model(str(tiny_model_dir), quantization=quantization)
     model = loaded.model
     inputs = loaded.tokenizer(PROMPTS, return_tensors="pt", padding=True)
     assert inputs.attention_mask.min() == 0  # some rows are padded
     tolerance = 1e-4 if quantization == "none" else 5e-2
+    kernel = attention.load() if mode == "kernel" else None
+    if kernel is not None:
+        tolerance = 1e-2  # the caches in half precision (about 5e-4 relative each)
     with torch.inference_mode():
         encoded = model.get_encoder()(**inputs)[0]
-        ours = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=2)  # grows twice
+        # capacity 2: the buffers grow twice
+        ours = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=2, kernel=kernel)
         mask, cache = inputs.attention_mask, None
         tokens = torch.zeros((len(PROMPTS), 1), dtype=torch.long)
         for step in range(8):
@@ -43,11 +54,13 @@ def test_decoder_steps_match_the_transformers_forward_also_after_dropping_rows(
                 encoded, mask, tokens = encoded[rows], mask[rows], tokens[rows]
 
 
-def _alone(model: Any, tokenizer: Any, prompt: str, steps: int) -> list[torch.Tensor]:
+def _alone(
+    model: Any, tokenizer: Any, prompt: str, steps: int, kernel: attention.Kernel | None
+) -> list[torch.Tensor]:
     """Each step's logits of one prompt decoded on its own (greedy)."""
     inputs = tokenizer([prompt], return_tensors="pt")
     encoded = model.get_encoder()(**inputs)[0]
-    decoder = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=4)
+    decoder = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=4, kernel=kernel)
     tokens, logits = torch.zeros((1, 1), dtype=torch.long), []
     for _ in range(steps):
         logits.append(decoder(tokens)[0])
@@ -55,14 +68,22 @@ def _alone(model: Any, tokenizer: Any, prompt: str, steps: int) -> list[torch.Te
     return logits
 
 
-def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(tiny_model_dir: Path) -> None:
-    loaded = load_model(str(tiny_model_dir), quantization="none")
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(
+    tiny_model_dir: Path, mode: str
+) -> None:
+    # torch: fp32, whose matrix products round with the batch (1e-5). The kernel: torch-int8,
+    # where every Linear and the attention are per row, so a row's logits are bitwise its own.
+    quantization = "none" if mode == "torch" else "torch-int8"
+    loaded = load_model(str(tiny_model_dir), quantization=quantization)
+    kernel = loaded.attention
+    assert (kernel is None) == (mode == "torch")
     model, tokenizer = loaded.model, loaded.tokenizer
     joins = {0: [PROMPTS[0]], 3: [PROMPTS[1], PROMPTS[2]], 9: [PROMPTS[0]]}  # step: newcomers
     leaves = {6: PROMPTS[0]}  # the first row leaves at step 6 (a cancel, say)
     steps = 16
     with torch.inference_mode():
-        alone = {prompt: _alone(model, tokenizer, prompt, steps) for prompt in PROMPTS}
+        alone = {prompt: _alone(model, tokenizer, prompt, steps, kernel) for prompt in PROMPTS}
         decoder: T5DecoderStep | None = None
         rows: list[tuple[str, int]] = []
         tokens = torch.zeros((0, 1), dtype=torch.long)
@@ -77,7 +98,8 @@ def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(tiny_model_di
                 inputs = tokenizer(joins[step], return_tensors="pt", padding=True)
                 encoded = model.get_encoder()(**inputs)[0]
                 if decoder is None:
-                    decoder = T5DecoderStep(model, encoded, inputs.attention_mask, capacity=2)
+                    mask = inputs.attention_mask
+                    decoder = T5DecoderStep(model, encoded, mask, capacity=2, kernel=kernel)
                 else:
                     decoder.extend(encoded, inputs.attention_mask)
                 rows += [(prompt, step) for prompt in joins[step]]
@@ -87,7 +109,10 @@ def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(tiny_model_di
             logits = decoder(tokens)
             for index, (prompt, joined) in enumerate(rows):
                 expected = alone[prompt][step - joined]
-                assert torch.allclose(logits[index], expected, atol=1e-5, rtol=1e-5), (step, prompt)
+                if kernel is None:
+                    assert torch.allclose(logits[index], expected, atol=1e-5, rtol=1e-5), step
+                else:
+                    assert torch.equal(logits[index], expected), (step, prompt)
             tokens = logits.argmax(-1, keepdim=True)
     assert decoder is not None
     # The columns written before the oldest remaining row joined (step 3) were trimmed.

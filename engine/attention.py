@@ -1,0 +1,107 @@
+"""A decoder step's attention over half-precision caches (engine/csrc/attend.c).
+
+At 16 rows of flan-t5-base a decoder step spent about 40% of its time in torch's batched
+matrix-vector products over the fp32 self- and cross-attention caches, reading them at the
+memory's speed (docs/engine.md, "The attention kernel"). With this kernel an 8-bit model on
+the CPU keeps its caches in half precision (half the bytes) and one call per layer does the
+scores, T5's position bias, each row's own columns, the softmax and the weighted sum.
+
+Each (row, head) is computed whole on one thread in a fixed order, so a row's result does not
+depend on its batch-mates or on where its columns sit in the shared clock: the 8-bit backends
+stay batch-invariant (engine/tests/test_attention.py).
+
+Built and found by engine/native.py; without a compiler or a CPU with AVX2 and F16C, or with
+INFERENCE_ATTENTION_KERNEL=off, `load()` returns None and the step stays in torch (fp32
+caches; correct, slower).
+"""
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from engine import native
+
+# Half precision's largest finite value: keys and values are clamped to it when stored (an
+# overflow would be an infinite score, then NaN), which no T5 projection comes near.
+HALF_MAX = 65504.0
+
+
+class Kernel:
+    """The loaded library: `run` attends one query per row and head over its columns."""
+
+    def __init__(self, path: Path, target: str) -> None:
+        self.path, self.target = path, target
+        library = ctypes.CDLL(str(path))
+        self.max_d = int(library.attend_max_d())
+        self.lanes = 16 if target == "avx512" else 8
+        self._run = library.attend_run
+        pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+        self._run.argtypes = [pointer] * 4 + [long] + [pointer] * 4 + [integer] * 3 + [long]
+        self._run.argtypes += [integer]
+        self._run.restype = None
+
+    def run(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor | None,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        threads: int,
+    ) -> torch.Tensor:
+        """query (rows, H, D) fp32; keys (rows, H, D, cap) and values (rows, H, cap, D) in half
+        precision; bias (H, at least hi's largest) fp32 or None; lo, hi (rows) int64, the
+        columns each row attends to. Returns (rows, H, D) fp32."""
+        rows, heads, width = query.shape
+        cap = keys.shape[3]
+        # C reads raw memory: anything that does not fit is an error here, never a stray read.
+        fits = (
+            query.dtype == torch.float32
+            and keys.dtype == values.dtype == torch.float16
+            and keys.shape == (rows, heads, width, cap)
+            and values.shape == (rows, heads, cap, width)
+            and lo.shape == hi.shape == (rows,)
+            and lo.dtype == hi.dtype == torch.int64
+            and width <= self.max_d
+            and (bias is None or (bias.dtype == torch.float32 and bias.dim() == 2))
+            and all(t.is_contiguous() for t in (query, keys, values, lo, hi))
+        )
+        if fits and rows:
+            top = int(hi.max())
+            fits = int(lo.min()) >= 0 and top <= cap
+            if bias is not None:
+                fits = fits and bias.shape[0] == heads and bias.shape[1] >= top
+                fits = fits and bias.is_contiguous()
+        if not fits:
+            raise ValueError("attention: the query, caches and columns do not fit together")
+        out = torch.empty_like(query)
+        scratch = torch.empty(max(1, threads) * (cap + self.lanes))
+        self._run(
+            query.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            0 if bias is None else bias.data_ptr(),
+            0 if bias is None else bias.shape[1],
+            lo.data_ptr(),
+            hi.data_ptr(),
+            out.data_ptr(),
+            scratch.data_ptr(),
+            rows,
+            heads,
+            width,
+            cap,
+            max(1, threads),
+        )
+        return out
+
+
+@functools.cache
+def load() -> Kernel | None:
+    """This CPU's kernel, built if need be (once per process); None where it cannot run."""
+    if os.environ.get("INFERENCE_ATTENTION_KERNEL", "auto").strip().lower() == "off":
+        return None
+    return native.find("attend", "attention", Kernel)

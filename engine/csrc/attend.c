@@ -1,0 +1,195 @@
+/* One decoder step's attention (engine/t5_decoder.py) on the CPU, over caches kept in half
+ * precision: for each row r and head h, with the row's query q[r][h] (fp32) and its columns
+ * j in [lo[r], hi[r]) of the keys and values,
+ *     s[j]       = sum_d q[r][h][d] * K[r][h][d][j] + bias[h][j]     (bias may be absent)
+ *     out[r][h]  = sum_j softmax(s)[j] * V[r][h][j]
+ * K is kept transposed, (rows, H, D, cap), so that one load holds L keys' same coordinate and
+ * a block of scores needs no horizontal sum; V is (rows, H, cap, D); q and out are (rows, H,
+ * D), packed; bias is (H, bias_stride), indexed by the absolute column (T5's relative position
+ * bias depends only on the distance between the query's column and the key's).
+ *
+ * Why: at 16 rows the step's attention read its fp32 caches through torch's batched GEMVs at
+ * about the memory's speed, 40% of the step (docs/engine.md, "The attention kernel"). Half the
+ * bytes, and the bias, mask, softmax and both products in one pass over them.
+ *
+ * Each (row, head) is computed whole by one thread, and every score with the same operations
+ * in the same order whether it falls in a vector block or in the scalar tail (fmaf, d
+ * ascending): a row's result depends only on its own columns, not on its batch-mates, where
+ * its columns sit in the shared clock, or the thread count.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <omp.h>
+
+#if defined(__AVX512F__)
+typedef __m512 vf;
+#define L 16
+#define ZERO() _mm512_setzero_ps()
+#define LOADF(p) _mm512_loadu_ps(p)
+#define STOREF(p, v) _mm512_storeu_ps(p, v)
+#define LOADH(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define SET1(s) _mm512_set1_ps(s)
+#define ADD(a, b) _mm512_add_ps(a, b)
+#define SUB(a, b) _mm512_sub_ps(a, b)
+#define MUL(a, b) _mm512_mul_ps(a, b)
+#define MAXV(a, b) _mm512_max_ps(a, b)
+#define ROUND(a) _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline vf pow2i(vf n) { /* 2^n for integral n in [-126, 127] */
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_castsi512_ps(e);
+}
+static inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
+static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+typedef __m256 vf;
+#define L 8
+#define ZERO() _mm256_setzero_ps()
+#define LOADF(p) _mm256_loadu_ps(p)
+#define STOREF(p, v) _mm256_storeu_ps(p, v)
+#define LOADH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define SET1(s) _mm256_set1_ps(s)
+#define ADD(a, b) _mm256_add_ps(a, b)
+#define SUB(a, b) _mm256_sub_ps(a, b)
+#define MUL(a, b) _mm256_mul_ps(a, b)
+#define MAXV(a, b) _mm256_max_ps(a, b)
+#define ROUND(a) _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline vf pow2i(vf n) {
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_castsi256_ps(e);
+}
+static inline float hmax(vf v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+static inline float hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#error "attend.c needs AVX-512F, or AVX2 with FMA and F16C"
+#endif
+
+#define MAX_D 256 /* a head's width at most (T5: 64) */
+
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+int attend_max_d(void) { return MAX_D; }
+
+/* e^x for x <= 0 (a score minus the maximum): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, with
+ * a degree-6 polynomial (relative error below 2e-7); below -87 it is 0. */
+static inline vf exp_neg(vf x) {
+    const vf low = SET1(-87.0f);
+    x = MAXV(x, low);
+    const vf n = ROUND(MUL(x, SET1(1.44269504088896341f)));
+    vf r = FMA(n, SET1(-0.693359375f), x);
+    r = FMA(n, SET1(2.12194440e-4f), r);
+    vf p = SET1(1.0f / 720);
+    p = FMA(p, r, SET1(1.0f / 120));
+    p = FMA(p, r, SET1(1.0f / 24));
+    p = FMA(p, r, SET1(1.0f / 6));
+    p = FMA(p, r, SET1(0.5f));
+    p = FMA(p, r, SET1(1.0f));
+    p = FMA(p, r, SET1(1.0f));
+    return MUL(p, pow2i(n));
+}
+
+/* Scores of columns [lo, hi) into s[0 .. hi - lo), padded with -inf to a multiple of L. */
+static void scores(const float *q, const uint16_t *k, long cap, int D, const float *bias, long lo,
+                   long hi, float *s) {
+    const long n = hi - lo;
+    long j = 0;
+    for (; j + 4 * L <= n; j += 4 * L) {
+        vf a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO();
+        const uint16_t *col = k + lo + j;
+        for (int d = 0; d < D; d++) {
+            const vf qd = SET1(q[d]);
+            const uint16_t *kd = col + d * cap;
+            a0 = FMA(qd, LOADH(kd), a0);
+            a1 = FMA(qd, LOADH(kd + L), a1);
+            a2 = FMA(qd, LOADH(kd + 2 * L), a2);
+            a3 = FMA(qd, LOADH(kd + 3 * L), a3);
+        }
+        STOREF(s + j, a0);
+        STOREF(s + j + L, a1);
+        STOREF(s + j + 2 * L, a2);
+        STOREF(s + j + 3 * L, a3);
+    }
+    for (; j + L <= n; j += L) {
+        vf a0 = ZERO();
+        const uint16_t *col = k + lo + j;
+        for (int d = 0; d < D; d++) a0 = FMA(SET1(q[d]), LOADH(col + d * cap), a0);
+        STOREF(s + j, a0);
+    }
+    for (; j < n; j++) { /* the same fused multiply-adds, d ascending, as one lane above */
+        float a = 0.0f;
+        const uint16_t *col = k + lo + j;
+        for (int d = 0; d < D; d++) a = fmaf(q[d], half_to_float(col[d * cap]), a);
+        s[j] = a;
+    }
+    if (bias)
+        for (j = 0; j < n; j++) s[j] += bias[lo + j];
+    for (j = n; j % L; j++) s[j] = -INFINITY;
+}
+
+/* out = sum_j softmax(s)[j] * V[lo + j] (s holds n scores, padded with -inf to a multiple of
+ * L; the padding's exponentials are written but never summed or read). */
+static void mix(float *s, long n, const uint16_t *v, int D, long lo, float *out) {
+    const long padded = (n + L - 1) / L * L;
+    vf m = SET1(-INFINITY);
+    for (long j = 0; j < padded; j += L) m = MAXV(m, LOADF(s + j));
+    const vf top = SET1(hmax(m));
+    for (long j = 0; j < padded; j += L) STOREF(s + j, exp_neg(SUB(LOADF(s + j), top)));
+    vf total = ZERO();
+    long j = 0;
+    for (; j + L <= n; j += L) total = ADD(total, LOADF(s + j));
+    float sum = hsum(total);
+    for (; j < n; j++) sum += s[j];
+    const float inverse = 1.0f / sum; /* the largest score's term is 1: sum >= 1 */
+    const int vd = D / L * L;
+    vf a[MAX_D / L];
+    float tail[MAX_D];
+    for (int t = 0; t < vd / L; t++) a[t] = ZERO();
+    for (int d = vd; d < D; d++) tail[d] = 0.0f;
+    const uint16_t *row = v + lo * D;
+    for (j = 0; j < n; j++, row += D) {
+        const vf p = SET1(s[j]);
+        for (int t = 0; t < vd / L; t++) a[t] = FMA(p, LOADH(row + t * L), a[t]);
+        for (int d = vd; d < D; d++) tail[d] = fmaf(s[j], half_to_float(row[d]), tail[d]);
+    }
+    for (int t = 0; t < vd / L; t++) STOREF(out + t * L, MUL(a[t], SET1(inverse)));
+    for (int d = vd; d < D; d++) out[d] = tail[d] * inverse;
+}
+
+/* q, out (rows, H, D) fp32; k (rows, H, D, cap) and v (rows, H, cap, D) half precision; bias
+ * (H, bias_stride) fp32 or NULL; lo, hi (rows) the columns each row attends to (hi <= cap);
+ * scratch holds threads x (cap + L) floats. */
+void attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float *bias,
+                long bias_stride, const int64_t *lo, const int64_t *hi, float *out, float *scratch,
+                int rows, int H, int D, long cap, int threads) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *s = scratch + (long)omp_get_thread_num() * (cap + L);
+#pragma omp for schedule(static) collapse(2)
+        for (int r = 0; r < rows; r++) {
+            for (int h = 0; h < H; h++) {
+                const long rh = (long)r * H + h;
+                const long first = lo[r], last = hi[r];
+                float *o = out + rh * D;
+                if (last <= first) { /* no column: the caller never asks; zeros, not garbage */
+                    for (int d = 0; d < D; d++) o[d] = 0.0f;
+                    continue;
+                }
+                scores(q + rh * D, k + rh * D * cap, cap, D, bias ? bias + h * bias_stride : 0,
+                       first, last, s);
+                mix(s, last - first, v + rh * cap * D, D, first, o);
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+"""The decoder step's attention kernel (engine/attention.py, engine/csrc/attend.c): equal to
+softmax attention in float64 on the same half-precision caches for every CPU target this
+machine runs, a row's result bitwise independent of its batch-mates, where its columns sit and
+the thread count, shapes that do not fit refused, and torch's path where it is turned off."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import attention, native
+from engine.loading import load_model
+
+needs_kernel = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
+
+# rows, heads, head width, capacity: head widths below, at and between the vector widths (8,
+# 16), T5's 64; capacities that leave tails in every block of 8, 16 and 64 columns.
+SHAPES = [(3, 2, 8, 37), (5, 12, 64, 130), (2, 3, 20, 17), (4, 4, 16, 64), (1, 1, 64, 1)]
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[attention.Kernel]:
+    """The library built for each target this CPU runs (AVX-512 machines run both)."""
+    folder = tmp_path_factory.mktemp("kernels")
+    flags = native._cpu_flags()
+    targets = [t for t in native.TARGETS if native.cpu_target(flags) in (t, "avx512")]
+    return [attention.Kernel(native.build("attend", t, folder), t) for t in targets]
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
+    attention.load.cache_clear()
+    yield tmp_path / "cache"
+    attention.load.cache_clear()
+
+
+def _case(rows: int, heads: int, width: int, cap: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    lo = torch.randint(0, max(1, cap // 2), (rows,), generator=generator)
+    hi = torch.maximum(torch.randint(cap // 2, cap + 1, (rows,), generator=generator), lo + 1)
+    return {
+        "query": torch.randn(rows, heads, width, generator=generator),
+        "keys": torch.randn(rows, heads, width, cap, generator=generator).half(),
+        "values": torch.randn(rows, heads, cap, width, generator=generator).half(),
+        "bias": torch.randn(heads, cap, generator=generator),
+        "lo": lo,
+        "hi": hi.clamp(max=cap),
+    }
+
+
+def _reference(case: dict[str, torch.Tensor], bias: bool) -> torch.Tensor:
+    """Softmax attention in float64 over each row's columns lo..hi."""
+    keys, values = case["keys"].double(), case["values"].double()
+    scores = torch.einsum("rhd,rhdj->rhj", case["query"].double(), keys)
+    if bias:
+        scores = scores + case["bias"].double()
+    columns = torch.arange(keys.shape[-1])
+    outside = (columns < case["lo"][:, None]) | (columns >= case["hi"][:, None])
+    scores = scores.masked_fill(outside[:, None, :], float("-inf"))
+    return torch.einsum("rhj,rhjd->rhd", torch.softmax(scores, -1), values).float()
+
+
+def _run(kernel: attention.Kernel, case: dict[str, torch.Tensor], bias: bool, threads: int = 2):
+    return kernel.run(
+        case["query"],
+        case["keys"],
+        case["values"],
+        case["bias"] if bias else None,
+        case["lo"],
+        case["hi"],
+        threads,
+    )
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [False, True], ids=["cross", "self"])
+def test_the_kernel_is_softmax_attention_over_each_rows_columns(
+    kernels: list[attention.Kernel], shape: tuple[int, int, int, int], bias: bool
+) -> None:
+    case = _case(*shape)
+    expected = _reference(case, bias)
+    for kernel in kernels:
+        got = _run(kernel, case, bias)
+        assert (got - expected).abs().max() < 2e-5, kernel.target
+
+
+@needs_kernel
+def test_a_rows_result_does_not_depend_on_its_mates_its_columns_or_the_threads(
+    kernels: list[attention.Kernel],
+) -> None:
+    for kernel in kernels:
+        case = _case(6, 12, 64, 150, seed=3)
+        batched = _run(kernel, case, bias=True)
+        for row in range(6):
+            first, last = int(case["lo"][row]), int(case["hi"][row])
+            # The row alone, its columns moved to 0.. (a fresh clock), on one thread.
+            alone = {
+                "query": case["query"][row : row + 1].contiguous(),
+                "keys": case["keys"][row : row + 1, :, :, first:last].contiguous(),
+                "values": case["values"][row : row + 1, :, first:last].contiguous(),
+                "bias": case["bias"][:, first:last].contiguous(),
+                "lo": torch.tensor([0]),
+                "hi": torch.tensor([last - first]),
+            }
+            assert torch.equal(_run(kernel, alone, bias=True, threads=1)[0], batched[row])
+
+
+@needs_kernel
+def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
+    kernels: list[attention.Kernel],
+) -> None:
+    kernel, case = kernels[0], _case(2, 3, 16, 20)
+    wrong = {
+        "a column past the cache": {"hi": torch.tensor([5, 21])},
+        "a negative first column": {"lo": torch.tensor([-1, 0])},
+        "fp32 keys": {"keys": case["keys"].float()},
+        "one row of query for two of keys": {"query": case["query"][:1].contiguous()},
+        "a bias narrower than the columns": {"bias": case["bias"][:, :10].contiguous()},
+        "int32 columns": {"lo": case["lo"].int()},
+        "transposed keys": {"keys": case["keys"].transpose(2, 3).contiguous()},
+    }
+    for change in wrong.values():
+        with pytest.raises(ValueError, match="do not fit"):
+            _run(kernel, case | change, bias=True)
+
+
+@needs_kernel
+def test_decoder_caches_are_half_precision_clamped_to_its_range(tiny_model_dir: Path) -> None:
+    from engine.t5_decoder import T5DecoderStep
+
+    loaded = load_model(str(tiny_model_dir), quantization="torch-int8")
+    assert loaded.attention is not None
+    inputs = loaded.tokenizer(["a b c"], return_tensors="pt")
+    with torch.inference_mode():
+        encoded = loaded.model.get_encoder()(**inputs)[0] * 1e6  # keys and values far past 65504
+        step = T5DecoderStep(loaded.model, encoded, inputs.attention_mask, 4, loaded.attention)
+        logits = step(torch.zeros((1, 1), dtype=torch.long))
+    assert step.keys[0].dtype == step.cross[0][0].dtype == torch.float16
+    assert step.cross[0][0].abs().max() == attention.HALF_MAX  # clamped, not infinite
+    assert torch.isfinite(logits).all()
+
+
+def test_an_8bit_model_on_the_cpu_gets_the_kernel_and_fp32_does_not(
+    tiny_model_dir: Path,
+) -> None:
+    int8 = load_model(str(tiny_model_dir), quantization="torch-int8")
+    fp32 = load_model(str(tiny_model_dir), quantization="none")
+    assert fp32.attention is None
+    assert (int8.attention is not None) == (native.cpu_target() is not None)
+
+
+def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_ATTENTION_KERNEL", "off")
+    assert attention.load() is None
+    assert not fresh.exists()  # nothing built
+
+
+@needs_kernel
+def test_the_image_build_prebuilds_the_attention_library(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert native.main(["--build", str(tmp_path / "prebuilt")]) == 0
+    monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
+    kernel = attention.load()
+    assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
+    assert not fresh.exists()
