@@ -11,7 +11,8 @@ Three parts, all in this one process except the memory one (a fresh process per 
   bench_engine.py) quantized three ways: today, row-scaled Linear by Linear (`row`), and
   row-scaled with q/k/v, cross k/v and wi_0/wi_1 fused as torch-int8 loads it (`fused`); the
   encoder over 16 prompts of 64 tokens, and one engine decoder step (`T5DecoderStep`, column 8)
-  at 1 and 16 rows;
+  at 1 and 16 rows; `now` is `fused` with the step's attention kernel over half-precision
+  caches (engine/attention.py), the CPU backend as it decodes now;
 - memory: resident memory (VmRSS) of a process that loaded that model in torch-int8, the way
   torch-int8 loaded before (quantize_dynamic in place, fp32 file still mapped) and now
   (`engine.loading.load_model`), against the quantized model's own bytes.
@@ -193,9 +194,10 @@ def swap_linears(network: torch.nn.Module, make: Callable[[torch.nn.Linear], Any
     return network
 
 
-def model_calls(network: Any, rows: tuple[int, ...]) -> dict[str, Timed]:
+def model_calls(network: Any, rows: tuple[int, ...], kernel: Any = None) -> dict[str, Timed]:
     """The encoder over 16 prompts of 64 tokens, and one T5DecoderStep (the engine's) at
-    column 8 of a batch of `rows`, its clock set back before each call (same work each time)."""
+    column 8 of a batch of `rows`, its clock set back before each call (same work each time);
+    kernel: the attention kernel over half-precision caches (engine/attention.py), or torch."""
     from engine.t5_decoder import T5DecoderStep
 
     prompts = torch.randint(2, 1000, (16, 64))
@@ -203,7 +205,7 @@ def model_calls(network: Any, rows: tuple[int, ...]) -> dict[str, Timed]:
     mask = torch.ones(prompts.shape, dtype=torch.long)
 
     def step(count: int) -> Timed:
-        decoder = T5DecoderStep(network, encoded[:count], mask[:count], capacity=16)
+        decoder = T5DecoderStep(network, encoded[:count], mask[:count], 16, kernel)
         tokens = torch.zeros((count, 1), dtype=torch.long)
         for _ in range(8):
             decoder(tokens)
@@ -223,19 +225,29 @@ def bench_model(args: argparse.Namespace) -> None:
     from engine.rowint8 import quantize_rows
 
     base = ensure_base(args.workdir)
+    from engine import attention
+
     networks = {
         "today": swap_linears(load_fp32(base), TodayLinear),
         "row": quantize_rows(load_fp32(base)),
         "fused": quantize_rows(load_fp32(base), FUSED_T5),
     }
-    print("model (flan-t5-base shape), ms per call (ratios to today):", flush=True)
+    # "now": the fused network with the step's attention kernel, as torch-int8 decodes today
+    # (the encoder is the same as fused's); torch's attention where the kernel cannot run.
+    kernel = attention.load()
+    print(
+        "model (flan-t5-base shape), ms per call (ratios to today, torch-int8 before issue 14;"
+        f" now = fused + attention kernel: {'on' if kernel else 'unavailable'}):",
+        flush=True,
+    )
     with torch.inference_mode():
         calls = {name: model_calls(network, ROWS) for name, network in networks.items()}
+        calls["now"] = model_calls(networks["fused"], ROWS, kernel)
         for case in calls["today"]:
             us = best_us({name: of[case] for name, of in calls.items()}, args.rounds, repeat=3)
             ratios = "  ".join(
                 f"{name} {us[name] / 1e3:7.2f} ({us[name] / us['today']:.2f}x)"
-                for name in ("row", "fused")
+                for name in ("row", "fused", "now")
             )
             print(f"  {case:16} today {us['today'] / 1e3:7.2f}  {ratios}", flush=True)
 
