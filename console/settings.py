@@ -328,7 +328,7 @@ INFERENCE_QUANTIZATION = env_choice(
     "INFERENCE_QUANTIZATION", "auto", ("auto", "bnb-int8", "torch-int8", "bf16", "none")
 )
 INFERENCE_DEVICE = env_choice("INFERENCE_DEVICE", "auto", ("auto", "cpu", "cuda"))
-INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16)
+INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 32)
 # continuous: waiting requests join the running batch between decoder steps; static: a batch
 # runs until its last row ends (kept for comparison, docs/engine.md).
 INFERENCE_SCHEDULER = env_choice("INFERENCE_SCHEDULER", "continuous", ("continuous", "static"))

@@ -12,7 +12,7 @@ class EngineConfig:
     adapter: str = ""
     quantization: str = "auto"  # auto | bnb-int8 | torch-int8 | bf16 | none
     device: str = "auto"  # auto | cpu | cuda
-    max_batch: int = 16
+    max_batch: int = 32
     # "continuous": rows join the running batch between decoder steps (engine/decoding.py);
     # "static": a batch runs until its last row ends, newcomers wait for the next one.
     scheduler: str = "continuous"

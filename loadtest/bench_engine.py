@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--repeat", type=int, default=2, help="runs per level; the best counts")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds at 16")
-    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--max-batch", type=int, default=32, help="INFERENCE_MAX_BATCH")
     parser.add_argument("--max-wait-ms", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
     parser.add_argument(
