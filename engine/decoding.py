@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +46,11 @@ from engine.t5_encoder import EncoderPass
 logger = logging.getLogger(__name__)
 
 CACHE_START = 128
+# A decoder step of fewer rows runs on the model thread alone, whatever INFERENCE_THREADS says:
+# on 2 CPU cores (flan-t5-base's shape, torch-int8) one thread took 0.75-0.87x the time of two
+# below 16 rows, as long at 16 and 1.05x at 24 (docs/engine.md, "Threads"): a small step's
+# ~130 parallel regions each cost a wake-up of the partner thread and saved less.
+STEP_THREADS_FROM_ROWS = 16
 # OpenAI's floor for a log-probability: a token the model rules out (-inf) stays valid JSON.
 LOGPROB_FLOOR = -9999.0
 FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
@@ -359,11 +364,12 @@ class Batch:
         chooses and takes its next token on its own. Returns each row's token."""
         assert self.decoder is not None  # noqa: S101 - only stepped with rows
         lora = self.model.lora
-        if lora is None:
-            logits = self.decoder(self.next_ids)
-        else:
-            with lora.using(self.tables):
+        with _step_threads(len(self.rows)):
+            if lora is None:
                 logits = self.decoder(self.next_ids)
+            else:
+                with lora.using(self.tables):
+                    logits = self.decoder(self.next_ids)
         greedy = logits.argmax(dim=-1).tolist()
         now = time.perf_counter()
         return [
@@ -390,6 +396,20 @@ class Batch:
             self.decoder.keep(index)
             if self.tables:
                 self.tables = keep_rows(self.tables, index)
+
+
+@contextlib.contextmanager
+def _step_threads(rows: int) -> Iterator[None]:
+    """One torch thread for a step of fewer than STEP_THREADS_FROM_ROWS rows, then back."""
+    threads = torch.get_num_threads()
+    if rows >= STEP_THREADS_FROM_ROWS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_batch(
