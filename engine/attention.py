@@ -39,7 +39,7 @@ class Kernel:
         self.lanes = 16 if target == "avx512" else 8
         self._run = library.attend_run
         pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-        self._run.argtypes = [pointer] * 4 + [long] + [pointer] * 4 + [integer] * 3 + [long]
+        self._run.argtypes = [pointer] * 4 + [long] + [pointer] * 5 + [integer] * 3 + [long]
         self._run.argtypes += [integer]
         self._run.restype = None
 
@@ -49,30 +49,32 @@ class Kernel:
         keys: torch.Tensor,
         values: torch.Tensor,
         bias: torch.Tensor | None,
+        slot: torch.Tensor,
         lo: torch.Tensor,
         hi: torch.Tensor,
         threads: int,
     ) -> torch.Tensor:
-        """query (rows, H, D) fp32; keys (rows, H, D, cap) and values (rows, H, cap, D) in half
-        precision; bias (H, at least hi's largest) fp32 or None; lo, hi (rows) int64, the
-        columns each row attends to. Returns (rows, H, D) fp32."""
+        """query (rows, H, D) fp32; keys (slots, H, D, cap) and values (slots, H, cap, D) in half
+        precision, row r's in slot[r]; bias (H, at least hi's largest) fp32 or None; slot, lo,
+        hi (rows) int64, each row's slot and the columns it attends to. Returns (rows, H, D)."""
         rows, heads, width = query.shape
-        cap = keys.shape[3]
+        slots, cap = keys.shape[0], keys.shape[3]
         # C reads raw memory: anything that does not fit is an error here, never a stray read.
         fits = (
             query.dtype == torch.float32
             and keys.dtype == values.dtype == torch.float16
-            and keys.shape == (rows, heads, width, cap)
-            and values.shape == (rows, heads, cap, width)
-            and lo.shape == hi.shape == (rows,)
-            and lo.dtype == hi.dtype == torch.int64
+            and keys.shape == (slots, heads, width, cap)
+            and values.shape == (slots, heads, cap, width)
+            and slot.shape == lo.shape == hi.shape == (rows,)
+            and slot.dtype == lo.dtype == hi.dtype == torch.int64
             and width <= self.max_d
             and (bias is None or (bias.dtype == torch.float32 and bias.dim() == 2))
-            and all(t.is_contiguous() for t in (query, keys, values, lo, hi))
+            and all(t.is_contiguous() for t in (query, keys, values, slot, lo, hi))
         )
         if fits and rows:
             top = int(hi.max())
             fits = int(lo.min()) >= 0 and top <= cap
+            fits = fits and int(slot.min()) >= 0 and int(slot.max()) < slots
             if bias is not None:
                 fits = fits and bias.shape[0] == heads and bias.shape[1] >= top
                 fits = fits and bias.is_contiguous()
@@ -86,6 +88,7 @@ class Kernel:
             values.data_ptr(),
             0 if bias is None else bias.data_ptr(),
             0 if bias is None else bias.shape[1],
+            slot.data_ptr(),
             lo.data_ptr(),
             hi.data_ptr(),
             out.data_ptr(),

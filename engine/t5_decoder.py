@@ -26,6 +26,9 @@ from torch import Tensor
 
 from engine.attention import HALF_MAX, Kernel
 
+# Slots the kernel's layout starts with (INFERENCE_MAX_BATCH's default); it doubles when full.
+SLOTS = 32
+
 
 class T5DecoderStep:
     """Call with the last token of each row; returns each row's next-token logits."""
@@ -53,14 +56,23 @@ class T5DecoderStep:
         # Each row's prompt length: T5's padding is on the right, so its columns are 0..length.
         self.cross_length = mask.sum(dim=1).to(torch.long)
         self.cross = [self._cross_kv(block, encoded) for block in self.blocks]
-        shape = (rows, self.heads, max(1, capacity), self.head_dim)
-        key_shape = (rows, self.heads, self.head_dim, max(1, capacity)) if kernel else shape
+        # The kernel's layout starts with SLOTS slots (untouched memory costs nothing).
+        pool = max(rows, SLOTS) if kernel else rows
+        shape = (pool, self.heads, max(1, capacity), self.head_dim)
+        key_shape = (pool, self.heads, self.head_dim, max(1, capacity)) if kernel else shape
         self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
         # The column each row joined at (all 0 in a batch nobody joined: then no mask).
         self.starts = torch.zeros(rows, dtype=torch.long, device=encoded.device)
         self.joined = False  # some row starts after column 0 (read every step: a plain bool)
+        # The kernel's layout: each row's caches sit in a slot of the buffers (row r in
+        # slot[r]); a row that leaves frees its slot and a newcomer takes a free one, so rows
+        # come and go without copying the others' caches (torch's layout compacts instead).
+        self.slot = torch.arange(rows, dtype=torch.long, device=encoded.device)
+        self.free: list[int] = list(range(rows, pool))
+        if pool > rows:  # the cross-attention buffers get the same slots
+            self._grow(rows=pool)
 
     @property
     def rows(self) -> int:
@@ -125,8 +137,8 @@ class T5DecoderStep:
             rows = hidden.shape[0]
             shape = (rows, self.heads, self.head_dim)
             key, value = attention.k(normed).reshape(shape), attention.v(normed).reshape(shape)
-            self.keys[index][..., position] = key.clamp(-HALF_MAX, HALF_MAX)
-            self.values[index][:, :, position] = value.clamp(-HALF_MAX, HALF_MAX)
+            self.keys[index][self.slot, :, :, position] = key.clamp(-HALF_MAX, HALF_MAX).half()
+            self.values[index][self.slot, :, position] = value.clamp(-HALF_MAX, HALF_MAX).half()
             ends = torch.full((rows,), end, dtype=torch.long)
             query = attention.q(normed).reshape(shape).contiguous()
             out = self._attend(query, self.keys[index], self.values[index], bias, ends)
@@ -167,7 +179,8 @@ class T5DecoderStep:
         """The kernel over columns starts..ends of each row; (rows, 1, heads * head width)."""
         assert self.kernel is not None  # noqa: S101 - called only in the kernel's layout
         first = self.starts if starts is None else starts
-        out = self.kernel.run(query, keys, values, bias, first, ends, torch.get_num_threads())
+        threads = torch.get_num_threads()
+        out = self.kernel.run(query, keys, values, bias, self.slot, first, ends, threads)
         return out.view(out.shape[0], 1, self.heads * self.head_dim)
 
     def _merge(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -194,8 +207,14 @@ class T5DecoderStep:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices) in every cache."""
-        self.cross_bias = self.cross_bias[rows]
         self.cross_length = self.cross_length[rows]
+        if self.kernel is not None:  # the leavers' slots are freed; nothing is copied
+            kept = self.slot[rows]
+            self.free += sorted(set(self.slot.tolist()) - set(kept.tolist()))
+            self.slot = kept
+            self._set_starts(self.starts[rows])
+            return
+        self.cross_bias = self.cross_bias[rows]
         self.cross = [(keys[rows], values[rows]) for keys, values in self.cross]
         self.keys = [self._filled_rows(keys, rows, self.key_axis) for keys in self.keys]
         self.values = [self._filled_rows(values, rows, 2) for values in self.values]
@@ -209,6 +228,9 @@ class T5DecoderStep:
 
     def extend(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
         """Add rows (their encoder output and mask) that start decoding at the next step."""
+        if self.kernel is not None:
+            self._extend_slots(encoded, mask)
+            return
         width = max(encoded.shape[1], self.cross_bias.shape[-1])
         bias = _padding_bias(mask, encoded.dtype)
         self.cross_length = torch.cat([self.cross_length, mask.sum(dim=1).to(torch.long)])
@@ -225,6 +247,52 @@ class T5DecoderStep:
         self.values = [self._fresh_rows(values, encoded.shape[0]) for values in self.values]
         start = torch.full((encoded.shape[0],), self.length, dtype=torch.long)
         self._set_starts(torch.cat([self.starts, start.to(self.starts.device)]))
+
+    def _extend_slots(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
+        # The kernel reads only a row's own columns: a newcomer's slot keeps whatever its last
+        # holder left there (its self-attention columns before its start, its cross-attention
+        # columns past its prompt) without harm, so nothing is cleared.
+        count, width = encoded.shape[0], encoded.shape[1]
+        missing = count - len(self.free)
+        if missing > 0:
+            pool = self.keys[0].shape[0]
+            self._grow_slots(max(2 * pool, pool + missing))
+        if width > self.cross[0][0].shape[3]:
+            # Widened to what is needed (64 columns at a time), not doubled: every slot's
+            # columns are interleaved, so each column added is resident in every slot.
+            self._grow(width=-(-width // 64) * 64)
+        taken, self.free = self.free[:count], self.free[count:]
+        slots = torch.tensor(taken, dtype=torch.long, device=self.slot.device)
+        for (keys, values), block in zip(self.cross, self.blocks, strict=True):
+            new_keys, new_values = self._cross_kv(block, encoded)
+            keys[slots, :, :, :width] = new_keys
+            values[slots, :, :width] = new_values
+        self.cross_length = torch.cat([self.cross_length, mask.sum(dim=1).to(torch.long)])
+        self.slot = torch.cat([self.slot, slots])
+        start = torch.full((count,), self.length, dtype=torch.long)
+        self._set_starts(torch.cat([self.starts, start.to(self.starts.device)]))
+
+    def _grow_slots(self, slots: int) -> None:
+        """More slots, the new ones free (the buffers copied once)."""
+        pool = self.keys[0].shape[0]
+        self.free += list(range(pool, slots))
+        more = slots - pool
+        self.keys = [torch.cat([k, k.new_empty((more, *k.shape[1:]))]) for k in self.keys]
+        self.values = [torch.cat([v, v.new_empty((more, *v.shape[1:]))]) for v in self.values]
+        self._grow(rows=slots)
+
+    def _grow(self, rows: int = 0, width: int = 0) -> None:
+        """Cross-attention buffers with more slots or more columns (copied once)."""
+        joined = []
+        for keys, values in self.cross:
+            held = keys.shape[0]
+            rows, columns = max(rows, held), max(width, keys.shape[3])
+            new_keys = keys.new_empty((rows, *keys.shape[1:3], columns))
+            new_values = values.new_empty((rows, values.shape[1], columns, values.shape[3]))
+            new_keys[:held, :, :, : keys.shape[3]] = keys
+            new_values[:held, :, : values.shape[2]] = values
+            joined.append((new_keys, new_values))
+        self.cross = joined
 
     def _set_starts(self, starts: Tensor) -> None:
         self.starts = starts

@@ -3,9 +3,10 @@
  * j in [lo[r], hi[r]) of the keys and values,
  *     s[j]       = sum_d q[r][h][d] * K[r][h][d][j] + bias[h][j]     (bias may be absent)
  *     out[r][h]  = sum_j softmax(s)[j] * V[r][h][j]
- * K is kept transposed, (rows, H, D, cap), so that one load holds L keys' same coordinate and
- * a block of scores needs no horizontal sum; V is (rows, H, cap, D); q and out are (rows, H,
- * D), packed; bias is (H, bias_stride), indexed by the absolute column (T5's relative position
+ * K is kept transposed, (slots, H, D, cap), so that one load holds L keys' same coordinate and
+ * a block of scores needs no horizontal sum; V is (slots, H, cap, D); row r's are in slot[r]
+ * (a row that leaves frees its slot, a newcomer takes one: no copy of the others); q and out
+ * are (rows, H, D), packed; bias is (H, bias_stride), indexed by the absolute column (T5's relative position
  * bias depends only on the distance between the query's column and the key's).
  *
  * Why: at 16 rows the step's attention read its fp32 caches through torch's batched GEMVs at
@@ -167,28 +168,28 @@ static void mix(float *s, long n, const uint16_t *v, int D, long lo, float *out)
     for (int d = vd; d < D; d++) out[d] = tail[d] * inverse;
 }
 
-/* q, out (rows, H, D) fp32; k (rows, H, D, cap) and v (rows, H, cap, D) half precision; bias
- * (H, bias_stride) fp32 or NULL; lo, hi (rows) the columns each row attends to (hi <= cap);
- * scratch holds threads x (cap + L) floats. */
+/* q, out (rows, H, D) fp32; k (slots, H, D, cap) and v (slots, H, cap, D) half precision, row
+ * r's in slot[r]; bias (H, bias_stride) fp32 or NULL; lo, hi (rows) the columns each row
+ * attends to (hi <= cap); scratch holds threads x (cap + L) floats. */
 void attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float *bias,
-                long bias_stride, const int64_t *lo, const int64_t *hi, float *out, float *scratch,
-                int rows, int H, int D, long cap, int threads) {
+                long bias_stride, const int64_t *slot, const int64_t *lo, const int64_t *hi,
+                float *out, float *scratch, int rows, int H, int D, long cap, int threads) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *s = scratch + (long)omp_get_thread_num() * (cap + L);
 #pragma omp for schedule(static) collapse(2)
         for (int r = 0; r < rows; r++) {
             for (int h = 0; h < H; h++) {
-                const long rh = (long)r * H + h;
+                const long rh = (long)r * H + h, sh = slot[r] * H + h;
                 const long first = lo[r], last = hi[r];
                 float *o = out + rh * D;
                 if (last <= first) { /* no column: the caller never asks; zeros, not garbage */
                     for (int d = 0; d < D; d++) o[d] = 0.0f;
                     continue;
                 }
-                scores(q + rh * D, k + rh * D * cap, cap, D, bias ? bias + h * bias_stride : 0,
+                scores(q + rh * D, k + sh * D * cap, cap, D, bias ? bias + h * bias_stride : 0,
                        first, last, s);
-                mix(s, last - first, v + rh * cap * D, D, first, o);
+                mix(s, last - first, v + sh * cap * D, D, first, o);
             }
         }
     }

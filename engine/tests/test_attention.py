@@ -64,11 +64,13 @@ def _reference(case: dict[str, torch.Tensor], bias: bool) -> torch.Tensor:
 
 
 def _run(kernel: attention.Kernel, case: dict[str, torch.Tensor], bias: bool, threads: int = 2):
+    slot = case.get("slot", torch.arange(case["query"].shape[0]))
     return kernel.run(
         case["query"],
         case["keys"],
         case["values"],
         case["bias"] if bias else None,
+        slot,
         case["lo"],
         case["hi"],
         threads,
@@ -110,6 +112,21 @@ def test_a_rows_result_does_not_depend_on_its_mates_its_columns_or_the_threads(
 
 
 @needs_kernel
+def test_each_row_reads_the_slot_it_is_given(kernels: list[attention.Kernel]) -> None:
+    case = _case(4, 3, 16, 40, seed=5)
+    # The same caches in a pool of 7 slots, rows in slots 5, 0, 3, 6 (the others hold junk).
+    order = torch.tensor([5, 0, 3, 6])
+    pooled = dict(case)
+    for name in ("keys", "values"):
+        pool = torch.full((7, *case[name].shape[1:]), 1e4, dtype=torch.float16)
+        pool[order] = case[name]
+        pooled[name] = pool
+    pooled["slot"] = order
+    for kernel in kernels:
+        assert torch.equal(_run(kernel, pooled, bias=True), _run(kernel, case, bias=True))
+
+
+@needs_kernel
 def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
     kernels: list[attention.Kernel],
 ) -> None:
@@ -122,10 +139,43 @@ def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
         "a bias narrower than the columns": {"bias": case["bias"][:, :10].contiguous()},
         "int32 columns": {"lo": case["lo"].int()},
         "transposed keys": {"keys": case["keys"].transpose(2, 3).contiguous()},
+        "a slot past the buffers": {"slot": torch.tensor([0, 2])},
+        "a negative slot": {"slot": torch.tensor([-1, 0])},
     }
     for change in wrong.values():
         with pytest.raises(ValueError, match="do not fit"):
             _run(kernel, case | change, bias=True)
+
+
+@needs_kernel
+def test_rows_leave_and_join_the_kernels_caches_without_copying_the_others(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import t5_decoder
+    from engine.t5_decoder import T5DecoderStep
+
+    monkeypatch.setattr(t5_decoder, "SLOTS", 3)  # as many slots as rows at first
+
+    loaded = load_model(str(tiny_model_dir), quantization="torch-int8")
+    inputs = loaded.tokenizer(["a b c", "d e", "f g h i"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        encoded = loaded.model.get_encoder()(**inputs)[0]
+        step = T5DecoderStep(loaded.model, encoded, inputs.attention_mask, 8, loaded.attention)
+        tokens = torch.zeros((3, 1), dtype=torch.long)
+        step(tokens)
+        buffers = [t.data_ptr() for t in (*step.keys, *step.values)]
+        step.keep(torch.tensor([0, 2]))  # the middle row leaves
+        assert step.slot.tolist() == [0, 2] and step.free == [1]
+        step(tokens[:2])
+        step.extend(encoded[1:2], inputs.attention_mask[1:2])  # a newcomer takes slot 1
+        assert step.slot.tolist() == [0, 2, 1] and step.free == []
+        step(tokens)
+    assert [t.data_ptr() for t in (*step.keys, *step.values)] == buffers  # never copied
+    # One more row than the slots: the buffers double once, the new slots free.
+    with torch.inference_mode():
+        step.extend(encoded[:1], inputs.attention_mask[:1])
+        step(torch.zeros((4, 1), dtype=torch.long))
+    assert step.keys[0].shape[0] == 6 and sorted(step.free) == [4, 5]
 
 
 @needs_kernel
@@ -140,7 +190,8 @@ def test_decoder_caches_are_half_precision_clamped_to_its_range(tiny_model_dir: 
         step = T5DecoderStep(loaded.model, encoded, inputs.attention_mask, 4, loaded.attention)
         logits = step(torch.zeros((1, 1), dtype=torch.long))
     assert step.keys[0].dtype == step.cross[0][0].dtype == torch.float16
-    assert step.cross[0][0].abs().max() == attention.HALF_MAX  # clamped, not infinite
+    keys = step.cross[0][0][step.slot, :, :, : encoded.shape[1]]  # the row's own (a slot's)
+    assert keys.abs().max() == attention.HALF_MAX  # clamped, not infinite
     assert torch.isfinite(logits).all()
 
 
