@@ -15,8 +15,10 @@ those of decoding it alone. Columns no row needs any more are trimmed when the b
 so a steady flow of rows does not grow them forever.
 
 With engine/attention.py's kernel (an 8-bit model on the CPU) the caches are half precision,
-the self-attention keys are kept transposed (rows, heads, head width, columns), and each
-layer's attention is one kernel call over each row's own columns instead of a mask.
+the self-attention keys are kept transposed (slots, heads, head width, columns), each row's
+caches sit in a slot of the buffers (freed when it leaves, taken by a newcomer: no other row's
+caches are copied), and each layer's attention is one kernel call over each row's own columns
+instead of a mask (the cross-attention padding bias is then unused and not kept up).
 """
 
 from typing import Any
