@@ -1,5 +1,6 @@
 """The engine's C kernels (engine/csrc/*.c), built for this CPU and loaded with ctypes.
 
+- simd.h: the vector vocabulary both share;
 - lowrank.c: the per-row LoRA side path on an 8-bit CPU base (engine/lowrank.py);
 - attend.c: a decoder step's attention over half-precision caches (engine/attention.py).
 
@@ -49,6 +50,12 @@ def cpu_target(flags: set[str] | None = None) -> str | None:
     return None
 
 
+def runnable_targets() -> list[str]:
+    """Every target this CPU runs (an AVX-512 machine runs the AVX2 build too)."""
+    best = cpu_target()
+    return [target for target in TARGETS if best in (target, "avx512")]
+
+
 def _cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -65,8 +72,11 @@ def source(stem: str) -> Path:
 
 
 def library_name(stem: str, target: str) -> str:
-    """The file name of a library for a target: its source and flags' digest in it."""
+    """The file name of a library for a target: its source's, the shared headers' and the
+    flags' digest in it (a changed header builds every kernel again)."""
     digest = hashlib.sha256(source(stem).read_bytes())
+    for header in sorted(CSRC.glob("*.h")):
+        digest.update(header.read_bytes())
     digest.update(" ".join(COMMON_FLAGS + TARGETS[target]).encode())
     return f"{stem}-{target}-{digest.hexdigest()[:16]}.so"
 

@@ -18,68 +18,13 @@
  * ascending): a row's result depends only on its own columns, not on its batch-mates, where
  * its columns sit in the shared clock, or the thread count.
  */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <omp.h>
 
-#if defined(__AVX512F__)
-typedef __m512 vf;
-#define L 16
-#define ZERO() _mm512_setzero_ps()
-#define LOADF(p) _mm512_loadu_ps(p)
-#define STOREF(p, v) _mm512_storeu_ps(p, v)
-#define LOADH(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define SET1(s) _mm512_set1_ps(s)
-#define ADD(a, b) _mm512_add_ps(a, b)
-#define SUB(a, b) _mm512_sub_ps(a, b)
-#define MUL(a, b) _mm512_mul_ps(a, b)
-#define MAXV(a, b) _mm512_max_ps(a, b)
-#define ROUND(a) _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-static inline vf pow2i(vf n) { /* 2^n for integral n in [-126, 127] */
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_castsi512_ps(e);
-}
-static inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
-static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-typedef __m256 vf;
-#define L 8
-#define ZERO() _mm256_setzero_ps()
-#define LOADF(p) _mm256_loadu_ps(p)
-#define STOREF(p, v) _mm256_storeu_ps(p, v)
-#define LOADH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define SET1(s) _mm256_set1_ps(s)
-#define ADD(a, b) _mm256_add_ps(a, b)
-#define SUB(a, b) _mm256_sub_ps(a, b)
-#define MUL(a, b) _mm256_mul_ps(a, b)
-#define MAXV(a, b) _mm256_max_ps(a, b)
-#define ROUND(a) _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-static inline vf pow2i(vf n) {
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_castsi256_ps(e);
-}
-static inline float hmax(vf v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-static inline float hsum(vf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#else
-#error "attend.c needs AVX-512F, or AVX2 with FMA and F16C"
-#endif
+#include "simd.h"
 
 #define MAX_D 256 /* a head's width at most (T5: 64) */
-
-static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 int attend_max_d(void) { return MAX_D; }
 

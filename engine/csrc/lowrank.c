@@ -13,46 +13,13 @@
  * does not depend on its batch-mates (bitwise). engine/lowrank.py builds this file for AVX-512
  * or for AVX2 (with FMA and F16C) and picks the one the CPU runs.
  */
-#include <immintrin.h>
 #include <stdint.h>
+
+#include "simd.h"
 
 #define BLOCK 64
 #define MAX_LOW 512
-
-#if defined(__AVX512F__)
-typedef __m512 vf;
-#define L 16
-#define ZERO() _mm512_setzero_ps()
-#define LOADF(p) _mm512_loadu_ps(p)
-#define STOREF(p, v) _mm512_storeu_ps(p, v)
-#define LOADH(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define SET1(s) _mm512_set1_ps(s)
-#define ADD(a, b) _mm512_add_ps(a, b)
-static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-typedef __m256 vf;
-#define L 8
-#define ZERO() _mm256_setzero_ps()
-#define LOADF(p) _mm256_loadu_ps(p)
-#define STOREF(p, v) _mm256_storeu_ps(p, v)
-#define LOADH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define SET1(s) _mm256_set1_ps(s)
-#define ADD(a, b) _mm256_add_ps(a, b)
-static inline float hsum(vf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#else
-#error "lowrank.c needs AVX-512F, or AVX2 with FMA and F16C"
-#endif
-
 #define NV (BLOCK / L)
-
-static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 int lowrank_block(void) { return BLOCK; }
 

@@ -23,9 +23,9 @@ SHAPES = [(3, 2, 8, 37), (5, 12, 64, 130), (2, 3, 20, 17), (4, 4, 16, 64), (1, 1
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[attention.Kernel]:
     """The library built for each target this CPU runs (AVX-512 machines run both)."""
     folder = tmp_path_factory.mktemp("kernels")
-    flags = native._cpu_flags()
-    targets = [t for t in native.TARGETS if native.cpu_target(flags) in (t, "avx512")]
-    return [attention.Kernel(native.build("attend", t, folder), t) for t in targets]
+    return [
+        attention.Kernel(native.build("attend", t, folder), t) for t in native.runnable_targets()
+    ]
 
 
 @pytest.fixture

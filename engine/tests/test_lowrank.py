@@ -30,9 +30,10 @@ SHAPES = [
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[lowrank.Kernel]:
     """The library built for each target this CPU runs (AVX-512 machines run both)."""
     folder = tmp_path_factory.mktemp("kernels")
-    flags = native._cpu_flags()
-    targets = [t for t in native.TARGETS if native.cpu_target(flags) in (t, "avx512")]
-    return [lowrank.Kernel(native.build("lowrank", target, folder), target) for target in targets]
+    return [
+        lowrank.Kernel(native.build("lowrank", target, folder), target)
+        for target in native.runnable_targets()
+    ]
 
 
 @pytest.fixture
@@ -252,3 +253,17 @@ def test_without_a_home_the_library_is_kept_under_the_temporary_directory(
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     folders = native._cache_folders()
     assert len(folders) == 1 and folders[0].parent == Path(tempfile.gettempdir())
+
+
+def test_a_changed_shared_header_names_every_kernel_anew(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "csrc"
+    shutil.copytree(native.CSRC, copy)
+    monkeypatch.setattr(native, "CSRC", copy)
+    before = {stem: native.library_name(stem, "avx2") for stem in native.STEMS}
+    (copy / "simd.h").write_text((copy / "simd.h").read_text() + "\n/* changed */\n")
+    after = {stem: native.library_name(stem, "avx2") for stem in native.STEMS}
+    assert all(before[stem] != after[stem] for stem in native.STEMS)
