@@ -339,6 +339,9 @@ INFERENCE_MAX_PREFILL_TOKENS = env_int("INFERENCE_MAX_PREFILL_TOKENS", 1024)
 # Encoder work between two decoder steps while rows decode, in prompt tokens through the whole
 # encoder (a pass is cut at layer boundaries; at least one layer a step; 0: a pass runs whole).
 INFERENCE_PREFILL_STEP_TOKENS = env_int("INFERENCE_PREFILL_STEP_TOKENS", 32)
+# Newcomers' encoder passes on a thread of their own beside the decoder steps (half the torch
+# threads) instead of in pauses between them; auto: on a CPU with two threads or more.
+INFERENCE_PREFILL_THREAD = env_choice("INFERENCE_PREFILL_THREAD", "auto", ("auto", "on", "off"))
 # Rows a batch may hold past INFERENCE_MAX_BATCH for tenants holding no row in it (a tenant
 # filling the batch does not hold another tenant's first token until one of its rows ends).
 INFERENCE_TENANT_HEADROOM = env_int("INFERENCE_TENANT_HEADROOM", 2)

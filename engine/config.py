@@ -27,6 +27,10 @@ class EngineConfig:
     # one layer): a pass is cut at layer boundaries so the running streams' gap between
     # tokens stays bounded. 0: a pass runs whole.
     prefill_step_tokens: int = 32
+    # Newcomers' encoder passes on a thread of their own beside the decoder steps, with half
+    # the model thread's torch threads (engine/prefill.py), instead of in pauses between two
+    # steps (prefill_step_tokens): auto | on | off; auto: on a CPU with two threads or more.
+    prefill_thread: str = "auto"
     # Rows a batch may hold past max_batch for tenants that hold no row in it: one tenant
     # filling the batch does not hold another's first token until one of its rows ends.
     # 0 here (max_batch is the bound); Django's INFERENCE_TENANT_HEADROOM defaults to 2.

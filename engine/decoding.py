@@ -19,7 +19,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 
@@ -40,8 +39,8 @@ from engine.generation import (
 from engine.loading import LoadedModel
 from engine.lora import AdapterHost, Tables, join_tables, keep_rows
 from engine.messages import Delta, Done, Failed, TokenLogprob
+from engine.prefill import Prefill, start_prefill_thread
 from engine.t5_decoder import T5DecoderStep
-from engine.t5_encoder import EncoderPass
 
 logger = logging.getLogger(__name__)
 
@@ -252,66 +251,6 @@ def sample(logits: torch.Tensor, request: GenerationRequest, generator: torch.Ge
     return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
 
 
-def _pad(
-    prompts: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for index, prompt in enumerate(prompts):
-        ids[index, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        mask[index, : len(prompt)] = 1
-    return ids.to(device), mask.to(device)
-
-
-class Prefill:
-    """Newcomers and their encoder pass, run over one or several pauses between two decoder
-    steps (engine/t5_encoder.py), so a long prompt does not stall the running streams."""
-
-    def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
-        self.rows = rows
-        self.lora = model.lora
-        # Equal prompts (a request's n choices, or the same prompt twice) with the same
-        # adapter are encoded once; slots maps each row to its prompt's place in the pass.
-        distinct: dict[tuple[int, tuple[int, ...]], int] = {}
-        adapters: list[Any] = []
-        self.slots = []
-        for row in rows:
-            key = (id(row.job.adapter), tuple(row.job.prompt_ids))
-            if key not in distinct:
-                distinct[key] = len(distinct)
-                adapters.append(row.job.adapter)
-            self.slots.append(distinct[key])
-        prompts = [list(prompt) for _, prompt in distinct]
-        ids, self.mask = _pad(prompts, model.pad_id, model.device)
-        # The rows' encoder tables, gathered once for the whole pass (engine/lora.py).
-        self.tables = None if self.lora is None else self.lora.gather(adapters, "encoder.")
-        self.encoder = EncoderPass(model.model, ids, self.mask)
-
-    @property
-    def waiting(self) -> bool:
-        """Some row still waits for its encoder output (the others were cancelled)."""
-        return any(row.running for row in self.rows)
-
-    def run(self, budget: int) -> bool:
-        """Run the layers `budget` encoder tokens buy (0: all); True when the pass is done."""
-        if self.lora is None:
-            return self.encoder.run(self.encoder.layers_for(budget))
-        with self.lora.using(self.tables):
-            return self.encoder.run(self.encoder.layers_for(budget))
-
-    def running(self) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
-        """The rows still running, their encoder output and mask (the pass finished here)."""
-        self.run(0)
-        encoded = self.encoder.finish()
-        keep = [index for index, row in enumerate(self.rows) if row.running]
-        slots = [self.slots[index] for index in keep]
-        if slots == list(range(len(self.rows))):  # every row, each prompt once: as encoded
-            return self.rows, encoded, self.mask
-        index = torch.tensor(slots, dtype=torch.long, device=encoded.device)
-        return [self.rows[i] for i in keep], encoded[index], self.mask[index]
-
-
 class Batch:
     """The rows still decoding and their caches; rows that end are dropped from all of them,
     rows that join are added to all of them."""
@@ -327,10 +266,10 @@ class Batch:
         if rows:
             self.join(Prefill(model, rows))
 
-    def join(self, prefill: "Prefill") -> None:
+    def join(self, prefill: Prefill) -> None:
         """Add newcomers whose encoder pass has run (the rest of it runs here); those still
         running decode from the next step on."""
-        rows, encoded, mask = prefill.running()
+        rows, encoded, mask, cross = prefill.running()
         if not rows:
             return
         lora = self.model.lora
@@ -345,10 +284,10 @@ class Batch:
                 # early costs nothing.
                 capacity = min(CACHE_START, max(row.request.max_tokens for row in rows))
                 self.decoder = T5DecoderStep(
-                    self.model.model, encoded, mask, capacity, self.model.attention
+                    self.model.model, encoded, mask, capacity, self.model.attention, cross
                 )
             else:
-                self.decoder.extend(encoded, mask)
+                self.decoder.extend(encoded, mask, cross)
         if lora is not None and tables is not None:
             kept = {key: pair for key, pair in tables.items() if not lora.units[key].cross_kv}
             if self.rows:
@@ -359,12 +298,13 @@ class Batch:
         start = torch.full((len(rows), 1), self.model.decoder_start_id, dtype=torch.long)
         self.next_ids = torch.cat([self.next_ids, start.to(self.device)])
 
-    def step(self) -> list[int]:
+    def step(self, beside: int = 0) -> list[int]:
         """One decoder step for every row (a fault here fails the batch); each row then
-        chooses and takes its next token on its own. Returns each row's token."""
+        chooses and takes its next token on its own. Returns each row's token. beside: the
+        torch threads an encoder pass holds meanwhile (engine/prefill.py)."""
         assert self.decoder is not None  # noqa: S101 - only stepped with rows
         lora = self.model.lora
-        with _step_threads(len(self.rows)):
+        with _step_threads(len(self.rows), beside):
             if lora is None:
                 logits = self.decoder(self.next_ids)
             else:
@@ -399,13 +339,15 @@ class Batch:
 
 
 @contextlib.contextmanager
-def _step_threads(rows: int) -> Iterator[None]:
-    """One torch thread for a step of fewer than STEP_THREADS_FROM_ROWS rows, then back."""
+def _step_threads(rows: int, beside: int = 0) -> Iterator[None]:
+    """One torch thread for a step of fewer than STEP_THREADS_FROM_ROWS rows; a larger one
+    leaves `beside` threads to an encoder pass running meanwhile. Then back."""
     threads = torch.get_num_threads()
-    if rows >= STEP_THREADS_FROM_ROWS or threads == 1:
+    wanted = 1 if rows < STEP_THREADS_FROM_ROWS else max(1, threads - beside)
+    if wanted == threads:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -420,12 +362,14 @@ def run_batch(
     admit: Admit | None = None,
     stepped: Callable[[float], None] | None = None,
     prefill_step_tokens: int = 0,
+    prefill_threads: int = 0,
     adapters: AdapterHost | None = None,
 ) -> None:
     """Decode jobs together until every row has ended (or been cancelled). With `admit`,
     newcomers join between steps (and are appended to `jobs`, so a caller that fails the
-    batch fails them too): their encoder pass runs `prefill_step_tokens` encoder tokens' worth
-    of layers per pause (0: all at once) while the running rows go on decoding; `stepped`
+    batch fails them too): their encoder pass runs beside the steps on a thread of
+    `prefill_threads` torch threads, or with 0 `prefill_step_tokens` encoder tokens' worth
+    of layers per pause (0: all at once), while the running rows go on decoding; `stepped`
     gets each iteration's seconds (encoder work and step). With `adapters`, a row whose
     adapter is not held yet is parked while it loads (the others decode), and joins once it
     is; the batch takes no newcomers once the host has the other base ready (it then ends)."""
@@ -449,10 +393,11 @@ def run_batch(
     def joined(new: list[Job]) -> list[Row]:
         return rows_of(_joined(jobs, new, record))
 
+    beside = start_prefill_thread(model, prefill_threads) if prefill_threads > 0 else None
+    prefill: Prefill | None = None
     try:
         with torch.inference_mode():
             batch = Batch(model, rows_of(jobs))
-            prefill: Prefill | None = None
             while True:
                 started = time.perf_counter()
                 abort = should_abort()
@@ -461,7 +406,8 @@ def run_batch(
                 if prefill is not None:
                     _cancel_rows(prefill.rows, abort=abort)
                     if not prefill.waiting:
-                        prefill = None  # every newcomer was cancelled while it was encoded
+                        prefill.given_up = True  # every newcomer was cancelled meanwhile
+                        prefill = None
                 if host is not None:
                     _settle(model, host, batch, held, abort)
                 # After the leaves: a row that ended or was cancelled frees its place at once.
@@ -483,8 +429,11 @@ def run_batch(
                         joiners = admit([row.job for row in batch.rows] + parked, False)
                         if rows := joined(joiners):
                             prefill = Prefill(model, rows)
-                # With no row running, nobody waits on the next step: the pass runs to its end.
-                if prefill is not None and prefill.run(prefill_step_tokens if batch.rows else 0):
+                            if beside is not None:
+                                beside.submit(prefill)
+                if prefill is not None and _prefilled(
+                    prefill, beside is not None, prefill_step_tokens, bool(batch.rows)
+                ):
                     batch.join(prefill)
                     prefill = None
                 if not batch.rows:
@@ -492,15 +441,33 @@ def run_batch(
                         host.wait(0.05)  # rows wait for their adapter: nothing else runs
                         continue
                     return
-                batch.keep_running(batch.step())
+                held_beside = 0 if beside is None or prefill is None else beside.threads
+                batch.keep_running(batch.step(held_beside))
                 if stepped is not None:
                     stepped(time.perf_counter() - started)
                 elif record:
                     metrics.STEP_SECONDS.observe(time.perf_counter() - started)
     finally:
+        if prefill is not None:
+            prefill.given_up = True  # a pass beside the steps stops at its next layer
         if host is not None:
             for row in held:
                 host.release(row.job)
+
+
+def _prefilled(prefill: Prefill, beside: bool, step_tokens: int, decoding: bool) -> bool:
+    """Whether the newcomers' pass is done, so they join now: run in this pause (the layers
+    step_tokens buy), or ended on the PrefillThread beside the steps (its fault fails the
+    batch here). With no row decoding nobody waits on a step: the pass runs, or is waited
+    for, to its end."""
+    if not beside:
+        return prefill.run(step_tokens if decoding else 0)
+    if decoding and not prefill.ended.is_set():
+        return False
+    prefill.ended.wait()
+    if prefill.error is not None:
+        raise prefill.error
+    return True
 
 
 def _settle(

@@ -81,12 +81,23 @@ class Unit:
 
 
 class LoraState:
-    """The row tables of the pass being run on the model thread (None: no side path), and the
-    side path's kernel where the tables are laid out for it (engine/lowrank.py)."""
+    """The row tables of the pass being run (None: no side path), and the side path's kernel
+    where the tables are laid out for it (engine/lowrank.py)."""
 
     def __init__(self, kernel: lowrank.Kernel | None = None) -> None:
-        self.tables: Tables | None = None
+        # Per thread: an encoder pass beside the decoder steps (engine/prefill.py) runs its
+        # rows' tables on its own thread while the model thread runs the step's.
+        self._local = threading.local()
         self.kernel = kernel
+
+    @property
+    def tables(self) -> Tables | None:
+        tables: Tables | None = getattr(self._local, "tables", None)
+        return tables
+
+    @tables.setter
+    def tables(self, tables: Tables | None) -> None:
+        self._local.tables = tables
 
 
 def _side(state: LoraState, key: str, hidden: Tensor, out: Tensor) -> Tensor:
@@ -210,7 +221,7 @@ class Lora:
 
     @contextlib.contextmanager
     def using(self, tables: Tables | None) -> Iterator[None]:
-        """Run the block with these rows' tables (on the model thread)."""
+        """Run the block with these rows' tables (on the calling thread)."""
         previous, self.state.tables = self.state.tables, tables
         try:
             yield

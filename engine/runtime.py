@@ -42,6 +42,7 @@ from engine.generation import (
 from engine.loading import LoadedModel
 from engine.lora import AdapterHost
 from engine.messages import Delta, Done, Event, Failed, TokenLogprob
+from engine.prefill import beside_threads
 from engine.remote import ModelProcess, ModelProcessExited
 from engine.worker import adapter_host, cuda_memory, prepare
 
@@ -479,6 +480,8 @@ class Engine:
         )
         host = self._host
         assert host is not None  # noqa: S101 - _load made it
+        # On the model thread (this one): half its torch threads, or 0 (engine/prefill.py).
+        prefill_threads = beside_threads(config.prefill_thread, model)
         while True:
             # Rows parked for the other base start the next batch, on it (engine/lora.py).
             jobs = host.take_parked() or self._scheduler.take_batch()
@@ -493,6 +496,7 @@ class Engine:
                     lambda: self._abort,
                     admit=self._admit,
                     prefill_step_tokens=self.config.prefill_step_tokens,
+                    prefill_threads=prefill_threads,
                     adapters=host,
                 )
             except Exception as exc:

@@ -31,6 +31,36 @@ from engine.attention import HALF_MAX, Kernel
 # Slots the kernel's layout starts with (INFERENCE_MAX_BATCH's default); it doubles when full.
 SLOTS = 32
 
+# Each layer's cross-attention keys (rows, heads, head width, positions: transposed) and values
+# (rows, heads, positions, head width) of some rows' encoder output.
+CrossCaches = list[tuple[Tensor, Tensor]]
+
+
+def cross_caches(model: Any, encoded: Tensor, kernel: Kernel | None = None) -> CrossCaches:
+    """The cross-attention keys and values of every decoder layer for `encoded`, as the step
+    keeps them (half precision and clamped for the kernel); run wherever the rows' encoder
+    pass ran (engine/prefill.py), with their adapters' tables in use."""
+    config = model.config
+    heads, head_dim = config.num_heads, config.d_kv
+
+    def split(states: Tensor) -> Tensor:
+        rows, positions, _ = states.shape
+        return states.view(rows, positions, heads, head_dim).transpose(1, 2)
+
+    def store(states: Tensor) -> Tensor:
+        if kernel is None:
+            return states.contiguous()
+        return states.clamp(-HALF_MAX, HALF_MAX).to(torch.float16).contiguous()
+
+    caches = []
+    for block in model.get_decoder().block:
+        attention = block.layer[1].EncDecAttention
+        # Stored as plain contiguous matrices (keys already transposed): batched matmuls on
+        # transposed views are several times slower on the CPU.
+        keys = store(split(attention.k(encoded)).transpose(2, 3))
+        caches.append((keys, store(split(attention.v(encoded)))))
+    return caches
+
 
 class T5DecoderStep:
     """Call with the last token of each row; returns each row's next-token logits."""
@@ -42,9 +72,11 @@ class T5DecoderStep:
         mask: torch.Tensor,
         capacity: int,
         kernel: Kernel | None = None,
+        cross: CrossCaches | None = None,
     ) -> None:
+        """cross: the rows' cross-attention caches if made already (cross_caches)."""
         config = model.config
-        self.kernel = kernel
+        self.model, self.kernel = model, kernel
         # The caches' type, and the axis of the self-attention keys' columns.
         self.cache_dtype = torch.float16 if kernel else encoded.dtype
         self.key_axis = 3 if kernel else 2
@@ -57,7 +89,7 @@ class T5DecoderStep:
         self.cross_bias = _padding_bias(mask, dtype)
         # Each row's prompt length: T5's padding is on the right, so its columns are 0..length.
         self.cross_length = mask.sum(dim=1).to(torch.long)
-        self.cross = [self._cross_kv(block, encoded) for block in self.blocks]
+        self.cross = cross or cross_caches(model, encoded, kernel)
         # The kernel's layout starts with SLOTS slots (untouched memory costs nothing).
         pool = max(rows, SLOTS) if kernel else rows
         shape = (pool, self.heads, max(1, capacity), self.head_dim)
@@ -83,19 +115,6 @@ class T5DecoderStep:
     def _split(self, states: torch.Tensor) -> torch.Tensor:
         rows, positions, _ = states.shape
         return states.view(rows, positions, self.heads, self.head_dim).transpose(1, 2)
-
-    def _cross_kv(self, block: Any, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attention = block.layer[1].EncDecAttention
-        # Stored as plain contiguous matrices (keys already transposed): batched matmuls on
-        # transposed views are several times slower on the CPU.
-        keys = self._store(self._split(attention.k(encoded)).transpose(2, 3))
-        return keys, self._store(self._split(attention.v(encoded)))
-
-    def _store(self, states: torch.Tensor) -> torch.Tensor:
-        """states as the caches keep them: contiguous, in half precision for the kernel."""
-        if self.kernel is None:
-            return states.contiguous()
-        return states.clamp(-HALF_MAX, HALF_MAX).to(self.cache_dtype).contiguous()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.length == self.keys[0].shape[self.key_axis]:
@@ -196,13 +215,17 @@ class T5DecoderStep:
         capacity = self.keys[0].shape[self.key_axis]
         if offset == 0:
             capacity *= 2  # doubling: a row that runs long costs a few copies, not one a step
+        kept, held = self.length - offset, self._held_slots()
         for caches, axis in ((self.keys, self.key_axis), (self.values, 2)):
             for index, old in enumerate(caches):
                 shape = list(old.shape)
                 shape[axis] = capacity
                 new = old.new_empty(shape)
-                kept = self.length - offset
-                new.narrow(axis, 0, kept).copy_(old.narrow(axis, offset, kept))
+                if held is None:
+                    new.narrow(axis, 0, kept).copy_(old.narrow(axis, offset, kept))
+                else:
+                    columns = old.index_select(0, held).narrow(axis, offset, kept)
+                    new.narrow(axis, 0, kept).index_copy_(0, held, columns)
                 caches[index] = new
         self.length -= offset
         self._set_starts(self.starts - offset)
@@ -228,10 +251,14 @@ class T5DecoderStep:
         kept.narrow(axis, 0, self.length).copy_(cache.narrow(axis, 0, self.length)[rows])
         return kept
 
-    def extend(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
-        """Add rows (their encoder output and mask) that start decoding at the next step."""
+    def extend(
+        self, encoded: torch.Tensor, mask: torch.Tensor, cross: CrossCaches | None = None
+    ) -> None:
+        """Add rows (their encoder output and mask; their cross-attention caches if made
+        already) that start decoding at the next step."""
+        new_cross = cross or cross_caches(self.model, encoded, self.kernel)
         if self.kernel is not None:
-            self._extend_slots(encoded, mask)
+            self._extend_slots(encoded, mask, new_cross)
             return
         width = max(encoded.shape[1], self.cross_bias.shape[-1])
         bias = _padding_bias(mask, encoded.dtype)
@@ -239,8 +266,7 @@ class T5DecoderStep:
         lowest = torch.finfo(encoded.dtype).min
         self.cross_bias = torch.cat([_pad_last(b, width, lowest) for b in (self.cross_bias, bias)])
         joined = []
-        for (keys, values), block in zip(self.cross, self.blocks, strict=True):
-            new_keys, new_values = self._cross_kv(block, encoded)
+        for (keys, values), (new_keys, new_values) in zip(self.cross, new_cross, strict=True):
             keys = torch.cat([_pad_last(keys, width), _pad_last(new_keys, width)])
             values = torch.cat([_pad_columns(values, width), _pad_columns(new_values, width)])
             joined.append((keys, values))
@@ -250,7 +276,7 @@ class T5DecoderStep:
         start = torch.full((encoded.shape[0],), self.length, dtype=torch.long)
         self._set_starts(torch.cat([self.starts, start.to(self.starts.device)]))
 
-    def _extend_slots(self, encoded: torch.Tensor, mask: torch.Tensor) -> None:
+    def _extend_slots(self, encoded: Tensor, mask: Tensor, new_cross: CrossCaches) -> None:
         # The kernel reads only a row's own columns: a newcomer's slot keeps whatever its last
         # holder left there (its self-attention columns before its start, its cross-attention
         # columns past its prompt) without harm, so nothing is cleared.
@@ -265,8 +291,7 @@ class T5DecoderStep:
             self._grow(width=-(-width // 64) * 64)
         taken, self.free = self.free[:count], self.free[count:]
         slots = torch.tensor(taken, dtype=torch.long, device=self.slot.device)
-        for (keys, values), block in zip(self.cross, self.blocks, strict=True):
-            new_keys, new_values = self._cross_kv(block, encoded)
+        for (keys, values), (new_keys, new_values) in zip(self.cross, new_cross, strict=True):
             keys[slots, :, :, :width] = new_keys
             values[slots, :, :width] = new_values
         self.cross_length = torch.cat([self.cross_length, mask.sum(dim=1).to(torch.long)])
@@ -284,17 +309,29 @@ class T5DecoderStep:
         self._grow(rows=slots)
 
     def _grow(self, rows: int = 0, width: int = 0) -> None:
-        """Cross-attention buffers with more slots or more columns (copied once)."""
-        joined = []
+        """Cross-attention buffers with more slots or more columns (copied once: the rows'
+        slots only, in the kernel's layout)."""
+        joined, held = [], self._held_slots()
         for keys, values in self.cross:
-            held = keys.shape[0]
-            rows, columns = max(rows, held), max(width, keys.shape[3])
+            pool, old_width = keys.shape[0], keys.shape[3]
+            rows, columns = max(rows, pool), max(width, old_width)
             new_keys = keys.new_empty((rows, *keys.shape[1:3], columns))
             new_values = values.new_empty((rows, values.shape[1], columns, values.shape[3]))
-            new_keys[:held, :, :, : keys.shape[3]] = keys
-            new_values[:held, :, : values.shape[2]] = values
+            if held is None:
+                new_keys[:pool, :, :, :old_width] = keys
+                new_values[:pool, :, :old_width] = values
+            else:
+                new_keys[held, :, :, :old_width] = keys[held]
+                new_values[held, :, :old_width] = values[held]
             joined.append((new_keys, new_values))
         self.cross = joined
+
+    def _held_slots(self) -> Tensor | None:
+        """The slots rows hold, where some are free (the kernel's layout): a buffer that
+        grows copies these alone; free slots hold nothing anyone reads. None: copy all."""
+        if self.kernel is None or len(self.slot) == self.keys[0].shape[0]:
+            return None
+        return self.slot
 
     def _set_starts(self, starts: Tensor) -> None:
         self.starts = starts

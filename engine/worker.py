@@ -43,6 +43,7 @@ from engine.messages import (
     Stop,
     ToModel,
 )
+from engine.prefill import beside_threads
 
 logger = logging.getLogger("engine.worker")
 
@@ -168,6 +169,7 @@ class Worker:
         host: AdapterHost,
         max_prefill_tokens: int = 0,
         prefill_step_tokens: int = 0,
+        prefill_thread: str = "off",
     ) -> None:
         self.conn, self.host, self.model = conn, host, host.model
         model = host.model
@@ -176,6 +178,8 @@ class Worker:
             max_prefill_tokens, prefill_step_tokens, layers
         )
         self.prefill_step_tokens = prefill_step_tokens
+        # Made on the model thread (this one): half its torch threads, or 0 (engine/prefill.py).
+        self.prefill_threads = beside_threads(prefill_thread, model)
         self.jobs: dict[int, RemoteJob] = {}
         self.waiting: deque[RemoteJob] = deque()  # sent by Join, not yet in the batch
         self.urgent: deque[RemoteJob] = deque()  # the same, sent by an urgent Join
@@ -273,6 +277,7 @@ class Worker:
                 admit=self.admit,
                 stepped=self.steps.append,
                 prefill_step_tokens=self.prefill_step_tokens,
+                prefill_threads=self.prefill_threads,
                 adapters=self.host,
             )
         except (EOFError, OSError):
@@ -342,7 +347,13 @@ def main(conn: Connection, parent: int | None = None) -> None:
         return
     try:
         conn.send(Ready(facts(host.model)))
-        Worker(conn, host, config.max_prefill_tokens, config.prefill_step_tokens).serve()
+        Worker(
+            conn,
+            host,
+            config.max_prefill_tokens,
+            config.prefill_step_tokens,
+            config.prefill_thread,
+        ).serve()
     except (EOFError, OSError):
         pass  # the parent went away mid-batch
 

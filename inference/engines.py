@@ -83,6 +83,7 @@ def engine_config() -> EngineConfig:
         token_budget=settings.INFERENCE_TOKEN_BUDGET,
         max_prefill_tokens=settings.INFERENCE_MAX_PREFILL_TOKENS,
         prefill_step_tokens=settings.INFERENCE_PREFILL_STEP_TOKENS,
+        prefill_thread=settings.INFERENCE_PREFILL_THREAD,
         tenant_headroom=settings.INFERENCE_TENANT_HEADROOM,
         max_wait_ms=settings.INFERENCE_MAX_WAIT_MS,
         max_queue=settings.INFERENCE_MAX_QUEUE,

@@ -104,7 +104,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         default="",
-        help="open loop: e.g. static,continuous@0,continuous@32 (@N: prefill_step_tokens)",
+        help="open loop: e.g. static,continuous:off,continuous (@N: prefill_step_tokens, "
+        ":MODE: prefill_thread)",
     )
     return parser.parse_args()
 
@@ -441,13 +442,17 @@ def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
 
 
 def variant_options(variant: str) -> dict[str, Any]:
-    """EngineConfig options of a variant name: a scheduler, then @N for prefill_step_tokens."""
+    """EngineConfig options of a variant name: a scheduler, then @N for prefill_step_tokens,
+    then :MODE for prefill_thread (continuous:off: passes in pauses between the steps)."""
     if variant == "engine":
         return {}
+    variant, _, thread = variant.partition(":")
     scheduler, _, step = variant.partition("@")
     options: dict[str, Any] = {"scheduler": scheduler}
     if step:
         options["prefill_step_tokens"] = int(step)
+    if thread:
+        options["prefill_thread"] = thread
     return options
 
 

@@ -88,10 +88,13 @@ async def test_static_batching_stays_behind_its_setting(make_engine: Callable[..
     assert (await short_done).completion_tokens == 3
 
 
+@pytest.mark.parametrize("prefill_thread", ["off", "on"])
 async def test_rows_decode_as_alone_whatever_joins_and_leaves_around_them(
-    make_any_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+    make_any_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch, prefill_thread: str
 ) -> None:
-    engine = make_any_engine(max_batch=8)
+    # on: the newcomers' encoder passes run on a thread of their own beside the steps
+    # (engine/prefill.py); off: in pauses between two steps.
+    engine = make_any_engine(max_batch=8, prefill_thread=prefill_thread)
     limits = [60, 30, 20, 12]
     alone = [
         await generate(engine, p, max_tokens=n, ignore_eos=True)

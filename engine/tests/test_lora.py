@@ -154,6 +154,26 @@ async def test_a_mixed_batch_gives_what_each_row_gives_alone(
     assert len({tuple(tokens) for tokens in alone[:5]}) == 5
 
 
+async def test_newcomers_encoded_beside_the_steps_take_their_own_adapters(
+    adapters_dir: Path, engines: Callable[..., Engine]
+) -> None:
+    # Their encoder passes (and cross-attention keys and values) run on the prefill thread
+    # with their adapters while the running row's step runs with its own: each thread its
+    # own tables (engine/lora.py's LoraState), every row as alone.
+    engine = engines(quantization="torch-int8", max_batch=8, process=True, prefill_thread="on")
+    engine.set_adapters(registry(adapters_dir))
+    plan = [(PROMPTS[1], "t2"), (PROMPTS[0], "t3"), (PROMPTS[1], "t4")]
+    alone = await _alone(engine, plan)
+    long = await engine.submit(
+        GenerationRequest(PROMPTS[0], adapter="t1", max_tokens=200, temperature=0, ignore_eos=True)
+    )
+    iterator = await deltas(long, 2)
+    assert await _together(engine, plan) == alone
+    assert long.result is None  # they joined its batch
+    long.cancel()
+    assert (await finish(iterator, long)).finish_reason == "cancelled"
+
+
 async def test_rows_of_the_bare_base_mix_with_adapted_rows(
     adapters_dir: Path, engines: Callable[..., Engine]
 ) -> None:

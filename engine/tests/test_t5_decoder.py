@@ -68,13 +68,22 @@ def _alone(
     return logits
 
 
-@pytest.mark.parametrize("mode", MODES)
+LONG = " ".join(["quiet green garden, the tenant waits"] * 12)  # over 64 tokens
+
+
+@pytest.mark.parametrize(
+    ("mode", "slots"),
+    [("torch", 1), pytest.param("kernel", 1, marks=needs_kernel)]
+    + [pytest.param("kernel", 8, marks=needs_kernel)],
+)
 def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(
-    tiny_model_dir: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, mode: str, slots: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The kernel's layout from one slot: the joins at step 3 grow it, and the join at step 9
-    # takes the slot the leaver of step 6 freed, with that row's caches still in it.
-    monkeypatch.setattr(t5_decoder, "SLOTS", 1)
+    # takes the slot the leaver of step 6 freed, with that row's caches still in it. From 8
+    # slots, some free: the buffers that fill (self-attention columns at steps 2, 4 and 8,
+    # cross-attention columns when the long prompt joins at step 11) copy the rows' slots only.
+    monkeypatch.setattr(t5_decoder, "SLOTS", slots)
     # torch: fp32, whose matrix products round with the batch (1e-5). The kernel: torch-int8,
     # where every Linear and the attention are per row, so a row's logits are bitwise its own.
     quantization = "none" if mode == "torch" else "torch-int8"
@@ -82,11 +91,11 @@ def test_rows_that_join_and_leave_get_the_logits_of_decoding_alone(
     kernel = loaded.attention
     assert (kernel is None) == (mode == "torch")
     model, tokenizer = loaded.model, loaded.tokenizer
-    joins = {0: [PROMPTS[0]], 3: [PROMPTS[1], PROMPTS[2]], 9: [PROMPTS[0]]}  # step: newcomers
+    joins = {0: [PROMPTS[0]], 3: [PROMPTS[1], PROMPTS[2]], 9: [PROMPTS[0]], 11: [LONG]}
     leaves = {6: PROMPTS[0]}  # the first row leaves at step 6 (a cancel, say)
     steps = 16
     with torch.inference_mode():
-        alone = {prompt: _alone(model, tokenizer, prompt, steps, kernel) for prompt in PROMPTS}
+        alone = {p: _alone(model, tokenizer, p, steps, kernel) for p in [*PROMPTS, LONG]}
         decoder: T5DecoderStep | None = None
         rows: list[tuple[str, int]] = []
         tokens = torch.zeros((0, 1), dtype=torch.long)

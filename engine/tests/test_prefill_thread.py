@@ -1,0 +1,252 @@
+"""Newcomers' encoder passes on a thread of their own beside the decoder steps
+(engine/prefill.py, INFERENCE_PREFILL_THREAD): the running rows go on decoding while a pass
+runs, the newcomers join after it, and every row decodes exactly as alone. The pass is held
+at a gate the test opens, so the assertions are on order, never on time."""
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.batcher import Job
+from engine.decoding import _step_threads, run_batch, start_rows
+from engine.loading import LoadedModel, load_model
+from engine.lora import LoraState
+from engine.messages import Done
+from engine.prefill import Prefill, PrefillThread, beside_threads
+from engine.t5_decoder import T5DecoderStep, cross_caches
+from engine.t5_encoder import EncoderPass
+from engine.tests.test_prefill import NEWCOMER, RUNNING, Recorded, alone_tokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_model_dir), quantization="none")
+
+
+class Gate:
+    """Holds every pass on the PrefillThread until opened; records who ran encoder layers."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.layer_threads: list[int] = []
+        self.steps: list[int] = []  # rows of each decoder step, in order
+        self.steps_at_open = -1
+        prepare, run, step = Prefill.prepare, EncoderPass.run, T5DecoderStep.__call__
+
+        def gated(prefill: Prefill) -> None:
+            assert self.open.wait(60)
+            prepare(prefill)
+
+        def ran(encoder: EncoderPass, layers: int) -> bool:
+            before = encoder.layers_run
+            done = run(encoder, layers)
+            self.layer_threads += [threading.get_ident()] * (encoder.layers_run - before)
+            return done
+
+        def stepped(decoder: T5DecoderStep, tokens: torch.Tensor) -> torch.Tensor:
+            self.steps.append(int(tokens.shape[0]))
+            return step(decoder, tokens)
+
+        monkeypatch.setattr(Prefill, "prepare", gated)
+        monkeypatch.setattr(EncoderPass, "run", ran)
+        monkeypatch.setattr(T5DecoderStep, "__call__", stepped)
+
+    def release(self) -> None:
+        self.steps_at_open = len(self.steps)
+        self.open.set()
+
+
+def decode_beside(
+    model: LoadedModel, gate: Gate, *, open_at: int = 8, cancel_at: int = 0
+) -> tuple[Recorded, Recorded]:
+    """A running row; a long newcomer is admitted at the third pause and its pass (on the
+    thread) is let go at pause `open_at`; cancelled at pause `cancel_at` if given."""
+    running, newcomer = Recorded(model, RUNNING, 24), Recorded(model, NEWCOMER, 8)
+    pauses = 0
+
+    def should_abort() -> bool:  # asked first at every pause, on the model thread
+        nonlocal pauses
+        pauses += 1
+        if pauses == cancel_at:
+            newcomer.cancelled = True
+        if pauses == open_at:
+            gate.release()
+        return False
+
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        return [newcomer] if pauses == 3 and not urgent else []
+
+    run_batch(model, [running], should_abort, admit=admit, prefill_threads=1)
+    return running, newcomer
+
+
+def test_the_running_row_decodes_while_a_newcomers_pass_runs_on_its_own_thread(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = [alone_tokens(model, RUNNING, 24), alone_tokens(model, NEWCOMER, 8)]
+    gate = Gate(monkeypatch)
+    running, newcomer = decode_beside(model, gate)
+    # Admitted at pause 3, held until pause 8: the running row took five steps alone
+    # meanwhile (steps 3-7), and the newcomer joined only after its pass (two rows a step).
+    assert gate.steps_at_open == 7
+    assert gate.steps[:7] == [1] * 7
+    assert 2 in gate.steps[7:]
+    # The newcomer's layers ran on another thread than the model thread's (the running
+    # row's own pass, whole, on the model thread at the start).
+    layers = model.model.config.num_layers
+    model_thread = gate.layer_threads[0]
+    assert gate.layer_threads.count(model_thread) == layers
+    assert len([t for t in gate.layer_threads if t != model_thread]) == layers
+    assert [running.result.token_ids, newcomer.result.token_ids] == alone
+
+
+def test_a_newcomer_cancelled_before_its_pass_began_never_runs_a_layer(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    running, newcomer = decode_beside(model, gate, open_at=6, cancel_at=5)
+    assert newcomer.result.finish_reason == "cancelled"
+    assert newcomer.result.completion_tokens == 0
+    assert running.result.completion_tokens == 24
+    assert all(rows == 1 for rows in gate.steps)
+    # The thread found the pass given up and ran none of its layers (the model thread ran
+    # the running row's pass only).
+    assert len(set(gate.layer_threads)) == 1
+
+
+def test_a_fault_in_a_pass_beside_fails_the_batch_and_the_thread_serves_the_next(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    width = len(model.encode(NEWCOMER))
+    run = EncoderPass.run
+
+    def faulty(encoder: EncoderPass, layers: int) -> bool:
+        if encoder.padded_tokens == width:
+            raise RuntimeError("encoder fault")
+        return run(encoder, layers)
+
+    monkeypatch.setattr(EncoderPass, "run", faulty)
+    gate = Gate(monkeypatch)
+    with pytest.raises(RuntimeError, match="encoder fault"):
+        decode_beside(model, gate)
+    monkeypatch.setattr(EncoderPass, "run", run)
+    gate = Gate(monkeypatch)
+    running, newcomer = decode_beside(model, gate)
+    assert newcomer.result.token_ids == alone_tokens(model, NEWCOMER, 8)
+
+
+def test_with_no_row_left_the_batch_waits_for_the_pass_and_the_newcomer_decodes(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The running row ends (4 tokens) while the newcomer's pass is held: the batch waits for
+    # the pass, then decodes the newcomer alone, rather than ending without it.
+    gate = Gate(monkeypatch)
+    short, newcomer = Recorded(model, RUNNING, 4), Recorded(model, NEWCOMER, 8)
+    pauses = 0
+
+    def should_abort() -> bool:
+        nonlocal pauses
+        pauses += 1
+        return False
+
+    def release_after_the_short_row() -> None:
+        deadline = time.monotonic() + 60
+        while not any(isinstance(event, Done) for event in short.events):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        gate.release()
+
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        if pauses == 2 and not urgent:
+            threading.Thread(target=release_after_the_short_row, daemon=True).start()
+            return [newcomer]
+        return []
+
+    run_batch(model, [short], should_abort, admit=admit, prefill_threads=1)
+    assert short.result.completion_tokens == 4
+    assert newcomer.result.token_ids == alone_tokens(model, NEWCOMER, 8)
+    assert gate.steps[-8:] == [1] * 8
+
+
+@pytest.mark.parametrize("quantization", ["none", "bf16", "torch-int8"])
+def test_a_pass_on_the_thread_is_bitwise_the_pass_on_the_model_thread(
+    tiny_model_dir: Path, quantization: str
+) -> None:
+    # Its encoder output and cross-attention caches, on 1 thread beside against 2 threads on
+    # the model thread: the same bits, so a row decodes as alone whichever way it joined.
+    model = load_model(str(tiny_model_dir), quantization=quantization)
+    jobs = [Recorded(model, prompt, 4) for prompt in (NEWCOMER, RUNNING, "naïve 🙂")]
+    with threads(2), torch.inference_mode():
+        here = Prefill(model, start_rows(model, jobs))
+        _, encoded, _, _ = here.running()
+        beside = Prefill(model, start_rows(model, jobs))
+        PrefillThread(1).submit(beside)
+        assert beside.ended.wait(60) and beside.error is None
+        _, encoded_beside, _, cross = beside.running()
+    assert torch.equal(encoded, encoded_beside)
+    assert cross is not None
+    with threads(2), torch.inference_mode():
+        mine = cross_caches(model.model, encoded, model.attention)
+    for (keys, values), (keys_beside, values_beside) in zip(mine, cross, strict=True):
+        assert torch.equal(keys, keys_beside) and torch.equal(values, values_beside)
+
+
+@pytest.mark.parametrize(
+    ("mode", "threads_", "device", "expected"),
+    [
+        ("auto", 2, "cpu", 1),
+        ("auto", 8, "cpu", 4),
+        ("auto", 1, "cpu", 0),  # one thread: nothing to run a pass beside on
+        ("auto", 2, "cuda", 0),
+        ("on", 1, "cpu", 1),
+        ("off", 8, "cpu", 0),
+    ],
+)
+def test_a_pass_beside_takes_half_the_model_threads_where_the_mode_allows(
+    model: LoadedModel, mode: str, threads_: int, device: str, expected: int
+) -> None:
+    fake = dataclasses.replace(model, device=torch.device(device))
+    with threads(threads_):
+        assert beside_threads(mode, fake) == expected
+
+
+def test_a_large_step_leaves_a_pass_beside_its_threads_and_takes_them_back() -> None:
+    with threads(4):
+        with _step_threads(32, beside=2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+        with _step_threads(32):
+            assert torch.get_num_threads() == 4
+        with _step_threads(4, beside=2):  # a small step runs on one thread anyway
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 4
+
+
+def test_the_side_paths_row_tables_are_each_threads_own() -> None:
+    # A pass beside the steps runs its rows' adapters while the model thread runs the
+    # step's: neither sees the other's tables.
+    state = LoraState()
+    state.tables = {"decoder.x": (torch.zeros(1), torch.zeros(1))}
+    seen: list[object] = []
+    worker = threading.Thread(target=lambda: seen.append(state.tables))
+    worker.start()
+    worker.join()
+    assert seen == [None]
+    assert state.tables is not None
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """The calling thread's torch threads for a block, then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
