@@ -393,7 +393,7 @@ def run_batch(
     def joined(new: list[Job]) -> list[Row]:
         return rows_of(_joined(jobs, new, record))
 
-    beside = start_prefill_thread(model, prefill_threads) if prefill_threads > 0 else None
+    beside = start_prefill_thread(prefill_threads) if prefill_threads > 0 else None
     prefill: Prefill | None = None
     try:
         with torch.inference_mode():

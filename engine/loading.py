@@ -66,9 +66,6 @@ class LoadedModel:
     # A decoder step's attention kernel over half-precision caches (engine/attention.py), for
     # an 8-bit model on the CPU; None: torch over the model's own dtype.
     attention: Kernel | None = None
-    # The thread that runs newcomers' encoder passes beside the decoder steps
-    # (engine/prefill.py's PrefillThread), once the first batch has started it.
-    prefill_thread: Any = None
 
     @property
     def max_prompt_chars(self) -> int:

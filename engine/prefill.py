@@ -131,8 +131,7 @@ def beside_threads(mode: str, model: LoadedModel) -> int:
 
 
 class PrefillThread:
-    """One thread that runs passes beside the decoder steps, one at a time, in the order given.
-    Started from the model thread, so it inherits its priority and CPUs."""
+    """One thread that runs passes beside the decoder steps, one at a time, in the order given."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
@@ -158,9 +157,16 @@ class PrefillThread:
                 prefill.ended.set()
 
 
-def start_prefill_thread(model: LoadedModel, threads: int) -> PrefillThread:
-    """The model's PrefillThread (started at the first call, on the model thread)."""
-    if model.prefill_thread is None:
-        model.prefill_thread = PrefillThread(threads)
-    thread: PrefillThread = model.prefill_thread
-    return thread
+_THREADS: dict[int, PrefillThread] = {}
+_THREADS_LOCK = threading.Lock()
+
+
+def start_prefill_thread(threads: int) -> PrefillThread:
+    """The process's PrefillThread of that many torch threads, started at the first call (from
+    a model thread: it inherits its priority and CPUs). One model thread decodes at a time in
+    a process, so models that come and go (a base swap) share it rather than each leaving one
+    behind."""
+    with _THREADS_LOCK:
+        if threads not in _THREADS:
+            _THREADS[threads] = PrefillThread(threads)
+        return _THREADS[threads]

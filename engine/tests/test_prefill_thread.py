@@ -18,7 +18,7 @@ from engine.decoding import _step_threads, run_batch, start_rows
 from engine.loading import LoadedModel, load_model
 from engine.lora import LoraState
 from engine.messages import Done
-from engine.prefill import Prefill, PrefillThread, beside_threads
+from engine.prefill import Prefill, beside_threads, start_prefill_thread
 from engine.t5_decoder import T5DecoderStep, cross_caches
 from engine.t5_encoder import EncoderPass
 from engine.tests.test_prefill import NEWCOMER, RUNNING, Recorded, alone_tokens
@@ -181,12 +181,12 @@ def test_a_pass_on_the_thread_is_bitwise_the_pass_on_the_model_thread(
     # Its encoder output and cross-attention caches, on 1 thread beside against 2 threads on
     # the model thread: the same bits, so a row decodes as alone whichever way it joined.
     model = load_model(str(tiny_model_dir), quantization=quantization)
-    jobs = [Recorded(model, prompt, 4) for prompt in (NEWCOMER, RUNNING, "naïve 🙂")]
+    jobs: list[Job] = [Recorded(model, p, 4) for p in (NEWCOMER, RUNNING, "naïve 🙂")]
     with threads(2), torch.inference_mode():
         here = Prefill(model, start_rows(model, jobs))
         _, encoded, _, _ = here.running()
         beside = Prefill(model, start_rows(model, jobs))
-        PrefillThread(1).submit(beside)
+        start_prefill_thread(1).submit(beside)
         assert beside.ended.wait(60) and beside.error is None
         _, encoded_beside, _, cross = beside.running()
     assert torch.equal(encoded, encoded_beside)
