@@ -264,8 +264,9 @@ def summarize(records: list[Record]) -> dict[str, float]:
     return figures
 
 
-def single_request(run: Callable[[], Record], runs: int = 3) -> dict[str, float]:
-    """Median time to first token and time per token of one request on an idle server, ms."""
+def single_request(run: Callable[[], Record], runs: int = 7) -> dict[str, float]:
+    """Median time to first token and time per token of one request on an idle server, ms
+    (of 7: with 3 the reference, and every ratio against it, moved by up to 25% between runs)."""
     records = [run() for _ in range(runs)]
     ttft = sorted((r.token_times[0] - r.arrival) * 1000 for r in records)
     per_token = sorted(
