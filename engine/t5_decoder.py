@@ -36,16 +36,20 @@ SLOTS = 32
 CrossCaches = list[tuple[Tensor, Tensor]]
 
 
+def split_heads(states: Tensor, heads: int, head_dim: int) -> Tensor:
+    """(rows, positions, heads x head width) as (rows, heads, positions, head width)."""
+    rows, positions, _ = states.shape
+    return states.view(rows, positions, heads, head_dim).transpose(1, 2)
+
+
 def cross_caches(model: Any, encoded: Tensor, kernel: Kernel | None = None) -> CrossCaches:
     """The cross-attention keys and values of every decoder layer for `encoded`, as the step
     keeps them (half precision and clamped for the kernel); run wherever the rows' encoder
     pass ran (engine/prefill.py), with their adapters' tables in use."""
     config = model.config
-    heads, head_dim = config.num_heads, config.d_kv
 
     def split(states: Tensor) -> Tensor:
-        rows, positions, _ = states.shape
-        return states.view(rows, positions, heads, head_dim).transpose(1, 2)
+        return split_heads(states, config.num_heads, config.d_kv)
 
     def store(states: Tensor) -> Tensor:
         if kernel is None:
@@ -113,8 +117,7 @@ class T5DecoderStep:
         return int(self.starts.shape[0])
 
     def _split(self, states: torch.Tensor) -> torch.Tensor:
-        rows, positions, _ = states.shape
-        return states.view(rows, positions, self.heads, self.head_dim).transpose(1, 2)
+        return split_heads(states, self.heads, self.head_dim)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.length == self.keys[0].shape[self.key_axis]:
