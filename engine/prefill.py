@@ -17,7 +17,6 @@ give each row the same sums whatever the thread count.
 """
 
 import contextlib
-import logging
 import queue
 import threading
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,8 @@ from engine.t5_encoder import EncoderPass
 if TYPE_CHECKING:
     from engine.decoding import Row
 
-logger = logging.getLogger(__name__)
 
-
-def pad_prompts(
+def _pad_prompts(
     prompts: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts right-padded to the longest, and their mask."""
@@ -68,7 +65,7 @@ class Prefill:
                 self.adapters.append(row.job.adapter)
             self.slots.append(distinct[key])
         prompts = [list(prompt) for _, prompt in distinct]
-        ids, self.mask = pad_prompts(prompts, model.pad_id, model.device)
+        ids, self.mask = _pad_prompts(prompts, model.pad_id, model.device)
         # The rows' encoder tables, gathered once for the whole pass (engine/lora.py).
         self.tables = None if self.lora is None else self.lora.gather(self.adapters, "encoder.")
         self.encoder = EncoderPass(model.model, ids, self.mask)
