@@ -42,6 +42,9 @@ class Kernel:
         self._run.argtypes = [pointer] * 4 + [long] + [pointer] * 5 + [integer] * 3 + [long]
         self._run.argtypes += [integer]
         self._run.restype = None
+        self._store = library.attend_store
+        self._store.argtypes = [pointer] * 5 + [integer] * 3 + [long] * 2
+        self._store.restype = None
 
     def run(
         self,
@@ -100,6 +103,48 @@ class Kernel:
             max(1, threads),
         )
         return out
+
+    def store(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        slot: torch.Tensor,
+        position: int,
+    ) -> None:
+        """Write a step's key and value (rows, H, D) fp32 into column `position` of each row's
+        slot of keys (slots, H, D, cap) and values (slots, H, cap, D), in half precision,
+        clamped to HALF_MAX: what `keys[slot, :, :, position] = key.clamp(...).half()` does."""
+        rows, heads, width = key.shape
+        slots, cap = keys.shape[0], keys.shape[3]
+        fits = (
+            key.dtype == value.dtype == torch.float32
+            and keys.dtype == values.dtype == torch.float16
+            and value.shape == key.shape
+            and keys.shape == (slots, heads, width, cap)
+            and values.shape == (slots, heads, cap, width)
+            and slot.shape == (rows,)
+            and slot.dtype == torch.int64
+            and 0 <= position < cap
+            and all(t.is_contiguous() for t in (key, value, keys, values, slot))
+        )
+        if fits and rows:
+            fits = int(slot.min()) >= 0 and int(slot.max()) < slots
+        if not fits:
+            raise ValueError("attention: the new keys, values and caches do not fit together")
+        self._store(
+            key.data_ptr(),
+            value.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            slot.data_ptr(),
+            rows,
+            heads,
+            width,
+            cap,
+            position,
+        )
 
 
 @functools.cache

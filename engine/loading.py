@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine import attention, rowint8
+from engine import attention, rowint8, rowops
 from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
@@ -238,6 +238,7 @@ def load_model(
     eight_bit_cpu = scheme in ("torch-int8", "bnb-int8") and target.type == "cpu"
     if eight_bit_cpu:
         loaded.attention = attention.load()
+        _native_norms(network, rowops.load())
     if per_row:
         loaded.lora = attach(network, compact=eight_bit_cpu)
     loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
@@ -284,6 +285,16 @@ def _faster(module: torch.nn.Module) -> torch.nn.Module | None:
     if isinstance(module, T5LayerNorm) and module.weight.dtype == torch.float32:
         return FusedRMSNorm(module.weight, module.variance_epsilon)
     return None
+
+
+def _native_norms(network: torch.nn.Module, kernel: rowops.Kernel | None) -> None:
+    """The fp32 layer norms through the C kernel (an 8-bit CPU model: engine/rowops.py)."""
+    if kernel is None:
+        return
+    for parent in list(network.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, FusedRMSNorm):
+                setattr(parent, name, rowops.NativeRMSNorm(child.weight, child.eps, kernel))
 
 
 class FusedRMSNorm(torch.nn.Module):

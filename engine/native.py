@@ -28,7 +28,7 @@ from typing import TypeVar
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-STEMS = ("lowrank", "attend")
+STEMS = ("lowrank", "attend", "rows")
 COMMON_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fopenmp")
 TARGETS = {
     "avx512": ("-mavx512f", "-mfma", "-mf16c"),

@@ -23,6 +23,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from engine import rowops
+
 # The fixed activation grid: x / m lies in [-1, 1]; 63 steps a side keeps the products inside
 # the 16-bit pair sums of fbgemm's AVX2 kernel (the same 7-bit range as reduce_range=True).
 GRID_SCALE = 1.0 / 63
@@ -73,6 +75,22 @@ class RowScale(LastInput[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def _scale_rows(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    kernel = rowops.load()
+    if kernel is not None and hidden.dtype == torch.float32 and hidden.dim() > 0:
+        return kernel.scale(hidden)  # bitwise the same as below, in one pass
+    return scale_rows_torch(hidden)
+
+
+def _rescale(out: torch.Tensor, peak: torch.Tensor) -> None:
+    kernel = rowops.load()
+    if kernel is not None and out.dtype == torch.float32 and out.is_contiguous():
+        kernel.rescale(out, peak)  # bitwise `mul_`, without waking other threads
+    else:
+        out.mul_(peak)
+
+
+def scale_rows_torch(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden / m, m) in torch ops: m each row's largest magnitude."""
     # An all-zero row divides by the smallest normal float: zeros in, zeros out.
     peak = hidden.abs().amax(-1, keepdim=True).clamp_min_(_TINY)
     return hidden / peak, peak
@@ -82,7 +100,7 @@ def _row_int8(hidden: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> t
     """The product itself, without any caching: scale each row, multiply, scale back."""
     scaled, peak = _scale_rows(hidden)
     out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, packed)
-    out.mul_(peak)
+    _rescale(out, peak)
     if bias is not None:
         out.add_(bias)
     return out
@@ -105,7 +123,7 @@ class RowInt8Linear(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         scaled, peak = self.scale(hidden)
         out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, self.packed)
-        out.mul_(peak)
+        _rescale(out, peak)
         if self.bias is not None:
             out.add_(self.bias)
         return out

@@ -161,8 +161,14 @@ class T5DecoderStep:
             rows = hidden.shape[0]
             shape = (rows, self.heads, self.head_dim)
             key, value = attention.k(normed).reshape(shape), attention.v(normed).reshape(shape)
-            self.keys[index][self.slot, :, :, position] = key.clamp(-HALF_MAX, HALF_MAX).half()
-            self.values[index][self.slot, :, position] = value.clamp(-HALF_MAX, HALF_MAX).half()
+            self.kernel.store(
+                key.contiguous(),
+                value.contiguous(),
+                self.keys[index],
+                self.values[index],
+                self.slot,
+                position,
+            )
             ends = torch.full((rows,), end, dtype=torch.long)
             query = attention.q(normed).reshape(shape).contiguous()
             out = self._attend(query, self.keys[index], self.values[index], bias, ends)

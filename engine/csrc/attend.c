@@ -139,3 +139,25 @@ void attend_run(const float *q, const uint16_t *k, const uint16_t *v, const floa
         }
     }
 }
+
+/* A decoder step's new keys and values into the caches: for each row r, head h and coordinate
+ * d, K[slot[r]][h][d][position] and V[slot[r]][h][position][d] get key[r][h][d] and
+ * value[r][h][d] (fp32), clamped to half precision's largest finite value and rounded to
+ * nearest even (what torch's `clamp(...).half()` gives). One call per layer where torch's
+ * indexed assignment took two (about 110 us each at 16 rows, most of it indexing). */
+void attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
+                  const int64_t *slot, int rows, int H, int D, long cap, long position) {
+    const float top = 65504.0f;
+    for (int r = 0; r < rows; r++) {
+        for (int h = 0; h < H; h++) {
+            const long sh = slot[r] * H + h, rh = ((long)r * H + h) * D;
+            uint16_t *kcol = k + sh * D * cap + position, *vrow = v + (sh * cap + position) * D;
+            for (int d = 0; d < D; d++) {
+                const float kd = fminf(fmaxf(key[rh + d], -top), top);
+                const float vd = fminf(fmaxf(value[rh + d], -top), top);
+                kcol[d * cap] = _cvtss_sh(kd, _MM_FROUND_TO_NEAREST_INT);
+                vrow[d] = _cvtss_sh(vd, _MM_FROUND_TO_NEAREST_INT);
+            }
+        }
+    }
+}

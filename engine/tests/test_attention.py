@@ -219,3 +219,49 @@ def test_the_image_build_prebuilds_the_attention_library(
     kernel = attention.load()
     assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
     assert not fresh.exists()
+
+
+@needs_kernel
+def test_a_steps_keys_and_values_are_stored_as_torchs_indexed_assignment_stores_them(
+    kernels: list[attention.Kernel],
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    slots, heads, width, cap = 6, 3, 20, 11
+    key = torch.randn(4, heads, width, generator=generator) * 300
+    value = torch.randn(4, heads, width, generator=generator) * 300
+    key[0, 0, :3] = torch.tensor([1e6, -1e6, 1.0 + 2**-11])  # clamped; a tie rounds to even
+    value[1, 2, :2] = torch.tensor([-7e4, 65519.0])
+    slot = torch.tensor([4, 0, 5, 2])
+    for kernel in kernels:
+        keys = torch.randn(slots, heads, width, cap, generator=generator).half()
+        values = torch.randn(slots, heads, cap, width, generator=generator).half()
+        expected_keys, expected_values = keys.clone(), values.clone()
+        expected_keys[slot, :, :, 7] = key.clamp(-attention.HALF_MAX, attention.HALF_MAX).half()
+        expected_values[slot, :, 7] = value.clamp(-attention.HALF_MAX, attention.HALF_MAX).half()
+        kernel.store(key, value, keys, values, slot, 7)
+        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+
+@needs_kernel
+def test_a_store_that_does_not_fit_is_an_error_not_a_stray_write(
+    kernels: list[attention.Kernel],
+) -> None:
+    kernel = kernels[0]
+    keys = torch.zeros(3, 2, 8, 5).half()
+    values = torch.zeros(3, 2, 5, 8).half()
+    key = value = torch.zeros(2, 2, 8)
+    slot = torch.tensor([0, 2])
+    wrong = [
+        (key, value, keys, values, torch.tensor([0, 3]), 1),  # a slot past the buffers
+        (key, value, keys, values, torch.tensor([-1, 0]), 1),  # a negative slot
+        (key, value, keys, values, slot, 5),  # a column past the caches
+        (key, value, keys, values, slot, -1),
+        (key.half(), value, keys, values, slot, 1),  # half-precision input
+        (key, value, keys.float(), values, slot, 1),  # fp32 caches
+        (key[:1], value, keys, values, slot, 1),  # one key for two rows
+        (key, value, keys, values, slot[:1], 1),
+    ]
+    for args in wrong:
+        with pytest.raises(ValueError, match="do not fit"):
+            kernel.store(*args)
+    assert not keys.any() and not values.any()

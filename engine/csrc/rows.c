@@ -1,0 +1,87 @@
+/* Row-wise passes of an 8-bit model's step on the CPU, each row whole on one thread, with the
+ * same operations in the same order whatever the batch holds (a row's result does not depend
+ * on its batch-mates, bitwise):
+ *
+ * - rows_rms_norm: T5's layer norm (RMS, no mean, no bias): out = w * x / sqrt(mean(x^2) + eps),
+ *   where torch's composite rms_norm took six ops (about 95 us a call at 16 rows);
+ * - rows_scale: each row's largest magnitude m (at least the smallest normal float) and x / m,
+ *   bitwise what engine/rowint8.py's torch ops give (abs, amax, clamp, an IEEE division), in
+ *   one pass instead of four (73 calls a step);
+ * - rows_rescale: x *= m, each row by its own m (torch's `mul_`, bitwise), after the product.
+ *
+ * A pass runs on `threads` threads only when it is large (an encoder pass): at a decoder step's
+ * few rows, waking the other threads and waiting for them at the end cost more than the pass
+ * (torch parallelizes an elementwise op from 32768 elements, 16 rows of a fused product).
+ *
+ * rows is every position of the input (a batch's rows times their positions), width the last
+ * axis; all arrays are packed fp32. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+
+#include "simd.h"
+
+/* Below this many elements a pass stays on the calling thread. */
+#define PARALLEL_FROM (1L << 18)
+
+static void rms_row(const float *x, const float *w, float *out, int width, float eps) {
+    vf acc = ZERO();
+    int i = 0;
+    for (; i + L <= width; i += L) {
+        const vf a = LOADF(x + i);
+        acc = FMA(a, a, acc);
+    }
+    float sum = hsum(acc);
+    for (; i < width; i++) sum = fmaf(x[i], x[i], sum);
+    const float scale = 1.0f / sqrtf(sum / (float)width + eps);
+    const vf s = SET1(scale);
+    for (i = 0; i + L <= width; i += L) STOREF(out + i, MUL(LOADF(w + i), MUL(LOADF(x + i), s)));
+    for (; i < width; i++) out[i] = w[i] * (x[i] * scale);
+}
+
+void rows_rms_norm(const float *x, const float *w, float *out, long rows, int width, float eps,
+                   int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows * width >= PARALLEL_FROM) schedule(static)
+    for (long r = 0; r < rows; r++) rms_row(x + r * width, w, out + r * width, width, eps);
+}
+
+static void scale_row(const float *x, float *scaled, float *peak, int width) {
+    vf top = ZERO();
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + L <= width; i += L) top = MAXV(top, _mm512_abs_ps(LOADF(x + i)));
+#else
+    const vf sign = SET1(-0.0f);
+    for (; i + L <= width; i += L) top = MAXV(top, _mm256_andnot_ps(sign, LOADF(x + i)));
+#endif
+    float m = hmax(top);
+    for (; i < width; i++) m = fmaxf(m, fabsf(x[i]));
+    if (!(m >= FLT_MIN)) m = FLT_MIN; /* an all-zero row: zeros in, zeros out */
+    *peak = m;
+#if defined(__AVX512F__)
+    const vf d = SET1(m);
+    for (i = 0; i + L <= width; i += L) STOREF(scaled + i, _mm512_div_ps(LOADF(x + i), d));
+#else
+    const vf d = SET1(m);
+    for (i = 0; i + L <= width; i += L) STOREF(scaled + i, _mm256_div_ps(LOADF(x + i), d));
+#endif
+    for (; i < width; i++) scaled[i] = x[i] / m;
+}
+
+void rows_scale(const float *x, float *scaled, float *peak, long rows, int width, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows * width >= PARALLEL_FROM) schedule(static)
+    for (long r = 0; r < rows; r++) scale_row(x + r * width, scaled + r * width, peak + r, width);
+}
+
+static void rescale_row(float *x, float m, int width) {
+    const vf s = SET1(m);
+    int i = 0;
+    for (; i + L <= width; i += L) STOREF(x + i, MUL(LOADF(x + i), s));
+    for (; i < width; i++) x[i] *= m;
+}
+
+void rows_rescale(float *x, const float *peak, long rows, int width, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows * width >= PARALLEL_FROM) schedule(static)
+    for (long r = 0; r < rows; r++) rescale_row(x + r * width, peak[r], width);
+}
