@@ -101,6 +101,8 @@ class T5DecoderStep:
         self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
+        # A step's column bounds for the kernel (every row's end; 0 for cross-attention's start).
+        self._ends = self._no_start = torch.zeros(0, dtype=torch.long)
         # The column each row joined at (all 0 in a batch nobody joined: then no mask).
         self.starts = torch.zeros(rows, dtype=torch.long, device=encoded.device)
         self.joined = False  # some row starts after column 0 (read every step: a plain bool)
@@ -125,6 +127,9 @@ class T5DecoderStep:
         position = self.length
         hidden = self.decoder.embed_tokens(tokens)
         bias = self._self_bias(hidden.device, position)
+        if self.kernel is not None:  # the kernel's column bounds, the same in every layer
+            self._ends = torch.full((self.rows,), position + 1, dtype=torch.long)
+            self._no_start = torch.zeros(self.rows, dtype=torch.long)
         for index, block in enumerate(self.blocks):
             hidden = self._self_attention(index, block.layer[0], hidden, bias, position)
             hidden = self._cross_attention(index, block.layer[1], hidden)
@@ -169,9 +174,8 @@ class T5DecoderStep:
                 self.slot,
                 position,
             )
-            ends = torch.full((rows,), end, dtype=torch.long)
             query = attention.q(normed).reshape(shape).contiguous()
-            out = self._attend(query, self.keys[index], self.values[index], bias, ends)
+            out = self._attend(query, self.keys[index], self.values[index], bias, self._ends)
             projected: Tensor = attention.o(out)
             return hidden + projected
         self.keys[index][:, :, position:end] = self._split(attention.k(normed))
@@ -188,8 +192,7 @@ class T5DecoderStep:
         if self.kernel is not None:
             query = attention.q(layer.layer_norm(hidden))
             query = query.reshape(-1, self.heads, self.head_dim).contiguous()
-            zero = torch.zeros_like(self.cross_length)
-            out = self._attend(query, keys, values, None, self.cross_length, zero)
+            out = self._attend(query, keys, values, None, self.cross_length, self._no_start)
             crossed: Tensor = attention.o(out)
             return hidden + crossed
         query = self._split(attention.q(layer.layer_norm(hidden)))

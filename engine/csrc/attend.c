@@ -113,12 +113,24 @@ static void mix(float *s, long n, const uint16_t *v, int D, long lo, float *out)
     for (int d = vd; d < D; d++) out[d] = tail[d] * inverse;
 }
 
+/* Whether every row's slot is one of the buffers' and its columns lie in [0, limit). */
+static int rows_fit(const int64_t *slot, const int64_t *lo, const int64_t *hi, int rows,
+                    long slots, long limit) {
+    for (int r = 0; r < rows; r++)
+        if (slot[r] < 0 || slot[r] >= slots || lo[r] < 0 || hi[r] > limit) return 0;
+    return 1;
+}
+
 /* q, out (rows, H, D) fp32; k (slots, H, D, cap) and v (slots, H, cap, D) half precision, row
  * r's in slot[r]; bias (H, bias_stride) fp32 or NULL; lo, hi (rows) the columns each row
- * attends to (hi <= cap); scratch holds threads x (cap + L) floats. */
-void attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float *bias,
-                long bias_stride, const int64_t *slot, const int64_t *lo, const int64_t *hi,
-                float *out, float *scratch, int rows, int H, int D, long cap, int threads) {
+ * attends to; scratch holds threads x (cap + L) floats. Returns -1, having read nothing, where
+ * a slot is not one of the buffers' or a column lies outside [0, cap) (or past the bias). */
+int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float *bias,
+               long bias_stride, const int64_t *slot, const int64_t *lo, const int64_t *hi,
+               float *out, float *scratch, int rows, int H, int D, long cap, long slots,
+               int threads) {
+    const long limit = bias && bias_stride < cap ? bias_stride : cap;
+    if (!rows_fit(slot, lo, hi, rows, slots, limit)) return -1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *s = scratch + (long)omp_get_thread_num() * (cap + L);
@@ -138,16 +150,22 @@ void attend_run(const float *q, const uint16_t *k, const uint16_t *v, const floa
             }
         }
     }
+    return 0;
 }
 
 /* A decoder step's new keys and values into the caches: for each row r, head h and coordinate
  * d, K[slot[r]][h][d][position] and V[slot[r]][h][position][d] get key[r][h][d] and
  * value[r][h][d] (fp32), clamped to half precision's largest finite value and rounded to
  * nearest even (what torch's `clamp(...).half()` gives). One call per layer where torch's
- * indexed assignment took two (about 110 us each at 16 rows, most of it indexing). */
-void attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
-                  const int64_t *slot, int rows, int H, int D, long cap, long position) {
+ * indexed assignment took two (about 110 us each at 16 rows, most of it indexing). Returns -1,
+ * having written nothing, where a slot is not one of the buffers' or the column is not the
+ * caches'. */
+int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
+                 const int64_t *slot, int rows, int H, int D, long cap, long slots, long position) {
     const float top = 65504.0f;
+    if (position < 0 || position >= cap) return -1;
+    for (int r = 0; r < rows; r++)
+        if (slot[r] < 0 || slot[r] >= slots) return -1; /* nothing written */
     for (int r = 0; r < rows; r++) {
         for (int h = 0; h < H; h++) {
             const long sh = slot[r] * H + h, rh = ((long)r * H + h) * D;
@@ -160,4 +178,5 @@ void attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v
             }
         }
     }
+    return 0;
 }
