@@ -1,8 +1,9 @@
 """The engine's C kernels (engine/csrc/*.c), built for this CPU and loaded with ctypes.
 
-- simd.h: the vector vocabulary both share;
+- simd.h: the vector vocabulary they share;
 - lowrank.c: the per-row LoRA side path on an 8-bit CPU base (engine/lowrank.py);
-- attend.c: a decoder step's attention over half-precision caches (engine/attention.py).
+- attend.c: a decoder step's attention over half-precision caches (engine/attention.py);
+- rows.c: an 8-bit model's layer norms and int8 row scaling (engine/rowops.py).
 
 Each library is compiled with the host's C compiler (`CC`, else `cc`) the first time a model
 process needs it, for AVX-512 or for AVX2 with FMA and F16C (whichever the CPU runs), and kept
