@@ -1,12 +1,16 @@
 """Row-wise passes of an 8-bit CPU model in C (engine/csrc/rows.c): T5's layer norm and the
 per-row activation scaling of engine/rowint8.py.
 
-At 16 rows of flan-t5-base a decoder step made 73 int8 products, each after four small torch
-ops that scale its input's rows (about 50 us together), and 37 layer norms that torch's
-composite `rms_norm` ran as six ops (about 95 us each): a fifth of the step in dispatch and
-passes over a few kilobytes. One call each here. Both keep each row whole on one thread, so a
-row's result does not depend on its batch-mates; the scaling is bitwise what the torch ops
-give (tested), so it is used wherever the library loads.
+A decoder step of flan-t5-base makes 73 int8 products, each after four small torch ops that
+scale its input's rows and before a `mul_` that scales the product back, and 37 layer norms
+that torch's `rms_norm` runs as a composite of six ops on the CPU. At a step's few rows that is
+dispatch more than arithmetic (16 rows in isolation: the scaling 14 against 12 us here, the
+norm 19 against 8), and from 32768 elements (16 rows of a fused product) torch runs an
+elementwise op on several threads, each time a barrier the model thread waits at. One call
+each here, on the calling thread unless the pass is large (an encoder pass). Each row is whole
+on one thread, so a row's result does not depend on its batch-mates; the scaling and the
+rescaling are bitwise what the torch ops give (tested), so they are used wherever the library
+loads.
 
 Built and found by engine/native.py; without a compiler or a CPU with AVX2 and F16C, or with
 INFERENCE_ROWS_KERNEL=off, `load()` returns None and both stay in torch.

@@ -157,7 +157,8 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
  * d, K[slot[r]][h][d][position] and V[slot[r]][h][position][d] get key[r][h][d] and
  * value[r][h][d] (fp32), clamped to half precision's largest finite value and rounded to
  * nearest even (what torch's `clamp(...).half()` gives). One call per layer where torch's
- * indexed assignment took two (about 110 us each at 16 rows, most of it indexing). Returns -1,
+ * indexed assignment took two (at 16 rows in 32 slots of 100 columns, 390 us against 210 here
+ * for the keys alone, on cold caches: the writes are a column apart). Returns -1,
  * having written nothing, where a slot is not one of the buffers' or the column is not the
  * caches'. */
 int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,

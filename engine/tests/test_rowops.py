@@ -128,3 +128,16 @@ def test_the_kernels_can_be_turned_off(
     scaled, peak = rowint8._scale_rows(hidden)  # the torch ops, the same numbers
     assert torch.equal(scaled, rowint8.scale_rows_torch(hidden)[0])
     assert not fresh.exists()  # nothing built
+
+
+def test_a_row_holding_nan_or_infinity_scales_as_torchs_ops_scale_it(
+    kernels: list[rowops.Kernel],
+) -> None:
+    hidden = torch.randn(4, 37)
+    hidden[0, 3], hidden[1, 36], hidden[2, 20] = float("nan"), float("nan"), float("inf")
+    expected_scaled, expected_peak = rowint8.scale_rows_torch(hidden)
+    for kernel in kernels:
+        scaled, peak = kernel.scale(hidden)
+        assert peak[:2].isnan().all() and peak[2].isinf().all()
+        torch.testing.assert_close(peak, expected_peak, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(scaled, expected_scaled, rtol=0, atol=0, equal_nan=True)
