@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine import attention, rowint8, rowops
+from engine import attention, native, rowint8, rowops
 from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
@@ -341,12 +341,47 @@ def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
 def _quantize_rows_int8(network: Any) -> Any:
     """Every Linear to row-scaled int8 in place, then let go of the checkpoint's file."""
     rowint8.quantize_rows(network, FUSED_T5)
+    if encoder_kernel() == "onednn":
+        _encoder_to_onednn(network)
     own_memory(network)
     gc.collect()
     # Hand the freed fp32 pages back to the OS.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     return network
+
+
+def encoder_kernel() -> str:
+    """Which kernel a torch-int8 model's encoder products run on (INFERENCE_ENCODER_KERNEL):
+    `onednn` where oneDNN takes AMX for them (auto: a CPU with AMX's int8 instructions), else
+    `fbgemm`, as the decoder's always do (docs/engine.md, "The encoder's products on AMX")."""
+    wanted = os.environ.get("INFERENCE_ENCODER_KERNEL", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "fbgemm", "onednn"):
+        raise ModelLoadError(
+            f"INFERENCE_ENCODER_KERNEL={wanted!r}: expected auto, fbgemm or onednn."
+        )
+    if wanted == "fbgemm":
+        return "fbgemm"
+    usable = rowint8.onednn_supported() and rowops.load() is not None
+    if wanted == "onednn":
+        if not usable:
+            raise ModelLoadError(
+                "INFERENCE_ENCODER_KERNEL=onednn: this torch build has no oneDNN int8 ops "
+                "or the row kernels cannot be built here; use auto or fbgemm."
+            )
+        return "onednn"
+    return "onednn" if usable and "amx_int8" in native.cpu_flags() else "fbgemm"
+
+
+def _encoder_to_onednn(network: Any) -> None:
+    """The products that read the prompt's positions (the encoder's, and cross-attention's
+    keys and values in each decoder block) repacked for oneDNN; the decoder's step stays on
+    fbgemm (at a step's few rows AMX is slower)."""
+    rowint8.to_onednn(network.get_encoder())
+    for block in network.get_decoder().block:
+        group = getattr(block.layer[1].EncDecAttention.k, "group", None)
+        if isinstance(group, rowint8.FusedRowInt8):
+            rowint8.to_onednn(group)
 
 
 # T5's Linears that read one input, fused into one packed matrix each (about 10% faster, see

@@ -43,7 +43,7 @@ PREBUILT = Path(sys.prefix) / "lib" / "inference-node"
 def cpu_target(flags: set[str] | None = None) -> str | None:
     """The best target this CPU runs (None: neither)."""
     if flags is None:
-        flags = _cpu_flags()
+        flags = cpu_flags()
     if "avx512f" in flags and {"fma", "f16c"} <= flags:
         return "avx512"
     if {"avx2", "fma", "f16c"} <= flags:
@@ -57,7 +57,8 @@ def runnable_targets() -> list[str]:
     return [target for target in TARGETS if best in (target, "avx512")]
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -98,6 +98,11 @@ def scale_rows_torch(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _row_int8(hidden: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
     """The product itself, without any caching: scale each row, multiply, scale back."""
+    if isinstance(packed, OnednnPacked):
+        product = packed(hidden)
+        if bias is not None:
+            product.add_(bias)
+        return product
     scaled, peak = _scale_rows(hidden)
     out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, packed)
     _rescale(out, peak)
@@ -121,6 +126,8 @@ class RowInt8Linear(torch.nn.Module):
         self.scale = scale or RowScale()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.packed, OnednnPacked):
+            return _row_int8(hidden, self.packed, self.bias)
         scaled, peak = self.scale(hidden)
         out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, self.packed)
         _rescale(out, peak)
@@ -131,8 +138,7 @@ class RowInt8Linear(torch.nn.Module):
     def weight(self) -> torch.Tensor:
         # A method, as on torch.ao's dynamic Linear: transformers' T5 feed-forward probes
         # `wo.weight` and leaves the activations alone when it is not a tensor.
-        weight: torch.Tensor = torch.ops.quantized.linear_unpack(self.packed)[0]
-        return weight.dequantize()
+        return dequantized(self.packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -190,9 +196,75 @@ class RowInt8Slice(torch.nn.Module):
     def weight(self) -> torch.Tensor:
         # A method, as on RowInt8Linear (transformers probes `weight` and leaves methods alone).
         start, end = self.group.bounds[self.index]
-        weight: torch.Tensor = torch.ops.quantized.linear_unpack(self.group.packed)[0]
-        rows: torch.Tensor = weight.dequantize()[start:end]
-        return rows
+        return dequantized(self.group.packed)[start:end]
+
+
+def dequantized(packed: Any) -> torch.Tensor:
+    """The (out, in) fp32 weight a packed int8 matrix stands for."""
+    if isinstance(packed, OnednnPacked):
+        return packed.dequantized()
+    weight: torch.Tensor = torch.ops.quantized.linear_unpack(packed)[0]
+    return weight.dequantize()
+
+
+class OnednnPacked:
+    """The same int8 weight packed for oneDNN, whose products take AMX where the CPU has it.
+
+    On an Intel Xeon with AMX, an encoder pass's products (hundreds of rows) ran 4-6x faster in
+    oneDNN than in fbgemm, which has no AMX path (docs/benchmarks.md); at a decoder step's few
+    rows AMX is slower, so only the encoder is packed this way (`to_onednn`), one copy of each
+    weight as before. The activations are the same per-row grid: q = round(x / m * 63) + 64
+    (rowops' `quantize`, in C), the product's integer sums are exact, oneDNN multiplies them by
+    the weight's per-channel scale (the input's scale is 1, so once) and the row is scaled back
+    by m / 63: every step elementwise or per row, so a row's output is bitwise the same
+    whatever its batch-mates, the batch size or the kernel oneDNN picks for it.
+    """
+
+    def __init__(self, packed: Any) -> None:
+        quantized = torch.ops.quantized.linear_unpack(packed)[0]
+        weight = quantized.int_repr().contiguous()
+        self.out_features, self.in_features = weight.shape
+        self.scales = quantized.q_per_channel_scales().float().contiguous()
+        self.zeros = torch.zeros(self.out_features, dtype=torch.long)
+        self.packed = torch.ops.onednn.qlinear_prepack(weight, None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        kernel = rowops.load()
+        if kernel is None:
+            raise RuntimeError("oneDNN's int8 path needs the row kernels (engine/rowops.py)")
+        quantized, factor = kernel.quantize(hidden)
+        out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+            quantized, 1.0, GRID_ZERO, self.packed, self.scales, self.zeros, None,
+            1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
+        kernel.rescale(out, factor)
+        return out.view(*hidden.shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        # oneDNN keeps no unpacked copy: the product of the identity, 63 on the grid, is each
+        # input's column of weights times 63 (exact integers), scaled back.
+        identity = torch.eye(self.in_features)
+        return self(identity).t().contiguous()
+
+
+def onednn_supported() -> bool:
+    """Whether this torch build has oneDNN's int8 linear ops."""
+    ops = torch.ops.onednn
+    return bool(torch._C._has_mkldnn) and all(
+        hasattr(ops, name) for name in ("qlinear_prepack", "qlinear_pointwise")
+    )
+
+
+def to_onednn(network: torch.nn.Module) -> int:
+    """Repack every row-scaled int8 matrix under network for oneDNN; how many."""
+    count = 0
+    for module in network.modules():
+        if isinstance(module, RowInt8Linear | FusedRowInt8) and not isinstance(
+            module.packed, OnednnPacked
+        ):
+            module.packed = OnednnPacked(module.packed)
+            count += 1
+    return count
 
 
 def pack_weight(weight: torch.Tensor) -> Any:

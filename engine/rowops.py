@@ -39,6 +39,9 @@ class Kernel:
         self._scale = library.rows_scale
         self._scale.argtypes = [pointer] * 3 + [long, integer, integer]
         self._scale.restype = None
+        self._quantize = library.rows_quantize
+        self._quantize.argtypes = [pointer] * 3 + [long, integer, integer]
+        self._quantize.restype = None
         self._rescale = library.rows_rescale
         self._rescale.argtypes = [pointer] * 2 + [long, integer, integer]
         self._rescale.restype = None
@@ -65,6 +68,20 @@ class Kernel:
         threads = torch.get_num_threads()
         self._scale(hidden.data_ptr(), scaled.data_ptr(), peak.data_ptr(), rows, width, threads)
         return scaled, peak
+
+    def quantize(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, m / 63): each row on the 7-bit grid as uint8, q = round(hidden / m * 63) + 64,
+        m its largest magnitude (as `scale`); (rows, width) and (rows, 1), rows every position."""
+        hidden = _packed(hidden)
+        width = hidden.shape[-1]
+        rows = hidden.numel() // max(1, width)
+        quantized = torch.empty((rows, width), dtype=torch.uint8)
+        factor = torch.empty((rows, 1))
+        threads = torch.get_num_threads()
+        self._quantize(
+            hidden.data_ptr(), quantized.data_ptr(), factor.data_ptr(), rows, width, threads
+        )
+        return quantized, factor
 
     def rescale(self, out: torch.Tensor, peak: torch.Tensor) -> None:
         """out *= peak in place, each row by its own (peak: out's shape with a last axis of 1)."""

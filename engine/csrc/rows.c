@@ -77,6 +77,7 @@ static void scale_row(const float *x, float *scaled, float *peak, int width) {
     else if (m < FLT_MIN)
         m = FLT_MIN; /* an all-zero row: zeros in, zeros out */
     *peak = m;
+    if (!scaled) return;
 #if defined(__AVX512F__)
     const vf d = SET1(m);
     for (i = 0; i + L <= width; i += L) STOREF(scaled + i, _mm512_div_ps(LOADF(x + i), d));
@@ -102,4 +103,37 @@ static void rescale_row(float *x, float m, int width) {
 void rows_rescale(float *x, const float *peak, long rows, int width, int threads) {
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows * width >= PARALLEL_FROM) schedule(static)
     for (long r = 0; r < rows; r++) rescale_row(x + r * width, peak[r], width);
+}
+
+/* For oneDNN's int8 product (engine/rowint8.py, OnednnPacked): each row's largest magnitude m
+ * (as rows_scale), the row on the fixed 7-bit grid, q = round(x / m * 63) + 64 in [1, 127]
+ * (rounded half to even), and m / 63, what the product's integer sums are multiplied by. A row
+ * holding NaN gets q = 64 (zero) and a NaN factor: NaN out, as in torch. */
+static void quantize_row(const float *x, uint8_t *q, float *factor, int width) {
+    float m;
+    scale_row(x, 0, &m, width); /* the peak alone: scaled is not written */
+    if (isnan(m)) {
+        for (int i = 0; i < width; i++) q[i] = 64;
+        *factor = NAN;
+        return;
+    }
+    int i = 0;
+#if defined(__AVX512F__)
+    const vf d = SET1(m), steps = SET1(63.0f), low = SET1(-63.0f), zero = SET1(64.0f);
+    for (; i + L <= width; i += L) {
+        vf v = ROUND(MUL(_mm512_div_ps(LOADF(x + i), d), steps));
+        v = ADD(_mm512_min_ps(MAXV(v, low), steps), zero);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+#endif
+    for (; i < width; i++) { /* the same operations, one lane */
+        const float v = nearbyintf((x[i] / m) * 63.0f);
+        q[i] = (uint8_t)(int)(fminf(fmaxf(v, -63.0f), 63.0f) + 64.0f);
+    }
+    *factor = m * (1.0f / 63.0f);
+}
+
+void rows_quantize(const float *x, uint8_t *q, float *factor, long rows, int width, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows * width >= PARALLEL_FROM) schedule(static)
+    for (long r = 0; r < rows; r++) quantize_row(x + r * width, q + r * width, factor + r, width);
 }

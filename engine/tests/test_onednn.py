@@ -1,0 +1,118 @@
+"""An int8 model's encoder products on oneDNN (engine/rowint8.py OnednnPacked, AMX where the CPU
+has it): a row's output bitwise the same whatever its mates, the batch size and the thread
+count; within the grid's rounding of fbgemm's; the encoder and cross-attention's keys and values
+repacked, the decoder's step left on fbgemm; INFERENCE_ENCODER_KERNEL read and refused as
+documented; through the engine, a request's tokens the same alone and beside others."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import native, rowint8, rowops
+from engine.loading import ModelLoadError, encoder_kernel, load_model
+from engine.rowint8 import FusedRowInt8, OnednnPacked, RowInt8Linear
+from engine.testing import generate, running_engine, tiny_config
+
+pytestmark = pytest.mark.skipif(
+    not rowint8.onednn_supported() or native.cpu_target() is None,
+    reason="needs torch's oneDNN int8 ops and the row kernels",
+)
+
+
+def _weights(outputs: int = 192, inputs: int = 256) -> tuple[torch.Tensor, OnednnPacked, object]:
+    weight = torch.randn(outputs, inputs, generator=torch.Generator().manual_seed(0)) * 0.05
+    packed = rowint8.pack_weight(weight)
+    return weight, OnednnPacked(packed), packed
+
+
+def test_a_rows_output_is_bitwise_the_same_whatever_its_mates_batch_and_threads() -> None:
+    _, onednn, _ = _weights()
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 130, 256, generator=generator)
+    hidden[1] *= 50  # loud mates
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        whole = rowint8._row_int8(hidden, onednn, None)
+        torch.set_num_threads(1)
+        for batch, start, length in ((0, 0, 1), (0, 7, 17), (2, 3, 127), (2, 129, 1)):
+            part = hidden[batch : batch + 1, start : start + length]
+            alone = rowint8._row_int8(part, onednn, None)
+            assert torch.equal(alone, whole[batch : batch + 1, start : start + length])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_it_is_fbgemms_product_within_the_grids_rounding() -> None:
+    weight, onednn, fbgemm = _weights()
+    hidden = torch.randn(9, 256, generator=torch.Generator().manual_seed(2))
+    hidden[4] = 0.0
+    exact = hidden @ weight.t()
+    ours, theirs = rowint8._row_int8(hidden, onednn, None), rowint8._row_int8(hidden, fbgemm, None)
+    assert not ours[4].any()
+    assert (ours - exact).abs().max() < 0.06 and (ours - theirs).abs().max() < 0.02
+    bias = torch.randn(192)
+    assert torch.equal(rowint8._row_int8(hidden, onednn, bias), ours + bias)
+    assert torch.allclose(onednn.dequantized(), rowint8.dequantized(fbgemm), atol=1e-6)
+    hidden[2, 5] = float("nan")
+    out = rowint8._row_int8(hidden, onednn, None)
+    assert out[2].isnan().all() and torch.isfinite(out[torch.arange(9) != 2]).all()
+
+
+def test_only_the_products_that_read_the_prompt_are_repacked(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "onednn")
+    model = load_model(str(tiny_model_dir), quantization="torch-int8").model
+
+    def kinds(network: torch.nn.Module) -> set[type]:
+        modules = network.modules()
+        return {type(m.packed) for m in modules if isinstance(m, RowInt8Linear | FusedRowInt8)}
+
+    assert kinds(model.get_encoder()) == {OnednnPacked}
+    for block in model.get_decoder().block:
+        assert isinstance(block.layer[1].EncDecAttention.k.group.packed, OnednnPacked)
+        assert not isinstance(block.layer[0].SelfAttention.q.group.packed, OnednnPacked)
+        assert OnednnPacked not in kinds(block.layer[2])
+    assert not isinstance(model.lm_head.packed, OnednnPacked)
+
+
+def test_the_setting_picks_and_refuses_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "fbgemm")
+    assert encoder_kernel() == "fbgemm"
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"avx512f", "fma", "f16c"})
+    assert encoder_kernel() == "fbgemm"  # no AMX: fbgemm
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"avx512f", "amx_int8", "amx_tile"})
+    assert encoder_kernel() == "onednn"
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "amx please")
+    with pytest.raises(ModelLoadError, match="expected auto, fbgemm or onednn"):
+        encoder_kernel()
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "onednn")
+    monkeypatch.setattr(rowint8, "onednn_supported", lambda: False)
+    with pytest.raises(ModelLoadError, match="use auto or fbgemm"):
+        encoder_kernel()
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")
+    assert encoder_kernel() == "fbgemm"  # auto falls back quietly
+    monkeypatch.setattr(rowops, "load", lambda: None)
+    monkeypatch.setattr(rowint8, "onednn_supported", lambda: True)
+    assert encoder_kernel() == "fbgemm"  # no row kernels, no oneDNN path
+
+
+def test_a_requests_tokens_are_the_same_alone_and_beside_others(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "onednn")
+    prompts = ["reverse: a b c d e", "reverse: f g", "reverse: h i j k l m n o p q r s t"]
+    config = tiny_config(tiny_model_dir, quantization="torch-int8", max_batch=8)
+    with running_engine(config) as engine:
+
+        async def together() -> list[str]:
+            tasks = [generate(engine, prompt, max_tokens=12) for prompt in prompts]
+            return [result.text for result in await asyncio.gather(*tasks)]
+
+        alone = [asyncio.run(generate(engine, prompt, max_tokens=12)).text for prompt in prompts]
+        assert asyncio.run(together()) == alone
+        assert len(set(alone)) > 1  # the prompts answer differently: the rows are told apart
