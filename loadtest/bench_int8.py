@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.rowint8 import RowInt8Linear, RowScale  # noqa: E402
+from engine.rowint8 import OnednnPacked, RowInt8Linear, RowScale  # noqa: E402
 
 SHAPES = ((768, 768), (768, 2048), (2048, 768))
 ROWS = (1, 16)
@@ -265,7 +265,9 @@ def model_bytes(network: torch.nn.Module) -> int:
     total = sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
     for module in network.modules():
         packed = getattr(module, "packed", None)
-        if packed is not None:
+        if isinstance(packed, OnednnPacked):  # oneDNN's opaque blocked copy: a byte a weight
+            total += packed.packed.numel() + packed.out_features * 16
+        elif packed is not None:
             weight = torch.ops.quantized.linear_unpack(packed)[0]
             total += weight.numel() + weight.shape[0] * 16
     return total
