@@ -1,11 +1,13 @@
 """The engine's test fixtures (a pytest plugin named in the root conftest, so the glue's tests
-use them too): engines on the tiny model, built per test and stopped after."""
+use them too): engines on the tiny model, built per test and stopped after; the C kernels
+found from scratch."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from engine import attention, lowrank, native, rowops
 from engine.runtime import Engine
 from engine.testing import start_ready, tiny_config
 
@@ -52,3 +54,17 @@ def any_engine(make_any_engine: Callable[..., Engine]) -> Engine:
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     """A ready fp32 engine on the tiny model with default batching."""
     return make_engine()
+
+
+@pytest.fixture
+def kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """The C kernels' `load()`s from scratch (engine/native.py), building into an empty cache
+    folder with nothing prebuilt; the process's own kernels again after."""
+    loaders = (attention.load, lowrank.load, rowops.load)
+    monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
+    for load in loaders:
+        load.cache_clear()
+    yield tmp_path / "cache"
+    for load in loaders:
+        load.cache_clear()

@@ -3,7 +3,6 @@ softmax attention in float64 on the same half-precision caches for every CPU tar
 machine runs, a row's result bitwise independent of its batch-mates, where its columns sit and
 the thread count, shapes that do not fit refused, and torch's path where it is turned off."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[attention.Kernel]:
     return [
         attention.Kernel(native.build("attend", t, folder), t) for t in native.runnable_targets()
     ]
-
-
-@pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
-    attention.load.cache_clear()
-    yield tmp_path / "cache"
-    attention.load.cache_clear()
 
 
 def _case(rows: int, heads: int, width: int, cap: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -204,21 +194,21 @@ def test_an_8bit_model_on_the_cpu_gets_the_kernel_and_fp32_does_not(
     assert (int8.attention is not None) == (native.cpu_target() is not None)
 
 
-def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernel_can_be_turned_off(kernel_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERENCE_ATTENTION_KERNEL", "off")
     assert attention.load() is None
-    assert not fresh.exists()  # nothing built
+    assert not kernel_cache.exists()  # nothing built
 
 
 @needs_kernel
 def test_the_image_build_prebuilds_the_attention_library(
-    fresh: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     assert native.main(["--build", str(tmp_path / "prebuilt")]) == 0
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
     kernel = attention.load()
     assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
-    assert not fresh.exists()
+    assert not kernel_cache.exists()
 
 
 @needs_kernel

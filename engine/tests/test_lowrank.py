@@ -5,7 +5,6 @@ base keeps for it, and torch's path wherever the kernel cannot be built."""
 
 import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +33,6 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[lowrank.Kernel]:
         lowrank.Kernel(native.build("lowrank", target, folder), target)
         for target in native.runnable_targets()
     ]
-
-
-@pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """load() from scratch, into an empty cache folder; the process's own kernel after."""
-    monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
-    lowrank.load.cache_clear()
-    yield tmp_path / "cache"
-    lowrank.load.cache_clear()
 
 
 def _tables(rows: int, n: int, rank: int, width_in: int, width: int) -> tuple[torch.Tensor, ...]:
@@ -145,25 +134,27 @@ def test_an_adapter_beyond_half_precisions_range_is_refused(
 
 
 @needs_kernel
-def test_a_built_library_is_kept_and_reused(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_built_library_is_kept_and_reused(
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = lowrank.load()
-    assert first is not None and first.path.parent == fresh
+    assert first is not None and first.path.parent == kernel_cache
     built = first.path.stat().st_mtime_ns
-    assert [p.name for p in fresh.iterdir()] == [first.path.name]  # no partial file left
+    assert [p.name for p in kernel_cache.iterdir()] == [first.path.name]  # no partial file left
     lowrank.load.cache_clear()
-    monkeypatch.setenv("CC", str(fresh / "no-compiler"))  # a second build would fail
+    monkeypatch.setenv("CC", str(kernel_cache / "no-compiler"))  # a second build would fail
     again = lowrank.load()
     assert again is not None and again.path == first.path
     assert again.path.stat().st_mtime_ns == built
 
 
 def test_without_a_compiler_the_side_path_stays_in_torch(
-    fresh: Path,
+    kernel_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     tiny_adapters: Path,
 ) -> None:
-    monkeypatch.setenv("CC", str(fresh / "no-compiler"))
+    monkeypatch.setenv("CC", str(kernel_cache / "no-compiler"))
     with caplog.at_level(logging.WARNING, logger="engine.native"):
         loaded = load_model(str(tiny_adapters), quantization="torch-int8", per_row=True)
     assert loaded.lora is not None and loaded.lora.state.kernel is None
@@ -181,10 +172,10 @@ def test_without_a_compiler_the_side_path_stays_in_torch(
     assert (adapted - plain).abs().max() > 1e-3
 
 
-def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernel_can_be_turned_off(kernel_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERENCE_ADAPTER_KERNEL", "off")
     assert lowrank.load() is None
-    assert not fresh.exists()  # nothing built
+    assert not kernel_cache.exists()  # nothing built
 
 
 def test_the_cpu_target_follows_the_cpus_flags() -> None:
@@ -205,14 +196,14 @@ def tiny_adapters(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @needs_kernel
 def test_a_prebuilt_library_is_used_without_a_compiler(
-    fresh: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # What deploy/Dockerfile's build stage runs; the runtime image has no compiler.
     assert native.main(["--build", str(tmp_path / "prebuilt")]) == 0
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
     kernel = lowrank.load()
     assert kernel is not None and kernel.path.parent == tmp_path / "prebuilt"
-    assert not fresh.exists()
+    assert not kernel_cache.exists()
 
 
 @needs_kernel

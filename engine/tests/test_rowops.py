@@ -4,7 +4,6 @@ transformers' within rounding and a row's result bitwise independent of its batc
 the thread count, for every CPU target this machine runs; inputs that do not fit refused; an
 8-bit model on the CPU gets the norm, other models and `off` keep torch's."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> list[rowops.Kernel]:
     """The library built for each target this CPU runs (AVX-512 machines run both)."""
     folder = tmp_path_factory.mktemp("kernels")
     return [rowops.Kernel(native.build("rows", t, folder), t) for t in native.runnable_targets()]
-
-
-@pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
-    rowops.load.cache_clear()
-    yield tmp_path / "cache"
-    rowops.load.cache_clear()
 
 
 def _input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -118,16 +108,17 @@ def test_an_8bit_model_on_the_cpu_gets_the_kernels_norm_and_fp32_keeps_torchs(
 
 
 def test_the_kernels_can_be_turned_off(
-    fresh: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+    kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
 ) -> None:
     monkeypatch.setenv("INFERENCE_ROWS_KERNEL", "off")
+    monkeypatch.setenv("INFERENCE_ATTENTION_KERNEL", "off")  # the model would build that one
     assert rowops.load() is None
     int8 = load_model(str(tiny_model_dir), quantization="torch-int8")
     assert rowops.NativeRMSNorm not in {type(m) for m in int8.model.modules()}
     hidden = _input((2, 3, 40))
     scaled, peak = rowint8._scale_rows(hidden)  # the torch ops, the same numbers
     assert torch.equal(scaled, rowint8.scale_rows_torch(hidden)[0])
-    assert not fresh.exists()  # nothing built
+    assert not kernel_cache.exists()  # nothing built
 
 
 def test_a_row_holding_nan_or_infinity_scales_as_torchs_ops_scale_it(
