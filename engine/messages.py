@@ -165,6 +165,7 @@ class ModelFacts:
     max_input_tokens: int
     load_seconds: float
     encoder_layers: int = 0  # the server bounds newcomers' groups by it (prefill_group_limit)
+    heap_frozen: int = 0  # objects the model process set aside from its collector (settle_heap)
 
 
 @dataclass(frozen=True, slots=True)

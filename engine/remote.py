@@ -74,6 +74,7 @@ class ModelProcess:
         # picks who goes next (at most one group waits there while a pass runs).
         self._unstarted: set[int] = set()
         self.encoder_layers = 0  # the model's, once started
+        self.heap_frozen = 0  # objects its collector skips (worker.settle_heap), once started
         self._ids = itertools.count(1)
         # Poked by the queue on every put (from the event loop): the engine thread, waiting on
         # the connection, then looks for newcomers. Non-blocking: a full socket is a wake-up
@@ -122,6 +123,7 @@ class ModelProcess:
             self._reap()
             raise ModelLoadError(reply.detail)
         self.encoder_layers = reply.facts.encoder_layers
+        self.heap_frozen = reply.facts.heap_frozen
         return _loaded_facade(reply.facts)
 
     def exit_code(self) -> int | None:
