@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine import attention, native, rowint8, rowops
+from engine import attention, native, qgemm, rowint8, rowops
 from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
@@ -343,6 +343,7 @@ def _quantize_rows_int8(network: Any) -> Any:
     rowint8.quantize_rows(network, FUSED_T5)
     if encoder_kernel() == "onednn":
         _encoder_to_onednn(network)
+    _step_to_qgemm(network)
     own_memory(network)
     gc.collect()
     # Hand the freed fp32 pages back to the OS.
@@ -382,6 +383,27 @@ def _encoder_to_onednn(network: Any) -> None:
         group = getattr(block.layer[1].EncDecAttention.k, "group", None)
         if isinstance(group, rowint8.FusedRowInt8):
             rowint8.to_onednn(group)
+
+
+def _step_to_qgemm(network: Any) -> int:
+    """The products a decoder step makes (the decoder's, but cross-attention's keys and values,
+    which read the prompt's positions once, and the output layer) repacked for the step kernel
+    (engine/qgemm.py, INFERENCE_STEP_KERNEL); how many (0: they stay on fbgemm)."""
+    try:
+        qgemm.mode()
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    kernel = qgemm.load()
+    if kernel is None or not qgemm.wanted(kernel):
+        return 0
+    decoder = network.get_decoder()
+    prompt_side = [
+        getattr(block.layer[1].EncDecAttention.k, "group", block.layer[1].EncDecAttention.k)
+        for block in decoder.block
+    ]
+    prompt_side += [block.layer[1].EncDecAttention.v for block in decoder.block]
+    count = rowint8.to_step_kernel(decoder, kernel, skip=prompt_side)
+    return count + rowint8.to_step_kernel(network.lm_head, kernel)
 
 
 # T5's Linears that read one input, fused into one packed matrix each (about 10% faster, see

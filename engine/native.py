@@ -3,7 +3,8 @@
 - simd.h: the vector vocabulary they share;
 - lowrank.c: the per-row LoRA side path on an 8-bit CPU base (engine/lowrank.py);
 - attend.c: a decoder step's attention over half-precision caches (engine/attention.py);
-- rows.c: an 8-bit model's layer norms and int8 row scaling (engine/rowops.py).
+- rows.c: an 8-bit model's layer norms and int8 row scaling (engine/rowops.py);
+- qgemm.c: a decoder step's int8 products (engine/qgemm.py).
 
 Each library is compiled with the host's C compiler (`CC`, else `cc`) the first time a model
 process needs it, for AVX-512 or for AVX2 with FMA and F16C (whichever the CPU runs), and kept
@@ -29,7 +30,7 @@ from typing import TypeVar
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-STEMS = ("lowrank", "attend", "rows")
+STEMS = ("lowrank", "attend", "rows", "qgemm")
 COMMON_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fopenmp")
 TARGETS = {
     "avx512": ("-mavx512f", "-mfma", "-mf16c"),

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from engine import rowops
+from engine import qgemm, rowops
 
 # The fixed activation grid: x / m lies in [-1, 1]; 63 steps a side keeps the products inside
 # the 16-bit pair sums of fbgemm's AVX2 kernel (the same 7-bit range as reduce_range=True).
@@ -98,6 +98,8 @@ def scale_rows_torch(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _row_int8(hidden: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch.Tensor:
     """The product itself, without any caching: scale each row, multiply, scale back."""
+    if isinstance(packed, StepPacked):
+        return packed(hidden, bias)
     if isinstance(packed, OnednnPacked):
         product = packed(hidden)
         if bias is not None:
@@ -126,7 +128,7 @@ class RowInt8Linear(torch.nn.Module):
         self.scale = scale or RowScale()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.packed, OnednnPacked):
+        if isinstance(self.packed, OnednnPacked | StepPacked):
             return _row_int8(hidden, self.packed, self.bias)
         scaled, peak = self.scale(hidden)
         out: torch.Tensor = _KERNEL(scaled, GRID_SCALE, GRID_ZERO, self.packed)
@@ -201,7 +203,7 @@ class RowInt8Slice(torch.nn.Module):
 
 def dequantized(packed: Any) -> torch.Tensor:
     """The (out, in) fp32 weight a packed int8 matrix stands for."""
-    if isinstance(packed, OnednnPacked):
+    if isinstance(packed, OnednnPacked | StepPacked):
         return packed.dequantized()
     weight: torch.Tensor = torch.ops.quantized.linear_unpack(packed)[0]
     return weight.dequantize()
@@ -245,6 +247,54 @@ class OnednnPacked:
         # input's column of weights times 63 (exact integers), scaled back.
         identity = torch.eye(self.in_features)
         return self(identity).t().contiguous()
+
+
+class StepPacked:
+    """The same int8 weight packed for engine/qgemm.py's kernel, which a decoder step's few rows
+    multiply faster than fbgemm's (the weights stream from memory once per step; see there).
+    Its call is the whole of the fbgemm path (the rows on the grid, the product, the rows
+    scaled back, the bias added), bitwise: one copy of each weight, as before."""
+
+    def __init__(self, packed: Any, kernel: "qgemm.Kernel") -> None:
+        quantized = torch.ops.quantized.linear_unpack(packed)[0]
+        weight = quantized.int_repr()
+        self.out_features, self.in_features = weight.shape
+        self.scales = quantized.q_per_channel_scales().float().contiguous()
+        self.kernel = kernel
+        self.packed, self.colsum, self.mult = kernel.pack(weight, self.scales, _GRID)
+
+    def __call__(self, hidden: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.kernel.run(hidden, self.packed, self.colsum, self.mult, _INVERSE, bias)
+
+    def dequantized(self) -> torch.Tensor:
+        # The panels (32 channels; 4 inputs per channel in each group) back to (out, in).
+        groups = -(-self.in_features // 4)
+        panels = self.packed.numel() // (groups * 128)
+        weight = self.packed.view(panels, groups, 32, 4).permute(0, 2, 1, 3)
+        weight = weight.reshape(panels * 32, groups * 4)[: self.out_features, : self.in_features]
+        dequantized: torch.Tensor = weight.float() * self.scales[:, None]
+        return dequantized
+
+
+# The grid's scale as fbgemm holds it (float), and the inverse it multiplies the input by.
+_GRID = float(torch.tensor(GRID_SCALE, dtype=torch.float32))
+_INVERSE = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(_GRID, dtype=torch.float32))
+
+
+def to_step_kernel(network: torch.nn.Module, kernel: "qgemm.Kernel", skip: Any = ()) -> int:
+    """Repack every row-scaled int8 matrix under network for the step kernel (engine/qgemm.py),
+    except the modules in skip; how many."""
+    count = 0
+    skipped = {id(module) for module in skip}
+    for module in network.modules():
+        if id(module) in skipped:
+            continue
+        if isinstance(module, RowInt8Linear | FusedRowInt8) and not isinstance(
+            module.packed, OnednnPacked | StepPacked
+        ):
+            module.packed = StepPacked(module.packed, kernel)
+            count += 1
+    return count
 
 
 def onednn_supported() -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import attention, lowrank, native, rowops
+from engine import attention, lowrank, native, qgemm, rowops
 from engine.runtime import Engine
 from engine.testing import start_ready, tiny_config
 
@@ -60,7 +60,7 @@ def engine(make_engine: Callable[..., Engine]) -> Engine:
 def kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """The C kernels' `load()`s from scratch (engine/native.py), building into an empty cache
     folder with nothing prebuilt; the process's own kernels again after."""
-    loaders = (attention.load, lowrank.load, rowops.load)
+    loaders = (attention.load, lowrank.load, rowops.load, qgemm.load)
     monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
     for load in loaders:
