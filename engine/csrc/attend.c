@@ -46,42 +46,34 @@ static inline vf exp_neg(vf x) {
     return MUL(p, pow2i(n));
 }
 
-/* Scores of columns [lo, hi) into s[0 .. hi - lo), padded with -inf to a multiple of L. */
+/* Scores of columns [lo, hi) into s[0 .. hi - lo), padded with -inf to a multiple of L. The
+ * keys are read in memory order, coordinate by coordinate, each a run of the row's columns,
+ * with the scores accumulated in s (in cache): a key block read a few columns of every
+ * coordinate at a time is D interleaved runs, which the hardware's prefetchers do not follow,
+ * and the caches come from memory once a step (docs/engine.md). Each score is the same fused
+ * multiply-adds, d ascending from 0, in a vector lane or in the scalar tail. */
 static void scores(const float *q, const uint16_t *k, long cap, int D, const float *bias, long lo,
                    long hi, float *s) {
-    const long n = hi - lo;
-    long j = 0;
-    for (; j + 4 * L <= n; j += 4 * L) {
-        vf a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO();
-        const uint16_t *col = k + lo + j;
-        for (int d = 0; d < D; d++) {
-            const vf qd = SET1(q[d]);
-            const uint16_t *kd = col + d * cap;
-            a0 = FMA(qd, LOADH(kd), a0);
-            a1 = FMA(qd, LOADH(kd + L), a1);
-            a2 = FMA(qd, LOADH(kd + 2 * L), a2);
-            a3 = FMA(qd, LOADH(kd + 3 * L), a3);
+    const long n = hi - lo, whole = n / L * L;
+    const uint16_t *col = k + lo;
+    for (long j = 0; j < whole; j += L) STOREF(s + j, ZERO());
+    for (long j = whole; j < n; j++) s[j] = 0.0f;
+    for (int d = 0; d < D; d++) {
+        const vf qd = SET1(q[d]);
+        const uint16_t *kd = col + d * cap;
+        long j = 0;
+        for (; j + 4 * L <= whole; j += 4 * L) {
+            STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
+            STOREF(s + j + L, FMA(qd, LOADH(kd + j + L), LOADF(s + j + L)));
+            STOREF(s + j + 2 * L, FMA(qd, LOADH(kd + j + 2 * L), LOADF(s + j + 2 * L)));
+            STOREF(s + j + 3 * L, FMA(qd, LOADH(kd + j + 3 * L), LOADF(s + j + 3 * L)));
         }
-        STOREF(s + j, a0);
-        STOREF(s + j + L, a1);
-        STOREF(s + j + 2 * L, a2);
-        STOREF(s + j + 3 * L, a3);
-    }
-    for (; j + L <= n; j += L) {
-        vf a0 = ZERO();
-        const uint16_t *col = k + lo + j;
-        for (int d = 0; d < D; d++) a0 = FMA(SET1(q[d]), LOADH(col + d * cap), a0);
-        STOREF(s + j, a0);
-    }
-    for (; j < n; j++) { /* the same fused multiply-adds, d ascending, as one lane above */
-        float a = 0.0f;
-        const uint16_t *col = k + lo + j;
-        for (int d = 0; d < D; d++) a = fmaf(q[d], half_to_float(col[d * cap]), a);
-        s[j] = a;
+        for (; j < whole; j += L) STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
+        for (; j < n; j++) s[j] = fmaf(q[d], half_to_float(kd[j]), s[j]);
     }
     if (bias)
-        for (j = 0; j < n; j++) s[j] += bias[lo + j];
-    for (j = n; j % L; j++) s[j] = -INFINITY;
+        for (long j = 0; j < n; j++) s[j] += bias[lo + j];
+    for (long j = n; j % L; j++) s[j] = -INFINITY;
 }
 
 /* out = sum_j softmax(s)[j] * V[lo + j] (s holds n scores, padded with -inf to a multiple of
