@@ -111,7 +111,9 @@ def test_the_kernels_can_be_turned_off(
     kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
 ) -> None:
     monkeypatch.setenv("INFERENCE_ROWS_KERNEL", "off")
-    monkeypatch.setenv("INFERENCE_ATTENTION_KERNEL", "off")  # the model would build that one
+    # The model would build these two.
+    monkeypatch.setenv("INFERENCE_ATTENTION_KERNEL", "off")
+    monkeypatch.setenv("INFERENCE_STEP_KERNEL", "off")
     assert rowops.load() is None
     int8 = load_model(str(tiny_model_dir), quantization="torch-int8")
     assert rowops.NativeRMSNorm not in {type(m) for m in int8.model.modules()}
