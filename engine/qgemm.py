@@ -17,6 +17,7 @@ engine/native.py; `load()` returns None where it cannot be had, and the step sta
 import ctypes
 import functools
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -32,12 +33,16 @@ class Kernel:
 
     def __init__(self, path: Path, target: str) -> None:
         self.path, self.target = path, target
+        self._local = threading.local()
         library = ctypes.CDLL(str(path))
         pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
         single = ctypes.c_float
         library.qgemm_path.restype = integer
         library.qgemm_path.argtypes = []
         self.path_used = int(library.qgemm_path())
+        library.qgemm_panel.restype = integer
+        library.qgemm_panel.argtypes = []
+        self.panel = int(library.qgemm_panel())  # output channels per packed panel
         self._bytes = library.qgemm_packed_bytes
         self._bytes.restype = long
         self._bytes.argtypes = [long, long]
@@ -78,25 +83,36 @@ class Kernel:
         """The grid product of hidden (..., in) fp32: (..., out) fp32."""
         out_features = colsum.numel()
         width = hidden.shape[-1] if hidden.dim() else 0
-        if hidden.dtype != torch.float32 or hidden.device.type != "cpu" or width == 0:
+        if hidden.dtype != torch.float32 or not hidden.is_cpu or width == 0:
             raise ValueError("qgemm: the input must be an fp32 CPU tensor")
-        if int(self._bytes(out_features, width)) != packed.numel():
+        stride = -(-width // 4) * 4  # qgemm_packed_bytes, without a call into C
+        if -(-out_features // self.panel) * self.panel * stride != packed.numel():
             raise ValueError("qgemm: the input's width does not fit the packed weight")
-        if bias is not None and (bias.dtype != torch.float32 or bias.numel() != out_features):
-            raise ValueError("qgemm: the bias does not fit the packed weight")
+        if bias is not None:
+            if bias.dtype != torch.float32 or bias.numel() != out_features:
+                raise ValueError("qgemm: the bias does not fit the packed weight")
+            bias = bias.contiguous()  # held here while C reads it
         hidden = hidden.contiguous()
         rows = hidden.numel() // width
-        result = hidden.new_empty((*hidden.shape[:-1], out_features))
-        stride = -(-width // 4) * 4
-        # The rows on the grid, then (64-byte aligned) their peaks.
-        scratch = torch.empty(rows * stride + 64 + 4 * rows, dtype=torch.uint8)
-        bias_pointer = None if bias is None else bias.contiguous().data_ptr()
+        result = torch.empty((*hidden.shape[:-1], out_features))
+        # The rows on the grid, then (64-byte aligned) their peaks: this thread's buffer.
+        scratch = self._scratch(rows * stride + 64 + 4 * rows)
+        bias_pointer = None if bias is None else bias.data_ptr()
         self._run(
             hidden.data_ptr(), rows, width, packed.data_ptr(), colsum.data_ptr(),
             mult.data_ptr(), bias_pointer, out_features, inverse, result.data_ptr(),
             scratch.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return result
+
+    def _scratch(self, size: int) -> torch.Tensor:
+        """At least size bytes of the calling thread's own scratch (kept: a step calls the
+        kernel 73 times; threads never share one)."""
+        held: torch.Tensor | None = getattr(self._local, "scratch", None)
+        if held is None or held.numel() < size:
+            held = torch.empty(max(size, 1 << 16), dtype=torch.uint8)
+            self._local.scratch = held
+        return held
 
 
 def mode() -> str:

@@ -267,11 +267,11 @@ class StepPacked:
         return self.kernel.run(hidden, self.packed, self.colsum, self.mult, _INVERSE, bias)
 
     def dequantized(self) -> torch.Tensor:
-        # The panels (32 channels; 4 inputs per channel in each group) back to (out, in).
-        groups = -(-self.in_features // 4)
-        panels = self.packed.numel() // (groups * 128)
-        weight = self.packed.view(panels, groups, 32, 4).permute(0, 2, 1, 3)
-        weight = weight.reshape(panels * 32, groups * 4)[: self.out_features, : self.in_features]
+        # The panels (4 inputs per channel in each group of a panel) back to (out, in).
+        groups, panel = -(-self.in_features // 4), self.kernel.panel
+        panels = self.packed.numel() // (groups * panel * 4)
+        weight = self.packed.view(panels, groups, panel, 4).permute(0, 2, 1, 3)
+        weight = weight.reshape(panels * panel, groups * 4)[: self.out_features, : self.in_features]
         dequantized: torch.Tensor = weight.float() * self.scales[:, None]
         return dequantized
 

@@ -12,7 +12,7 @@
  * flan-t5-base) and fbgemm's kernel, built for large inputs, neither keeps that stream at the
  * memory's speed nor overlaps it with the arithmetic (docs/engine.md, "The step's products").
  * Here the weights are packed in panels of 32 output channels read as one contiguous stream,
- * every row of a tile (up to 12) is multiplied with each 64 bytes of weights while they are in
+ * every row of a tile (up to 12) is multiplied with each 128 bytes of weights while they are in
  * registers, and the row scaling, the product and the rescaling are one call.
  *
  * Layout: panel p holds channels 32p .. 32p + 31; for each group of 4 inputs (k4) its 128 bytes
@@ -53,6 +53,7 @@ static int vnni(void) {
 /* 1: AVX-512 VNNI, 2: AVX2 (for the wrapper's report). */
 int qgemm_path(void) { return vnni() ? 1 : 2; }
 
+/* Output channels per panel (the packed layout's, engine/rowint8.py's StepPacked reads it). */
 int qgemm_panel(void) { return PANEL; }
 
 long qgemm_packed_bytes(long out, long in) {

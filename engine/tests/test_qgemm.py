@@ -5,6 +5,7 @@ not depend on its batch-mates or the thread count; inputs that do not fit refuse
 model's step products take it (cross-attention's keys and values and the encoder do not), with
 the same logits as fbgemm's, and INFERENCE_STEP_KERNEL chooses."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,30 @@ def test_a_rows_result_does_not_depend_on_its_mates_or_the_threads(
             assert torch.equal(packed(hidden[10:15]), whole[10:15])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_threads_calling_at_once_each_get_their_own_products(
+    kernels: list[qgemm.Kernel],
+) -> None:
+    # Each thread quantizes its rows into a scratch buffer of its own (the model thread and,
+    # in tests and benchmarks, others): one shared buffer would mix their rows.
+    module = rowint8.RowInt8Linear(_linear(256, 768, seed=10))
+    packed = rowint8.StepPacked(module.packed, kernels[0])
+    inputs = [_input(5, 768, seed=20 + index) for index in range(2)]
+    expected = [packed(hidden) for hidden in inputs]
+    wrong: list[int] = []
+
+    def work(index: int) -> None:
+        for _ in range(300):
+            if not torch.equal(packed(inputs[index]), expected[index]):
+                wrong.append(index)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
 
 
 def test_a_row_holding_nan_is_nan_and_its_mates_are_untouched(
