@@ -378,11 +378,21 @@ def _encoder_to_onednn(network: Any) -> None:
     """The products that read the prompt's positions (the encoder's, and cross-attention's
     keys and values in each decoder block) repacked for oneDNN; the decoder's step stays on
     fbgemm (at a step's few rows AMX is slower)."""
-    rowint8.to_onednn(network.get_encoder())
+    rowint8.repack(network.get_encoder(), rowint8.OnednnPacked)
+    for module in _prompt_side(network):
+        rowint8.repack(module, rowint8.OnednnPacked)
+
+
+def _prompt_side(network: Any) -> list[torch.nn.Module]:
+    """Each decoder block's cross-attention keys and values: their fused group, or the two
+    Linears where they are not fused (their products read the prompt's positions)."""
+    modules: dict[int, torch.nn.Module] = {}
     for block in network.get_decoder().block:
-        group = getattr(block.layer[1].EncDecAttention.k, "group", None)
-        if isinstance(group, rowint8.FusedRowInt8):
-            rowint8.to_onednn(group)
+        attention = block.layer[1].EncDecAttention
+        for linear in (attention.k, attention.v):
+            module = getattr(linear, "group", linear)
+            modules[id(module)] = module
+    return list(modules.values())
 
 
 def _step_to_qgemm(network: Any) -> int:
@@ -396,14 +406,12 @@ def _step_to_qgemm(network: Any) -> int:
     kernel = qgemm.load()
     if kernel is None or not qgemm.wanted(kernel):
         return 0
-    decoder = network.get_decoder()
-    prompt_side = [
-        getattr(block.layer[1].EncDecAttention.k, "group", block.layer[1].EncDecAttention.k)
-        for block in decoder.block
-    ]
-    prompt_side += [block.layer[1].EncDecAttention.v for block in decoder.block]
-    count = rowint8.to_step_kernel(decoder, kernel, skip=prompt_side)
-    return count + rowint8.to_step_kernel(network.lm_head, kernel)
+
+    def wrap(packed: Any) -> rowint8.StepPacked:
+        return rowint8.StepPacked(packed, kernel)
+
+    skip = _prompt_side(network)
+    return rowint8.repack(network.get_decoder(), wrap, skip) + rowint8.repack(network.lm_head, wrap)
 
 
 # T5's Linears that read one input, fused into one packed matrix each (about 10% faster, see

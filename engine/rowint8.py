@@ -201,6 +201,13 @@ class RowInt8Slice(torch.nn.Module):
         return dequantized(self.group.packed)[start:end]
 
 
+def int8_parts(packed: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 values (out, in) and fp32 per-channel scales of fbgemm's packed weight."""
+    quantized = torch.ops.quantized.linear_unpack(packed)[0]
+    weight = quantized.int_repr().contiguous()
+    return weight, quantized.q_per_channel_scales().float().contiguous()
+
+
 def dequantized(packed: Any) -> torch.Tensor:
     """The (out, in) fp32 weight a packed int8 matrix stands for."""
     if isinstance(packed, OnednnPacked | StepPacked):
@@ -214,7 +221,7 @@ class OnednnPacked:
 
     On an Intel Xeon with AMX, an encoder pass's products (hundreds of rows) ran 4-6x faster in
     oneDNN than in fbgemm, which has no AMX path (docs/benchmarks.md); at a decoder step's few
-    rows AMX is slower, so only the encoder is packed this way (`to_onednn`), one copy of each
+    rows AMX is slower, so only the encoder is packed this way (`repack`), one copy of each
     weight as before. The activations are the same per-row grid: q = round(x / m * 63) + 64
     (rowops' `quantize`, in C), the product's integer sums are exact, oneDNN multiplies them by
     the weight's per-channel scale (the input's scale is 1, so once) and the row is scaled back
@@ -223,10 +230,8 @@ class OnednnPacked:
     """
 
     def __init__(self, packed: Any) -> None:
-        quantized = torch.ops.quantized.linear_unpack(packed)[0]
-        weight = quantized.int_repr().contiguous()
+        weight, self.scales = int8_parts(packed)
         self.out_features, self.in_features = weight.shape
-        self.scales = quantized.q_per_channel_scales().float().contiguous()
         self.zeros = torch.zeros(self.out_features, dtype=torch.long)
         self.packed = torch.ops.onednn.qlinear_prepack(weight, None)
 
@@ -256,10 +261,8 @@ class StepPacked:
     scaled back, the bias added), bitwise: one copy of each weight, as before."""
 
     def __init__(self, packed: Any, kernel: "qgemm.Kernel") -> None:
-        quantized = torch.ops.quantized.linear_unpack(packed)[0]
-        weight = quantized.int_repr()
+        weight, self.scales = int8_parts(packed)
         self.out_features, self.in_features = weight.shape
-        self.scales = quantized.q_per_channel_scales().float().contiguous()
         self.kernel = kernel
         self.packed, self.colsum, self.mult = kernel.pack(weight, self.scales, _GRID)
 
@@ -281,22 +284,6 @@ _GRID = float(torch.tensor(GRID_SCALE, dtype=torch.float32))
 _INVERSE = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(_GRID, dtype=torch.float32))
 
 
-def to_step_kernel(network: torch.nn.Module, kernel: "qgemm.Kernel", skip: Any = ()) -> int:
-    """Repack every row-scaled int8 matrix under network for the step kernel (engine/qgemm.py),
-    except the modules in skip; how many."""
-    count = 0
-    skipped = {id(module) for module in skip}
-    for module in network.modules():
-        if id(module) in skipped:
-            continue
-        if isinstance(module, RowInt8Linear | FusedRowInt8) and not isinstance(
-            module.packed, OnednnPacked | StepPacked
-        ):
-            module.packed = StepPacked(module.packed, kernel)
-            count += 1
-    return count
-
-
 def onednn_supported() -> bool:
     """Whether this torch build has oneDNN's int8 linear ops."""
     ops = torch.ops.onednn
@@ -305,14 +292,17 @@ def onednn_supported() -> bool:
     )
 
 
-def to_onednn(network: torch.nn.Module) -> int:
-    """Repack every row-scaled int8 matrix under network for oneDNN; how many."""
+def repack(network: torch.nn.Module, wrap: Callable[[Any], Any], skip: Any = ()) -> int:
+    """Repack every row-scaled int8 matrix under network that fbgemm still holds, except the
+    modules in skip, as wrap(fbgemm's packed weight): `OnednnPacked`, or a `StepPacked` for a
+    kernel. One copy of each weight (the fbgemm one is dropped); returns how many."""
     count = 0
+    skipped = {id(module) for module in skip}
     for module in network.modules():
-        if isinstance(module, RowInt8Linear | FusedRowInt8) and not isinstance(
-            module.packed, OnednnPacked
-        ):
-            module.packed = OnednnPacked(module.packed)
+        if id(module) in skipped or not isinstance(module, RowInt8Linear | FusedRowInt8):
+            continue
+        if not isinstance(module.packed, OnednnPacked | StepPacked):
+            module.packed = wrap(module.packed)
             count += 1
     return count
 
