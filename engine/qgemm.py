@@ -8,9 +8,9 @@ engine/rowint8.py's grid and scales the product back, with the very operations o
 path (`_KERNEL` then the row's rescale): the products are bitwise the same (tested), only
 faster: a whole step's products 1.5-1.6x at 1-16 rows, 1.2-1.3x at 32 (docs/benchmarks.md).
 
-`auto` (INFERENCE_STEP_KERNEL) uses it on a CPU with AVX-512 VNNI, where it was measured;
-`on` also takes its AVX2 path elsewhere (slower than fbgemm on the one CPU it was timed on,
-kept for that choice and for the tests); `off` keeps fbgemm. Built and found by
+`auto` (INFERENCE_STEP_KERNEL) uses it where it was measured: on a CPU with AVX-512 VNNI, and
+on a CPU with AVX2 but no AVX-512 (its AVX2 path); `on` also takes the AVX2 path on an AVX-512
+CPU without VNNI (unmeasured there); `off` keeps fbgemm. Built and found by
 engine/native.py; `load()` returns None where it cannot be had, and the step stays on fbgemm.
 """
 
@@ -124,11 +124,15 @@ def mode() -> str:
 
 
 def wanted(kernel: Kernel | None) -> bool:
-    """Whether a decoder's step products go through this kernel under INFERENCE_STEP_KERNEL."""
+    """Whether a decoder's step products go through this kernel under INFERENCE_STEP_KERNEL:
+    `auto` where it was measured faster than fbgemm, the VNNI path and the AVX2 build (what a
+    CPU with AVX2 and no AVX-512 loads); not the AVX2 path of the AVX-512 build (a CPU with
+    AVX-512 but no VNNI, where fbgemm's products are AVX-512's, unmeasured)."""
     if kernel is None:
         return False
     chosen = mode()
-    return chosen == "on" or (chosen == "auto" and kernel.path_used == VNNI)
+    measured = kernel.path_used == VNNI or kernel.target == "avx2"
+    return chosen == "on" or (chosen == "auto" and measured)
 
 
 @functools.cache

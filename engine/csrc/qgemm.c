@@ -11,17 +11,21 @@
  * Why: at a step's 1-32 rows the weights stream from memory once per step (124 MB on
  * flan-t5-base) and fbgemm's kernel, built for large inputs, neither keeps that stream at the
  * memory's speed nor overlaps it with the arithmetic (docs/engine.md, "The step's products").
- * Here the weights are packed in panels of 32 output channels read as one contiguous stream,
- * every row of a tile (up to 12) is multiplied with each 128 bytes of weights while they are in
- * registers, and the row scaling, the product and the rescaling are one call.
+ * Here the weights are packed in panels read as one contiguous stream, every row of a tile is
+ * multiplied with each group of weights while they are in registers, and the row scaling, the
+ * product and the rescaling are one call.
  *
- * Layout: panel p holds channels 32p .. 32p + 31; for each group of 4 inputs (k4) its 128 bytes
- * are the 32 channels' 4 weights each (channel-major within the group): one AVX-512 VNNI
- * `vpdpbusd` per 16 channels and row, or AVX2's `vpmaddubsw` + `vpmaddwd` per 8 (the grid's 7
- * bits keep AVX2's 16-bit pair sums from saturating: 2 x 127 x 127 < 32768). Integer sums are
- * exact, and every other step is per row or per channel: a row's output does not depend on its
- * batch-mates, the tile it falls in or the thread count. Channels past `out` and inputs past
- * `in` are packed as zeros.
+ * Layout: a panel holds `width` output channels (32 on the VNNI path, 16 on AVX2: the path is
+ * fixed for the process, qgemm_panel); for each group of 4 inputs (k4) its width * 4 bytes are
+ * the channels' 4 weights each (channel-major within the group). VNNI: one `vpdpbusd` per 16
+ * channels and row, tiles of up to 12 rows over the whole panel. AVX2: `vpmaddubsw` +
+ * `vpmaddwd` per 8 channels and row (the grid's 7 bits keep the 16-bit pair sums from
+ * saturating: 2 x 127 x 127 < 32768), tiles of up to 4 rows (the 16 registers) taken in turn
+ * over each 4 KB chunk of a panel, so the later tiles find the chunk in L1 and the stream runs
+ * on (with a software prefetch ahead) while they compute. Integer sums are exact, and every
+ * other step is per row or per channel: a row's output does not depend on its batch-mates, the
+ * tile it falls in, the order of the chunks or the thread count. Channels past `out` and inputs
+ * past `in` are packed as zeros.
  */
 #include <float.h>
 #include <immintrin.h>
@@ -30,8 +34,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PANEL 32 /* output channels per panel */
-#define TILE 12  /* rows multiplied with each loaded group of weights, at most */
+#define PANEL 32    /* output channels per panel (VNNI) */
+#define TILE 12     /* rows multiplied with each loaded group of weights, at most (VNNI) */
+#define HALF 16     /* output channels per panel (AVX2) */
+#define AVX2_TILE 4 /* rows a tile (AVX2: 8 accumulators of the 16 registers) */
+#define CHUNK 64    /* groups of a panel each tile goes over before the next tile (AVX2: 4 KB) */
+#define BLOCK 32    /* rows whose sums one pass over a panel keeps (AVX2) */
 
 static int use_vnni = -1;
 
@@ -53,23 +61,25 @@ static int vnni(void) {
 /* 1: AVX-512 VNNI, 2: AVX2 (for the wrapper's report). */
 int qgemm_path(void) { return vnni() ? 1 : 2; }
 
-/* Output channels per panel (the packed layout's, engine/rowint8.py's StepPacked reads it). */
-int qgemm_panel(void) { return PANEL; }
+/* Output channels per panel (the packed layout's, engine/rowint8.py's StepPacked reads it):
+ * the path's, fixed for the process. */
+int qgemm_panel(void) { return vnni() ? PANEL : HALF; }
 
 long qgemm_packed_bytes(long out, long in) {
-    return (out + PANEL - 1) / PANEL * PANEL * ((in + 3) / 4 * 4);
+    const long width = qgemm_panel();
+    return (out + width - 1) / width * width * ((in + 3) / 4 * 4);
 }
 
 /* w (out, in) int8 row-major into `packed` (qgemm_packed_bytes); colsum[n] = sum_k w[n][k] and
  * mult[n] = grid * scale[n] (in float, as fbgemm multiplies the sums by), each (out). */
 void qgemm_pack(const int8_t *w, long out, long in, const float *scale, float grid,
                 int8_t *packed, int32_t *colsum, float *mult) {
-    const long groups = (in + 3) / 4, panels = (out + PANEL - 1) / PANEL;
+    const long width = qgemm_panel(), groups = (in + 3) / 4, panels = (out + width - 1) / width;
     for (long p = 0; p < panels; p++) {
         for (long g = 0; g < groups; g++) {
-            int8_t *dst = packed + (p * groups + g) * PANEL * 4;
-            for (int c = 0; c < PANEL; c++) {
-                const long n = p * PANEL + c;
+            int8_t *dst = packed + (p * groups + g) * width * 4;
+            for (int c = 0; c < width; c++) {
+                const long n = p * width + c;
                 for (int j = 0; j < 4; j++) {
                     const long k = g * 4 + j;
                     dst[c * 4 + j] = (n < out && k < in) ? w[n * in + k] : 0;
@@ -283,20 +293,27 @@ static const tile_fn vnni_tiles[TILE + 1] = {
     0,           tile_vnni_1, tile_vnni_2, tile_vnni_3,  tile_vnni_4,  tile_vnni_5, tile_vnni_6,
     tile_vnni_7, tile_vnni_8, tile_vnni_9, tile_vnni_10, tile_vnni_11, tile_vnni_12};
 
-/* AVX2: half a panel (16 channels) at a time, rows [0, mt) with mt <= 4. */
+/* AVX2: panels of 16 channels (64 bytes a group: one cache line, read in order), a tile of up
+ * to 4 rows (8 accumulators) over one chunk of a panel's groups, adding into sums[m][0..16). */
 static inline __attribute__((always_inline)) AVX2_TARGET void
-half_avx2(const uint8_t *q, long qstride, const int8_t *panel, long groups, int mt, int half,
-          int32_t sums[TILE][PANEL]) {
-    __m256i a0[4], a1[4];
+chunk_avx2(const uint8_t *q, long qstride, const int8_t *w, long g0, long g1, int mt, int fresh,
+           long ahead, int32_t *sums) {
+    __m256i a0[AVX2_TILE], a1[AVX2_TILE];
     const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) a0[m] = a1[m] = _mm256_setzero_si256();
-    const int8_t *w = panel + half * 64;
-    for (long g = 0; g < groups; g++, w += PANEL * 4) {
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)w);
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + 32));
+    for (int m = 0; m < AVX2_TILE; m++) {
+        if (m < mt) {
+            a0[m] = fresh ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i *)(sums + m * 16));
+            a1[m] = fresh ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i *)(sums + m * 16 + 8));
+        }
+    }
+    for (long g = g0; g < g1; g++) {
+        const int8_t *at = w + g * HALF * 4;
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)at);
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(at + 32));
+        if (ahead) _mm_prefetch((const char *)(at + ahead), _MM_HINT_T0);
 #pragma GCC unroll 4
-        for (int m = 0; m < 4; m++) {
+        for (int m = 0; m < AVX2_TILE; m++) {
             if (m < mt) {
                 int32_t four;
                 memcpy(&four, q + m * qstride + g * 4, 4);
@@ -307,26 +324,45 @@ half_avx2(const uint8_t *q, long qstride, const int8_t *panel, long groups, int 
         }
     }
 #pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) {
+    for (int m = 0; m < AVX2_TILE; m++) {
         if (m < mt) {
-            _mm256_storeu_si256((__m256i *)(sums[m] + half * 16), a0[m]);
-            _mm256_storeu_si256((__m256i *)(sums[m] + half * 16 + 8), a1[m]);
+            _mm256_store_si256((__m256i *)(sums + m * 16), a0[m]);
+            _mm256_store_si256((__m256i *)(sums + m * 16 + 8), a1[m]);
         }
     }
 }
 
-#define AVX2_TILE(MT)                                                                          \
-    static AVX2_TARGET void tile_avx2_##MT(const uint8_t *q, long qs, const int8_t *p, long g, \
-                                           int32_t sums[TILE][PANEL]) {                       \
-        half_avx2(q, qs, p, g, MT, 0, sums);                                                   \
-        half_avx2(q, qs, p, g, MT, 1, sums);                                                   \
+typedef void (*chunk_fn)(const uint8_t *, long, const int8_t *, long, long, int, long, int32_t *);
+#define AVX2_CHUNK(MT)                                                                         \
+    static AVX2_TARGET void chunk_avx2_##MT(const uint8_t *q, long qs, const int8_t *w, long g0, \
+                                            long g1, int fresh, long ahead, int32_t *sums) {    \
+        chunk_avx2(q, qs, w, g0, g1, MT, fresh, ahead, sums);                                  \
     }
-AVX2_TILE(1)
-AVX2_TILE(2)
-AVX2_TILE(3)
-AVX2_TILE(4)
+AVX2_CHUNK(1)
+AVX2_CHUNK(2)
+AVX2_CHUNK(3)
+AVX2_CHUNK(4)
 
-static const tile_fn avx2_tiles[5] = {0, tile_avx2_1, tile_avx2_2, tile_avx2_3, tile_avx2_4};
+static const chunk_fn avx2_chunks[AVX2_TILE + 1] = {0, chunk_avx2_1, chunk_avx2_2, chunk_avx2_3,
+                                                    chunk_avx2_4};
+
+/* One 16-channel panel times rows [0, rows) (rows <= BLOCK) into sums[m][0..16): the panel's
+ * groups a chunk (4 KB) at a time, every tile of rows over a chunk before the next, so the
+ * weights stream from memory at an even pace while the later tiles read them from L1. */
+static void panel_avx2(const uint8_t *q, long qstride, const int8_t *panel, long groups,
+                       long rows, int32_t *sums) {
+    /* Each group's weights ask for those a chunk ahead (a quarter chunk at 1-2 rows): measured
+     * on an AVX2 AMD EPYC (docs/benchmarks.md), the hardware's prefetcher alone leaves the
+     * stream idle while the later tiles compute. */
+    const long ahead = rows < 3 ? CHUNK * HALF : CHUNK * HALF * 4;
+    for (long g0 = 0; g0 < groups; g0 += CHUNK) {
+        const long g1 = groups - g0 < CHUNK ? groups : g0 + CHUNK;
+        for (long m0 = 0; m0 < rows; m0 += AVX2_TILE) {
+            const int mt = rows - m0 < AVX2_TILE ? (int)(rows - m0) : AVX2_TILE;
+            avx2_chunks[mt](q + m0 * qstride, qstride, panel, g0, g1, g0 == 0, ahead, sums + m0 * 16);
+        }
+    }
+}
 
 /* result (rows, out) = the grid product of x (rows, in) fp32 and the packed weight (colsum and
  * mult from qgemm_pack), bias (out) or NULL; scratch holds rows * (groups * 4) bytes, 64 more
@@ -334,25 +370,39 @@ static const tile_fn avx2_tiles[5] = {0, tile_avx2_1, tile_avx2_2, tile_avx2_3, 
 void qgemm_run(const float *x, long rows, long in, const int8_t *packed, const int32_t *colsum,
                const float *mult, const float *bias, long out, float inverse, float *result,
                uint8_t *scratch, int threads) {
-    const long groups = (in + 3) / 4, panels = (out + PANEL - 1) / PANEL;
+    const long width = qgemm_panel(), groups = (in + 3) / 4, panels = (out + width - 1) / width;
     const long qstride = groups * 4;
     float *peaks = (float *)(scratch + rows * qstride + (-(rows * qstride) & 63));
     for (long m = 0; m < rows; m++)
         quantize_row(x + m * in, in, groups, inverse, scratch + m * qstride, peaks + m);
-    const int wide = vnni();
-    const int tile = wide ? TILE : 4;
-    const tile_fn *tiles = wide ? vnni_tiles : avx2_tiles;
+    if (vnni()) {
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+        for (long p = 0; p < panels; p++) {
+            int32_t sums[TILE][PANEL] __attribute__((aligned(64)));
+            const int8_t *panel = packed + p * groups * PANEL * 4;
+            const long n0 = p * PANEL;
+            const int count = out - n0 < PANEL ? (int)(out - n0) : PANEL;
+            for (long m0 = 0; m0 < rows; m0 += TILE) {
+                const int mt = rows - m0 < TILE ? (int)(rows - m0) : TILE;
+                vnni_tiles[mt](scratch + m0 * qstride, qstride, panel, groups, sums);
+                for (int m = 0; m < mt; m++)
+                    finish(sums[m], colsum, mult, bias, peaks[m0 + m], n0, count,
+                           result + (m0 + m) * out);
+            }
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (long p = 0; p < panels; p++) {
-        int32_t sums[TILE][PANEL] __attribute__((aligned(64)));
-        const int8_t *panel = packed + p * groups * PANEL * 4;
-        const long n0 = p * PANEL;
-        const int count = out - n0 < PANEL ? (int)(out - n0) : PANEL;
-        for (long m0 = 0; m0 < rows; m0 += tile) {
-            const int mt = rows - m0 < tile ? (int)(rows - m0) : tile;
-            tiles[mt](scratch + m0 * qstride, qstride, panel, groups, sums);
-            for (int m = 0; m < mt; m++)
-                finish(sums[m], colsum, mult, bias, peaks[m0 + m], n0, count,
+        int32_t sums[BLOCK * HALF] __attribute__((aligned(64)));
+        const int8_t *panel = packed + p * groups * HALF * 4;
+        const long n0 = p * HALF;
+        const int count = out - n0 < HALF ? (int)(out - n0) : HALF;
+        for (long m0 = 0; m0 < rows; m0 += BLOCK) {
+            const long mb = rows - m0 < BLOCK ? rows - m0 : BLOCK;
+            panel_avx2(scratch + m0 * qstride, qstride, panel, groups, mb, sums);
+            for (long m = 0; m < mb; m++)
+                finish(sums + m * HALF, colsum, mult, bias, peaks[m0 + m], n0, count,
                        result + (m0 + m) * out);
         }
     }

@@ -17,10 +17,12 @@ from engine.t5_decoder import T5DecoderStep
 
 pytestmark = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
 
-# (out, in): T5's, and widths that are not whole panels (32) or whole groups of inputs (4).
-SHAPES = [(2304, 768), (768, 2048), (100, 70), (33, 5), (32128, 64)]
-# Rows: one, within AVX2's tile of 4 and VNNI's of 12, across them, and a large step's.
-ROWS = [1, 3, 4, 5, 12, 13, 29]
+# (out, in): T5's, widths that are not whole panels (32 for VNNI, 16 for AVX2) or whole groups
+# of inputs (4), and inputs that are not whole chunks of AVX2's pass over a panel (64 groups).
+SHAPES = [(2304, 768), (768, 2048), (100, 70), (33, 5), (32128, 64), (40, 301)]
+# Rows: one, within AVX2's tile of 4 and VNNI's of 12, across them, a large step's, and past
+# AVX2's block of 32 rows a pass over a panel.
+ROWS = [1, 3, 4, 5, 12, 13, 29, 37]
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +220,10 @@ def test_auto_takes_the_kernel_only_where_its_path_was_measured(
 ) -> None:
     monkeypatch.setenv("INFERENCE_STEP_KERNEL", "auto")
     for kernel in kernels:
-        assert qgemm.wanted(kernel) == (kernel.path_used == qgemm.VNNI)
+        # The VNNI path, or the AVX2 build (what an AVX2-only CPU loads); not the AVX-512
+        # build's AVX2 path (an AVX-512 CPU without VNNI: fbgemm there is AVX-512's).
+        measured = kernel.path_used == qgemm.VNNI or kernel.target == "avx2"
+        assert qgemm.wanted(kernel) == measured
     monkeypatch.setenv("INFERENCE_STEP_KERNEL", "on")
     assert all(qgemm.wanted(kernel) for kernel in kernels)
     assert not qgemm.wanted(None)
