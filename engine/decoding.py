@@ -39,7 +39,7 @@ from engine.generation import (
 from engine.loading import LoadedModel
 from engine.lora import AdapterHost, Tables, join_tables, keep_rows
 from engine.messages import Delta, Done, Failed, TokenLogprob
-from engine.prefill import Prefill, start_prefill_thread
+from engine.prefill import Prefill, split_passes, start_prefill_thread
 from engine.t5_decoder import T5DecoderStep
 
 logger = logging.getLogger(__name__)
@@ -394,7 +394,7 @@ def run_batch(
         return rows_of(_joined(jobs, new, record))
 
     beside = start_prefill_thread(prefill_threads) if prefill_threads > 0 else None
-    prefill: Prefill | None = None
+    passes: list[Prefill] = []  # the newcomers' encoder passes under way, in order
     try:
         with torch.inference_mode():
             batch = Batch(model, rows_of(jobs))
@@ -403,56 +403,64 @@ def run_batch(
                 abort = should_abort()
                 _cancel_rows(batch.rows, abort=abort)
                 batch.keep_running()
-                if prefill is not None:
+                for prefill in passes:
                     _cancel_rows(prefill.rows, abort=abort)
                     if not prefill.waiting:
                         prefill.given_up = True  # every newcomer was cancelled meanwhile
-                        prefill = None
+                passes = [prefill for prefill in passes if not prefill.given_up]
                 if host is not None:
                     _settle(model, host, batch, held, abort)
                 # After the leaves: a row that ended or was cancelled frees its place at once.
                 # A batch whose rows all ended ends (the next one starts at once if jobs
-                # wait). One pass at a time: newcomers wait while one is encoded (their rows
-                # count once in), except the headroom's, encoded whole here and decoding from
-                # this step on.
+                # wait). Newcomers wait while passes are under way (their rows count in),
+                # except the headroom's, encoded whole here and decoding from this step on.
                 parked = [] if host is None else host.parked
                 swapping = host is not None and host.swap_ready
                 if admit is not None and not abort and not swapping and (batch.rows or parked):
                     holding = [row.job for row in batch.rows] + parked
-                    if prefill is not None:
-                        holding += [row.job for row in prefill.rows]
+                    holding += [row.job for prefill in passes for row in prefill.rows]
                     if rows := joined(admit(holding, True)):
                         now = Prefill(model, rows)
                         now.run(0)
                         batch.join(now)
-                    if prefill is None:
-                        joiners = admit([row.job for row in batch.rows] + parked, False)
-                        if rows := joined(joiners):
-                            prefill = Prefill(model, rows)
+                        holding += [row.job for row in now.rows]
+                    if _admitting(passes, beside is not None):
+                        for group in split_passes(joined(admit(holding, False))):
+                            passes.append(Prefill(model, group))
                             if beside is not None:
-                                beside.submit(prefill)
-                if prefill is not None and _prefilled(
-                    prefill, beside is not None, prefill_step_tokens, bool(batch.rows)
+                                beside.submit(passes[-1])
+                # Passes join in their order as they end (in pauses: one pass's layers a pause).
+                while passes and _prefilled(
+                    passes[0], beside is not None, prefill_step_tokens, bool(batch.rows)
                 ):
-                    batch.join(prefill)
-                    prefill = None
+                    batch.join(passes.pop(0))
+                    if beside is None:
+                        break
                 if not batch.rows:
                     if host is not None and host.parked and not swapping and not abort:
                         host.wait(0.05)  # rows wait for their adapter: nothing else runs
                         continue
                     return
-                held_beside = 0 if beside is None or prefill is None else beside.threads
+                held_beside = 0 if beside is None or not passes else beside.threads
                 batch.keep_running(batch.step(held_beside))
                 if stepped is not None:
                     stepped(time.perf_counter() - started)
                 elif record:
                     metrics.STEP_SECONDS.observe(time.perf_counter() - started)
     finally:
-        if prefill is not None:
+        for prefill in passes:
             prefill.given_up = True  # a pass beside the steps stops at its next layer
         if host is not None:
             for row in held:
                 host.release(row.job)
+
+
+def _admitting(passes: list[Prefill], beside: bool) -> bool:
+    """Whether the next newcomers are admitted now: when no pass is under way, or on the
+    PrefillThread once every pass under way has begun (theirs then queue behind the one
+    running, which starts the next the moment it ends, not a step later). So at most one
+    admission waits for the thread, and the queue, not the thread, orders the rest."""
+    return not passes or (beside and all(prefill.begun.is_set() for prefill in passes))
 
 
 def _prefilled(prefill: Prefill, beside: bool, step_tokens: int, decoding: bool) -> bool:

@@ -72,6 +72,7 @@ class Prefill:
         # Set by a PrefillThread: the cross-attention caches of each distinct prompt (with
         # their adapters), and the pass's end (done, given up or failed: `error`).
         self.cross: CrossCaches | None = None
+        self.begun = threading.Event()  # a PrefillThread took it up
         self.ended = threading.Event()
         self.error: BaseException | None = None
         self.given_up = False  # the batch that admitted it has ended: stop at the next layer
@@ -117,6 +118,33 @@ class Prefill:
         return [self.rows[i] for i in keep], encoded[index], self.mask[index], cross
 
 
+# A newcomer shares the pass before it (admitted with it) only while that pass's padded tokens
+# stay within this much of its prompts' own, or within SHARED_TOKENS in all.
+PASS_PADDING = 1.25
+SHARED_TOKENS = 64
+
+
+def split_passes(rows: "list[Row]") -> "list[list[Row]]":
+    """Newcomers admitted together, cut into encoder passes in their order: a pass pads its
+    prompts to the longest, so a short prompt beside a long one would pay for the long one's
+    width and wait for all of it; rows of like lengths (equal prompts among them) share one.
+    Each pass joins as soon as it ends."""
+    passes: list[list[Row]] = []
+    tokens = widest = 0
+    for row in rows:
+        length = len(row.job.prompt_ids)
+        if passes:
+            wider, count = max(widest, length), len(passes[-1]) + 1
+            padded = count * wider
+            if padded <= SHARED_TOKENS or padded <= PASS_PADDING * (tokens + length):
+                passes[-1].append(row)
+                tokens, widest = tokens + length, wider
+                continue
+        passes.append([row])
+        tokens, widest = length, length
+    return passes
+
+
 def beside_threads(mode: str, model: LoadedModel) -> int:
     """The torch threads of a pass beside the steps for INFERENCE_PREFILL_THREAD's mode (0:
     passes run in pauses), called on the model thread: half of its threads, at least one.
@@ -145,6 +173,7 @@ class PrefillThread:
         torch.set_num_threads(self.threads)
         while True:
             prefill = self._passes.get()
+            prefill.begun.set()
             try:
                 with torch.inference_mode():
                     prefill.prepare()
