@@ -425,7 +425,7 @@ def run_batch(
                         batch.join(now)
                         holding += [row.job for row in now.rows]
                     if _admitting(passes, beside is not None):
-                        for group in split_passes(joined(admit(holding, False))):
+                        for group in _passes(joined(admit(holding, False)), beside is not None):
                             passes.append(Prefill(model, group))
                             if beside is not None:
                                 beside.submit(passes[-1])
@@ -453,6 +453,16 @@ def run_batch(
         if host is not None:
             for row in held:
                 host.release(row.job)
+
+
+def _passes(rows: list[Row], beside: bool) -> list[list[Row]]:
+    """The newcomers' encoder passes: by prompt length on the PrefillThread (split_passes);
+    in pauses one pass, padded, as each pause runs one pass's layers within its token budget
+    (several smaller passes would leave part of each pause's budget unused and take more
+    pauses in all)."""
+    if beside:
+        return split_passes(rows)
+    return [rows] if rows else []
 
 
 def _admitting(passes: list[Prefill], beside: bool) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import Job
-from engine.decoding import _admitting, run_batch
+from engine.decoding import _admitting, _passes, run_batch
 from engine.loading import LoadedModel, load_model
 from engine.messages import Done
 from engine.prefill import PASS_PADDING, SHARED_TOKENS, Prefill, split_passes
@@ -58,6 +58,35 @@ def test_rows_of_like_lengths_share_a_pass_and_unlike_ones_get_their_own() -> No
     # Equal prompts (a request's n choices) always share one; every row is kept, in order.
     assert _lengths(split_passes(_rows([120] * 5))) == [[120] * 5]
     assert split_passes([]) == []
+
+
+def test_in_pauses_newcomers_admitted_together_stay_one_pass(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each pause runs one pass's layers within its token budget: two smaller passes would
+    # leave part of it unused. So without the thread a long and a short newcomer are one
+    # pass, padded to the long one (and on the thread, two).
+    assert _lengths(_passes(_rows([250, 30]), beside=False)) == [[250, 30]]
+    assert _lengths(_passes(_rows([250, 30]), beside=True)) == [[250], [30]]
+    assert _passes([], beside=False) == []
+    log = trace(monkeypatch)
+    running = Recorded(model, RUNNING, 24)
+    long, short = Recorded(model, NEWCOMER, 4), Recorded(model, SHORT, 4)
+    pauses = 0
+
+    def should_abort() -> bool:
+        nonlocal pauses
+        pauses += 1
+        return False
+
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        return [long, short] if pauses == 3 and not urgent else []
+
+    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=32)
+    passes = {size for kind, size in log if kind == "layer"} - {len(model.encode(RUNNING))}
+    assert passes == {2 * len(model.encode(NEWCOMER))}
+    assert long.result.token_ids == alone_tokens(model, NEWCOMER, 4)
+    assert short.result.token_ids == alone_tokens(model, SHORT, 4)
 
 
 def test_the_next_newcomers_are_admitted_once_every_pass_under_way_has_begun() -> None:
