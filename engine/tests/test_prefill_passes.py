@@ -5,7 +5,7 @@ next newcomers are admitted once every pass under way has begun, so theirs waits
 thread, not for a step. Passes are held at gates the tests open: assertions are on order."""
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,18 +18,9 @@ from engine.loading import LoadedModel, load_model
 from engine.messages import Done
 from engine.prefill import PASS_PADDING, SHARED_TOKENS, Prefill, split_passes
 from engine.tests.test_prefill import NEWCOMER, RUNNING, Recorded, alone_tokens, trace
+from engine.tests.test_prefill_thread import _GATES, _open_gates  # noqa: F401 - its fixture
 
 SHORT = "A short one"
-_HELD: list[threading.Event] = []
-
-
-@pytest.fixture(autouse=True)
-def _let_go() -> Iterator[None]:
-    """A test that fails with a pass held lets it go: the process's one prefill thread serves
-    the next tests."""
-    yield
-    while _HELD:
-        _HELD.pop().set()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +97,7 @@ class Gates:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
         self.gates = [threading.Event() for _ in range(count)]
-        _HELD.extend(self.gates)
+        _GATES.extend(self.gates)  # let go after the test, as test_prefill_thread's gates
         self.arrived = [threading.Event() for _ in range(count)]
         self.began = 0
         prepare = Prefill.prepare
