@@ -69,24 +69,31 @@ def trace(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return log
 
 
-def decode(model: LoadedModel, budget: int, cancel_newcomer: bool = False) -> list[Recorded]:
-    """A running row; a long newcomer joins at the third pause (cancelled at the next one)."""
+def decode(
+    model: LoadedModel,
+    budget: int,
+    cancel_newcomer: bool = False,
+    newcomers: Sequence[Recorded] = (),
+) -> list[Recorded]:
+    """A running row; a long newcomer (or `newcomers`, admitted together) joins at the third
+    pause (cancelled at the next one)."""
     running = Recorded(model, RUNNING, 24)
-    newcomer = Recorded(model, NEWCOMER, 8)
+    joining = list(newcomers) or [Recorded(model, NEWCOMER, 8)]
     pauses = 0
 
     def should_abort() -> bool:  # asked first at every pause
         nonlocal pauses
         pauses += 1
         if cancel_newcomer and pauses == 4:
-            newcomer.cancelled = True
+            for newcomer in joining:
+                newcomer.cancelled = True
         return False
 
     def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        return [newcomer] if pauses == 3 and not urgent else []
+        return list(joining) if pauses == 3 and not urgent else []
 
     run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=budget)
-    return [running, newcomer]
+    return [running, *joining]
 
 
 def layers_between_steps(log: list[tuple[str, int]]) -> list[list[int]]:

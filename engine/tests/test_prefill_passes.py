@@ -17,7 +17,14 @@ from engine.decoding import _admitting, _passes, run_batch
 from engine.loading import LoadedModel, load_model
 from engine.messages import Done
 from engine.prefill import PASS_PADDING, SHARED_TOKENS, Prefill, split_passes
-from engine.tests.test_prefill import NEWCOMER, RUNNING, Recorded, alone_tokens, trace
+from engine.tests.test_prefill import (
+    NEWCOMER,
+    RUNNING,
+    Recorded,
+    alone_tokens,
+    decode,
+    trace,
+)
 from engine.tests.test_prefill_thread import _GATES, _open_gates  # noqa: F401 - its fixture
 
 SHORT = "A short one"
@@ -61,19 +68,8 @@ def test_in_pauses_newcomers_admitted_together_stay_one_pass(
     assert _lengths(_passes(_rows([250, 30]), beside=True)) == [[250], [30]]
     assert _passes([], beside=False) == []
     log = trace(monkeypatch)
-    running = Recorded(model, RUNNING, 24)
     long, short = Recorded(model, NEWCOMER, 4), Recorded(model, SHORT, 4)
-    pauses = 0
-
-    def should_abort() -> bool:
-        nonlocal pauses
-        pauses += 1
-        return False
-
-    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        return [long, short] if pauses == 3 and not urgent else []
-
-    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=32)
+    decode(model, budget=32, newcomers=[long, short])
     passes = {size for kind, size in log if kind == "layer"} - {len(model.encode(RUNNING))}
     assert passes == {2 * len(model.encode(NEWCOMER))}
     assert long.result.token_ids == alone_tokens(model, NEWCOMER, 4)
