@@ -45,6 +45,12 @@ class Kernel:
         self._store = library.attend_store
         self._store.argtypes = [pointer] * 5 + [integer] * 3 + [long] * 3
         self._store.restype = integer
+        self._rows = library.attend_rows
+        self._rows.argtypes = [pointer] * 7 + [integer] * 3 + [long, integer]
+        self._rows.restype = integer
+        self._shift = library.attend_shift
+        self._shift.argtypes = [pointer] * 3 + [integer] * 3 + [long] * 4
+        self._shift.restype = integer
 
     def run(
         self,
@@ -145,6 +151,151 @@ class Kernel:
         )
         if failed:  # a slot or the column outside the caches: C wrote nothing
             raise ValueError("attention: the new keys, values and caches do not fit together")
+
+    def run_rows(
+        self, query: torch.Tensor, caches: "RowCaches", layer: int, hi: torch.Tensor, threads: int
+    ) -> torch.Tensor:
+        """query (rows, H, D) fp32 over each row's own cross-attention caches of `layer`
+        (RowCaches), columns 0..hi (rows) int64. Returns (rows, H, D)."""
+        rows, heads, width = query.shape
+        fits = (
+            query.dtype == torch.float32
+            and query.is_contiguous()
+            and len(caches) == rows
+            and (caches.heads, caches.width) == (heads, width)
+            and 0 <= layer < caches.layers
+            and width <= self.max_d
+            and hi.shape == (rows,)
+            and hi.dtype == torch.int64
+            and hi.is_contiguous()
+        )
+        if not fits:
+            raise ValueError("attention: the query, caches and columns do not fit together")
+        out = torch.empty_like(query)
+        scratch = torch.empty(max(1, threads) * (caches.widest + self.lanes))
+        keys, values = caches.keys[layer], caches.values[layer]
+        failed = self._rows(
+            query.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            caches.columns.data_ptr(),
+            hi.data_ptr(),
+            out.data_ptr(),
+            scratch.data_ptr(),
+            rows,
+            heads,
+            width,
+            caches.widest,
+            max(1, threads),
+        )
+        if failed:
+            raise ValueError("attention: the query, caches and columns do not fit together")
+        return out
+
+    def shift(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        slots: torch.Tensor,
+        offset: int,
+        kept: int,
+    ) -> None:
+        """Move columns offset..offset + kept of these slots of keys (slots, H, D, cap) and
+        values (slots, H, cap, D) to 0..kept, in place: what copying those columns of
+        `keys[slots]` to the front does, without new buffers."""
+        count, (total, heads, width, cap) = slots.shape[0], keys.shape
+        fits = (
+            keys.dtype == values.dtype == torch.float16
+            and values.shape == (total, heads, cap, width)
+            and slots.dtype == torch.int64
+            and slots.dim() == 1
+            and all(t.is_contiguous() for t in (keys, values, slots))
+        )
+        if not fits:
+            raise ValueError("attention: the caches and columns to move do not fit together")
+        failed = self._shift(
+            keys.data_ptr(),
+            values.data_ptr(),
+            slots.data_ptr(),
+            count,
+            heads,
+            width,
+            cap,
+            total,
+            offset,
+            kept,
+        )
+        if failed:  # a slot or the columns outside the caches: C moved nothing
+            raise ValueError("attention: the caches and columns to move do not fit together")
+
+
+class RowCaches:
+    """Each row's own cross-attention keys (heads, head width, columns) and values (heads,
+    columns, head width) of every layer, in half precision, where its encoder pass made them:
+    rows join and leave without a copy (`Kernel.run_rows` reads them by address). It holds
+    each row's tensors alive (`owners`) and checked, when they came, what the addresses point
+    at: the kernel trusts them."""
+
+    def __init__(self, layers: int, heads: int, width: int) -> None:
+        self.layers, self.heads, self.width = layers, heads, width
+        self.keys = torch.zeros((layers, 0), dtype=torch.int64)  # addresses, (layers, rows)
+        self.values = torch.zeros((layers, 0), dtype=torch.int64)
+        self.columns = torch.zeros(0, dtype=torch.int64)  # each row's cap
+        self.widest = 1
+        self.owners: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # each row's pass caches
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    @classmethod
+    def made(cls, cross: list[tuple[torch.Tensor, torch.Tensor]]) -> "RowCaches":
+        """The rows of one pass's caches (cross_caches: per layer keys (rows, H, D, columns)
+        and values (rows, H, columns, D), contiguous half precision)."""
+        keys, values = cross[0]
+        rows, heads, width, columns = keys.shape
+        caches = cls(len(cross), heads, width)
+        for keys, values in cross:
+            if not (
+                keys.shape == (rows, heads, width, columns)
+                and values.shape == (rows, heads, columns, width)
+                and keys.dtype == values.dtype == torch.float16
+                and keys.is_contiguous()
+                and values.is_contiguous()
+                and columns >= 1
+            ):
+                raise ValueError("attention: cross-attention caches that do not fit together")
+        step = heads * width * columns * 2  # bytes from one row's caches to the next's
+        starts = torch.arange(rows, dtype=torch.int64) * step
+        caches.keys = torch.stack([k.data_ptr() + starts for k, _ in cross])
+        caches.values = torch.stack([v.data_ptr() + starts for _, v in cross])
+        caches.columns = torch.full((rows,), columns, dtype=torch.int64)
+        caches.widest = columns
+        caches.owners = [cross] * rows
+        return caches
+
+    def joined(self, other: "RowCaches") -> "RowCaches":
+        """These rows, then the other's."""
+        if not self.owners:
+            return other
+        if (other.layers, other.heads, other.width) != (self.layers, self.heads, self.width):
+            raise ValueError("attention: cross-attention caches that do not fit together")
+        caches = RowCaches(self.layers, self.heads, self.width)
+        caches.keys = torch.cat([self.keys, other.keys], dim=1)
+        caches.values = torch.cat([self.values, other.values], dim=1)
+        caches.columns = torch.cat([self.columns, other.columns])
+        caches.widest = max(self.widest, other.widest)
+        caches.owners = self.owners + other.owners
+        return caches
+
+    def kept(self, rows: torch.Tensor) -> "RowCaches":
+        """Only these rows (indices), in that order."""
+        caches = RowCaches(self.layers, self.heads, self.width)
+        caches.keys = self.keys[:, rows].contiguous()
+        caches.values = self.values[:, rows].contiguous()
+        caches.columns = self.columns[rows]
+        caches.widest = int(caches.columns.max()) if len(rows) else 1
+        caches.owners = [self.owners[index] for index in rows.tolist()]
+        return caches
 
 
 @functools.cache

@@ -16,9 +16,11 @@ so a steady flow of rows does not grow them forever.
 
 With engine/attention.py's kernel (an 8-bit model on the CPU) the caches are half precision,
 the self-attention keys are kept transposed (slots, heads, head width, columns), each row's
-caches sit in a slot of the buffers (freed when it leaves, taken by a newcomer: no other row's
-caches are copied), and each layer's attention is one kernel call over each row's own columns
-instead of a mask (the cross-attention padding bias is then unused and not kept up).
+self-attention caches sit in a slot of the buffers (freed when it leaves, taken by a newcomer:
+no other row's caches are copied; trimmed in place), its cross-attention caches stay where its
+encoder pass made them (attention.RowCaches: a join copies nothing), and each layer's attention
+is one kernel call over each row's own columns instead of a mask (the cross-attention padding
+bias is then unused and not kept up).
 """
 
 from typing import Any
@@ -26,10 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.attention import HALF_MAX, Kernel
+from engine.attention import HALF_MAX, Kernel, RowCaches
 
 # Slots the kernel's layout starts with (INFERENCE_MAX_BATCH's default); it doubles when full.
 SLOTS = 32
+# When the kernel's self-attention buffers fill, the columns before the oldest row's start are
+# dropped in place if that frees at least 1/ROOM of them; else the buffers double.
+ROOM = 4
 
 # Each layer's cross-attention keys (rows, heads, head width, positions: transposed) and values
 # (rows, heads, positions, head width) of some rows' encoder output.
@@ -93,7 +98,11 @@ class T5DecoderStep:
         self.cross_bias = _padding_bias(mask, dtype)
         # Each row's prompt length: T5's padding is on the right, so its columns are 0..length.
         self.cross_length = mask.sum(dim=1).to(torch.long)
-        self.cross = cross or cross_caches(model, encoded, kernel)
+        cross = cross or cross_caches(model, encoded, kernel)
+        # The kernel's layout: each row's cross-attention caches stay where its pass made them
+        # (RowCaches, read by address); torch's: one padded tensor a layer.
+        self.cross: CrossCaches = [] if kernel else cross
+        self.cross_rows = RowCaches.made(cross) if kernel else None
         # The kernel's layout starts with SLOTS slots (untouched memory costs nothing).
         pool = max(rows, SLOTS) if kernel else rows
         shape = (pool, self.heads, max(1, capacity), self.head_dim)
@@ -111,8 +120,6 @@ class T5DecoderStep:
         # come and go without copying the others' caches (torch's layout compacts instead).
         self.slot = torch.arange(rows, dtype=torch.long, device=encoded.device)
         self.free: list[int] = list(range(rows, pool))
-        if pool > rows:  # the cross-attention buffers get the same slots
-            self._grow(rows=pool)
 
     @property
     def rows(self) -> int:
@@ -188,13 +195,14 @@ class T5DecoderStep:
 
     def _cross_attention(self, index: int, layer: Any, hidden: Tensor) -> Tensor:
         attention = layer.EncDecAttention
-        keys, values = self.cross[index]
-        if self.kernel is not None:
+        if self.kernel is not None and self.cross_rows is not None:
             query = attention.q(layer.layer_norm(hidden))
             query = query.reshape(-1, self.heads, self.head_dim).contiguous()
-            out = self._attend(query, keys, values, None, self.cross_length, self._no_start)
-            crossed: Tensor = attention.o(out)
+            threads = torch.get_num_threads()
+            out = self.kernel.run_rows(query, self.cross_rows, index, self.cross_length, threads)
+            crossed: Tensor = attention.o(out.view(out.shape[0], 1, self.heads * self.head_dim))
             return hidden + crossed
+        keys, values = self.cross[index]
         query = self._split(attention.q(layer.layer_norm(hidden)))
         scores = torch.matmul(query, keys) + self.cross_bias
         attended: Tensor = attention.o(self._merge(torch.softmax(scores, dim=-1), values))
@@ -225,9 +233,19 @@ class T5DecoderStep:
         # a leave or a join costs no copy), and double the buffers only if that frees none.
         offset = int(self.starts.min()) if self.rows else self.length
         capacity = self.keys[0].shape[self.key_axis]
-        if offset == 0:
+        kept = self.length - offset
+        if self.kernel is not None and ROOM * kept <= (ROOM - 1) * capacity:
+            # The kernel's layout: the rows' columns move to the front of their own slots in
+            # place (new buffers would fault in fresh pages while every stream waits), when
+            # that frees a ROOM-th of them at least (else they would fill again soon).
+            for keys, values in zip(self.keys, self.values, strict=True):
+                self.kernel.shift(keys, values, self.slot, offset, kept)
+            self.length = kept
+            self._set_starts(self.starts - offset)
+            return
+        if offset == 0 or self.kernel is not None:
             capacity *= 2  # doubling: a row that runs long costs a few copies, not one a step
-        kept, held = self.length - offset, self._held_slots()
+        held = self._held_slots()
         for caches, axis in ((self.keys, self.key_axis), (self.values, 2)):
             for index, old in enumerate(caches):
                 shape = list(old.shape)
@@ -246,6 +264,8 @@ class T5DecoderStep:
         """Keep only these rows (indices) in every cache."""
         self.cross_length = self.cross_length[rows]
         if self.kernel is not None:  # the leavers' slots are freed; nothing is copied
+            if self.cross_rows is not None:
+                self.cross_rows = self.cross_rows.kept(rows)
             kept = self.slot[rows]
             self.free += sorted(set(self.slot.tolist()) - set(kept.tolist()))
             self.slot = kept
@@ -290,22 +310,17 @@ class T5DecoderStep:
 
     def _extend_slots(self, encoded: Tensor, mask: Tensor, new_cross: CrossCaches) -> None:
         # The kernel reads only a row's own columns: a newcomer's slot keeps whatever its last
-        # holder left there (its self-attention columns before its start, its cross-attention
-        # columns past its prompt) without harm, so nothing is cleared.
-        count, width = encoded.shape[0], encoded.shape[1]
+        # holder left there (its self-attention columns before its start) without harm, so
+        # nothing is cleared; its cross-attention caches stay where its pass made them.
+        count = encoded.shape[0]
         missing = count - len(self.free)
         if missing > 0:
             pool = self.keys[0].shape[0]
             self._grow_slots(max(2 * pool, pool + missing))
-        if width > self.cross[0][0].shape[3]:
-            # Widened to what is needed (64 columns at a time), not doubled: every slot's
-            # columns are interleaved, so each column added is resident in every slot.
-            self._grow(width=-(-width // 64) * 64)
         taken, self.free = self.free[:count], self.free[count:]
         slots = torch.tensor(taken, dtype=torch.long, device=self.slot.device)
-        for (keys, values), (new_keys, new_values) in zip(self.cross, new_cross, strict=True):
-            keys[slots, :, :, :width] = new_keys
-            values[slots, :, :width] = new_values
+        assert self.cross_rows is not None  # noqa: S101 - the kernel's layout has them
+        self.cross_rows = self.cross_rows.joined(RowCaches.made(new_cross))
         self.cross_length = torch.cat([self.cross_length, mask.sum(dim=1).to(torch.long)])
         self.slot = torch.cat([self.slot, slots])
         start = torch.full((count,), self.length, dtype=torch.long)
@@ -318,25 +333,6 @@ class T5DecoderStep:
         more = slots - pool
         self.keys = [torch.cat([k, k.new_empty((more, *k.shape[1:]))]) for k in self.keys]
         self.values = [torch.cat([v, v.new_empty((more, *v.shape[1:]))]) for v in self.values]
-        self._grow(rows=slots)
-
-    def _grow(self, rows: int = 0, width: int = 0) -> None:
-        """Cross-attention buffers with more slots or more columns (copied once: the rows'
-        slots only, in the kernel's layout)."""
-        joined, held = [], self._held_slots()
-        for keys, values in self.cross:
-            pool, old_width = keys.shape[0], keys.shape[3]
-            rows, columns = max(rows, pool), max(width, old_width)
-            new_keys = keys.new_empty((rows, *keys.shape[1:3], columns))
-            new_values = values.new_empty((rows, values.shape[1], columns, values.shape[3]))
-            if held is None:
-                new_keys[:pool, :, :, :old_width] = keys
-                new_values[:pool, :, :old_width] = values
-            else:
-                new_keys[held, :, :, :old_width] = keys[held]
-                new_values[held, :, :old_width] = values[held]
-            joined.append((new_keys, new_values))
-        self.cross = joined
 
     def _held_slots(self) -> Tensor | None:
         """The slots rows hold, where some are free (the kernel's layout): a buffer that

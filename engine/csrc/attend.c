@@ -20,6 +20,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #include <omp.h>
 
 #include "simd.h"
@@ -105,6 +106,18 @@ static void mix(float *s, long n, const uint16_t *v, int D, long lo, float *out)
     for (int d = vd; d < D; d++) out[d] = tail[d] * inverse;
 }
 
+/* One row and head: its query q, its keys (D, cap) and values (cap, D), its columns [lo, hi);
+ * s is scratch for cap + L scores. No column (the caller never asks): zeros, not garbage. */
+static void attend_one(const float *q, const uint16_t *k, const uint16_t *v, long cap, int D,
+                       const float *bias, long lo, long hi, float *s, float *o) {
+    if (hi <= lo) {
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        return;
+    }
+    scores(q, k, cap, D, bias, lo, hi, s);
+    mix(s, hi - lo, v, D, lo, o);
+}
+
 /* Whether every row's slot is one of the buffers' and its columns lie in [0, limit). */
 static int rows_fit(const int64_t *slot, const int64_t *lo, const int64_t *hi, int rows,
                     long slots, long limit) {
@@ -131,14 +144,8 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
             for (int h = 0; h < H; h++) {
                 const long rh = (long)r * H + h, sh = slot[r] * H + h;
                 const long first = lo[r], last = hi[r];
-                float *o = out + rh * D;
-                if (last <= first) { /* no column: the caller never asks; zeros, not garbage */
-                    for (int d = 0; d < D; d++) o[d] = 0.0f;
-                    continue;
-                }
-                scores(q + rh * D, k + sh * D * cap, cap, D, bias ? bias + h * bias_stride : 0,
-                       first, last, s);
-                mix(s, last - first, v + sh * cap * D, D, first, o);
+                attend_one(q + rh * D, k + sh * D * cap, v + sh * cap * D, cap, D,
+                           bias ? bias + h * bias_stride : 0, first, last, s, out + rh * D);
             }
         }
     }
@@ -169,6 +176,61 @@ int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
                 kcol[d * cap] = _cvtss_sh(kd, _MM_FROUND_TO_NEAREST_INT);
                 vrow[d] = _cvtss_sh(vd, _MM_FROUND_TO_NEAREST_INT);
             }
+        }
+    }
+    return 0;
+}
+
+/* Cross-attention over each row's own caches where its encoder pass left them: row r's keys
+ * (H, D, cap[r]) at address k[r] and values (H, cap[r], D) at v[r] (half precision), its
+ * columns [0, hi[r]), no bias; q, out (rows, H, D) fp32; scratch holds threads x (maxcap + L)
+ * floats. A row that joins brings its caches as made (no copy into buffers shared by every
+ * row), one that leaves takes them along. The same operations per (row, head) as attend_run.
+ * Returns -1, having read nothing, where an address is 0, a row's cap exceeds maxcap or its
+ * columns exceed its cap. */
+int attend_rows(const float *q, const int64_t *k, const int64_t *v, const int64_t *cap,
+                const int64_t *hi, float *out, float *scratch, int rows, int H, int D,
+                long maxcap, int threads) {
+    for (int r = 0; r < rows; r++)
+        if (!k[r] || !v[r] || cap[r] < 1 || cap[r] > maxcap || hi[r] < 0 || hi[r] > cap[r])
+            return -1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *s = scratch + (long)omp_get_thread_num() * (maxcap + L);
+#pragma omp for schedule(static) collapse(2)
+        for (int r = 0; r < rows; r++) {
+            for (int h = 0; h < H; h++) {
+                const uint16_t *keys = (const uint16_t *)(uintptr_t)k[r];
+                const uint16_t *values = (const uint16_t *)(uintptr_t)v[r];
+                const long rh = (long)r * H + h, c = cap[r];
+                attend_one(q + rh * D, keys + h * D * c, values + h * c * D, c, D, 0, 0, hi[r],
+                           s, out + rh * D);
+            }
+        }
+    }
+    return 0;
+}
+
+/* The self-attention caches trimmed in place: columns [offset, offset + kept) of each listed
+ * slot's keys (slots, H, D, cap) and values (slots, H, cap, D) move to [0, kept). Where the
+ * buffers fill and the oldest row started at column offset, this frees offset columns without
+ * new buffers (whose first writes fault in fresh pages) or a copy of anything else. Returns
+ * -1, having moved nothing, where a slot or the columns are not the buffers'. */
+int attend_shift(uint16_t *k, uint16_t *v, const int64_t *slot, int count, int H, int D,
+                 long cap, long slots, long offset, long kept) {
+    if (offset < 0 || kept < 0 || offset + kept > cap) return -1;
+    for (int i = 0; i < count; i++)
+        if (slot[i] < 0 || slot[i] >= slots) return -1;
+    if (offset == 0 || kept == 0) return 0;
+    for (int i = 0; i < count; i++) {
+        for (int h = 0; h < H; h++) {
+            const long sh = slot[i] * H + h;
+            for (int d = 0; d < D; d++) {
+                uint16_t *row = k + (sh * D + d) * cap;
+                memmove(row, row + offset, kept * sizeof(uint16_t));
+            }
+            uint16_t *block = v + sh * cap * D;
+            memmove(block, block + offset * D, kept * D * sizeof(uint16_t));
         }
     }
     return 0;

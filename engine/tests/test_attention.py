@@ -117,6 +117,102 @@ def test_each_row_reads_the_slot_it_is_given(kernels: list[attention.Kernel]) ->
 
 
 @needs_kernel
+def test_rows_read_their_own_cross_caches_where_their_passes_made_them(
+    kernels: list[attention.Kernel],
+) -> None:
+    # Three passes of 2, 1 and 3 rows, 30, 17 and 45 columns wide, joined; row r attends to its
+    # prompt's first hi[r] columns: each row's result is the slot kernel's over the same caches
+    # (bitwise: the same operations), whichever rows joined or left.
+    generator = torch.Generator().manual_seed(9)
+    layers, heads, width = 2, 3, 16
+
+    def made(rows: int, columns: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (
+                torch.randn(rows, heads, width, columns, generator=generator).half(),
+                torch.randn(rows, heads, columns, width, generator=generator).half(),
+            )
+            for _ in range(layers)
+        ]
+
+    passes = [made(2, 30), made(1, 17), made(3, 45)]
+    caches = attention.RowCaches.made(passes[0])
+    for cross in passes[1:]:
+        caches = caches.joined(attention.RowCaches.made(cross))
+    hi = torch.tensor([30, 12, 17, 1, 45, 20])
+    where = [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1), (2, 2)]  # (pass, row) of each row
+    query = torch.randn(6, heads, width, generator=generator)
+    for kernel in kernels:
+        for layer in range(layers):
+            got = kernel.run_rows(query, caches, layer, hi, threads=2)
+            for row, (index, place) in enumerate(where):
+                keys, values = passes[index][layer]
+                alone = {
+                    "query": query[row : row + 1].contiguous(),
+                    "keys": keys[place : place + 1].contiguous(),
+                    "values": values[place : place + 1].contiguous(),
+                    "lo": torch.tensor([0]),
+                    "hi": hi[row : row + 1],
+                }
+                assert torch.equal(got[row], _run(kernel, alone, bias=False, threads=1)[0])
+        # Rows 1 and 3 leave; the others keep their own caches (and the widest is 45 still).
+        kept = caches.kept(torch.tensor([0, 2, 4, 5]))
+        got = kernel.run_rows(query[[0, 2, 4, 5]].contiguous(), kept, 1, hi[[0, 2, 4, 5]], 1)
+        full = kernel.run_rows(query, caches, 1, hi, threads=1)
+        assert torch.equal(got, full[[0, 2, 4, 5]])
+        assert kept.widest == 45 and len(kept.owners) == 4
+
+
+@needs_kernel
+def test_cross_caches_or_columns_that_do_not_fit_are_an_error_not_a_stray_read(
+    kernels: list[attention.Kernel],
+) -> None:
+    keys, values = torch.zeros(2, 3, 8, 10).half(), torch.zeros(2, 3, 10, 8).half()
+    caches = attention.RowCaches.made([(keys, values)])
+    query, hi = torch.zeros(2, 3, 8), torch.tensor([10, 4])
+    kernel = kernels[0]
+    wrong = [
+        (query, caches, 0, torch.tensor([11, 4])),  # a column past the row's caches
+        (query, caches, 0, torch.tensor([-1, 4])),
+        (query, caches, 1, hi),  # a layer the caches do not have
+        (query[:1].contiguous(), caches, 0, hi),  # one query for two rows
+        (torch.zeros(2, 3, 4), caches, 0, hi),  # another head width
+        (query, caches, 0, hi.int()),
+    ]
+    for args in wrong:
+        with pytest.raises(ValueError, match="do not fit"):
+            kernel.run_rows(*args, threads=1)
+    for cross in (
+        [(keys.float(), values.float())],  # fp32
+        [(keys, values[:, :, :9])],  # values narrower than the keys
+        [(keys.transpose(2, 3), values)],  # not contiguous
+    ):
+        with pytest.raises(ValueError, match="do not fit"):
+            attention.RowCaches.made(cross)
+
+
+@needs_kernel
+def test_self_caches_trimmed_in_place_move_each_slots_columns_to_the_front(
+    kernels: list[attention.Kernel],
+) -> None:
+    generator = torch.Generator().manual_seed(4)
+    keys = torch.randn(5, 2, 8, 12, generator=generator).half()
+    values = torch.randn(5, 2, 12, 8, generator=generator).half()
+    slots = torch.tensor([3, 0, 4])
+    for kernel in kernels:
+        moved_keys, moved_values = keys.clone(), values.clone()
+        kernel.shift(moved_keys, moved_values, slots, 5, 6)
+        assert torch.equal(moved_keys[slots, :, :, :6], keys[slots, :, :, 5:11])
+        assert torch.equal(moved_values[slots, :, :6], values[slots, :, 5:11])
+        # The other slots, and the columns past the moved ones, are untouched.
+        assert torch.equal(moved_keys[[1, 2]], keys[[1, 2]])
+        assert torch.equal(moved_keys[slots, :, :, 6:], keys[slots, :, :, 6:])
+        for args in [(slots, 7, 6), (torch.tensor([5]), 1, 2), (slots, -1, 3)]:
+            with pytest.raises(ValueError, match="do not fit"):
+                kernel.shift(moved_keys, moved_values, *args)
+
+
+@needs_kernel
 def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
     kernels: list[attention.Kernel],
 ) -> None:
@@ -142,7 +238,7 @@ def test_rows_leave_and_join_the_kernels_caches_without_copying_the_others(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from engine import t5_decoder
-    from engine.t5_decoder import T5DecoderStep
+    from engine.t5_decoder import T5DecoderStep, cross_caches
 
     monkeypatch.setattr(t5_decoder, "SLOTS", 3)  # as many slots as rows at first
 
@@ -157,8 +253,13 @@ def test_rows_leave_and_join_the_kernels_caches_without_copying_the_others(
         step.keep(torch.tensor([0, 2]))  # the middle row leaves
         assert step.slot.tolist() == [0, 2] and step.free == [1]
         step(tokens[:2])
-        step.extend(encoded[1:2], inputs.attention_mask[1:2])  # a newcomer takes slot 1
+        # A newcomer takes slot 1; its cross-attention caches are read where they were made.
+        made = cross_caches(loaded.model, encoded[1:2], loaded.attention)
+        step.extend(encoded[1:2], inputs.attention_mask[1:2], made)
         assert step.slot.tolist() == [0, 2, 1] and step.free == []
+        assert step.cross_rows is not None
+        assert int(step.cross_rows.keys[1, 2]) == made[1][0].data_ptr()
+        assert int(step.cross_rows.values[1, 2]) == made[1][1].data_ptr()
         step(tokens)
     assert [t.data_ptr() for t in (*step.keys, *step.values)] == buffers  # never copied
     # One more row than the slots: the buffers double once, the new slots free.
@@ -179,8 +280,10 @@ def test_decoder_caches_are_half_precision_clamped_to_its_range(tiny_model_dir: 
         encoded = loaded.model.get_encoder()(**inputs)[0] * 1e6  # keys and values far past 65504
         step = T5DecoderStep(loaded.model, encoded, inputs.attention_mask, 4, loaded.attention)
         logits = step(torch.zeros((1, 1), dtype=torch.long))
-    assert step.keys[0].dtype == step.cross[0][0].dtype == torch.float16
-    keys = step.cross[0][0][step.slot, :, :, : encoded.shape[1]]  # the row's own (a slot's)
+    assert step.cross_rows is not None
+    (cross,) = step.cross_rows.owners  # the row's own cross-attention caches, as made
+    keys = cross[0][0]
+    assert step.keys[0].dtype == keys.dtype == torch.float16
     assert keys.abs().max() == attention.HALF_MAX  # clamped, not infinite
     assert torch.isfinite(logits).all()
 
