@@ -110,8 +110,8 @@ class T5DecoderStep:
         self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
-        # A step's column bounds for the kernel (every row's end; 0 for cross-attention's start).
-        self._ends = self._no_start = torch.zeros(0, dtype=torch.long)
+        # A step's column bound for the kernel's self-attention (every row's end).
+        self._ends = torch.zeros(0, dtype=torch.long)
         # The column each row joined at (all 0 in a batch nobody joined: then no mask).
         self.starts = torch.zeros(rows, dtype=torch.long, device=encoded.device)
         self.joined = False  # some row starts after column 0 (read every step: a plain bool)
@@ -136,7 +136,6 @@ class T5DecoderStep:
         bias = self._self_bias(hidden.device, position)
         if self.kernel is not None:  # the kernel's column bounds, the same in every layer
             self._ends = torch.full((self.rows,), position + 1, dtype=torch.long)
-            self._no_start = torch.zeros(self.rows, dtype=torch.long)
         for index, block in enumerate(self.blocks):
             hidden = self._self_attention(index, block.layer[0], hidden, bias, position)
             hidden = self._cross_attention(index, block.layer[1], hidden)
@@ -215,13 +214,12 @@ class T5DecoderStep:
         values: Tensor,
         bias: Tensor | None,
         ends: Tensor,
-        starts: Tensor | None = None,
     ) -> Tensor:
-        """The kernel over columns starts..ends of each row; (rows, 1, heads * head width)."""
+        """The kernel over each row's self-attention columns, its start to `ends`; (rows, 1,
+        heads * head width)."""
         assert self.kernel is not None  # noqa: S101 - called only in the kernel's layout
-        first = self.starts if starts is None else starts
         threads = torch.get_num_threads()
-        out = self.kernel.run(query, keys, values, bias, self.slot, first, ends, threads)
+        out = self.kernel.run(query, keys, values, bias, self.slot, self.starts, ends, threads)
         return out.view(out.shape[0], 1, self.heads * self.head_dim)
 
     def _merge(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
