@@ -69,7 +69,12 @@ logger = logging.getLogger(__name__)
 CLOSE_AUTH_FAILED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_LIFETIME = 4000  # WS_MAX_LIFETIME_SECONDS reached: open a new socket
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: keys cannot be checked right now (Postgres away)
+# Keys cannot be checked right now: 4000 + the HTTP status, as 4401 (Postgres away: 4503; the
+# address's failed authentications spent: 4429). Not RFC 6455's 1013 "try again later": daphne
+# (autobahn) lets an application close only with 1000 or 3000-4999, and raises on anything
+# else, so the client got a dropped socket instead of the close.
+CLOSE_UNAVAILABLE = 4503
+CLOSE_TOO_MANY_FAILURES = 4429
 # How often a socket re-checks its key while it is open. Most checks cost nothing (the cached
 # record is the one already checked: no hash, no await); with the key cache's 0.5-s version
 # poll, a suspension or revocation reaches an open socket within about 0.75 s.
@@ -196,7 +201,8 @@ class CompletionConsumer(AsyncWebsocketConsumer):
             await self._end(exc, CLOSE_AUTH_FAILED)
             return
         except ApiError as exc:  # 503: keys cannot be checked now; 429: too many failures
-            await self._end(exc, CLOSE_TRY_AGAIN_LATER)
+            code = CLOSE_TOO_MANY_FAILURES if exc.status == 429 else CLOSE_UNAVAILABLE
+            await self._end(exc, code)
             return
         if record is None:
             await self._end(AuthenticationFailed(), CLOSE_AUTH_FAILED)

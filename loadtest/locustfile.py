@@ -295,7 +295,10 @@ class WsUser(FastHttpUser):
             self.ws.send(json.dumps(frame))
             while True:
                 message = json.loads(self.ws.recv())
-                if message.get("id") != request_id:
+                # An error frame without an id is the socket's own (its key could not be
+                # checked: the server closes it next): this request's answer too.
+                socket_error = message["type"] == "error" and message.get("id") is None
+                if message.get("id") != request_id and not socket_error:
                     continue
                 if message["type"] == "completion.started":
                     entry["ttfb"] = time.time() - started
@@ -307,6 +310,9 @@ class WsUser(FastHttpUser):
                     code: str | None = error.get("code")
                     entry |= {"status": WS_ERROR_STATUS.get(code or "", 400), "code": code}
                     entry["complete"] = False
+                    if socket_error:
+                        self.ws.close()
+                        self.ws = None  # the next task connects again
                     break
         except Exception as exc:  # the socket dropped (a killed replica)
             entry |= {"status": 200, "complete": False, "exception": type(exc).__name__}

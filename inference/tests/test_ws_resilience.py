@@ -9,7 +9,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.db import OperationalError
 
-from inference.consumers import CLOSE_AUTH_FAILED, CLOSE_TRY_AGAIN_LATER, CompletionConsumer
+from inference.consumers import CLOSE_AUTH_FAILED, CLOSE_UNAVAILABLE, CompletionConsumer
 from tenants import keycache
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,5 +60,5 @@ async def test_a_key_that_cannot_be_checked_closes_with_try_again_later(
     frame = json.loads(await communicator.receive_from(timeout=30))
     assert frame["type"] == "error" and frame["error"]["code"] == "service_unavailable"
     closed = await communicator.receive_output(timeout=30)
-    assert closed["type"] == "websocket.close" and closed["code"] == CLOSE_TRY_AGAIN_LATER
+    assert closed["type"] == "websocket.close" and closed["code"] == CLOSE_UNAVAILABLE == 4503
     await communicator.wait()
