@@ -299,9 +299,16 @@ def print_open_loop(rows: dict[str, dict[float, Figures]], singles: dict[str, Fi
         for load, row in by_load.items():
             print(f"  {name:<12} {open_row(load, row)}")
     for name, single in singles.items():
+        runs = ""
+        if "ttft_after" in single:  # measured before and after the loaded runs: the quicker
+            runs = (
+                f" (before / after the load: {single['ttft_before']:.0f} / "
+                f"{single['ttft_after']:.0f} ms, {single['per_token_before']:.1f} / "
+                f"{single['per_token_after']:.1f})"
+            )
         print(
             f"  {name:<12} single request: ttft {single['ttft']:6.0f} ms, "
-            f"{single['per_token']:5.1f} ms per token"
+            f"{single['per_token']:5.1f} ms per token{runs}"
         )
     for name in (name for name in rows if name != "ct2-int8"):
         print_goals(name, rows, singles[name])

@@ -72,3 +72,19 @@ def test_examples_are_seeded_and_within_the_word_bounds() -> None:
     for source, answer in examples(50, seed=4, held_out=True):
         assert answer.split() == source.split()[::-1]
         assert len(set(source.split())) == len(source.split())  # distinct words
+
+
+def test_the_single_reference_is_the_quicker_of_its_runs_before_and_after_the_load(
+    capsys,
+) -> None:
+    from loadtest.bench_engine import quicker
+    from loadtest.openloop import print_goals
+
+    before, after = {"ttft": 136.0, "per_token": 8.7}, {"ttft": 108.0, "per_token": 12.8}
+    single = quicker(before, after)
+    assert (single["ttft"], single["per_token"]) == (108.0, 8.7)  # each the quicker
+    row = {"requests": 10.0, "ttft_p95": 540.0, "gap_p99": 26.1, "tokens_per_s": 1.0}
+    print_goals("continuous", {"continuous": {0.9: row}}, single)
+    out = capsys.readouterr().out
+    assert "ttft p95 / single ttft         5.00x" in out  # against 108, not 136
+    assert "gap p99 / single per token     3.00x" in out  # against 8.7, not 12.8
