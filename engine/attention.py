@@ -36,6 +36,8 @@ class Kernel:
         self.path, self.target = path, target
         library = ctypes.CDLL(str(path))
         self.max_d = int(library.attend_max_d())
+        # The self-attention keys' columns per block: (slots, H, cap / block, D, block).
+        self.key_block = int(library.attend_key_block())
         self.lanes = 16 if target == "avx512" else 8
         self._run = library.attend_run
         pointer, integer, long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
@@ -63,16 +65,17 @@ class Kernel:
         hi: torch.Tensor,
         threads: int,
     ) -> torch.Tensor:
-        """query (rows, H, D) fp32; keys (slots, H, D, cap) and values (slots, H, cap, D) in half
-        precision, row r's in slot[r]; bias (H, at least hi's largest) fp32 or None; slot, lo,
-        hi (rows) int64, each row's slot and the columns it attends to. Returns (rows, H, D)."""
+        """query (rows, H, D) fp32; keys (slots, H, cap / B, D, B) in blocks of B = key_block
+        columns (`blocked`) and values (slots, H, cap, D), in half precision, row r's in
+        slot[r]; bias (H, at least hi's largest) fp32 or None; slot, lo, hi (rows) int64, each
+        row's slot and the columns it attends to. Returns (rows, H, D)."""
         rows, heads, width = query.shape
-        slots, cap = keys.shape[0], keys.shape[3]
+        slots, cap = keys.shape[0], self.columns(keys)
         # C reads raw memory: anything that does not fit is an error here, never a stray read.
         fits = (
             query.dtype == torch.float32
             and keys.dtype == values.dtype == torch.float16
-            and keys.shape == (slots, heads, width, cap)
+            and keys.shape == (slots, heads, cap // self.key_block, width, self.key_block)
             and values.shape == (slots, heads, cap, width)
             and slot.shape == lo.shape == hi.shape == (rows,)
             and slot.dtype == lo.dtype == hi.dtype == torch.int64
@@ -85,7 +88,7 @@ class Kernel:
         if not fits:
             raise ValueError("attention: the query, caches and columns do not fit together")
         out = torch.empty_like(query)
-        scratch = torch.empty(max(1, threads) * (cap + self.lanes))
+        scratch = torch.empty(max(1, threads) * (cap + 2 * self.lanes))
         # The slots and columns are checked in C (it reads nothing where one does not fit):
         # here they cost four reductions a call, 24 calls a step.
         failed = self._run(
@@ -120,15 +123,16 @@ class Kernel:
         position: int,
     ) -> None:
         """Write a step's key and value (rows, H, D) fp32 into column `position` of each row's
-        slot of keys (slots, H, D, cap) and values (slots, H, cap, D), in half precision,
-        clamped to HALF_MAX: what `keys[slot, :, :, position] = key.clamp(...).half()` does."""
+        slot of keys (slots, H, cap / B, D, B: `blocked`) and values (slots, H, cap, D), in half
+        precision, clamped to HALF_MAX: what `keys[slot, :, :, position] = key.clamp(...).half()`
+        does in the keys' plain layout (slots, H, D, cap)."""
         rows, heads, width = key.shape
-        slots, cap = keys.shape[0], keys.shape[3]
+        slots, cap = keys.shape[0], self.columns(keys)
         fits = (
             key.dtype == value.dtype == torch.float32
             and keys.dtype == values.dtype == torch.float16
             and value.shape == key.shape
-            and keys.shape == (slots, heads, width, cap)
+            and keys.shape == (slots, heads, cap // self.key_block, width, self.key_block)
             and values.shape == (slots, heads, cap, width)
             and slot.shape == (rows,)
             and slot.dtype == torch.int64
@@ -151,6 +155,26 @@ class Kernel:
         )
         if failed:  # a slot or the column outside the caches: C wrote nothing
             raise ValueError("attention: the new keys, values and caches do not fit together")
+
+    def columns(self, keys: torch.Tensor) -> int:
+        """The columns of self-attention keys in the blocked layout (0 if they are not)."""
+        if keys.dim() != 5 or keys.shape[4] != self.key_block:
+            return 0
+        return int(keys.shape[2]) * self.key_block
+
+    def blocked(self, keys: torch.Tensor) -> torch.Tensor:
+        """Keys (..., D, cap) in the kernel's blocked layout (..., cap / B, D, B), cap a
+        multiple of key_block B (a copy)."""
+        *lead, width, cap = keys.shape
+        if cap % self.key_block:
+            raise ValueError(f"attention: {cap} columns are not whole blocks of {self.key_block}")
+        split = keys.reshape(*lead, width, cap // self.key_block, self.key_block)
+        return split.transpose(-3, -2).contiguous()
+
+    def plain(self, keys: torch.Tensor) -> torch.Tensor:
+        """The blocked keys (..., cap / B, D, B) as (..., D, cap) (a copy)."""
+        *lead, blocks, width, block = keys.shape
+        return keys.transpose(-3, -2).reshape(*lead, width, blocks * block)
 
     def run_rows(
         self, query: torch.Tensor, caches: "RowCaches", layer: int, hi: torch.Tensor, threads: int
@@ -200,12 +224,14 @@ class Kernel:
         offset: int,
         kept: int,
     ) -> None:
-        """Move columns offset..offset + kept of these slots of keys (slots, H, D, cap) and
-        values (slots, H, cap, D) to 0..kept, in place: what copying those columns of
-        `keys[slots]` to the front does, without new buffers."""
-        count, (total, heads, width, cap) = slots.shape[0], keys.shape
+        """Move columns offset..offset + kept of these slots of keys (slots, H, cap / B, D, B:
+        `blocked`) and values (slots, H, cap, D) to 0..kept, in place: what copying those
+        columns of `keys[slots]` to the front does, without new buffers."""
+        count, cap = slots.shape[0], self.columns(keys)
+        total, heads, _, width, _ = keys.shape if keys.dim() == 5 else (0, 0, 0, 0, 0)
         fits = (
             keys.dtype == values.dtype == torch.float16
+            and keys.shape == (total, heads, cap // self.key_block, width, self.key_block)
             and values.shape == (total, heads, cap, width)
             and slots.dtype == torch.int64
             and slots.dim() == 1

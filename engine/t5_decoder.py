@@ -86,9 +86,8 @@ class T5DecoderStep:
         """cross: the rows' cross-attention caches if made already (cross_caches)."""
         config = model.config
         self.model, self.kernel = model, kernel
-        # The caches' type, and the axis of the self-attention keys' columns.
+        # The caches' type (the kernel's keys are in blocks of columns: Kernel.blocked).
         self.cache_dtype = torch.float16 if kernel else encoded.dtype
-        self.key_axis = 3 if kernel else 2
         self.lm_head = model.lm_head
         self.decoder = model.get_decoder()
         self.blocks = list(self.decoder.block)
@@ -105,9 +104,11 @@ class T5DecoderStep:
         self.cross_rows = RowCaches.made(cross) if kernel else None
         # The kernel's layout starts with SLOTS slots (untouched memory costs nothing).
         pool = max(rows, SLOTS) if kernel else rows
+        if kernel:  # whole blocks of the kernel's key columns
+            capacity = -(-max(1, capacity) // kernel.key_block) * kernel.key_block
         shape = (pool, self.heads, max(1, capacity), self.head_dim)
-        key_shape = (pool, self.heads, self.head_dim, max(1, capacity)) if kernel else shape
-        self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
+        self.keys = [encoded.new_empty(self._key_shape(shape), dtype=self.cache_dtype)]
+        self.keys += [torch.empty_like(self.keys[0]) for _ in self.blocks[1:]]
         self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
         # A step's column bound for the kernel's self-attention (every row's end).
@@ -121,6 +122,20 @@ class T5DecoderStep:
         self.slot = torch.arange(rows, dtype=torch.long, device=encoded.device)
         self.free: list[int] = list(range(rows, pool))
 
+    def _key_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The self-attention keys' shape for values of this shape (slots, H, columns, D):
+        the same in torch's layout, (slots, H, columns / B, D, B) in the kernel's."""
+        if self.kernel is None:
+            return shape
+        slots, heads, columns, width = shape
+        block = self.kernel.key_block
+        return (slots, heads, columns // block, width, block)
+
+    @property
+    def capacity(self) -> int:
+        """The columns the self-attention buffers hold."""
+        return int(self.values[0].shape[2])
+
     @property
     def rows(self) -> int:
         return int(self.starts.shape[0])
@@ -129,7 +144,7 @@ class T5DecoderStep:
         return split_heads(states, self.heads, self.head_dim)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.length == self.keys[0].shape[self.key_axis]:
+        if self.length == self.capacity:
             self._make_room()
         position = self.length
         hidden = self.decoder.embed_tokens(tokens)
@@ -230,33 +245,43 @@ class T5DecoderStep:
         # The buffers are full: drop the columns before every row's start (lazily, here, so
         # a leave or a join costs no copy), and double the buffers only if that frees none.
         offset = int(self.starts.min()) if self.rows else self.length
-        capacity = self.keys[0].shape[self.key_axis]
+        capacity = self.capacity
         kept = self.length - offset
-        if self.kernel is not None and ROOM * kept <= (ROOM - 1) * capacity:
+        if self.kernel is not None:
             # The kernel's layout: the rows' columns move to the front of their own slots in
             # place (new buffers would fault in fresh pages while every stream waits), when
-            # that frees a ROOM-th of them at least (else they would fill again soon).
+            # that frees a ROOM-th of them at least (else they would fill again soon); else
+            # the buffers double (the rows' slots copied whole to the front of new ones) and
+            # then the columns move.
+            if ROOM * kept > (ROOM - 1) * capacity:
+                self._double_slots(capacity)
             for keys, values in zip(self.keys, self.values, strict=True):
                 self.kernel.shift(keys, values, self.slot, offset, kept)
             self.length = kept
             self._set_starts(self.starts - offset)
             return
-        if offset == 0 or self.kernel is not None:
+        if offset == 0:
             capacity *= 2  # doubling: a row that runs long costs a few copies, not one a step
-        held = self._held_slots()
-        for caches, axis in ((self.keys, self.key_axis), (self.values, 2)):
+        for caches in (self.keys, self.values):
             for index, old in enumerate(caches):
                 shape = list(old.shape)
-                shape[axis] = capacity
+                shape[2] = capacity  # torch's layout: (rows, H, columns, D), keys and values
                 new = old.new_empty(shape)
-                if held is None:
-                    new.narrow(axis, 0, kept).copy_(old.narrow(axis, offset, kept))
-                else:
-                    columns = old.index_select(0, held).narrow(axis, offset, kept)
-                    new.narrow(axis, 0, kept).index_copy_(0, held, columns)
+                new.narrow(2, 0, kept).copy_(old.narrow(2, offset, kept))
                 caches[index] = new
         self.length -= offset
         self._set_starts(self.starts - offset)
+
+    def _double_slots(self, capacity: int) -> None:
+        """The kernel's buffers with twice the columns, the rows' slots copied to the front."""
+        slots = self.slot
+        for index, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            shape = (values.shape[0], self.heads, 2 * capacity, self.head_dim)
+            more_keys, more_values = keys.new_empty(self._key_shape(shape)), values.new_empty(shape)
+            front = more_keys.narrow(2, 0, keys.shape[2])
+            front.index_copy_(0, slots, keys.index_select(0, slots))
+            more_values.narrow(2, 0, capacity).index_copy_(0, slots, values.index_select(0, slots))
+            self.keys[index], self.values[index] = more_keys, more_values
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (indices) in every cache."""
@@ -271,7 +296,7 @@ class T5DecoderStep:
             return
         self.cross_bias = self.cross_bias[rows]
         self.cross = [(keys[rows], values[rows]) for keys, values in self.cross]
-        self.keys = [self._filled_rows(keys, rows, self.key_axis) for keys in self.keys]
+        self.keys = [self._filled_rows(keys, rows, 2) for keys in self.keys]
         self.values = [self._filled_rows(values, rows, 2) for values in self.values]
         self._set_starts(self.starts[rows])
 
@@ -331,13 +356,6 @@ class T5DecoderStep:
         more = slots - pool
         self.keys = [torch.cat([k, k.new_empty((more, *k.shape[1:]))]) for k in self.keys]
         self.values = [torch.cat([v, v.new_empty((more, *v.shape[1:]))]) for v in self.values]
-
-    def _held_slots(self) -> Tensor | None:
-        """The slots rows hold, where some are free (the kernel's layout): a buffer that
-        grows copies these alone; free slots hold nothing anyone reads. None: copy all."""
-        if self.kernel is None or len(self.slot) == self.keys[0].shape[0]:
-            return None
-        return self.slot
 
     def _set_starts(self, starts: Tensor) -> None:
         self.starts = starts

@@ -3,8 +3,12 @@
  * j in [lo[r], hi[r]) of the keys and values,
  *     s[j]       = sum_d q[r][h][d] * K[r][h][d][j] + bias[h][j]     (bias may be absent)
  *     out[r][h]  = sum_j softmax(s)[j] * V[r][h][j]
- * K is kept transposed, (slots, H, D, cap), so that one load holds L keys' same coordinate and
- * a block of scores needs no horizontal sum; V is (slots, H, cap, D); row r's are in slot[r]
+ * K is kept transposed, so that one load holds L keys' same coordinate and a block of scores
+ * needs no horizontal sum, in blocks of KB columns: (slots, H, cap / KB, D, KB), each block's D
+ * runs of KB columns (one cache line) together, so a row's columns are read as whole blocks in
+ * memory order however far apart its coordinates' runs would sit in a (D, cap) layout (where a
+ * row of 60 columns in a buffer of 256 read two lines in every 512 bytes: a quarter of what
+ * the memory fetched); V is (slots, H, cap, D); row r's are in slot[r]
  * (a row that leaves frees its slot, a newcomer takes one: no copy of the others); q and out
  * are (rows, H, D), packed; bias is (H, bias_stride), indexed by the absolute column (T5's relative position
  * bias depends only on the distance between the query's column and the key's).
@@ -26,8 +30,10 @@
 #include "simd.h"
 
 #define MAX_D 256 /* a head's width at most (T5: 64) */
+#define KB 32     /* the self-attention keys' columns per block: 64 bytes of each coordinate */
 
 int attend_max_d(void) { return MAX_D; }
+int attend_key_block(void) { return KB; }
 
 /* e^x for x <= 0 (a score minus the maximum): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, with
  * a degree-6 polynomial (relative error below 2e-7); below -87 it is 0. */
@@ -47,30 +53,47 @@ static inline vf exp_neg(vf x) {
     return MUL(p, pow2i(n));
 }
 
-/* Scores of columns [lo, hi) into s[0 .. hi - lo), padded with -inf to a multiple of L. The
- * keys are read in memory order, coordinate by coordinate, each a run of the row's columns,
- * with the scores accumulated in s (in cache): a key block read a few columns of every
- * coordinate at a time is D interleaved runs, which the hardware's prefetchers do not follow,
- * and the caches come from memory once a step (docs/engine.md). Each score is the same fused
- * multiply-adds, d ascending from 0, in a vector lane or in the scalar tail. */
-static void scores(const float *q, const uint16_t *k, long cap, int D, const float *bias, long lo,
-                   long hi, float *s) {
-    const long n = hi - lo, whole = n / L * L;
-    const uint16_t *col = k + lo;
-    for (long j = 0; j < whole; j += L) STOREF(s + j, ZERO());
-    for (long j = whole; j < n; j++) s[j] = 0.0f;
-    for (int d = 0; d < D; d++) {
-        const vf qd = SET1(q[d]);
-        const uint16_t *kd = col + d * cap;
-        long j = 0;
-        for (; j + 4 * L <= whole; j += 4 * L) {
-            STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
-            STOREF(s + j + L, FMA(qd, LOADH(kd + j + L), LOADF(s + j + L)));
-            STOREF(s + j + 2 * L, FMA(qd, LOADH(kd + j + 2 * L), LOADF(s + j + 2 * L)));
-            STOREF(s + j + 3 * L, FMA(qd, LOADH(kd + j + 3 * L), LOADF(s + j + 3 * L)));
+/* Scores of columns [lo, hi) into s[0 .. hi - lo), padded with -inf to a multiple of L. s has
+ * L floats of room before it (a vector's lanes before lo are never written) and after. Each
+ * score is the same fused multiply-adds, d ascending from 0, from 0: in a vector lane or in
+ * the scalar tail, whatever the layout.
+ *
+ * Keys in blocks (block < cap: the self-attention's, (cap / block, D, block), block a multiple
+ * of L): each vector of a block's columns takes its D coordinates' values (one line each,
+ * block by block in memory order) into one accumulator, and its lanes in [lo, hi) are stored.
+ * Keys of one block (the cross-attention's, (D, cap), lo 0): read coordinate by coordinate, a
+ * run of the row's columns each, the scores accumulated in s (in cache): a key block read a
+ * few columns of every coordinate at a time is D interleaved runs, which the hardware's
+ * prefetchers do not follow, and the caches come from memory once a step (docs/engine.md). */
+static void scores(const float *q, const uint16_t *k, long block, long cap, int D,
+                   const float *bias, long lo, long hi, float *s) {
+    const long n = hi - lo;
+    if (block < cap) {
+        for (long first = lo / L * L; first < hi; first += L) {
+            const uint16_t *at = k + first / block * block * D + first % block;
+            vf acc = ZERO();
+            for (int d = 0; d < D; d++) acc = FMA(SET1(q[d]), LOADH(at + d * block), acc);
+            const long a = lo > first ? lo - first : 0, b = hi < first + L ? hi - first : L;
+            store_lanes(s + (first - lo), (int)a, (int)b, acc);
         }
-        for (; j < whole; j += L) STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
-        for (; j < n; j++) s[j] = fmaf(q[d], half_to_float(kd[j]), s[j]);
+    } else {
+        const long whole = n / L * L;
+        const uint16_t *col = k + lo;
+        for (long j = 0; j < whole; j += L) STOREF(s + j, ZERO());
+        for (long j = whole; j < n; j++) s[j] = 0.0f;
+        for (int d = 0; d < D; d++) {
+            const vf qd = SET1(q[d]);
+            const uint16_t *kd = col + d * cap;
+            long j = 0;
+            for (; j + 4 * L <= whole; j += 4 * L) {
+                STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
+                STOREF(s + j + L, FMA(qd, LOADH(kd + j + L), LOADF(s + j + L)));
+                STOREF(s + j + 2 * L, FMA(qd, LOADH(kd + j + 2 * L), LOADF(s + j + 2 * L)));
+                STOREF(s + j + 3 * L, FMA(qd, LOADH(kd + j + 3 * L), LOADF(s + j + 3 * L)));
+            }
+            for (; j < whole; j += L) STOREF(s + j, FMA(qd, LOADH(kd + j), LOADF(s + j)));
+            for (; j < n; j++) s[j] = fmaf(q[d], half_to_float(kd[j]), s[j]);
+        }
     }
     if (bias)
         for (long j = 0; j < n; j++) s[j] += bias[lo + j];
@@ -106,15 +129,17 @@ static void mix(float *s, long n, const uint16_t *v, int D, long lo, float *out)
     for (int d = vd; d < D; d++) out[d] = tail[d] * inverse;
 }
 
-/* One row and head: its query q, its keys (D, cap) and values (cap, D), its columns [lo, hi);
- * s is scratch for cap + L scores. No column (the caller never asks): zeros, not garbage. */
-static void attend_one(const float *q, const uint16_t *k, const uint16_t *v, long cap, int D,
-                       const float *bias, long lo, long hi, float *s, float *o) {
+/* One row and head: its query q, its keys (cap / block, D, block) and values (cap, D), its
+ * columns [lo, hi);
+ * s is scratch for cap + L scores (and L before it, in blocks). No column (the caller never
+ * asks): zeros, not garbage. */
+static void attend_one(const float *q, const uint16_t *k, const uint16_t *v, long block,
+                       long cap, int D, const float *bias, long lo, long hi, float *s, float *o) {
     if (hi <= lo) {
         for (int d = 0; d < D; d++) o[d] = 0.0f;
         return;
     }
-    scores(q, k, cap, D, bias, lo, hi, s);
+    scores(q, k, block, cap, D, bias, lo, hi, s);
     mix(s, hi - lo, v, D, lo, o);
 }
 
@@ -126,25 +151,26 @@ static int rows_fit(const int64_t *slot, const int64_t *lo, const int64_t *hi, i
     return 1;
 }
 
-/* q, out (rows, H, D) fp32; k (slots, H, D, cap) and v (slots, H, cap, D) half precision, row
+/* q, out (rows, H, D) fp32; k (slots, H, cap / KB, D, KB) and v (slots, H, cap, D) half
+ * precision (cap a multiple of KB), row
  * r's in slot[r]; bias (H, bias_stride) fp32 or NULL; lo, hi (rows) the columns each row
- * attends to; scratch holds threads x (cap + L) floats. Returns -1, having read nothing, where
+ * attends to; scratch holds threads x (cap + 2 L) floats. Returns -1, having read nothing, where
  * a slot is not one of the buffers' or a column lies outside [0, cap) (or past the bias). */
 int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float *bias,
                long bias_stride, const int64_t *slot, const int64_t *lo, const int64_t *hi,
                float *out, float *scratch, int rows, int H, int D, long cap, long slots,
                int threads) {
     const long limit = bias && bias_stride < cap ? bias_stride : cap;
-    if (!rows_fit(slot, lo, hi, rows, slots, limit)) return -1;
+    if (cap % KB || !rows_fit(slot, lo, hi, rows, slots, limit)) return -1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *s = scratch + (long)omp_get_thread_num() * (cap + L);
+        float *s = scratch + (long)omp_get_thread_num() * (cap + 2 * L) + L;
 #pragma omp for schedule(static) collapse(2)
         for (int r = 0; r < rows; r++) {
             for (int h = 0; h < H; h++) {
                 const long rh = (long)r * H + h, sh = slot[r] * H + h;
                 const long first = lo[r], last = hi[r];
-                attend_one(q + rh * D, k + sh * D * cap, v + sh * cap * D, cap, D,
+                attend_one(q + rh * D, k + sh * D * cap, v + sh * cap * D, KB, cap, D,
                            bias ? bias + h * bias_stride : 0, first, last, s, out + rh * D);
             }
         }
@@ -153,7 +179,7 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
 }
 
 /* A decoder step's new keys and values into the caches: for each row r, head h and coordinate
- * d, K[slot[r]][h][d][position] and V[slot[r]][h][position][d] get key[r][h][d] and
+ * d, K[slot[r]][h][position / KB][d][position % KB] and V[slot[r]][h][position][d] get key[r][h][d] and
  * value[r][h][d] (fp32), clamped to half precision's largest finite value and rounded to
  * nearest even (what torch's `clamp(...).half()` gives). One call per layer where torch's
  * indexed assignment took two (at 16 rows in 32 slots of 100 columns, 390 us against 210 here
@@ -163,17 +189,18 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
 int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
                  const int64_t *slot, int rows, int H, int D, long cap, long slots, long position) {
     const float top = 65504.0f;
-    if (position < 0 || position >= cap) return -1;
+    if (position < 0 || position >= cap || cap % KB) return -1;
     for (int r = 0; r < rows; r++)
         if (slot[r] < 0 || slot[r] >= slots) return -1; /* nothing written */
     for (int r = 0; r < rows; r++) {
         for (int h = 0; h < H; h++) {
             const long sh = slot[r] * H + h, rh = ((long)r * H + h) * D;
-            uint16_t *kcol = k + sh * D * cap + position, *vrow = v + (sh * cap + position) * D;
+            uint16_t *kcol = k + sh * D * cap + position / KB * KB * D + position % KB;
+            uint16_t *vrow = v + (sh * cap + position) * D;
             for (int d = 0; d < D; d++) {
                 const float kd = fminf(fmaxf(key[rh + d], -top), top);
                 const float vd = fminf(fmaxf(value[rh + d], -top), top);
-                kcol[d * cap] = _cvtss_sh(kd, _MM_FROUND_TO_NEAREST_INT);
+                kcol[d * KB] = _cvtss_sh(kd, _MM_FROUND_TO_NEAREST_INT);
                 vrow[d] = _cvtss_sh(vd, _MM_FROUND_TO_NEAREST_INT);
             }
         }
@@ -203,7 +230,7 @@ int attend_rows(const float *q, const int64_t *k, const int64_t *v, const int64_
                 const uint16_t *keys = (const uint16_t *)(uintptr_t)k[r];
                 const uint16_t *values = (const uint16_t *)(uintptr_t)v[r];
                 const long rh = (long)r * H + h, c = cap[r];
-                attend_one(q + rh * D, keys + h * D * c, values + h * c * D, c, D, 0, 0, hi[r],
+                attend_one(q + rh * D, keys + h * D * c, values + h * c * D, c, c, D, 0, 0, hi[r],
                            s, out + rh * D);
             }
         }
@@ -212,22 +239,26 @@ int attend_rows(const float *q, const int64_t *k, const int64_t *v, const int64_
 }
 
 /* The self-attention caches trimmed in place: columns [offset, offset + kept) of each listed
- * slot's keys (slots, H, D, cap) and values (slots, H, cap, D) move to [0, kept). Where the
+ * slot's keys (slots, H, cap / KB, D, KB) and values (slots, H, cap, D) move to [0, kept) (a
+ * column is read before it is written over: it moves down, in ascending order). Where the
  * buffers fill and the oldest row started at column offset, this frees offset columns without
  * new buffers (whose first writes fault in fresh pages) or a copy of anything else. Returns
  * -1, having moved nothing, where a slot or the columns are not the buffers'. */
 int attend_shift(uint16_t *k, uint16_t *v, const int64_t *slot, int count, int H, int D,
                  long cap, long slots, long offset, long kept) {
-    if (offset < 0 || kept < 0 || offset + kept > cap) return -1;
+    if (offset < 0 || kept < 0 || offset + kept > cap || cap % KB) return -1;
     for (int i = 0; i < count; i++)
         if (slot[i] < 0 || slot[i] >= slots) return -1;
     if (offset == 0 || kept == 0) return 0;
     for (int i = 0; i < count; i++) {
         for (int h = 0; h < H; h++) {
             const long sh = slot[i] * H + h;
-            for (int d = 0; d < D; d++) {
-                uint16_t *row = k + (sh * D + d) * cap;
-                memmove(row, row + offset, kept * sizeof(uint16_t));
+            uint16_t *keys = k + sh * D * cap;
+            for (long j = 0; j < kept; j++) {
+                const long from = j + offset;
+                uint16_t *to = keys + j / KB * KB * D + j % KB;
+                const uint16_t *at = keys + from / KB * KB * D + from % KB;
+                for (int d = 0; d < D; d++) to[d * KB] = at[d * KB];
             }
             uint16_t *block = v + sh * cap * D;
             memmove(block, block + offset * D, kept * D * sizeof(uint16_t));

@@ -27,6 +27,10 @@ static inline vf pow2i(vf n) { /* 2^n for integral n in [-126, 127] */
 }
 static inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
 static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+/* Lanes [a, b) of v into p[a .. b) (the other lanes' memory is not touched). */
+static inline void store_lanes(float *p, int a, int b, vf v) {
+    _mm512_mask_storeu_ps(p, (__mmask16)(((1u << b) - 1) & ~((1u << a) - 1)), v);
+}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 typedef __m256 vf;
 #define L 8
@@ -56,6 +60,12 @@ static inline float hsum(vf v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+static inline void store_lanes(float *p, int a, int b, vf v) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(a - 1)),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(b), lane));
+    _mm256_maskstore_ps(p, in, v);
 }
 #else
 #error "engine/csrc needs AVX-512F, or AVX2 with FMA and F16C"

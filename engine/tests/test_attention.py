@@ -53,8 +53,23 @@ def _reference(case: dict[str, torch.Tensor], bias: bool) -> torch.Tensor:
     return torch.einsum("rhj,rhjd->rhd", torch.softmax(scores, -1), values).float()
 
 
+def _in_blocks(kernel: attention.Kernel, case: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The case's caches in the kernel's layout: the columns padded to whole blocks (with
+    values no column reads), the keys in blocks (Kernel.blocked)."""
+    keys, values = case["keys"], case["values"]
+    bias = case.get("bias", torch.zeros(keys.shape[1], keys.shape[-1]))
+    missing = -keys.shape[-1] % kernel.key_block
+    if missing:
+        keys = torch.cat([keys, torch.full((*keys.shape[:-1], missing), 1e4).to(keys.dtype)], -1)
+        junk = torch.full((values.shape[0], values.shape[1], missing, values.shape[3]), 1e4)
+        values = torch.cat([values, junk.to(values.dtype)], 2)
+        bias = torch.cat([bias, torch.full((bias.shape[0], missing), 1e4)], 1)
+    return case | {"keys": kernel.blocked(keys), "values": values, "bias": bias}
+
+
 def _run(kernel: attention.Kernel, case: dict[str, torch.Tensor], bias: bool, threads: int = 2):
     slot = case.get("slot", torch.arange(case["query"].shape[0]))
+    case = _in_blocks(kernel, case)
     return kernel.run(
         case["query"],
         case["keys"],
@@ -196,29 +211,35 @@ def test_self_caches_trimmed_in_place_move_each_slots_columns_to_the_front(
     kernels: list[attention.Kernel],
 ) -> None:
     generator = torch.Generator().manual_seed(4)
-    keys = torch.randn(5, 2, 8, 12, generator=generator).half()
-    values = torch.randn(5, 2, 12, 8, generator=generator).half()
     slots = torch.tensor([3, 0, 4])
     for kernel in kernels:
-        moved_keys, moved_values = keys.clone(), values.clone()
-        kernel.shift(moved_keys, moved_values, slots, 5, 6)
-        assert torch.equal(moved_keys[slots, :, :, :6], keys[slots, :, :, 5:11])
-        assert torch.equal(moved_values[slots, :, :6], values[slots, :, 5:11])
+        cap = 3 * kernel.key_block  # the moved columns cross blocks, from and to
+        keys = torch.randn(5, 2, 8, cap, generator=generator).half()
+        values = torch.randn(5, 2, cap, 8, generator=generator).half()
+        blocked, moved_values = kernel.blocked(keys), values.clone()
+        kernel.shift(blocked, moved_values, slots, 5, cap - 20)
+        moved_keys = kernel.plain(blocked)
+        assert torch.equal(moved_keys[slots, :, :, : cap - 20], keys[slots, :, :, 5 : cap - 15])
+        assert torch.equal(moved_values[slots, :, : cap - 20], values[slots, :, 5 : cap - 15])
         # The other slots, and the columns past the moved ones, are untouched.
         assert torch.equal(moved_keys[[1, 2]], keys[[1, 2]])
-        assert torch.equal(moved_keys[slots, :, :, 6:], keys[slots, :, :, 6:])
-        for args in [(slots, 7, 6), (torch.tensor([5]), 1, 2), (slots, -1, 3)]:
+        assert torch.equal(moved_keys[slots, :, :, cap - 20 :], keys[slots, :, :, cap - 20 :])
+        wrong = [(slots, cap - 5, 6), (torch.tensor([5]), 1, 2), (slots, -1, 3)]
+        for args in wrong:
             with pytest.raises(ValueError, match="do not fit"):
-                kernel.shift(moved_keys, moved_values, *args)
+                kernel.shift(blocked, moved_values, *args)
+        with pytest.raises(ValueError, match="do not fit"):  # keys not in blocks
+            kernel.shift(keys.clone(), moved_values, slots, 5, 6)
 
 
 @needs_kernel
 def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
     kernels: list[attention.Kernel],
 ) -> None:
-    kernel, case = kernels[0], _case(2, 3, 16, 20)
+    kernel = kernels[0]
+    case = _case(2, 3, 16, 2 * kernel.key_block)  # whole blocks: the columns stay the case's
     wrong = {
-        "a column past the cache": {"hi": torch.tensor([5, 21])},
+        "a column past the cache": {"hi": torch.tensor([5, 2 * kernel.key_block + 1])},
         "a negative first column": {"lo": torch.tensor([-1, 0])},
         "fp32 keys": {"keys": case["keys"].float()},
         "one row of query for two of keys": {"query": case["query"][:1].contiguous()},
@@ -231,6 +252,11 @@ def test_caches_and_columns_that_do_not_fit_are_an_error_not_a_stray_read(
     for change in wrong.values():
         with pytest.raises(ValueError, match="do not fit"):
             _run(kernel, case | change, bias=True)
+    slot = torch.arange(2)
+    with pytest.raises(ValueError, match="do not fit"):  # keys not in blocks
+        kernel.run(
+            case["query"], case["keys"], case["values"], None, slot, case["lo"], case["hi"], 1
+        )
 
 
 @needs_kernel
@@ -319,20 +345,26 @@ def test_a_steps_keys_and_values_are_stored_as_torchs_indexed_assignment_stores_
     kernels: list[attention.Kernel],
 ) -> None:
     generator = torch.Generator().manual_seed(3)
-    slots, heads, width, cap = 6, 3, 20, 11
+    slots, heads, width = 6, 3, 20
     key = torch.randn(4, heads, width, generator=generator) * 300
     value = torch.randn(4, heads, width, generator=generator) * 300
     key[0, 0, :3] = torch.tensor([1e6, -1e6, 1.0 + 2**-11])  # clamped; a tie rounds to even
     value[1, 2, :2] = torch.tensor([-7e4, 65519.0])
     slot = torch.tensor([4, 0, 5, 2])
     for kernel in kernels:
+        cap, column = 2 * kernel.key_block, kernel.key_block + 7  # in the second block
         keys = torch.randn(slots, heads, width, cap, generator=generator).half()
         values = torch.randn(slots, heads, cap, width, generator=generator).half()
         expected_keys, expected_values = keys.clone(), values.clone()
-        expected_keys[slot, :, :, 7] = key.clamp(-attention.HALF_MAX, attention.HALF_MAX).half()
-        expected_values[slot, :, 7] = value.clamp(-attention.HALF_MAX, attention.HALF_MAX).half()
-        kernel.store(key, value, keys, values, slot, 7)
-        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+        stored = key.clamp(-attention.HALF_MAX, attention.HALF_MAX).half()
+        expected_keys[slot, :, :, column] = stored
+        expected_values[slot, :, column] = value.clamp(
+            -attention.HALF_MAX, attention.HALF_MAX
+        ).half()
+        blocked = kernel.blocked(keys)
+        kernel.store(key, value, blocked, values, slot, column)
+        assert torch.equal(kernel.plain(blocked), expected_keys)
+        assert torch.equal(values, expected_values)
 
 
 @needs_kernel
@@ -340,14 +372,16 @@ def test_a_store_that_does_not_fit_is_an_error_not_a_stray_write(
     kernels: list[attention.Kernel],
 ) -> None:
     kernel = kernels[0]
-    keys = torch.zeros(3, 2, 8, 5).half()
-    values = torch.zeros(3, 2, 5, 8).half()
+    cap = kernel.key_block
+    keys = kernel.blocked(torch.zeros(3, 2, 8, cap).half())
+    values = torch.zeros(3, 2, cap, 8).half()
     key = value = torch.zeros(2, 2, 8)
     slot = torch.tensor([0, 2])
     wrong = [
         (key, value, keys, values, torch.tensor([0, 3]), 1),  # a slot past the buffers
         (key, value, keys, values, torch.tensor([-1, 0]), 1),  # a negative slot
-        (key, value, keys, values, slot, 5),  # a column past the caches
+        (key, value, keys, values, slot, cap),  # a column past the caches
+        (key, value, kernel.plain(keys), values, slot, 1),  # keys not in blocks
         (key, value, keys, values, slot, -1),
         (key.half(), value, keys, values, slot, 1),  # half-precision input
         (key, value, keys.float(), values, slot, 1),  # fp32 caches
