@@ -58,9 +58,9 @@ static inline vf exp_neg(vf x) {
  * score is the same fused multiply-adds, d ascending from 0, from 0: in a vector lane or in
  * the scalar tail, whatever the layout.
  *
- * Keys in blocks (block < cap: the self-attention's, (cap / block, D, block), block a multiple
- * of L): each vector of a block's columns takes its D coordinates' values (one line each,
- * block by block in memory order) into one accumulator, and its lanes in [lo, hi) are stored.
+ * Keys in blocks (block < cap: the self-attention's, (cap / KB, D, KB)): each block's vectors
+ * of columns take their D coordinates' values (one line each, in memory order) into one
+ * accumulator each, and the lanes in [lo, hi) are stored.
  * Keys of one block (the cross-attention's, (D, cap), lo 0): read coordinate by coordinate, a
  * run of the row's columns each, the scores accumulated in s (in cache): a key block read a
  * few columns of every coordinate at a time is D interleaved runs, which the hardware's
@@ -69,12 +69,19 @@ static void scores(const float *q, const uint16_t *k, long block, long cap, int 
                    const float *bias, long lo, long hi, float *s) {
     const long n = hi - lo;
     if (block < cap) {
-        for (long first = lo / L * L; first < hi; first += L) {
-            const uint16_t *at = k + first / block * block * D + first % block;
-            vf acc = ZERO();
-            for (int d = 0; d < D; d++) acc = FMA(SET1(q[d]), LOADH(at + d * block), acc);
-            const long a = lo > first ? lo - first : 0, b = hi < first + L ? hi - first : L;
-            store_lanes(s + (first - lo), (int)a, (int)b, acc);
+        for (long first = lo / KB * KB; first < hi; first += KB) {
+            const uint16_t *at = k + first * D;
+            vf acc[KB / L];
+            for (int t = 0; t < KB / L; t++) acc[t] = ZERO();
+            for (int d = 0; d < D; d++) {
+                const vf qd = SET1(q[d]);
+                for (int t = 0; t < KB / L; t++) acc[t] = FMA(qd, LOADH(at + d * KB + t * L), acc[t]);
+            }
+            for (int t = 0; t < KB / L; t++) {
+                const long start = first + t * L;
+                const long a = lo > start ? lo - start : 0, b = hi < start + L ? hi - start : L;
+                if (a < b) store_lanes(s + (start - lo), (int)a, (int)b, acc[t]);
+            }
         }
     } else {
         const long whole = n / L * L;
