@@ -15,9 +15,10 @@ those of decoding it alone. Columns no row needs any more are trimmed when the b
 so a steady flow of rows does not grow them forever.
 
 With engine/attention.py's kernel (an 8-bit model on the CPU) the caches are half precision,
-the self-attention keys are kept transposed (slots, heads, head width, columns), each row's
-self-attention caches sit in a slot of the buffers (freed when it leaves, taken by a newcomer:
-no other row's caches are copied; trimmed in place), its cross-attention caches stay where its
+the self-attention keys are kept transposed in blocks of columns (slots, heads, columns / 32,
+head width, 32: attention.Kernel.blocked), each row's self-attention caches sit in a slot of
+the buffers (freed when it leaves, taken by a newcomer: no other row's caches are copied;
+trimmed in place, or doubled then trimmed), its cross-attention caches stay where its
 encoder pass made them (attention.RowCaches: a join copies nothing), and each layer's attention
 is one kernel call over each row's own columns instead of a mask (the cross-attention padding
 bias is then unused and not kept up).

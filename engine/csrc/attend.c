@@ -75,7 +75,8 @@ static void scores(const float *q, const uint16_t *k, long block, long cap, int 
             for (int t = 0; t < KB / L; t++) acc[t] = ZERO();
             for (int d = 0; d < D; d++) {
                 const vf qd = SET1(q[d]);
-                for (int t = 0; t < KB / L; t++) acc[t] = FMA(qd, LOADH(at + d * KB + t * L), acc[t]);
+                for (int t = 0; t < KB / L; t++)
+                    acc[t] = FMA(qd, LOADH(at + d * KB + t * L), acc[t]);
             }
             for (int t = 0; t < KB / L; t++) {
                 const long start = first + t * L;
@@ -186,13 +187,13 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
 }
 
 /* A decoder step's new keys and values into the caches: for each row r, head h and coordinate
- * d, K[slot[r]][h][position / KB][d][position % KB] and V[slot[r]][h][position][d] get key[r][h][d] and
- * value[r][h][d] (fp32), clamped to half precision's largest finite value and rounded to
- * nearest even (what torch's `clamp(...).half()` gives). One call per layer where torch's
- * indexed assignment took two (at 16 rows in 32 slots of 100 columns, 390 us against 210 here
- * for the keys alone, on cold caches: the writes are a column apart). Returns -1,
- * having written nothing, where a slot is not one of the buffers' or the column is not the
- * caches'. */
+ * d, K[slot[r]][h][position / KB][d][position % KB] and V[slot[r]][h][position][d] get
+ * key[r][h][d] and value[r][h][d] (fp32), clamped to half precision's largest finite value
+ * and rounded to nearest even (what torch's `clamp(...).half()` gives). One call per layer
+ * where torch's indexed assignment took two (at 16 rows in 32 slots of 100 columns, 390 us
+ * against 210 here for the keys alone, on cold caches: the writes are a column apart).
+ * Returns -1, having written nothing, where a slot is not one of the buffers' or the column is
+ * not the caches'. */
 int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
                  const int64_t *slot, int rows, int H, int D, long cap, long slots, long position) {
     const float top = 65504.0f;
