@@ -70,18 +70,16 @@ class Kernel:
         slot[r]; bias (H, at least hi's largest) fp32 or None; slot, lo, hi (rows) int64, each
         row's slot and the columns it attends to. Returns (rows, H, D)."""
         rows, heads, width = query.shape
-        slots, cap = keys.shape[0], self.columns(keys)
+        slots, cap = self._self_caches(keys, values, heads, width)
         # C reads raw memory: anything that does not fit is an error here, never a stray read.
         fits = (
-            query.dtype == torch.float32
-            and keys.dtype == values.dtype == torch.float16
-            and keys.shape == (slots, heads, cap // self.key_block, width, self.key_block)
-            and values.shape == (slots, heads, cap, width)
+            cap > 0
+            and query.dtype == torch.float32
             and slot.shape == lo.shape == hi.shape == (rows,)
             and slot.dtype == lo.dtype == hi.dtype == torch.int64
             and width <= self.max_d
             and (bias is None or (bias.dtype == torch.float32 and bias.dim() == 2))
-            and all(t.is_contiguous() for t in (query, keys, values, slot, lo, hi))
+            and all(t.is_contiguous() for t in (query, slot, lo, hi))
         )
         if fits and bias is not None:
             fits = bias.shape[0] == heads and bias.is_contiguous()
@@ -127,16 +125,14 @@ class Kernel:
         precision, clamped to HALF_MAX: what `keys[slot, :, :, position] = key.clamp(...).half()`
         does in the keys' plain layout (slots, H, D, cap)."""
         rows, heads, width = key.shape
-        slots, cap = keys.shape[0], self.columns(keys)
+        slots, cap = self._self_caches(keys, values, heads, width)
         fits = (
-            key.dtype == value.dtype == torch.float32
-            and keys.dtype == values.dtype == torch.float16
+            cap > 0
+            and key.dtype == value.dtype == torch.float32
             and value.shape == key.shape
-            and keys.shape == (slots, heads, cap // self.key_block, width, self.key_block)
-            and values.shape == (slots, heads, cap, width)
             and slot.shape == (rows,)
             and slot.dtype == torch.int64
-            and all(t.is_contiguous() for t in (key, value, keys, values, slot))
+            and all(t.is_contiguous() for t in (key, value, slot))
         )
         if not fits:
             raise ValueError("attention: the new keys, values and caches do not fit together")
@@ -156,11 +152,24 @@ class Kernel:
         if failed:  # a slot or the column outside the caches: C wrote nothing
             raise ValueError("attention: the new keys, values and caches do not fit together")
 
-    def columns(self, keys: torch.Tensor) -> int:
-        """The columns of self-attention keys in the blocked layout (0 if they are not)."""
-        if keys.dim() != 5 or keys.shape[4] != self.key_block:
-            return 0
-        return int(keys.shape[2]) * self.key_block
+    def _self_caches(
+        self, keys: torch.Tensor, values: torch.Tensor, heads: int, width: int
+    ) -> tuple[int, int]:
+        """(slots, columns) of self-attention caches of this many heads this wide: keys
+        (slots, H, cap / B, D, B) and values (slots, H, cap, D), contiguous half precision;
+        (0, 0) where they are not."""
+        if keys.dim() != 5 or values.dim() != 4:
+            return 0, 0
+        slots, cap = int(values.shape[0]), int(values.shape[2])
+        fits = (
+            keys.dtype == values.dtype == torch.float16
+            and cap % self.key_block == 0
+            and keys.shape == (slots, heads, cap // self.key_block, width, self.key_block)
+            and values.shape == (slots, heads, cap, width)
+            and keys.is_contiguous()
+            and values.is_contiguous()
+        )
+        return (slots, cap) if fits else (0, 0)
 
     def blocked(self, keys: torch.Tensor) -> torch.Tensor:
         """Keys (..., D, cap) in the kernel's blocked layout (..., cap / B, D, B), cap a
@@ -227,16 +236,10 @@ class Kernel:
         """Move columns offset..offset + kept of these slots of keys (slots, H, cap / B, D, B:
         `blocked`) and values (slots, H, cap, D) to 0..kept, in place: what copying those
         columns of `keys[slots]` to the front does, without new buffers."""
-        count, cap = slots.shape[0], self.columns(keys)
-        total, heads, _, width, _ = keys.shape if keys.dim() == 5 else (0, 0, 0, 0, 0)
-        fits = (
-            keys.dtype == values.dtype == torch.float16
-            and keys.shape == (total, heads, cap // self.key_block, width, self.key_block)
-            and values.shape == (total, heads, cap, width)
-            and slots.dtype == torch.int64
-            and slots.dim() == 1
-            and all(t.is_contiguous() for t in (keys, values, slots))
-        )
+        count = slots.shape[0]
+        heads, width = (values.shape[1], values.shape[3]) if values.dim() == 4 else (0, 0)
+        total, cap = self._self_caches(keys, values, heads, width)
+        fits = cap > 0 and slots.dtype == torch.int64 and slots.dim() == 1 and slots.is_contiguous()
         if not fits:
             raise ValueError("attention: the caches and columns to move do not fit together")
         failed = self._shift(

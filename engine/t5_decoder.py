@@ -108,8 +108,8 @@ class T5DecoderStep:
         if kernel:  # whole blocks of the kernel's key columns
             capacity = -(-max(1, capacity) // kernel.key_block) * kernel.key_block
         shape = (pool, self.heads, max(1, capacity), self.head_dim)
-        self.keys = [encoded.new_empty(self._key_shape(shape), dtype=self.cache_dtype)]
-        self.keys += [torch.empty_like(self.keys[0]) for _ in self.blocks[1:]]
+        key_shape = self._key_shape(shape)
+        self.keys = [encoded.new_empty(key_shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.values = [encoded.new_empty(shape, dtype=self.cache_dtype) for _ in self.blocks]
         self.length = 0  # the shared column clock: columns written so far
         # A step's column bound for the kernel's self-attention (every row's end).
