@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,8 +341,11 @@ def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
 def _quantize_rows_int8(network: Any) -> Any:
     """Every Linear to row-scaled int8 in place, then let go of the checkpoint's file."""
     rowint8.quantize_rows(network, FUSED_T5)
-    if encoder_kernel() == "onednn":
-        _encoder_to_onednn(network)
+    chosen = encoder_kernel()
+    if chosen == "onednn":
+        _encoder_to(network, rowint8.OnednnPacked)
+    elif chosen == "step" and (kernel := _step_kernel()) is not None:
+        _encoder_to(network, lambda packed: rowint8.StepPacked(packed, kernel))
     _step_to_qgemm(network)
     own_memory(network)
     gc.collect()
@@ -352,17 +355,30 @@ def _quantize_rows_int8(network: Any) -> Any:
     return network
 
 
+ENCODER_KERNELS = ("auto", "fbgemm", "onednn", "step")
+
+
 def encoder_kernel() -> str:
     """Which kernel a torch-int8 model's encoder products run on (INFERENCE_ENCODER_KERNEL):
-    `onednn` where oneDNN takes AMX for them (auto: a CPU with AMX's int8 instructions), else
-    `fbgemm`, as the decoder's always do (docs/engine.md, "The encoder's products on AMX")."""
+    `onednn` where oneDNN takes AMX for them (auto: a CPU with AMX's int8 instructions),
+    `step` on the step products kernel where it was measured faster than fbgemm at the
+    encoder's sizes too (auto: the AVX2 build, a CPU with AVX2 and no AVX-512, whose steps take
+    the kernel), else `fbgemm`, as the decoder's do without the step kernel (docs/engine.md,
+    "The encoder's products")."""
     wanted = os.environ.get("INFERENCE_ENCODER_KERNEL", "auto").strip().lower() or "auto"
-    if wanted not in ("auto", "fbgemm", "onednn"):
+    if wanted not in ENCODER_KERNELS:
         raise ModelLoadError(
-            f"INFERENCE_ENCODER_KERNEL={wanted!r}: expected auto, fbgemm or onednn."
+            f"INFERENCE_ENCODER_KERNEL={wanted!r}: expected auto, fbgemm, onednn or step."
         )
     if wanted == "fbgemm":
         return "fbgemm"
+    if wanted == "step":
+        if _step_kernel() is None:
+            raise ModelLoadError(
+                "INFERENCE_ENCODER_KERNEL=step: the step products kernel is off "
+                "(INFERENCE_STEP_KERNEL) or cannot be built here; use auto or fbgemm."
+            )
+        return "step"
     usable = rowint8.onednn_supported() and rowops.load() is not None
     if wanted == "onednn":
         if not usable:
@@ -371,16 +387,29 @@ def encoder_kernel() -> str:
                 "or the row kernels cannot be built here; use auto or fbgemm."
             )
         return "onednn"
-    return "onednn" if usable and "amx_int8" in native.cpu_flags() else "fbgemm"
+    if usable and "amx_int8" in native.cpu_flags():
+        return "onednn"
+    kernel = _step_kernel()
+    measured = kernel is not None and kernel.target == "avx2" and qgemm.wanted(kernel)
+    return "step" if measured else "fbgemm"
 
 
-def _encoder_to_onednn(network: Any) -> None:
+def _step_kernel() -> qgemm.Kernel | None:
+    """The step products kernel, or None where it is off, cannot run, or its setting is not
+    one of its own (that error is the step's, raised by _step_to_qgemm)."""
+    try:
+        return qgemm.load()
+    except ValueError:
+        return None
+
+
+def _encoder_to(network: Any, wrap: Callable[[Any], Any]) -> None:
     """The products that read the prompt's positions (the encoder's, and cross-attention's
-    keys and values in each decoder block) repacked for oneDNN; the decoder's step stays on
-    fbgemm (at a step's few rows AMX is slower)."""
-    rowint8.repack(network.get_encoder(), rowint8.OnednnPacked)
+    keys and values in each decoder block) repacked as wrap(fbgemm's packed weight): for
+    oneDNN, or for the step kernel. The decoder's step is _step_to_qgemm's."""
+    rowint8.repack(network.get_encoder(), wrap)
     for module in _prompt_side(network):
-        rowint8.repack(module, rowint8.OnednnPacked)
+        rowint8.repack(module, wrap)
 
 
 def _prompt_side(network: Any) -> list[torch.nn.Module]:

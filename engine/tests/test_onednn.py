@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import native, rowint8, rowops
+from engine import native, qgemm, rowint8, rowops
 from engine.loading import ModelLoadError, encoder_kernel, load_model
 from engine.rowint8 import FusedRowInt8, OnednnPacked, RowInt8Linear
 from engine.testing import generate, running_engine, tiny_config
@@ -80,6 +80,8 @@ def test_only_the_products_that_read_the_prompt_are_repacked(
 
 
 def test_the_setting_picks_and_refuses_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the step kernel (its share of auto is engine/tests/test_qgemm.py's).
+    monkeypatch.setattr(qgemm, "load", lambda: None)
     monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "fbgemm")
     assert encoder_kernel() == "fbgemm"
     monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")
@@ -88,7 +90,7 @@ def test_the_setting_picks_and_refuses_as_documented(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(native, "cpu_flags", lambda: {"avx512f", "amx_int8", "amx_tile"})
     assert encoder_kernel() == "onednn"
     monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "amx please")
-    with pytest.raises(ModelLoadError, match="expected auto, fbgemm or onednn"):
+    with pytest.raises(ModelLoadError, match="expected auto, fbgemm, onednn or step"):
         encoder_kernel()
     monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "onednn")
     monkeypatch.setattr(rowint8, "onednn_supported", lambda: False)

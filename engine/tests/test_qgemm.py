@@ -2,9 +2,11 @@
 replaces (rows on the grid, fbgemm's product, the rows scaled back, the bias) for every CPU
 target this machine runs, at every row count a step has and odd widths; a row's result does
 not depend on its batch-mates or the thread count; inputs that do not fit refused; a torch-int8
-model's step products take it (cross-attention's keys and values and the encoder do not), with
-the same logits as fbgemm's, and INFERENCE_STEP_KERNEL chooses."""
+model's step products take it (cross-attention's keys and values and the encoder only with
+INFERENCE_ENCODER_KERNEL=step, its default on the AVX2 build), with the same logits and encoder
+outputs as fbgemm's, and INFERENCE_STEP_KERNEL and INFERENCE_ENCODER_KERNEL choose."""
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import pytest
 import torch
 
 from engine import native, qgemm, rowint8, rowops
-from engine.loading import ModelLoadError, load_model
-from engine.t5_decoder import T5DecoderStep
+from engine.loading import ModelLoadError, encoder_kernel, load_model
+from engine.t5_decoder import T5DecoderStep, cross_caches
+from engine.testing import generate, running_engine, tiny_config
 
 pytestmark = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
 
@@ -203,6 +206,7 @@ def test_a_torch_int8_models_step_products_take_the_kernel_with_fbgemms_logits(
 ) -> None:
     if rowops.load() is None or qgemm.load() is None:
         pytest.skip("the kernels cannot be built here")
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "fbgemm")  # its own test below
     monkeypatch.setenv("INFERENCE_STEP_KERNEL", "on")
     on = load_model(str(tiny_model_dir), quantization="torch-int8")
     monkeypatch.setenv("INFERENCE_STEP_KERNEL", "off")
@@ -213,6 +217,66 @@ def test_a_torch_int8_models_step_products_take_the_kernel_with_fbgemms_logits(
     assert _step_kernel_modules(off) == (0, 0, 0)
     ids = torch.randint(3, 90, (3, 11), generator=torch.Generator().manual_seed(0))
     assert torch.equal(_step_logits(on, ids), _step_logits(off, ids))
+
+
+def test_the_encoder_and_cross_attentions_keys_can_take_it_with_fbgemms_outputs(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    if rowops.load() is None or qgemm.load() is None:
+        pytest.skip("the kernels cannot be built here")
+    monkeypatch.setenv("INFERENCE_STEP_KERNEL", "on")
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "step")
+    on = load_model(str(tiny_model_dir), quantization="torch-int8")
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "fbgemm")
+    off = load_model(str(tiny_model_dir), quantization="torch-int8")
+    layers = len(on.model.get_encoder().block)
+    # Per encoder layer: q+k+v, o, wi_0+wi_1, wo; per decoder layer, cross k+v.
+    assert _step_kernel_modules(on) == (6 * layers + 1, layers, 4 * layers)
+    assert _step_kernel_modules(off) == (6 * layers + 1, 0, 0)
+    # Prompts of several lengths in one padded pass: every position of every row, and the
+    # cross-attention keys and values made from them, bitwise fbgemm's.
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 90, (3, 37), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 20:], mask[2, 5:] = 0, 0
+    with torch.inference_mode():
+        outputs = [
+            loaded.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            for loaded in (on, off)
+        ]
+        caches = [
+            cross_caches(loaded.model, output, loaded.attention)
+            for loaded, output in zip((on, off), outputs, strict=True)
+        ]
+    assert torch.equal(outputs[0], outputs[1])
+    for (keys, values), (their_keys, their_values) in zip(*caches, strict=True):
+        assert torch.equal(keys, their_keys) and torch.equal(values, their_values)
+    assert torch.equal(_step_logits(on, ids), _step_logits(off, ids))
+
+
+def test_the_encoders_setting_picks_the_kernel_where_it_was_measured(
+    monkeypatch: pytest.MonkeyPatch, kernels: list[qgemm.Kernel]
+) -> None:
+    monkeypatch.setattr(native, "cpu_flags", lambda: {"avx2", "fma", "f16c"})  # no AMX
+    monkeypatch.setenv("INFERENCE_STEP_KERNEL", "auto")
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")
+    for kernel in kernels:
+        monkeypatch.setattr(qgemm, "load", lambda kernel=kernel: kernel)
+        # The AVX2 build (an AVX2-only CPU); on AVX-512 fbgemm's encoder products kept up.
+        assert encoder_kernel() == ("step" if kernel.target == "avx2" else "fbgemm")
+        monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "step")
+        assert encoder_kernel() == "step"
+        monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")
+    monkeypatch.setattr(qgemm, "load", lambda: None)  # INFERENCE_STEP_KERNEL=off, or no kernel
+    assert encoder_kernel() == "fbgemm"
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "step")
+    with pytest.raises(
+        ModelLoadError, match="INFERENCE_ENCODER_KERNEL=step: .* use auto or fbgemm"
+    ):
+        encoder_kernel()
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "qgemm")
+    with pytest.raises(ModelLoadError, match="expected auto, fbgemm, onednn or step"):
+        encoder_kernel()
 
 
 def test_auto_takes_the_kernel_only_where_its_path_was_measured(
@@ -244,3 +308,30 @@ def test_a_bad_setting_is_a_clear_load_error_and_off_builds_nothing(
     loaded = load_model(str(tiny_model_dir), quantization="torch-int8")
     assert _step_kernel_modules(loaded) == (0, 0, 0)
     assert not kernel_cache.exists()
+
+
+def test_through_the_engine_the_encoders_kernel_answers_as_fbgemm_alone_and_together(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    if rowops.load() is None or qgemm.load() is None:
+        pytest.skip("the kernels cannot be built here")
+    # Passes on the prefill thread beside the steps (two torch threads), each with its own
+    # scratch in the kernel, while the steps call it too.
+    prompts = ["reverse: a b c d e", "reverse: f g", "reverse: h i j k l m n o p q r s t"]
+    config = tiny_config(
+        tiny_model_dir, quantization="torch-int8", max_batch=8, threads=2, prefill_thread="on"
+    )
+    answers: dict[str, tuple[list[str], list[str]]] = {}
+    for setting in ("step", "fbgemm"):
+        monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", setting)
+        with running_engine(config) as engine:
+
+            async def together() -> list[str]:
+                tasks = [generate(engine, prompt, max_tokens=12) for prompt in prompts]
+                return [result.text for result in await asyncio.gather(*tasks)]
+
+            alone = [asyncio.run(generate(engine, p, max_tokens=12)).text for p in prompts]
+            answers[setting] = (alone, asyncio.run(together()))
+    assert answers["step"] == answers["fbgemm"]
+    assert answers["step"][0] == answers["step"][1]
+    assert len(set(answers["step"][0])) > 1  # the prompts answer differently
