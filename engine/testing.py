@@ -1,6 +1,7 @@
 """Helpers for tests that run the real engine on the tiny model (used by inference/tests and
 reusable by other apps' tests: build the model once, start engines, collect streams)."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -60,6 +61,20 @@ async def generate(engine: Engine, prompt: str, **params: Any) -> GenerationResu
     params.setdefault("temperature", 0.0)
     stream = await engine.submit(GenerationRequest(prompt=prompt, **params))
     return await stream.complete()
+
+
+def alone_and_together(
+    engine: Engine, prompts: list[str], max_tokens: int
+) -> tuple[list[str], list[str]]:
+    """Each prompt's greedy answer asked alone, one after another, then all asked at once
+    (called from a thread with no event loop running)."""
+
+    async def together() -> list[str]:
+        tasks = [generate(engine, prompt, max_tokens=max_tokens) for prompt in prompts]
+        return [result.text for result in await asyncio.gather(*tasks)]
+
+    alone = [asyncio.run(generate(engine, p, max_tokens=max_tokens)).text for p in prompts]
+    return alone, asyncio.run(together())
 
 
 async def deltas(stream: Stream, count: int = 1) -> AsyncIterator[str]:

@@ -4,7 +4,6 @@ count; within the grid's rounding of fbgemm's; the encoder and cross-attention's
 repacked, the decoder's step left on fbgemm; INFERENCE_ENCODER_KERNEL read and refused as
 documented; through the engine, a request's tokens the same alone and beside others."""
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from engine import native, qgemm, rowint8, rowops
 from engine.loading import ModelLoadError, encoder_kernel, load_model
 from engine.rowint8 import FusedRowInt8, OnednnPacked, RowInt8Linear
-from engine.testing import generate, running_engine, tiny_config
+from engine.testing import alone_and_together, running_engine, tiny_config
 
 pytestmark = pytest.mark.skipif(
     not rowint8.onednn_supported() or native.cpu_target() is None,
@@ -110,11 +109,6 @@ def test_a_requests_tokens_are_the_same_alone_and_beside_others(
     prompts = ["reverse: a b c d e", "reverse: f g", "reverse: h i j k l m n o p q r s t"]
     config = tiny_config(tiny_model_dir, quantization="torch-int8", max_batch=8)
     with running_engine(config) as engine:
-
-        async def together() -> list[str]:
-            tasks = [generate(engine, prompt, max_tokens=12) for prompt in prompts]
-            return [result.text for result in await asyncio.gather(*tasks)]
-
-        alone = [asyncio.run(generate(engine, prompt, max_tokens=12)).text for prompt in prompts]
-        assert asyncio.run(together()) == alone
+        alone, together = alone_and_together(engine, prompts, max_tokens=12)
+        assert together == alone
         assert len(set(alone)) > 1  # the prompts answer differently: the rows are told apart

@@ -6,7 +6,6 @@ model's step products take it (cross-attention's keys and values and the encoder
 INFERENCE_ENCODER_KERNEL=step, its default on the AVX2 build), with the same logits and encoder
 outputs as fbgemm's, and INFERENCE_STEP_KERNEL and INFERENCE_ENCODER_KERNEL choose."""
 
-import asyncio
 import threading
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from engine import native, qgemm, rowint8, rowops
 from engine.loading import ModelLoadError, encoder_kernel, load_model
 from engine.t5_decoder import T5DecoderStep, cross_caches
-from engine.testing import generate, running_engine, tiny_config
+from engine.testing import alone_and_together, running_engine, tiny_config
 
 pytestmark = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
 
@@ -325,13 +324,7 @@ def test_through_the_engine_the_encoders_kernel_answers_as_fbgemm_alone_and_toge
     for setting in ("step", "fbgemm"):
         monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", setting)
         with running_engine(config) as engine:
-
-            async def together() -> list[str]:
-                tasks = [generate(engine, prompt, max_tokens=12) for prompt in prompts]
-                return [result.text for result in await asyncio.gather(*tasks)]
-
-            alone = [asyncio.run(generate(engine, p, max_tokens=12)).text for p in prompts]
-            answers[setting] = (alone, asyncio.run(together()))
+            answers[setting] = alone_and_together(engine, prompts, max_tokens=12)
     assert answers["step"] == answers["fbgemm"]
     assert answers["step"][0] == answers["step"][1]
     assert len(set(answers["step"][0])) > 1  # the prompts answer differently
