@@ -403,7 +403,7 @@ def run_batch(
         with torch.inference_mode():
             if beside is None and admit is not None and prefill_step_tokens > 0:
                 # In pauses the first rows' pass is cut too: newcomers that come meanwhile
-                # are admitted between its layers and share the pauses (_next_pause).
+                # are admitted between its layers and share the pauses (_Pauses).
                 batch = Batch(model, [])
                 if first := rows_of(jobs):
                     passes.append(Prefill(model, first))
