@@ -3,7 +3,7 @@ encoder work between two decoder steps stays within the budget, and the rows sti
 exactly as alone. run_batch is driven directly, so the order of encoder layers and decoder
 steps can be read; assertions are on order, never on time."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -241,6 +241,27 @@ def alone_tokens(model: LoadedModel, prompt: str, max_tokens: int) -> list[int]:
 QUIET = "A quiet tenant asks one thing"
 
 
+class Offers:
+    """run_batch's should_abort and admit, driven directly: counts the pauses (should_abort
+    is asked first at each look for news) and offers `offered[pause]` as newcomers (none
+    urgent); `on_pause(pause)` runs at each."""
+
+    def __init__(
+        self, offered: dict[int, list[Job]], on_pause: Callable[[int], None] | None = None
+    ) -> None:
+        self.offered, self.on_pause = offered, on_pause
+        self.pauses = 0
+
+    def should_abort(self) -> bool:
+        self.pauses += 1
+        if self.on_pause is not None:
+            self.on_pause(self.pauses)
+        return False
+
+    def admit(self, rows: Sequence[Job], urgent: bool) -> list[Job]:
+        return [] if urgent else self.offered.get(self.pauses, [])
+
+
 def test_in_pauses_a_newcomer_begins_its_pass_while_another_is_under_way(
     model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,20 +271,8 @@ def test_in_pauses_a_newcomer_begins_its_pass_while_another_is_under_way(
     log = trace(monkeypatch)
     running = Recorded(model, RUNNING, 24)
     long, short = Recorded(model, NEWCOMER, 8), Recorded(model, QUIET, 4)
-    pauses = 0
-
-    def should_abort() -> bool:
-        nonlocal pauses
-        pauses += 1
-        return False
-
-    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        if urgent:
-            return []
-        offered: dict[int, list[Job]] = {3: [long], 4: [short]}
-        return offered.get(pauses, [])
-
-    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=1)
+    offers = Offers({3: [long], 4: [short]})
+    run_batch(model, [running], offers.should_abort, admit=offers.admit, prefill_step_tokens=1)
     encoder_work = [size for kind, size in log if kind == "layer"]
     widths = len(long.prompt_ids), len(short.prompt_ids)
     first_long, first_short = encoder_work.index(widths[0]), encoder_work.index(widths[1])
@@ -284,17 +293,8 @@ def test_in_pauses_the_first_rows_pass_is_cut_and_a_newcomer_begins_before_it_en
     # and its pass begins before the first one's ends, before any step.
     log = trace(monkeypatch)
     first, newcomer = Recorded(model, NEWCOMER, 8), Recorded(model, QUIET, 4)
-    pauses = 0
-
-    def should_abort() -> bool:
-        nonlocal pauses
-        pauses += 1
-        return False
-
-    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        return [newcomer] if pauses == 2 and not urgent else []
-
-    run_batch(model, [first], should_abort, admit=admit, prefill_step_tokens=1)
+    offers = Offers({2: [newcomer]})
+    run_batch(model, [first], offers.should_abort, admit=offers.admit, prefill_step_tokens=1)
     long, short = ("layer", len(first.prompt_ids)), ("layer", len(newcomer.prompt_ids))
     last_long = len(log) - 1 - log[::-1].index(long)
     assert log.index(short) < last_long
@@ -312,19 +312,13 @@ def test_in_pauses_cancels_and_newcomers_are_looked_for_between_two_layers_of_a_
     log = trace(monkeypatch)
     running, long = Recorded(model, RUNNING, 24), Recorded(model, NEWCOMER, 8)
     budget = len(long.prompt_ids)
-    pauses = 0
 
-    def should_abort() -> bool:
-        nonlocal pauses
-        pauses += 1
-        if ("layer", budget) in log:  # the newcomer's first layer has run
+    def cancel_after_its_first_layer(pause: int) -> None:
+        if ("layer", budget) in log:
             long.cancelled = True
-        return False
 
-    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        return [long] if pauses == 3 and not urgent else []
-
-    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=budget)
+    offers = Offers({3: [long]}, cancel_after_its_first_layer)
+    run_batch(model, [running], offers.should_abort, admit=offers.admit, prefill_step_tokens=budget)
     assert log.count(("layer", budget)) == 1 < model.model.config.num_layers
     assert long.result.finish_reason == "cancelled" and long.result.completion_tokens == 0
     assert running.result.token_ids == alone_tokens(model, RUNNING, 24)
