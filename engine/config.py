@@ -25,8 +25,7 @@ class EngineConfig:
     # The encoder work run between two decoder steps while rows decode, in prompt tokens
     # through the whole encoder (a layer over n padded tokens counts n / layers; at least
     # one layer): a pass is cut at layer boundaries so the running streams' gap between
-    # tokens stays bounded; the passes under way take the pauses in turn (newcomers are
-    # admitted at every pause). 0: a pass runs whole, one at a time.
+    # tokens stays bounded. 0: a pass runs whole.
     prefill_step_tokens: int = 32
     # Newcomers' encoder passes on a thread of their own beside the decoder steps, with half
     # the model thread's torch threads (engine/prefill.py), instead of in pauses between two

@@ -369,9 +369,7 @@ def run_batch(
     newcomers join between steps (and are appended to `jobs`, so a caller that fails the
     batch fails them too): their encoder pass runs beside the steps on a thread of
     `prefill_threads` torch threads, or with 0 `prefill_step_tokens` encoder tokens' worth
-    of layers per pause (0: all at once), while the running rows go on decoding; in pauses
-    the passes under way (the first rows' among them) take the pauses in turn, so newcomers
-    are admitted at the next pause whatever pass is under way; `stepped`
+    of layers per pause (0: all at once), while the running rows go on decoding; `stepped`
     gets each iteration's seconds (encoder work and step). With `adapters`, a row whose
     adapter is not held yet is parked while it loads (the others decode), and joins once it
     is; the batch takes no newcomers once the host has the other base ready (it then ends)."""
@@ -397,21 +395,11 @@ def run_batch(
 
     beside = start_prefill_thread(prefill_threads) if prefill_threads > 0 else None
     passes: list[Prefill] = []  # the newcomers' encoder passes under way, in order
-    pauses = _Pauses(prefill_step_tokens)
-    started = time.perf_counter()
     try:
         with torch.inference_mode():
-            if beside is None and admit is not None and prefill_step_tokens > 0:
-                # In pauses the first rows' pass is cut too: newcomers that come meanwhile
-                # are admitted between its layers and share the pauses (_Pauses).
-                batch = Batch(model, [])
-                if first := rows_of(jobs):
-                    passes.append(Prefill(model, first))
-            else:
-                batch = Batch(model, rows_of(jobs))
+            batch = Batch(model, rows_of(jobs))
             while True:
-                if pauses.current is None:  # not in the middle of a pause
-                    started = time.perf_counter()
+                started = time.perf_counter()
                 abort = should_abort()
                 _cancel_rows(batch.rows, abort=abort)
                 batch.keep_running()
@@ -420,19 +408,15 @@ def run_batch(
                     if not prefill.waiting:
                         prefill.given_up = True  # every newcomer was cancelled meanwhile
                 passes = [prefill for prefill in passes if not prefill.given_up]
-                if pauses.current is not None and pauses.current.given_up:
-                    pauses.current = None  # its pause ends with it
                 if host is not None:
                     _settle(model, host, batch, held, abort)
                 # After the leaves: a row that ended or was cancelled frees its place at once.
                 # A batch whose rows all ended ends (the next one starts at once if jobs
-                # wait). On the thread newcomers wait while passes are under way (their rows
-                # count in), except the headroom's, encoded whole here and decoding from this
-                # step on; in pauses they are admitted at once (_admitting).
+                # wait). Newcomers wait while passes are under way (their rows count in),
+                # except the headroom's, encoded whole here and decoding from this step on.
                 parked = [] if host is None else host.parked
                 swapping = host is not None and host.swap_ready
-                under_way = batch.rows or parked or passes
-                if admit is not None and not abort and not swapping and under_way:
+                if admit is not None and not abort and not swapping and (batch.rows or parked):
                     holding = [row.job for row in batch.rows] + parked
                     holding += [row.job for prefill in passes for row in prefill.rows]
                     if rows := joined(admit(holding, True)):
@@ -445,12 +429,13 @@ def run_batch(
                             passes.append(Prefill(model, group))
                             if beside is not None:
                                 beside.submit(passes[-1])
-                if beside is not None:
-                    # Passes on the thread join in their order as they end.
-                    while passes and _prefilled(passes[0], bool(batch.rows)):
-                        batch.join(passes.pop(0))
-                elif passes and not (pauses.advance(passes, batch) and batch.rows):
-                    continue  # the pause goes on, or nothing decodes yet: a look for news first
+                # Passes join in their order as they end (in pauses: one pass's layers a pause).
+                while passes and _prefilled(
+                    passes[0], beside is not None, prefill_step_tokens, bool(batch.rows)
+                ):
+                    batch.join(passes.pop(0))
+                    if beside is None:
+                        break
                 if not batch.rows:
                     if host is not None and host.parked and not swapping and not abort:
                         host.wait(0.05)  # rows wait for their adapter: nothing else runs
@@ -470,44 +455,6 @@ def run_batch(
                 host.release(row.job)
 
 
-class _Pauses:
-    """The passes under way in pauses between two decoder steps (no PrefillThread): a pause
-    runs one pass's layers, as many as `step_tokens` prompt tokens through the whole encoder
-    buy (a layer over n padded tokens counts n / layers; at least one; 0: the whole pass),
-    one layer at a time so that run_batch looks for newcomers and cancels between two of
-    them; the passes under way take the pauses in turn, and each joins as it ends."""
-
-    def __init__(self, step_tokens: int) -> None:
-        self.step_tokens = step_tokens
-        self.turn = 0  # the place in `passes` of the next pause's pass
-        self.current: Prefill | None = None  # the pass of the pause under way
-        self.layers = 0  # the layers it ran in this pause
-
-    def advance(self, passes: list[Prefill], batch: Batch) -> bool:
-        """Run the next layer of this pause (a new pause takes the next pass in turn); a pass
-        that ends joins the batch. True when the pause is over: the step may run."""
-        if self.current is None:
-            self.turn %= len(passes)
-            self.current, self.layers = passes[self.turn], 0
-        prefill = self.current
-        done = prefill.run_layers(1 if self.step_tokens > 0 else prefill.encoder.layers)
-        self.layers += 1
-        encoder = prefill.encoder
-        over = (
-            done
-            or self.step_tokens <= 0
-            or (self.layers + 1) * encoder.padded_tokens > self.step_tokens * encoder.layers
-        )
-        if done:
-            passes.remove(prefill)
-            batch.join(prefill)  # the next pass in turn now sits at self.turn
-        elif over:
-            self.turn += 1
-        if over:
-            self.current = None
-        return over
-
-
 def _passes(rows: list[Row], beside: bool) -> list[list[Row]]:
     """The newcomers' encoder passes: by prompt length on the PrefillThread (split_passes);
     in pauses one pass, padded, as each pause runs one pass's layers within its token budget
@@ -519,20 +466,20 @@ def _passes(rows: list[Row], beside: bool) -> list[list[Row]]:
 
 
 def _admitting(passes: list[Prefill], beside: bool) -> bool:
-    """Whether the next newcomers are admitted now. In pauses always: their pass takes its
-    turn in the pauses beside the passes under way (each pause runs one pass's layers, the
-    passes in turn), so a newcomer's encoder work begins at the next pause or the one after,
-    not once every pass before it has ended. On the PrefillThread when no pass is under way
-    or once every pass under way has begun (theirs then queue behind the one running, which
-    starts the next the moment it ends, not a step later): at most one admission waits for
-    the thread, and the queue, not the thread, orders the rest."""
-    return not beside or not passes or all(prefill.begun.is_set() for prefill in passes)
+    """Whether the next newcomers are admitted now: when no pass is under way, or on the
+    PrefillThread once every pass under way has begun (theirs then queue behind the one
+    running, which starts the next the moment it ends, not a step later). So at most one
+    admission waits for the thread, and the queue, not the thread, orders the rest."""
+    return not passes or (beside and all(prefill.begun.is_set() for prefill in passes))
 
 
-def _prefilled(prefill: Prefill, decoding: bool) -> bool:
-    """Whether the newcomers' pass on the PrefillThread has ended, so they join now (its
-    fault fails the batch here). With no row decoding nobody waits on a step: the pass is
-    waited for to its end."""
+def _prefilled(prefill: Prefill, beside: bool, step_tokens: int, decoding: bool) -> bool:
+    """Whether the newcomers' pass is done, so they join now: run in this pause (the layers
+    step_tokens buy), or ended on the PrefillThread beside the steps (its fault fails the
+    batch here). With no row decoding nobody waits on a step: the pass runs, or is waited
+    for, to its end."""
+    if not beside:
+        return prefill.run(step_tokens if decoding else 0)
     if decoding and not prefill.ended.is_set():
         return False
     prefill.ended.wait()

@@ -8,9 +8,8 @@ A pass runs one of two ways:
   it runs, so a long prompt neither stalls them nor waits for their steps. The newcomers'
   cross-attention keys and values are computed there too; their join between two steps
   only copies them into the caches.
-- in pauses between two decoder steps (decoding's `_Pauses`): the layers a budget of encoder
-  tokens buys, a layer at a time, then a step, and so on; the passes under way take the
-  pauses in turn, and each pass's newcomers join after its last layer.
+- in pauses between two decoder steps (`Prefill.run(budget)`): the layers `budget` encoder
+  tokens buy, then a step, and so on; the newcomers join after the last layer.
 
 Either way the maths is the encoder's (engine/t5_encoder.py) and a row's output is bitwise the
 same as a pass run whole on the model thread (tested): the 8-bit and half-precision kernels
@@ -85,14 +84,10 @@ class Prefill:
 
     def run(self, budget: int) -> bool:
         """Run the layers `budget` encoder tokens buy (0: all); True when the pass is done."""
-        return self.run_layers(self.encoder.layers_for(budget))
-
-    def run_layers(self, layers: int) -> bool:
-        """Run up to `layers` more layers (at least one); True when the pass is done."""
         if self.lora is None:
-            return self.encoder.run(layers)
+            return self.encoder.run(self.encoder.layers_for(budget))
         with self.lora.using(self.tables):
-            return self.encoder.run(layers)
+            return self.encoder.run(self.encoder.layers_for(budget))
 
     def prepare(self) -> None:
         """The whole pass, a layer at a time (stopping early once no row waits for it, or

@@ -186,7 +186,7 @@ class Worker:
         self.urgent: deque[RemoteJob] = deque()  # the same, sent by an urgent Join
         self.outbox: list[tuple[int, Event]] = []
         self.steps: list[float] = []  # seconds of the steps since the last Events
-        self.started: list[int] = []  # Join's rows admitted since the last Events
+        self.started: list[int] = []  # Join's rows whose pass began since the last Events
         self.aborted = self.stopping = False
 
     def serve(self) -> None:
