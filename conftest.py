@@ -34,7 +34,7 @@ def _worker_redis_url(url: str, worker: str) -> str:
 
 
 def _separate_workers() -> None:
-    """Under pytest-xdist (`make test` runs two workers), each worker on its own Redis
+    """Under pytest-xdist (`make test` runs three workers), each worker on its own Redis
     database; pytest-django already gives each its own test database (test_<name>_gwN).
     pytest-django has loaded the settings before this file runs, and every Redis client is
     made on first use, so the settings and the environment (inherited by the servers the
@@ -105,6 +105,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     settings.API_KEY_PRELOAD = 0
     # Settings were read before this file (pytest-django loads them first): as set above.
     settings.TENANT_DEFAULT_PRESET = os.environ["TENANT_DEFAULT_PRESET"]
+    # Passwords the tests set and check are hashed once rather than with PBKDF2's million
+    # rounds (about half a second each here, hundreds of times in the suite). Only in this
+    # process: the servers the end-to-end tests start keep the production hashers.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # The order `make test`'s workers take whole files in (first come, first served). Last in, the
