@@ -105,10 +105,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     settings.API_KEY_PRELOAD = 0
     # Settings were read before this file (pytest-django loads them first): as set above.
     settings.TENANT_DEFAULT_PRESET = os.environ["TENANT_DEFAULT_PRESET"]
-    # Passwords the tests set and check are hashed once rather than with PBKDF2's million
-    # rounds (about half a second each here, hundreds of times in the suite). Only in this
-    # process: the servers the end-to-end tests start keep the production hashers.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def quick_password_hashes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Passwords a test sets and checks in this process are hashed once rather than with
+    PBKDF2's million rounds (about half a second each here, hundreds of times in the suite).
+    Not for the end-to-end tests: their users sign in to servers of their own, which keep the
+    production hashers and could not read these hashes."""
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    from django.test import override_settings
+
+    # override_settings, not an assignment: its signal clears the hashers Django has cached.
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 # The order `make test`'s workers take whole files in (first come, first served). Last in, the
