@@ -9,13 +9,12 @@ STAMP  := $(VENV)/.installed
 TEST_DATABASE_URL ?= $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/inference_node)
 TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 # pytest-xdist workers; each takes its own test database and the Redis database after the last
-# worker's (conftest.py), so with 3 the suite uses databases 9, 10 and 11. 0: one process. Three on
-# two cores: a third of the suite's time is spent waiting on servers it started (the CPU is about
-# three-quarters busy with two), and a third worker fills it (docs/benchmarks.md, "The test
-# suite's time"). Whole
-# files per worker, in the collection order (no reordering by size), which conftest.py sets:
-# the chaos smoke first; the end-to-end files, whose servers live for the whole session on the
-# worker's databases, after the unit tests, the longest first.
+# worker's (conftest.py), so with 3 the suite uses databases 9, 10 and 11. 0: one process.
+# Three on two cores: with two, a quarter of the CPU's time goes to waits on the servers the
+# tests start, and a third worker fills it (docs/benchmarks.md, "The test suite's time").
+# Whole files per worker, in the collection order (no reordering by size), which conftest.py
+# sets: the chaos smoke first; the end-to-end files, whose servers live for the whole session on
+# the worker's databases, after the unit tests, the longest first.
 TEST_WORKERS      ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
