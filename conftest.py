@@ -110,7 +110,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def quick_password_hashes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Passwords a test sets and checks in this process are hashed once rather than with
-    PBKDF2's million rounds (about half a second each here, hundreds of times in the suite).
+    PBKDF2's million rounds (about half a second each here, in most console tests).
     Not for the end-to-end tests: their users sign in to servers of their own, which keep the
     production hashers and could not read these hashes."""
     if request.node.get_closest_marker("e2e"):
