@@ -14,7 +14,8 @@ TEST_REDIS_URL    ?= $(or $(REDIS_URL),redis://127.0.0.1:6379/9)
 # tests start, and a third worker fills it (docs/benchmarks.md, "The test suite's time").
 # Whole files per worker, in the collection order (no reordering by size), which conftest.py
 # sets: the chaos smoke first; the end-to-end files, whose servers live for the whole session on
-# the worker's databases, after the unit tests, the longest first.
+# the worker's databases, after the unit tests, the longest first; the files that share a
+# session server (conftest.py's SHARED_SERVERS) on one worker, which starts it once.
 TEST_WORKERS      ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -47,9 +48,17 @@ run-tiny: $(STAMP)
 		$(MAKE) run
 
 ## make test: the whole suite against real PostgreSQL and Redis (127.0.0.1 by default)
-test: $(STAMP) lint
+# make lint's checks: ruff first (a second), mypy beside the tests (two minutes on a fresh
+# clone's empty cache on a slow machine, in the CPU the test servers' waits leave), its report
+# after theirs; either failing fails make test.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
-	  $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+	  $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder); \
+	tests=$$?; wait $$mypy; typed=$$?; echo "$(BIN)/mypy"; cat $$log; rm -f $$log; \
+	test $$tests -eq 0 && test $$typed -eq 0
 
 ## make loadtest: the chaos benchmark (about 6 minutes): two replicas of a flan-t5-base-shaped
 ## model behind Traefik, a 150-user Locust swarm, Redis restarted, a replica SIGKILLed, Postgres

@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -126,21 +127,85 @@ def quick_password_hashes(request: pytest.FixtureRequest) -> Iterator[None]:
 # The order `make test`'s workers take whole files in (first come, first served). Last in, the
 # run's end waits for one worker alone: so the two-minute chaos smoke (its own servers, Redis and
 # database) goes first; the end-to-end files stay after the unit tests (their session servers
-# then live only to the end), the longest first.
+# then live only to the end), the longest first (the files of a SHARED_SERVERS group run
+# together, where the first of them comes).
 RUN_FIRST = ("tests/loadtest/test_chaos_smoke.py",)
 E2E_LONGEST = (
     "tests/e2e/test_prometheus.py",
     "tests/e2e/test_alerting.py",
     "tests/e2e/test_traefik.py",
+    "tests/e2e/test_streaming.py",
+    "tests/e2e/api/test_bad_input.py",
     "tests/e2e/test_pgbouncer.py",
     "tests/e2e/console/test_console_phone.py",
     "tests/e2e/console/test_console_roles.py",
     "tests/e2e/test_multiprocess.py",
     "tests/e2e/test_k8s_binaries.py",
     "tests/e2e/console/test_console_browser.py",
-    "tests/e2e/api/test_bad_input.py",
-    "tests/e2e/test_streaming.py",
 )
+# Session servers that several files share (tests/e2e/conftest.py's two replicas behind Traefik,
+# tests/e2e/api/conftest.py's daphne), and the files (or folder) that use them. Each worker that
+# takes one of those files starts the server for itself (on a slow 2-core machine 25-70 s of
+# Django, model process and Traefik start-up a time), so a group's files go to one worker, as one
+# unit of work (pytest_xdist_make_scheduler). Checked at collection: a file that uses one of these
+# fixtures and is not listed here is a usage error (it would start the server once more).
+SHARED_SERVERS = {
+    "stack": (
+        "tests/e2e/test_prometheus.py",
+        "tests/e2e/test_alerting.py",
+        "tests/e2e/test_traefik.py",
+        "tests/e2e/test_streaming.py",
+    ),
+    "api_server": ("tests/e2e/api/",),
+}
+# The fixtures that start a group's server (replicas is stack's; prometheus stands on stack).
+GROUP_FIXTURES = {
+    "stack": "stack",
+    "replicas": "stack",
+    "prometheus": "stack",
+    "api_server": "api_server",
+}
+
+
+def server_group(path: str) -> str | None:
+    """The SHARED_SERVERS group a test file belongs to, if any."""
+    for group, members in SHARED_SERVERS.items():
+        if any(
+            path == member or (member.endswith("/") and path.startswith(member))
+            for member in members
+        ):
+            return group
+    return None
+
+
+def check_server_groups(items: list[pytest.Item]) -> None:
+    """Every file that uses a shared session server is in that server's group."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        for fixture in getattr(item, "fixturenames", ()):
+            group = GROUP_FIXTURES.get(fixture)
+            if group is not None and server_group(path) != group:
+                raise pytest.UsageError(
+                    f"{path} uses the session server {fixture!r}: add it to conftest.py's "
+                    f"SHARED_SERVERS[{group!r}] so that its worker shares that server."
+                )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist loadfile` (make test): whole files per worker, and a SHARED_SERVERS
+    group's files together as one unit; other modes are xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedServerScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            group = server_group(path)
+            return path if group is None else f"shared server {group}"
+
+    return SharedServerScheduling(config, log)
 
 
 def _run_rank(path: str) -> tuple[int, int]:
@@ -156,6 +221,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
     # After pytest-django's order (database tests first), which a stable sort keeps within each
     # rank; a file's tests keep their order.
     yield
+    check_server_groups(items)
     items.sort(key=lambda item: _run_rank(item.nodeid.split("::")[0]))
 
 
