@@ -158,22 +158,14 @@ SHARED_SERVERS = {
     ),
     "api_server": ("tests/e2e/api/",),
 }
-# The fixtures that start a group's server (replicas is stack's; prometheus stands on stack).
-GROUP_FIXTURES = {
-    "stack": "stack",
-    "replicas": "stack",
-    "prometheus": "stack",
-    "api_server": "api_server",
-}
+# The fixture that starts each group's server (a test on stack or prometheus has replicas too).
+GROUP_FIXTURES = {"replicas": "stack", "api_server": "api_server"}
 
 
 def server_group(path: str) -> str | None:
     """The SHARED_SERVERS group a test file belongs to, if any."""
     for group, members in SHARED_SERVERS.items():
-        if any(
-            path == member or (member.endswith("/") and path.startswith(member))
-            for member in members
-        ):
+        if any(path.startswith(member) for member in members):
             return group
     return None
 

@@ -40,7 +40,11 @@ def _item(path: str, *fixtures: str) -> Any:
 
 def test_a_file_that_uses_a_shared_server_outside_its_group_is_refused() -> None:
     conftest.check_server_groups(
-        [_item(STACK, "stack", "replicas"), _item(API, "api_server"), _item(PLAIN, "engine")]
+        [
+            _item(STACK, "stack", "replicas", "prometheus"),
+            _item(API, "api_server"),
+            _item(PLAIN, "engine"),
+        ]
     )
     with pytest.raises(pytest.UsageError, match="SHARED_SERVERS\\['stack'\\]"):
         conftest.check_server_groups([_item("tests/e2e/test_new.py", "replicas")])
