@@ -20,7 +20,7 @@ TEST_WORKERS      ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run run-tiny test lint format migrate screenshots loadtest loadtest-smoke
+.PHONY: install run run-tiny test lint ruff format migrate screenshots loadtest loadtest-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,9 +51,7 @@ run-tiny: $(STAMP)
 # make lint's checks: ruff first (a second), mypy beside the tests (two minutes on a fresh
 # clone's empty cache on a slow machine, in the CPU the test servers' waits leave), its report
 # after theirs; either failing fails make test.
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: $(STAMP) ruff
 	@log=$$(mktemp); $(BIN)/mypy > $$log 2>&1 & mypy=$$!; \
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	  $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder); \
@@ -70,10 +68,12 @@ loadtest: $(STAMP)
 loadtest-smoke: $(STAMP)
 	$(BIN)/python -m loadtest.chaos --smoke --timed-checks-advisory
 
-lint: $(STAMP)
+lint: $(STAMP) ruff
+	$(BIN)/mypy
+
+ruff: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .
