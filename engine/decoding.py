@@ -39,7 +39,7 @@ from engine.generation import (
 from engine.loading import LoadedModel
 from engine.lora import AdapterHost, Tables, join_tables, keep_rows
 from engine.messages import Delta, Done, Failed, TokenLogprob
-from engine.prefill import Prefill, split_passes, start_prefill_thread
+from engine.prefill import Prefill, PrefillThread, split_passes, start_prefill_thread
 from engine.t5_decoder import T5DecoderStep
 
 logger = logging.getLogger(__name__)
@@ -338,12 +338,17 @@ class Batch:
                 self.tables = keep_rows(self.tables, index)
 
 
-@contextlib.contextmanager
-def _step_threads(rows: int, beside: int = 0) -> Iterator[None]:
+def _step_threads(rows: int, beside: int = 0) -> contextlib.AbstractContextManager[None]:
     """One torch thread for a step of fewer than STEP_THREADS_FROM_ROWS rows; a larger one
     leaves `beside` threads to an encoder pass running meanwhile. Then back."""
     threads = torch.get_num_threads()
-    wanted = 1 if rows < STEP_THREADS_FROM_ROWS else max(1, threads - beside)
+    return _torch_threads(1 if rows < STEP_THREADS_FROM_ROWS else max(1, threads - beside))
+
+
+@contextlib.contextmanager
+def _torch_threads(wanted: int) -> Iterator[None]:
+    """The calling thread's torch threads set to `wanted` for the block, then back."""
+    threads = torch.get_num_threads()
     if wanted == threads:
         yield
         return
@@ -364,6 +369,7 @@ def run_batch(
     prefill_step_tokens: int = 0,
     prefill_threads: int = 0,
     adapters: AdapterHost | None = None,
+    first_pass_admits: bool = False,
 ) -> None:
     """Decode jobs together until every row has ended (or been cancelled). With `admit`,
     newcomers join between steps (and are appended to `jobs`, so a caller that fails the
@@ -372,7 +378,10 @@ def run_batch(
     of layers per pause (0: all at once), while the running rows go on decoding; `stepped`
     gets each iteration's seconds (encoder work and step). With `adapters`, a row whose
     adapter is not held yet is parked while it loads (the others decode), and joins once it
-    is; the batch takes no newcomers once the host has the other base ready (it then ends)."""
+    is; the batch takes no newcomers once the host has the other base ready (it then ends).
+    With `first_pass_admits` and a prefill thread, the batch's first pass (no row decodes
+    yet) runs a layer at a time on this thread, asking `should_abort` between two layers, and
+    newcomers are admitted there too: their passes begin beside it instead of after it."""
     record = jobs[0].record
     if record:
         record_batch(jobs)
@@ -395,9 +404,44 @@ def run_batch(
 
     beside = start_prefill_thread(prefill_threads) if prefill_threads > 0 else None
     passes: list[Prefill] = []  # the newcomers' encoder passes under way, in order
+
+    def first_pass(lead: Prefill, beside: PrefillThread, admit: Admit) -> None:
+        """The batch's first pass on this thread a layer at a time, nobody decoding yet.
+        Between two layers: cancels and aborts are read, and newcomers admitted as in the
+        loop below (once every pass under way has begun), their passes on the PrefillThread,
+        to which the first pass leaves its threads while one runs there. So a request that
+        comes during a long first pass starts its own pass at the next layer, not after."""
+        while True:
+            running_beside = any(not prefill.ended.is_set() for prefill in passes)
+            threads = torch.get_num_threads() - (beside.threads if running_beside else 0)
+            with _torch_threads(max(1, threads)):
+                if lead.run(1):
+                    return
+            abort = should_abort()
+            _cancel_rows(lead.rows, abort=abort)
+            for prefill in passes:
+                _cancel_rows(prefill.rows, abort=abort)
+            if abort or not lead.waiting:
+                return  # the loop below gives up the passes whose rows all left
+            if (host is not None and host.swap_ready) or not _admitting(passes, True):
+                continue
+            holding = [row.job for prefill in [lead, *passes] for row in prefill.rows]
+            newcomers = joined(admit(holding, True))  # the headroom's: no faster path here
+            holding += [row.job for row in newcomers]
+            newcomers += joined(admit(holding, False))
+            for group in split_passes(newcomers):
+                passes.append(Prefill(model, group))
+                beside.submit(passes[-1])
+
     try:
         with torch.inference_mode():
-            batch = Batch(model, rows_of(jobs))
+            batch = Batch(model, [])
+            if first := rows_of(jobs):
+                lead = Prefill(model, first)
+                if first_pass_admits and beside is not None and admit is not None:
+                    first_pass(lead, beside, admit)
+                if lead.waiting:
+                    batch.join(lead)
             while True:
                 started = time.perf_counter()
                 abort = should_abort()

@@ -498,6 +498,7 @@ class Engine:
                     prefill_step_tokens=self.config.prefill_step_tokens,
                     prefill_threads=prefill_threads,
                     adapters=host,
+                    first_pass_admits=True,
                 )
             except Exception as exc:
                 logger.exception("inference batch of %d failed", len(jobs))

@@ -283,6 +283,7 @@ class Worker:
                 prefill_step_tokens=self.prefill_step_tokens,
                 prefill_threads=self.prefill_threads,
                 adapters=self.host,
+                first_pass_admits=True,
             )
         except (EOFError, OSError):
             raise  # the parent is gone: nothing to tell it

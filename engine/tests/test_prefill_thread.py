@@ -272,3 +272,116 @@ def threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class FirstPass:
+    """Records, in order, each encoder layer run (the pass's padded width and the torch
+    threads it ran with) and each admission (after how many layers of the first pass)."""
+
+    def __init__(self, model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lead_width = len(model.encode(NEWCOMER))
+        self.layers: list[tuple[int, int]] = []  # (padded tokens, torch threads)
+        run = EncoderPass.run
+
+        def ran(encoder: EncoderPass, layers: int) -> bool:
+            before = encoder.layers_run
+            done = run(encoder, layers)
+            ran_now = encoder.layers_run - before
+            self.layers += [(encoder.padded_tokens, torch.get_num_threads())] * ran_now
+            return done
+
+        monkeypatch.setattr(EncoderPass, "run", ran)
+
+    @property
+    def lead_layers(self) -> list[int]:
+        """The torch threads of each layer of the first pass (the long prompt's)."""
+        return [threads_ for width, threads_ in self.layers if width == self.lead_width]
+
+
+@pytest.mark.parametrize("admits", [True, False])
+def test_a_newcomer_during_the_first_pass_begins_its_own_beside_it(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch, admits: bool
+) -> None:
+    # The batch starts on a long prompt; a short one comes while that first pass runs. With
+    # first_pass_admits it is admitted between two layers of it and its pass starts on the
+    # thread (held at the gate until a step has run: so it is still under way, and the rest
+    # of the first pass leaves it one of the two threads); without, the first pass runs
+    # whole before anyone is asked.
+    layers = model.model.config.num_layers
+    lead_alone, newcomer_alone = alone_tokens(model, NEWCOMER, 6), alone_tokens(model, RUNNING, 6)
+    probe = FirstPass(model, monkeypatch)
+    gate = Gate(monkeypatch)
+    lead, newcomer = Recorded(model, NEWCOMER, 6), Recorded(model, RUNNING, 6)
+    admitted_after: list[int] = []
+    pauses = 0
+
+    def should_abort() -> bool:
+        nonlocal pauses
+        pauses += 1
+        if gate.steps:
+            gate.release()
+        return False
+
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        if urgent or admitted_after:
+            return []
+        admitted_after.append(len(probe.lead_layers))
+        return [newcomer]
+
+    with threads(2):
+        run_batch(
+            model,
+            [lead],
+            should_abort,
+            admit=admit,
+            prefill_threads=1,
+            first_pass_admits=admits,
+        )
+    assert lead.result.token_ids == lead_alone
+    assert newcomer.result.token_ids == newcomer_alone
+    if admits:
+        assert admitted_after == [1]  # between the first pass's first two layers
+        assert probe.lead_layers == [2] + [1] * (layers - 1)
+    else:
+        assert admitted_after == [layers]  # after the whole first pass, at the first step
+        assert probe.lead_layers == [2] * layers
+
+
+def test_a_first_pass_whose_rows_all_leave_stops_at_its_next_layer(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = FirstPass(model, monkeypatch)
+    lead = Recorded(model, NEWCOMER, 6)
+
+    def should_abort() -> bool:
+        lead.cancelled = True  # its client left during the first layer
+        return False
+
+    run_batch(
+        model,
+        [lead],
+        should_abort,
+        admit=lambda rows, urgent: [],
+        prefill_threads=1,
+        first_pass_admits=True,
+    )
+    assert lead.result.finish_reason == "cancelled"
+    assert lead.result.completion_tokens == 0
+    assert len(probe.lead_layers) == 1  # the other layers never ran
+
+
+def test_an_abort_during_the_first_pass_cancels_its_rows_and_admits_nobody(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = FirstPass(model, monkeypatch)
+    lead, newcomer = Recorded(model, NEWCOMER, 6), Recorded(model, RUNNING, 6)
+    asked: list[bool] = []
+
+    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
+        asked.append(urgent)
+        return [newcomer]
+
+    run_batch(model, [lead], lambda: True, admit=admit, prefill_threads=1, first_pass_admits=True)
+    assert lead.result.finish_reason == "cancelled"
+    assert len(probe.lead_layers) == 1
+    assert asked == [] and newcomer.events == []
