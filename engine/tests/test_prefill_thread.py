@@ -5,6 +5,7 @@ at a gate the test opens, so the assertions are on order, never on time."""
 
 import contextlib
 import dataclasses
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,14 +15,18 @@ import pytest
 import torch
 
 from engine.batcher import Job
+from engine.config import EngineConfig
 from engine.decoding import _step_threads, run_batch, start_rows
+from engine.generation import GenerationRequest
 from engine.loading import LoadedModel, load_model
 from engine.lora import LoraState
-from engine.messages import Done
+from engine.messages import Batch as MBatch
+from engine.messages import BatchRow, Done, Events, Join, Stop
 from engine.prefill import Prefill, beside_threads, start_prefill_thread
 from engine.t5_decoder import T5DecoderStep, cross_caches
 from engine.t5_encoder import EncoderPass
 from engine.tests.test_prefill import NEWCOMER, RUNNING, Recorded, alone_tokens
+from engine.worker import Worker, adapter_host
 
 _GATES: list[threading.Event] = []
 
@@ -385,3 +390,43 @@ def test_an_abort_during_the_first_pass_cancels_its_rows_and_admits_nobody(
     assert lead.result.finish_reason == "cancelled"
     assert len(probe.lead_layers) == 1
     assert asked == [] and newcomer.events == []
+
+
+def test_the_model_process_admits_a_join_between_two_layers_of_the_first_pass(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model process's Worker (engine/worker.py), over a real connection: a Join already
+    # waiting when the batch's first pass begins is read and admitted after that pass's
+    # first layer, and both rows answer as they would alone.
+    config = EngineConfig(model=str(tiny_model_dir), quantization="none", warmup=False)
+    host = adapter_host(config, {})
+    model = host.model
+    lead_alone, newcomer_alone = alone_tokens(model, NEWCOMER, 6), alone_tokens(model, RUNNING, 6)
+    probe = FirstPass(model, monkeypatch)
+    admitted_after: list[int] = []
+    admit = Worker.admit
+
+    def admitting(worker: Worker, running: Sequence[Job], urgent: bool = False) -> list[Job]:
+        taken = admit(worker, running, urgent)
+        if taken:
+            admitted_after.append(len(probe.lead_layers))
+        return taken
+
+    monkeypatch.setattr(Worker, "admit", admitting)
+    server, process_end = multiprocessing.Pipe()
+    for job_id, (prompt, message) in enumerate([(NEWCOMER, MBatch), (RUNNING, Join)], 1):
+        request = GenerationRequest(prompt, max_tokens=6, temperature=0, ignore_eos=True)
+        row = BatchRow(job_id, request, model.encode(prompt), False, time.perf_counter())
+        server.send(message((row,)))
+    server.send(Stop())
+    with threads(2):
+        Worker(process_end, host, prefill_thread="on").serve()
+    done: dict[int, list[int]] = {}
+    while server.poll():
+        match server.recv():
+            case Events(items):
+                for job_id, event in items:
+                    if isinstance(event, Done):
+                        done[job_id] = event.result.token_ids
+    assert admitted_after == [1]
+    assert done == {1: lead_alone, 2: newcomer_alone}
