@@ -426,11 +426,15 @@ def run_batch(
             if (host is not None and host.swap_ready) or not _admitting(passes, True):
                 continue
             holding = [row.job for prefill in [lead, *passes] for row in prefill.rows]
-            newcomers = joined(admit(holding, True))  # the headroom's: no faster path here
-            holding += [row.job for row in newcomers]
-            newcomers += joined(admit(holding, False))
-            for group in split_passes(newcomers):
-                passes.append(Prefill(model, group))
+            urgent = joined(admit(holding, True))  # the headroom's: no faster path here
+            start_passes(admit, holding + [row.job for row in urgent], urgent)
+
+    def start_passes(admit: Admit, holding: list[Job], rows: Sequence[Row] = ()) -> None:
+        """The newcomers the queue lets join beside `holding` (after `rows`, admitted
+        already) into passes under way: on the PrefillThread, or run in the pauses."""
+        for group in _passes([*rows, *joined(admit(holding, False))], beside is not None):
+            passes.append(Prefill(model, group))
+            if beside is not None:
                 beside.submit(passes[-1])
 
     try:
@@ -469,10 +473,7 @@ def run_batch(
                         batch.join(now)
                         holding += [row.job for row in now.rows]
                     if _admitting(passes, beside is not None):
-                        for group in _passes(joined(admit(holding, False)), beside is not None):
-                            passes.append(Prefill(model, group))
-                            if beside is not None:
-                                beside.submit(passes[-1])
+                        start_passes(admit, holding)
                 # Passes join in their order as they end (in pauses: one pass's layers a pause).
                 while passes and _prefilled(
                     passes[0], beside is not None, prefill_step_tokens, bool(batch.rows)
