@@ -255,7 +255,7 @@ class Batch:
     """The rows still decoding and their caches; rows that end are dropped from all of them,
     rows that join are added to all of them."""
 
-    def __init__(self, model: LoadedModel, rows: list[Row]) -> None:
+    def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.device = model.device
         self.rows: list[Row] = []
@@ -263,8 +263,6 @@ class Batch:
         self.next_ids = torch.empty((0, 1), dtype=torch.long, device=model.device)
         # The rows' decoder tables (engine/lora.py): stacked as rows join, indexed as they leave.
         self.tables: Tables = {}
-        if rows:
-            self.join(Prefill(model, rows))
 
     def join(self, prefill: Prefill) -> None:
         """Add newcomers whose encoder pass has run (the rest of it runs here); those still
@@ -439,7 +437,7 @@ def run_batch(
 
     try:
         with torch.inference_mode():
-            batch = Batch(model, [])
+            batch = Batch(model)
             if first := rows_of(jobs):
                 lead = Prefill(model, first)
                 if first_pass_admits and beside is not None and admit is not None:

@@ -280,8 +280,8 @@ def threads(count: int) -> Iterator[None]:
 
 
 class FirstPass:
-    """Records, in order, each encoder layer run (the pass's padded width and the torch
-    threads it ran with) and each admission (after how many layers of the first pass)."""
+    """Records, in order, each encoder layer run: the pass's padded width and the torch
+    threads it ran with."""
 
     def __init__(self, model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
         self.lead_width = len(model.encode(NEWCOMER))
