@@ -109,9 +109,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # The limiter waits 50 ms for Redis in production, then admits by its local fallback. On a
     # busy two-core machine (mypy and three workers beside the tests) one ADMIT in a few
     # thousand took longer, and a test of Redis's exact answer got the fallback's. The tests'
-    # own process waits a second unless the environment says otherwise; the tests of the
-    # timeout and the fallback set their own, shorter, timeouts.
+    # own process, and the processes they start, wait a second unless the environment says
+    # otherwise; the tests of the timeout and the fallback set their own, shorter, timeouts.
     if "RATELIMIT_REDIS_TIMEOUT_MS" not in os.environ:
+        os.environ["RATELIMIT_REDIS_TIMEOUT_MS"] = "1000"
         settings.RATELIMIT_REDIS_TIMEOUT_MS = 1000
 
 
