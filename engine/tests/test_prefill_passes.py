@@ -126,7 +126,8 @@ def test_in_pauses_a_newcomer_during_a_long_pass_takes_turns_with_it_and_answers
     def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
         if urgent:
             return []
-        return {3: [long], 4: [short]}.get(pauses, [])
+        arrivals: dict[int, list[Job]] = {3: [long], 4: [short]}
+        return arrivals.get(pauses, [])
 
     run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=width)
     layers = model.model.config.num_layers
