@@ -458,9 +458,8 @@ def run_batch(
                     _settle(model, host, batch, held, abort)
                 # After the leaves: a row that ended or was cancelled frees its place at once.
                 # A batch whose rows all ended ends (the next one starts at once if jobs
-                # wait). Newcomers wait while passes are under way (their rows count in; see
-                # _admitting), except the headroom's, encoded whole here and decoding from
-                # this step on.
+                # wait). Newcomers wait while passes are under way (their rows count in),
+                # except the headroom's, encoded whole here and decoding from this step on.
                 parked = [] if host is None else host.parked
                 swapping = host is not None and host.swap_ready
                 if admit is not None and not abort and not swapping and (batch.rows or parked):
@@ -473,16 +472,13 @@ def run_batch(
                         holding += [row.job for row in now.rows]
                     if _admitting(passes, beside is not None):
                         start_passes(admit, holding)
-                # Passes join in their order as they end; in pauses one pass's layers a pause,
-                # the passes under way taking turns.
-                decoding = bool(batch.rows)
-                if beside is None:
-                    if passes and _prefilled(passes[0], False, prefill_step_tokens, decoding):
-                        batch.join(passes.pop(0))
-                    elif passes:
-                        passes.append(passes.pop(0))
-                while passes and beside is not None and _prefilled(passes[0], True, 0, decoding):
+                # Passes join in their order as they end (in pauses: one pass's layers a pause).
+                while passes and _prefilled(
+                    passes[0], beside is not None, prefill_step_tokens, bool(batch.rows)
+                ):
                     batch.join(passes.pop(0))
+                    if beside is None:
+                        break
                 if not batch.rows:
                     if host is not None and host.parked and not swapping and not abort:
                         host.wait(0.05)  # rows wait for their adapter: nothing else runs
@@ -512,21 +508,12 @@ def _passes(rows: list[Row], beside: bool) -> list[list[Row]]:
     return [rows] if rows else []
 
 
-# Passes under way at once in the pauses between steps (they take turns, a pause each).
-PAUSED_PASSES = 2
-
-
 def _admitting(passes: list[Prefill], beside: bool) -> bool:
-    """Whether the next newcomers are admitted now: when no pass is under way; on the
+    """Whether the next newcomers are admitted now: when no pass is under way, or on the
     PrefillThread once every pass under way has begun (theirs then queue behind the one
-    running, which starts the next the moment it ends, not a step later), so at most one
-    admission waits for the thread, and the queue, not the thread, orders the rest; in
-    pauses while fewer than PAUSED_PASSES are under way: the newcomers' pass takes turns
-    with the one under way, so a short prompt that comes during a long one's pass is not
-    held for all of it."""
-    if beside:
-        return all(prefill.begun.is_set() for prefill in passes)
-    return len(passes) < PAUSED_PASSES
+    running, which starts the next the moment it ends, not a step later). So at most one
+    admission waits for the thread, and the queue, not the thread, orders the rest."""
+    return not passes or (beside and all(prefill.begun.is_set() for prefill in passes))
 
 
 def _prefilled(prefill: Prefill, beside: bool, step_tokens: int, decoding: bool) -> bool:

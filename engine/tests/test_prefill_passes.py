@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import Job
-from engine.decoding import PAUSED_PASSES, _admitting, _passes, run_batch
+from engine.decoding import _admitting, _passes, run_batch
 from engine.loading import LoadedModel, load_model
 from engine.messages import Done
 from engine.prefill import PASS_PADDING, SHARED_TOKENS, Prefill, split_passes
@@ -26,7 +26,6 @@ from engine.tests.test_prefill import (
     trace,
 )
 from engine.tests.test_prefill_thread import _GATES, _open_gates  # noqa: F401 - its fixture
-from engine.tiny_model import T5Shape, build_t5, build_tokenizer
 
 SHORT = "A short one"
 
@@ -77,7 +76,7 @@ def test_in_pauses_newcomers_admitted_together_stay_one_pass(
     assert short.result.token_ids == alone_tokens(model, SHORT, 4)
 
 
-def test_the_next_newcomers_are_admitted_once_passes_under_way_have_begun_or_few_run() -> None:
+def test_the_next_newcomers_are_admitted_once_every_pass_under_way_has_begun() -> None:
     begun, waiting = (
         SimpleNamespace(begun=threading.Event()),
         SimpleNamespace(begun=threading.Event()),
@@ -86,64 +85,7 @@ def test_the_next_newcomers_are_admitted_once_passes_under_way_have_begun_or_few
     assert _admitting([], beside=True) and _admitting([], beside=False)
     assert _admitting([begun], beside=True)  # type: ignore[list-item]
     assert not _admitting([begun, waiting], beside=True)  # type: ignore[list-item]
-    # In pauses: while fewer than PAUSED_PASSES are under way (they take turns).
-    assert PAUSED_PASSES == 2
-    assert _admitting([begun], beside=False)  # type: ignore[list-item]
-    assert not _admitting([begun, waiting], beside=False)  # type: ignore[list-item]
-
-
-@pytest.fixture(scope="module")
-def deep_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """A tiny T5 of six encoder layers: a long pass takes several pauses."""
-    folder = tmp_path_factory.mktemp("deep")
-    build_t5(folder, T5Shape(num_layers=6), build_tokenizer(0))
-    return load_model(str(folder), quantization="none")
-
-
-def test_in_pauses_a_newcomer_during_a_long_pass_takes_turns_with_it_and_answers_first(
-    deep_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No prefill thread: passes run in the pauses between two steps. A short newcomer that
-    # comes while a long one's pass is under way gets its own pass at the next pause; the two
-    # take turns, a pause each, and the short one (one turn: the budget buys its six layers)
-    # answers before the long one. Before, it waited for the long pass to end.
-    model = deep_model
-    log = trace(monkeypatch)
-    running = Recorded(model, RUNNING, 40)
-    long, short = Recorded(model, NEWCOMER, 6), Recorded(model, SHORT, 6)
-    width = len(short.prompt_ids)
-    order: list[str] = []  # who had a token, step by step
-    pauses = 0
-
-    def should_abort() -> bool:
-        nonlocal pauses
-        pauses += 1
-        for name, job in (("long", long), ("short", short)):
-            if job.events and name not in order:
-                order.append(name)
-        return False
-
-    def admit(rows: Sequence[Job], urgent: bool) -> list[Job]:
-        if urgent:
-            return []
-        arrivals: dict[int, list[Job]] = {3: [long], 4: [short]}
-        return arrivals.get(pauses, [])
-
-    run_batch(model, [running], should_abort, admit=admit, prefill_step_tokens=width)
-    layers = model.model.config.num_layers
-    assert layers == 6
-    encoder_work = [size for kind, size in log if kind == "layer"]
-    first_long = encoder_work.index(len(long.prompt_ids))
-    turns = [size == width for size in encoder_work[first_long:]]
-    # The long pass's first layer, its second (the short one's first pause), then the short
-    # one's whole pass, then the rest of the long one's.
-    assert turns[:2] == [False, False] and turns[2 : 2 + layers] == [True] * layers
-    assert not any(turns[2 + layers :])
-    assert order == ["short", "long"]
-    for job in (running, long, short):
-        assert job.result.token_ids == alone_tokens(
-            model, job.request.prompt, job.request.max_tokens
-        )
+    assert not _admitting([begun], beside=False)  # type: ignore[list-item]  # in pauses
 
 
 class Gates:
