@@ -12,6 +12,7 @@ from engine.config import EngineConfig
 from engine.loading import (
     FusedRMSNorm,
     ModelLoadError,
+    PassGELU,
     load_model,
     resolve_device,
     resolve_quantization,
@@ -178,6 +179,36 @@ def test_the_faster_modules_compute_what_they_replace() -> None:
     norm.weight.data.normal_()
     fused = FusedRMSNorm(norm.weight, norm.variance_epsilon)
     assert torch.allclose(fused(hidden), norm(hidden), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_the_encoders_gelu_is_t5s_tanh_gelu_and_each_rows_own() -> None:
+    from transformers.activations import NewGELUActivation
+
+    torch.manual_seed(0)
+    values = torch.cat([torch.linspace(-12, 12, 4801), torch.randn(20_000) * 4]).view(3, -1)
+    before = values.clone()
+    ours, t5s = PassGELU()(values), NewGELUActivation()(values)
+    assert torch.allclose(ours, t5s, atol=1e-6, rtol=1e-5)
+    assert torch.equal(values, before)  # its in-place steps work on a tensor of its own
+    # Elementwise: a row alone gets the very values it gets beside others.
+    assert torch.equal(PassGELU()(values[1:2]), ours[1:2])
+    # Half precision (and any other device) takes torch's own op.
+    half = values.to(torch.bfloat16)
+    expected = torch.nn.functional.gelu(half, approximate="tanh")
+    assert torch.equal(PassGELU()(half), expected)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("quantization", ["torch-int8", "none"])
+def test_the_encoders_passes_take_pass_gelu_and_the_decoders_steps_torchs(
+    tiny_model_dir: Path, quantization: str
+) -> None:
+    model = load_model(str(tiny_model_dir), quantization=quantization, device="cpu").model
+    encoder = [block.layer[-1].DenseReluDense.act for block in model.get_encoder().block]
+    decoder = [block.layer[-1].DenseReluDense.act for block in model.get_decoder().block]
+    assert encoder and all(isinstance(act, PassGELU) for act in encoder)
+    assert decoder and all(type(act) is torch.nn.GELU for act in decoder)
 
 
 def file_mapped_tensors(model: torch.nn.Module) -> list[str]:
