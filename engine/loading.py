@@ -306,11 +306,11 @@ GELU_CUBIC = GELU_LINEAR * 0.044715
 
 class PassGELU(torch.nn.Module):
     """T5 v1.1's tanh GELU, 0.5 x (1 + tanh u), written as x sigmoid(2u) (tanh u = 2 sigmoid(2u)
-    - 1: the same function). torch's fp32 tanh on the CPU (Sleef's, to 1 ulp) made the tanh
-    GELU over an encoder layer's 256 x 2048 values take 1.3-1.9 ms here, against 0.5 ms in
-    this form, which costs five operations where torch's is one: worth it over a pass's
-    thousands of rows, not at a decoder step's few (docs/benchmarks.md). Elementwise, so a
-    row's values never depend on its batch-mates. Other types and devices: torch's op."""
+    - 1: the same function). torch 2.13's fp32 tanh on the CPU made the tanh GELU over an
+    encoder layer's 256 x 2048 values take 1.3-1.9 ms here, against 0.5 ms in this form, which
+    costs five operations where torch's is one: worth it over a pass's hundreds of token rows,
+    not at a decoder step's few (docs/engine.md). Elementwise, so a row's values never depend
+    on its batch-mates. Other types and devices: torch's op."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.dtype != torch.float32 or hidden.device.type != "cpu":
