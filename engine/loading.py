@@ -394,9 +394,9 @@ ENCODER_KERNELS = ("auto", "fbgemm", "onednn", "step")
 def encoder_kernel() -> str:
     """Which kernel a torch-int8 model's encoder products run on (INFERENCE_ENCODER_KERNEL):
     `onednn` where oneDNN takes AMX for them (auto: a CPU with AMX's int8 instructions),
-    `step` on the step products kernel where it was measured faster than fbgemm at the
-    encoder's sizes too (auto: the AVX2 build, a CPU with AVX2 and no AVX-512, whose steps take
-    the kernel), else `fbgemm`, as the decoder's do without the step kernel (docs/engine.md,
+    `step` on the step products kernel wherever the decoder's steps take it (auto: the AVX2
+    build, and the AVX-512 build's VNNI path; measured faster than fbgemm at the encoder's
+    sizes on both), else `fbgemm`, as the decoder's do without the step kernel (docs/engine.md,
     "The encoder's products")."""
     wanted = os.environ.get("INFERENCE_ENCODER_KERNEL", "auto").strip().lower() or "auto"
     if wanted not in ENCODER_KERNELS:
@@ -423,8 +423,7 @@ def encoder_kernel() -> str:
     if usable and "amx_int8" in native.cpu_flags():
         return "onednn"
     kernel = _step_kernel()
-    measured = kernel is not None and kernel.target == "avx2" and qgemm.wanted(kernel)
-    return "step" if measured else "fbgemm"
+    return "step" if qgemm.wanted(kernel) else "fbgemm"
 
 
 def _step_kernel() -> qgemm.Kernel | None:
