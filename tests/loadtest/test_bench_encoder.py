@@ -1,12 +1,15 @@
-"""loadtest/bench_encoder.py: its sizes are read as written, and its comparison times both
-kernels over the same prompts and reports a difference only where the outputs differ."""
+"""loadtest/bench_encoder.py: its sizes are read as written, its comparison times both
+kernels over the same prompts and reports a difference only where the outputs differ, and
+--gelu's variants put their GELU in every encoder block before each pass."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import qgemm, rowops
-from loadtest.bench_encoder import compare, load, parse_sizes
+from engine.loading import PassGELU, load_model
+from loadtest.bench_encoder import compare, load, parse_sizes, with_gelu
 
 
 def test_sizes_are_read_as_prompts_by_tokens() -> None:
@@ -19,15 +22,31 @@ def test_the_step_kernel_and_fbgemm_passes_are_timed_and_bitwise_the_same(
     if rowops.load() is None or qgemm.load() is None:
         pytest.skip("the kernels cannot be built here")
     monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "auto")  # load() sets it; restored after
-    models = {
+    loaded = {
         "fbgemm": load(tiny_model_dir, None, "fbgemm"),
         "step": load(tiny_model_dir, None, "step"),
     }
+    models = {name: (lambda model=model: model) for name, model in loaded.items()}
     row = compare(models, 2, 9, rounds=2)
     assert row["base"] > 0 and row["other"] > 0
     assert row["ratio"] == pytest.approx(row["base"] / row["other"])
     assert row["diff"] == 0.0
     # A model whose outputs differ is reported as such (the encoder's last norm scaled).
-    norm = models["step"].model.get_encoder().final_layer_norm
+    norm = loaded["step"].model.get_encoder().final_layer_norm
     norm.weight.data *= 2
     assert compare(models, 2, 9, rounds=1)["diff"] > 0
+
+
+def test_the_gelu_variants_each_put_their_own_gelu_in_every_encoder_block(
+    tiny_model_dir: Path,
+) -> None:
+    loaded = load_model(str(tiny_model_dir), quantization="torch-int8", device="cpu")
+    fused, ours = torch.nn.GELU(approximate="tanh"), PassGELU()
+    variants = {"torch": with_gelu(loaded, fused), "PassGELU": with_gelu(loaded, ours)}
+    blocks = loaded.model.get_encoder().block
+    for gelu, ready in zip((fused, ours), variants.values(), strict=True):
+        assert ready() is loaded
+        assert all(block.layer[-1].DenseReluDense.act is gelu for block in blocks)
+    row = compare(variants, 2, 9, rounds=2)
+    assert row["base"] > 0 and row["other"] > 0
+    assert row["ratio"] == pytest.approx(row["base"] / row["other"])
