@@ -290,10 +290,15 @@ def _faster(module: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+def feed_forwards(stack: Any) -> list[torch.nn.Module]:
+    """Each block's feed-forward module (T5's DenseReluDense, its activation `act`) of an
+    encoder or decoder stack."""
+    return [block.layer[-1].DenseReluDense for block in stack.block]
+
+
 def _encoder_gelu(network: Any) -> None:
     """The encoder's tanh GELU as PassGELU (the decoder's steps keep torch's one fused op)."""
-    for block in network.get_encoder().block:
-        feed_forward = block.layer[-1].DenseReluDense
+    for feed_forward in feed_forwards(network.get_encoder()):
         act = getattr(feed_forward, "act", None)
         if isinstance(act, torch.nn.GELU) and act.approximate == "tanh":
             feed_forward.act = PassGELU()

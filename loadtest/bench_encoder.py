@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from engine import native  # noqa: E402
-from engine.loading import PassGELU, encoder_kernel, load_model  # noqa: E402
+from engine.loading import PassGELU, encoder_kernel, feed_forwards, load_model  # noqa: E402
 from engine.t5_decoder import cross_caches  # noqa: E402
 from engine.t5_encoder import encode  # noqa: E402
 
@@ -90,8 +90,8 @@ def with_gelu(loaded: Any, gelu: torch.nn.Module) -> Callable[[], Any]:
     """A variant of one loaded model: every encoder block's GELU set to `gelu` first."""
 
     def ready() -> Any:
-        for block in loaded.model.get_encoder().block:
-            block.layer[-1].DenseReluDense.act = gelu
+        for feed_forward in feed_forwards(loaded.model.get_encoder()):
+            feed_forward.act = gelu
         return loaded
 
     return ready

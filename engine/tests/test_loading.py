@@ -13,6 +13,7 @@ from engine.loading import (
     FusedRMSNorm,
     ModelLoadError,
     PassGELU,
+    feed_forwards,
     load_model,
     resolve_device,
     resolve_quantization,
@@ -205,8 +206,8 @@ def test_the_encoders_passes_take_pass_gelu_and_the_decoders_steps_torchs(
     tiny_model_dir: Path, quantization: str
 ) -> None:
     model = load_model(str(tiny_model_dir), quantization=quantization, device="cpu").model
-    encoder = [block.layer[-1].DenseReluDense.act for block in model.get_encoder().block]
-    decoder = [block.layer[-1].DenseReluDense.act for block in model.get_decoder().block]
+    encoder = [feed_forward.act for feed_forward in feed_forwards(model.get_encoder())]
+    decoder = [feed_forward.act for feed_forward in feed_forwards(model.get_decoder())]
     assert encoder and all(isinstance(act, PassGELU) for act in encoder)
     assert decoder and all(type(act) is torch.nn.GELU for act in decoder)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import qgemm, rowops
-from engine.loading import PassGELU, load_model
+from engine.loading import PassGELU, feed_forwards, load_model
 from loadtest.bench_encoder import compare, load, parse_sizes, with_gelu
 
 
@@ -50,10 +50,10 @@ def test_the_gelu_variants_each_put_their_own_gelu_in_every_encoder_block(
     loaded = load_model(str(tiny_model_dir), quantization="torch-int8", device="cpu")
     fused, ours = torch.nn.GELU(approximate="tanh"), PassGELU()
     variants = {"torch": with_gelu(loaded, fused), "PassGELU": with_gelu(loaded, ours)}
-    blocks = loaded.model.get_encoder().block
+    encoder = feed_forwards(loaded.model.get_encoder())
     for gelu, ready in zip((fused, ours), variants.values(), strict=True):
         assert ready() is loaded
-        assert all(block.layer[-1].DenseReluDense.act is gelu for block in blocks)
+        assert encoder and all(feed_forward.act is gelu for feed_forward in encoder)
     row = compare(variants, 2, 9, rounds=2)
     assert row["base"] > 0 and row["other"] > 0
     assert row["ratio"] == pytest.approx(row["base"] / row["other"])
