@@ -327,9 +327,15 @@ class RowCaches:
         return caches
 
 
-@functools.cache
 def load() -> Kernel | None:
-    """This CPU's kernel, built if need be (once per process); None where it cannot run."""
+    """This CPU's kernel, built if need be (once per process); None where it cannot run or
+    INFERENCE_ATTENTION_KERNEL is off (read at each call: only the kernel is kept, never an
+    "off")."""
     if os.environ.get("INFERENCE_ATTENTION_KERNEL", "auto").strip().lower() == "off":
         return None
+    return _found()
+
+
+@functools.cache
+def _found() -> Kernel | None:
     return native.find("attend", "attention", Kernel)

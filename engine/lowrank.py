@@ -72,9 +72,14 @@ class Kernel:
         )
 
 
-@functools.cache
 def load() -> Kernel | None:
-    """This CPU's kernel, built if need be (once per process); None where it cannot run."""
+    """This CPU's kernel, built if need be (once per process); None where it cannot run or
+    INFERENCE_ADAPTER_KERNEL is off (read at each call: only the kernel is kept, never an "off")."""
     if os.environ.get("INFERENCE_ADAPTER_KERNEL", "auto").strip().lower() == "off":
         return None
+    return _found()
+
+
+@functools.cache
+def _found() -> Kernel | None:
     return native.find("lowrank", "adapters' side path", Kernel)

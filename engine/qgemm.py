@@ -135,10 +135,14 @@ def wanted(kernel: Kernel | None) -> bool:
     return chosen == "on" or (chosen == "auto" and measured)
 
 
-@functools.cache
 def load() -> Kernel | None:
     """This CPU's kernel, built if need be (once per process); None where it cannot run or
-    INFERENCE_STEP_KERNEL is off."""
+    INFERENCE_STEP_KERNEL is off (read at each call: only the kernel is kept, never an "off")."""
     if mode() == "off":
         return None
+    return _found()
+
+
+@functools.cache
+def _found() -> Kernel | None:
     return native.find("qgemm", "step products kernel", Kernel)

@@ -117,9 +117,14 @@ class NativeRMSNorm(torch.nn.Module):
         return self.kernel.rms_norm(hidden, self.weight.detach(), self.eps)
 
 
-@functools.cache
 def load() -> Kernel | None:
-    """This CPU's kernel, built if need be (once per process); None where it cannot run."""
+    """This CPU's kernel, built if need be (once per process); None where it cannot run or
+    INFERENCE_ROWS_KERNEL is off (read at each call: only the kernel is kept, never an "off")."""
     if os.environ.get("INFERENCE_ROWS_KERNEL", "auto").strip().lower() == "off":
         return None
+    return _found()
+
+
+@functools.cache
+def _found() -> Kernel | None:
     return native.find("rows", "row-wise kernels", Kernel)

@@ -246,7 +246,6 @@ def start_torch_side(
     loads; a model process reads it when it starts)."""
     previous = os.environ.get("INFERENCE_ADAPTER_KERNEL")
     os.environ["INFERENCE_ADAPTER_KERNEL"] = "off"
-    lowrank.load.cache_clear()
     try:
         engine = start(base, args, adapter=str(default), max_adapters=len(registry))
         engine.set_adapters(registry)
@@ -258,7 +257,6 @@ def start_torch_side(
             del os.environ["INFERENCE_ADAPTER_KERNEL"]
         else:
             os.environ["INFERENCE_ADAPTER_KERNEL"] = previous
-        lowrank.load.cache_clear()
     return engine
 
 

@@ -60,7 +60,7 @@ def engine(make_engine: Callable[..., Engine]) -> Engine:
 def kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """The C kernels' `load()`s from scratch (engine/native.py), building into an empty cache
     folder with nothing prebuilt; the process's own kernels again after."""
-    loaders = (attention.load, lowrank.load, rowops.load, qgemm.load)
+    loaders = (attention._found, lowrank._found, rowops._found, qgemm._found)
     monkeypatch.setenv("INFERENCE_KERNEL_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "PREBUILT", tmp_path / "prebuilt")
     for load in loaders:

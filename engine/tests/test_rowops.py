@@ -5,11 +5,12 @@ the thread count, for every CPU target this machine runs; inputs that do not fit
 8-bit model on the CPU gets the norm, other models and `off` keep torch's."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from engine import native, rowint8, rowops
+from engine import attention, lowrank, native, qgemm, rowint8, rowops
 from engine.loading import FusedRMSNorm, load_model
 
 pytestmark = pytest.mark.skipif(native.cpu_target() is None, reason="needs AVX2 with F16C")
@@ -121,6 +122,27 @@ def test_the_kernels_can_be_turned_off(
     scaled, peak = rowint8._scale_rows(hidden)  # the torch ops, the same numbers
     assert torch.equal(scaled, rowint8.scale_rows_torch(hidden)[0])
     assert not kernel_cache.exists()  # nothing built
+
+
+@pytest.mark.parametrize(
+    ("module", "setting"),
+    [
+        (rowops, "INFERENCE_ROWS_KERNEL"),
+        (attention, "INFERENCE_ATTENTION_KERNEL"),
+        (lowrank, "INFERENCE_ADAPTER_KERNEL"),
+        (qgemm, "INFERENCE_STEP_KERNEL"),
+    ],
+)
+def test_each_kernels_switch_is_read_at_every_load_and_only_the_kernel_is_kept(
+    monkeypatch: pytest.MonkeyPatch, module: Any, setting: str
+) -> None:
+    monkeypatch.delenv(setting, raising=False)
+    kernel = module.load()
+    assert kernel is not None
+    monkeypatch.setenv(setting, "off")
+    assert module.load() is None  # not the kernel built before
+    monkeypatch.delenv(setting)
+    assert module.load() is kernel  # not the "off" of the call before
 
 
 def test_a_row_holding_nan_or_infinity_scales_as_torchs_ops_scale_it(
