@@ -67,6 +67,11 @@ class LoadedModel:
     # A decoder step's attention kernel over half-precision caches (engine/attention.py), for
     # an 8-bit model on the CPU; None: torch over the model's own dtype.
     attention: Kernel | None = None
+    # What the model holds (its weights, packed or not, and every other tensor of it) and what
+    # a token held in the caches costs (each row counted as prompt + max_tokens): item 8 of
+    # the continuous-batching issue measures the process against them (docs/engine.md).
+    model_bytes: int = 0
+    cache_token_bytes: int = 0
 
     @property
     def max_prompt_chars(self) -> int:
@@ -243,6 +248,8 @@ def load_model(
     if per_row:
         loaded.lora = attach(network, compact=eight_bit_cpu)
     loaded.max_input_tokens = max_input_tokens or loaded.max_input_tokens
+    loaded.model_bytes = held_bytes(network)
+    loaded.cache_token_bytes = cache_token_bytes(network, half=loaded.attention is not None)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 
@@ -487,6 +494,28 @@ FUSED_T5: dict[str, list[tuple[str, ...]]] = {
     "EncDecAttention": [("k", "v")],
     "DenseReluDense": [("wi_0", "wi_1")],
 }
+
+
+def held_bytes(network: torch.nn.Module) -> int:
+    """The model's own bytes: every parameter and buffer once (shared ones once), and every
+    packed int8 matrix a module holds as `packed` (fbgemm's, oneDNN's or the step kernel's:
+    rowint8.packed_bytes)."""
+    tensors = {id(tensor): tensor for tensor in [*network.parameters(), *network.buffers()]}
+    total = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    held = (getattr(module, "packed", None) for module in network.modules())
+    packed = {id(matrix): matrix for matrix in held if matrix is not None}
+    return total + sum(rowint8.packed_bytes(matrix) for matrix in packed.values())
+
+
+def cache_token_bytes(network: Any, *, half: bool) -> int:
+    """Bytes one token takes in a row's caches: a key and a value in each decoder layer, for
+    a prompt token (cross-attention) as for a generated one (self-attention); half precision
+    where the step's attention kernel holds them (`half`), else the model's own dtype."""
+    config = network.config
+    layers = int(getattr(config, "num_decoder_layers", None) or config.num_layers)
+    width = int(config.num_heads) * int(config.d_kv)
+    size = 2 if half else network.get_input_embeddings().weight.element_size()
+    return 2 * layers * width * size
 
 
 def own_memory(network: torch.nn.Module) -> None:

@@ -337,4 +337,6 @@ def _loaded_facade(facts: ModelFacts) -> LoadedModel:
         pad_id=facts.pad_id,
         max_input_tokens=facts.max_input_tokens,
         load_seconds=facts.load_seconds,
+        model_bytes=facts.model_bytes,
+        cache_token_bytes=facts.cache_token_bytes,
     )

@@ -208,6 +208,20 @@ def int8_parts(packed: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, quantized.q_per_channel_scales().float().contiguous()
 
 
+def packed_bytes(packed: Any) -> int:
+    """The bytes a packed int8 matrix holds: a byte a weight, plus its per-channel figures."""
+    if isinstance(packed, StepPacked):
+        parts = (packed.packed, packed.colsum, packed.mult, packed.scales)
+        return sum(part.numel() * part.element_size() for part in parts)
+    if isinstance(packed, OnednnPacked):  # oneDNN's opaque blocked copy: a byte a weight
+        channels = (packed.scales, packed.zeros)
+        extra = sum(part.numel() * part.element_size() for part in channels)
+        return packed.out_features * packed.in_features + extra
+    # fbgemm's: the weights, and per channel a scale, a zero point and a column offset.
+    out_features, in_features = torch.ops.quantized.linear_unpack(packed)[0].shape
+    return int(out_features * in_features + out_features * 16)
+
+
 def dequantized(packed: Any) -> torch.Tensor:
     """The (out, in) fp32 weight a packed int8 matrix stands for."""
     if isinstance(packed, OnednnPacked | StepPacked):

@@ -289,6 +289,8 @@ class Engine:
             status["device"] = self._model.device.type
             status["quantization"] = self._model.quantization
             status["load_seconds"] = round(self._model.load_seconds, 3)
+            status["model_bytes"] = self._model.model_bytes
+            status["cache_token_bytes"] = self._model.cache_token_bytes
         return status
 
     def _set_state(self, state: str, detail: str) -> None:

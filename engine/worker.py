@@ -329,6 +329,8 @@ def facts(model: LoadedModel, heap_frozen: int = 0) -> ModelFacts:
         load_seconds=model.load_seconds,
         encoder_layers=int(model.model.config.num_layers),
         heap_frozen=heap_frozen,
+        model_bytes=model.model_bytes,
+        cache_token_bytes=model.cache_token_bytes,
     )
 
 

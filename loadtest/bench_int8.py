@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.rowint8 import OnednnPacked, RowInt8Linear, RowScale  # noqa: E402
+from engine.rowint8 import RowInt8Linear, RowScale  # noqa: E402
 
 SHAPES = ((768, 768), (768, 2048), (2048, 768))
 ROWS = (1, 16)
@@ -260,35 +260,24 @@ def resident_bytes() -> int:
     return 0
 
 
-def model_bytes(network: torch.nn.Module) -> int:
-    """The int8 weights (one byte each, plus scale and zero point per channel) and the rest."""
-    total = sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
-    for module in network.modules():
-        packed = getattr(module, "packed", None)
-        if isinstance(packed, OnednnPacked):  # oneDNN's opaque blocked copy: a byte a weight
-            total += packed.packed.numel() + packed.out_features * 16
-        elif packed is not None:
-            weight = torch.ops.quantized.linear_unpack(packed)[0]
-            total += weight.numel() + weight.shape[0] * 16
-    return total
-
-
 def memory_child(variant: str, workdir: Path) -> None:
     """Load the model one way in this fresh process and print what it holds."""
     import transformers.models.t5.modeling_t5  # noqa: F401 (counted in `bare`)
 
-    from engine.loading import load_model
+    from engine.loading import cache_token_bytes, held_bytes, load_model
 
     base = ensure_base(workdir)
     bare = resident_bytes()  # the interpreter, torch and transformers, before any model
     if variant == "now":
-        network = load_model(str(base), quantization="torch-int8").model
+        loaded = load_model(str(base), quantization="torch-int8")
+        network, per_token = loaded.model, loaded.cache_token_bytes
     else:  # torch-int8 before: quantize_dynamic in place, the fp32 file still mapped
         network = swap_linears(load_fp32(base), TodayLinear)
+        per_token = cache_token_bytes(network, half=False)  # fp32 caches then
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    print(f"{variant} {resident_bytes()} {model_bytes(network)} {bare}", flush=True)
+    print(f"{variant} {resident_bytes()} {held_bytes(network)} {bare} {per_token}", flush=True)
 
 
 def bench_memory(args: argparse.Namespace) -> None:
@@ -298,21 +287,19 @@ def bench_memory(args: argparse.Namespace) -> None:
     for variant in ("before", "now"):
         command = [sys.executable, __file__, "--memory-child", variant, "--workdir"]
         out = subprocess.run([*command, str(args.workdir)], capture_output=True, text=True)
-        name, *figures = out.stdout.split()[-4:]
-        rss, held, bare = (int(figure) for figure in figures)
+        if out.returncode != 0:
+            raise SystemExit(f"the {variant} child failed:\n{out.stderr[-2000:]}")
+        name, *figures = out.stdout.split()[-5:]
+        rss, held, bare, per_token = (int(figure) for figure in figures)
         print(
             f"  {name:6}  resident {rss / mib:5.0f} ({rss / held:.2f}x the model)  "
             f"model's own bytes {held / mib:4.0f}  python, torch and transformers before "
             f"loading {bare / mib:4.0f}  loading added {(rss - bare) / mib:5.0f} "
-            f"({(rss - bare) / held:.2f}x the model)",
+            f"({(rss - bare) / held:.2f}x the model)  caches {per_token / 1024:.0f} KiB a "
+            "token (a prompt token's cross-attention keys and values, as a generated "
+            "token's self-attention ones)",
             flush=True,
         )
-    per_token = 2 * 12 * 768 * 4  # K and V, 12 layers, 12 heads x 64, fp32
-    print(
-        f"  caches: {per_token / 1024:.0f} KiB a decoder token (self-attention), "
-        f"{per_token / 1024:.0f} KiB a prompt token (cross-attention)",
-        flush=True,
-    )
 
 
 def main() -> None:

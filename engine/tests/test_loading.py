@@ -1,6 +1,7 @@
 """Loading: the adapter, each quantization on the CPU, CUDA, and models that are missing."""
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,12 +9,14 @@ from typing import Any
 import pytest
 import torch
 
+from engine import qgemm
 from engine.config import EngineConfig
 from engine.loading import (
     FusedRMSNorm,
     ModelLoadError,
     PassGELU,
     feed_forwards,
+    held_bytes,
     load_model,
     resolve_device,
     resolve_quantization,
@@ -239,3 +242,52 @@ def test_an_int8_model_lets_go_of_the_checkpoint_file_it_was_loaded_from(
     # the mapping, mostly fp32 weights nobody reads any more, goes with the last view into it.
     quantized = load_model(str(tiny_model_dir), quantization="torch-int8").model
     assert file_mapped_tensors(quantized) == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("step_kernel", ["off", "on"])
+def test_the_models_bytes_count_each_int8_weight_once_whichever_kernel_holds_it(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, step_kernel: str
+) -> None:
+    if step_kernel == "on" and qgemm.load() is None:
+        pytest.skip("the step products kernel cannot be built here")
+    monkeypatch.setenv("INFERENCE_STEP_KERNEL", step_kernel)
+    monkeypatch.setenv("INFERENCE_ENCODER_KERNEL", "step" if step_kernel == "on" else "fbgemm")
+    full = load_model(str(tiny_model_dir), quantization="none").model
+    weights = sum(m.weight.numel() for m in full.modules() if isinstance(m, torch.nn.Linear))
+    loaded = load_model(str(tiny_model_dir), quantization="torch-int8")
+    kinds = {type(m.packed).__name__ for m in loaded.model.modules() if hasattr(m, "packed")}
+    assert ("StepPacked" in kinds) == (step_kernel == "on")
+    tensors = {id(t): t for t in [*loaded.model.parameters(), *loaded.model.buffers()]}
+    rest = sum(t.numel() * t.element_size() for t in tensors.values())  # embeddings, norms
+    packed = loaded.model_bytes - rest
+    # A byte a weight, plus per-channel scales and the step kernel's padding: never the
+    # fp32 weights' four bytes, never nothing.
+    assert weights <= packed <= 1.5 * weights
+    assert held_bytes(loaded.model) == loaded.model_bytes
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize(("quantization", "size"), [("torch-int8", 2), ("none", 4), ("bf16", 2)])
+def test_a_cache_tokens_bytes_are_a_key_and_a_value_in_every_decoder_layer(
+    tiny_model_dir: Path, quantization: str, size: int
+) -> None:
+    loaded = load_model(str(tiny_model_dir), quantization=quantization)
+    config = loaded.model.config
+    # torch-int8's attention kernel holds its caches in half precision; the others in the
+    # model's dtype (and torch-int8 too where that kernel cannot be built: fp32).
+    if quantization == "torch-int8" and loaded.attention is None:
+        size = 4
+    width = config.num_heads * config.d_kv
+    assert loaded.cache_token_bytes == 2 * config.num_decoder_layers * width * size
+
+
+def test_the_engine_reports_what_its_model_process_holds(
+    make_engine: Callable[..., Engine], tiny_model_dir: Path
+) -> None:
+    engine = make_engine(process=True, quantization="torch-int8")
+    loaded = load_model(str(tiny_model_dir), quantization="torch-int8")
+    status = engine.status()
+    assert status["model_process"] != os.getpid()
+    assert status["model_bytes"] == loaded.model_bytes > 0
+    assert status["cache_token_bytes"] == loaded.cache_token_bytes > 0
