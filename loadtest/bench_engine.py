@@ -59,6 +59,8 @@ from loadtest.openloop import (  # noqa: E402
     closed_loop_capacity,
     drive_ct2,
     drive_engine,
+    engine_cache_tokens,
+    memory_figures,
     mixed_plan,
     open_row,
     peak_rss,
@@ -430,9 +432,11 @@ def open_loop(args: argparse.Namespace, base: Path, adapter: Path) -> None:
             before = single_engine(engine, tokenizer)
             rows[variant] = {}
             for load, plan in plans.items():
-                with peak_rss(engine.status()["model_process"]) as peak:
+                status = engine.status()
+                with peak_rss(status["model_process"], engine_cache_tokens) as peak:
                     records = asyncio.run(drive_engine(engine, plan, tokenizer))
-                rows[variant][load] = {**summarize(records), "rss_mib": peak[0]}
+                memory = memory_figures(peak, status, engine.config.token_budget)
+                rows[variant][load] = {**summarize(records), **memory}
                 print(f"  {variant:<12} {open_row(load, rows[variant][load])}", flush=True)
             singles[variant] = quicker(before, single_engine(engine, tokenizer))
         finally:
@@ -520,7 +524,7 @@ def ct2_open_loop(
     for load, plan in plans.items():
         with peak_rss(os.getpid()) as peak:
             records = drive_ct2(translator, plan, tokenizer, args.max_batch)
-        rows["ct2-int8"][load] = {**summarize(records), "rss_mib": peak[0]}
+        rows["ct2-int8"][load] = {**summarize(records), "rss_mib": peak.rss_mib}
         print(f"  {'ct2-int8':<12} {open_row(load, rows['ct2-int8'][load])}", flush=True)
 
 

@@ -103,16 +103,36 @@ def stream_model(workdir: Path, base: Path) -> Path:
     return folder
 
 
+@dataclass
+class Peak:
+    """A process's largest resident set while a block ran (MiB), and the tokens the running
+    rows held in the caches then and at their most (the engine's inference_cache_tokens)."""
+
+    rss_mib: float = 0.0
+    cache_tokens: float = 0.0
+    most_cache_tokens: float = 0.0
+    start_rss_mib: float = 0.0  # when the block began (the model loaded, no rows)
+
+
 @contextlib.contextmanager
-def peak_rss(pid: int) -> Iterator[list[float]]:
-    """The largest resident set (MiB) of process pid while the block runs, sampled."""
+def peak_rss(pid: int, cache_tokens: Callable[[], float] | None = None) -> Iterator[Peak]:
+    """The largest resident set of process pid while the block runs, sampled every 0.25 s,
+    with the caches' tokens from `cache_tokens` at each sample."""
     import psutil
 
-    process, peak, done = psutil.Process(pid), [0.0], threading.Event()
+    process, done = psutil.Process(pid), threading.Event()
+    peak = Peak(start_rss_mib=process.memory_info().rss / 2**20)
+
+    def take() -> None:
+        rss = process.memory_info().rss / 2**20
+        tokens = cache_tokens() if cache_tokens else 0.0
+        peak.most_cache_tokens = max(peak.most_cache_tokens, tokens)
+        if rss >= peak.rss_mib:
+            peak.rss_mib, peak.cache_tokens = rss, tokens
 
     def sample() -> None:
         while not done.wait(0.25):
-            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+            take()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -121,7 +141,28 @@ def peak_rss(pid: int) -> Iterator[list[float]]:
     finally:
         done.set()
         sampler.join()
-        peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+        take()
+
+
+def engine_cache_tokens() -> float:
+    """The engine's inference_cache_tokens gauge in this process (its scheduler's)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("inference_cache_tokens") or 0.0
+
+
+def memory_figures(peak: Peak, status: dict[str, Any], token_budget: int) -> Figures:
+    """A run's memory figures for the goal (issue 14, item 8): the model process's peak, the
+    model's own bytes, a cache token's bytes and the budget (MiB, KiB)."""
+    return {
+        "rss_mib": peak.rss_mib,
+        "start_rss_mib": peak.start_rss_mib,
+        "cache_tokens_at_peak": peak.cache_tokens,
+        "most_cache_tokens": peak.most_cache_tokens,
+        "model_mib": status.get("model_bytes", 0) / 2**20,
+        "cache_token_kib": status.get("cache_token_bytes", 0) / 1024,
+        "budget_tokens": float(token_budget),
+    }
 
 
 # --- driving our engine --------------------------------------------------------------------------
@@ -327,3 +368,30 @@ def print_goals(name: str, rows: dict[str, dict[float, Figures]], single: Figure
         print(f"  tok/s / ct2-int8 tok/s        {ratio:5.2f}x (goal >= 1.2x)")
     ratio = row["gap_p99"] / single["per_token"]
     print(f"  gap p99 / single per token    {ratio:5.2f}x (goal <= 2x)")
+    print_memory_goal(row)
+
+
+def print_memory_goal(row: Figures) -> None:
+    """Item 8: the model process at most 1.5x the model's own bytes plus its cache budget, as
+    written (the whole budget) and against the caches the rows held at the peak."""
+    if not row.get("model_mib") or not row.get("cache_token_kib"):
+        return
+    model, per_token = row["model_mib"], row["cache_token_kib"] / 1024
+    written = 1.5 * model + row["budget_tokens"] * per_token
+    held = 1.5 * model + row["cache_tokens_at_peak"] * per_token
+    print(
+        f"  peak RSS / (1.5 x model + budget)   {row['rss_mib'] / written:5.2f}x (goal <= 1x;"
+        f" {row['rss_mib']:.0f} MiB against 1.5 x {model:.0f} MiB + {row['budget_tokens']:.0f}"
+        f" tokens x {row['cache_token_kib']:.0f} KiB = {written:.0f} MiB)"
+    )
+    print(
+        f"  peak RSS / (1.5 x model + held)     {row['rss_mib'] / held:5.2f}x (the caches the"
+        f" rows held at the peak: {row['cache_tokens_at_peak']:.0f} tokens, {held:.0f} MiB;"
+        f" at their most {row['most_cache_tokens']:.0f})"
+    )
+    if row["cache_tokens_at_peak"]:
+        grown = (row["rss_mib"] - row["start_rss_mib"]) * 1024 / row["cache_tokens_at_peak"]
+        print(
+            f"  resident growth a token held      {grown:5.1f} KiB (from {row['start_rss_mib']:.0f}"
+            f" MiB loaded and idle; a token's keys and values {row['cache_token_kib']:.0f} KiB)"
+        )

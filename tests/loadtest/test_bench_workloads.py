@@ -88,3 +88,43 @@ def test_the_single_reference_is_the_quicker_of_its_runs_before_and_after_the_lo
     out = capsys.readouterr().out
     assert "ttft p95 / single ttft         5.00x" in out  # against 108, not 136
     assert "gap p99 / single per token     3.00x" in out  # against 8.7, not 12.8
+
+
+def test_the_memory_goal_counts_the_budget_as_written_and_the_caches_held_at_the_peak(
+    capsys,
+) -> None:
+    from loadtest.openloop import Peak, memory_figures, print_memory_goal
+
+    peak = Peak(rss_mib=900.0, cache_tokens=2048.0, most_cache_tokens=4096.0, start_rss_mib=600)
+    status = {"model_bytes": 300 * 2**20, "cache_token_bytes": 36 * 1024}
+    row = memory_figures(peak, status, token_budget=16384)
+    print_memory_goal(row)
+    out = capsys.readouterr().out
+    # 1.5 x 300 + 16384 x 36 KiB = 450 + 576 = 1026 MiB; with 2048 tokens held, 450 + 72.
+    assert "peak RSS / (1.5 x model + budget)    0.88x" in out
+    assert "= 1026 MiB" in out
+    assert "peak RSS / (1.5 x model + held)      1.72x" in out
+    assert "at their most 4096" in out
+    assert "resident growth a token held      150.0 KiB" in out  # 300 MiB over 2048 tokens
+
+
+def test_the_peak_is_the_largest_resident_set_with_the_caches_held_at_that_moment() -> None:
+    import os
+    import time
+
+    from loadtest.openloop import peak_rss
+
+    held = [1000.0]
+    with peak_rss(os.getpid(), lambda: held[0]) as peak:
+        start = peak.start_rss_mib
+        ballast = bytearray(300 * 2**20)  # zero pages: touched so they are resident
+        ballast[::4096] = b"\x01" * len(ballast[::4096])
+        deadline = time.monotonic() + 60
+        while peak.rss_mib < start + 250 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        del ballast
+        held[0] = 7.0
+        time.sleep(0.6)  # samples after the drop: smaller sets, fewer tokens
+    assert peak.rss_mib >= start + 250
+    assert peak.cache_tokens == 1000.0  # what the caches held when the set was largest
+    assert peak.most_cache_tokens == 1000.0
