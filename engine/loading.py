@@ -25,7 +25,7 @@ from engine import attention, native, qgemm, rowint8, rowops
 from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
 from engine.generation import EngineError
-from engine.lora import Lora, attach
+from engine.lora import Lora, attach, merge_plain
 
 logger = logging.getLogger(__name__)
 
@@ -374,9 +374,9 @@ def _load_full_precision(folder: Path, adapter: Path | None) -> Any:
     from transformers import AutoModelForSeq2SeqLM
 
     network = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32)
-    if adapter is None:
+    if adapter is None or merge_plain(network, adapter):
         return network
-    from peft import PeftModel
+    from peft import PeftModel  # an adapter merge_plain does not take (DoRA, extra weights)
 
     # Merged in fp32, before any quantization: the served model pays nothing for the adapter
     # and the LoRA delta is rounded once, together with the base weight.

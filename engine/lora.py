@@ -419,6 +419,69 @@ def load_adapter(name: str, folder: str, lora: Lora, max_rank: int) -> Adapter:
     return Adapter(name, folder, rank, units, nbytes, seconds)
 
 
+# adapter_config.json keys that change what peft's merge computes beyond W + (B @ A) * scale.
+_NOT_PLAIN = (
+    "use_dora",
+    "modules_to_save",
+    "rank_pattern",
+    "alpha_pattern",
+    "fan_in_fan_out",
+    "layer_replication",
+    "alora_invocation_tokens",
+    "trainable_token_indices",
+    "target_parameters",
+)
+
+
+def merge_plain(network: torch.nn.Module, folder: Path) -> bool:
+    """Merge a plain LoRA adapter (peft's folder: LORA on Linears, one rank, no DoRA, no trained
+    bias or other weights) into the fp32 network as peft's merge_and_unload does, W + (B @ A)
+    * scale, bitwise the same weights, without importing peft (about 900 modules and 58 MiB
+    in a model process, docs/engine.md). Each merged weight is a new tensor: the checkpoint's
+    file mapping is never written. False, with the network untouched, for anything else (the
+    caller merges through peft, which reads every kind it saves, or says why it cannot)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights = _read_weights(folder)
+    except (OSError, ValueError, RuntimeError):
+        return False
+    plain = config.get("peft_type") == "LORA" and config.get("bias", "none") == "none"
+    if not plain or any(config.get(key) for key in _NOT_PLAIN):
+        return False
+    rank = int(config.get("r", 0))
+    alpha = float(config.get("lora_alpha", rank))
+    if rank <= 0:
+        return False
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    pairs: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in weights.items():
+        module, _, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        if part not in ("A.weight", "B.weight"):
+            return False
+        pairs.setdefault(module, {})[part[0]] = tensor
+    merges = []
+    embedding = network.get_input_embeddings().weight  # type: ignore[operator]
+    for module, pair in pairs.items():
+        try:
+            linear = network.get_submodule(module)
+        except AttributeError:
+            return False
+        if not isinstance(linear, torch.nn.Linear) or set(pair) != {"A", "B"}:
+            return False
+        out_features, in_features = linear.weight.shape
+        a, b = pair["A"], pair["B"]
+        if a.shape != (rank, in_features) or b.shape != (out_features, rank):
+            return False
+        if linear.weight.dtype != torch.float32 or linear.weight is embedding:
+            return False  # a tied output layer: peft unties it before it merges
+        merges.append((linear, a.float(), b.float()))
+    if not merges:
+        return False
+    for linear, a, b in merges:
+        linear.weight.data = linear.weight.data + (b @ a) * scale
+    return True
+
+
 def _read_weights(folder: Path) -> dict[str, Tensor]:
     safe = folder / "adapter_model.safetensors"
     if safe.is_file():

@@ -2,6 +2,8 @@
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ from engine.loading import (
     resolve_device,
     resolve_quantization,
 )
+from engine.lora import merge_plain
 from engine.rowint8 import RowInt8Slice
 from engine.runtime import Engine
 from engine.testing import generate, tiny_config
 
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["Hello café", "The model runs over the river", "quiet garden", "naïve tenant"]
 
 
@@ -291,3 +295,73 @@ def test_the_engine_reports_what_its_model_process_holds(
     assert status["model_process"] != os.getpid()
     assert status["model_bytes"] == loaded.model_bytes > 0
     assert status["cache_token_bytes"] == loaded.cache_token_bytes > 0
+
+
+def fp32_t5(folder: Path) -> Any:
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_a_plain_lora_adapter_is_merged_into_the_weights_peft_merges_bitwise(
+    tiny_model_dir: Path,
+) -> None:
+    from peft import PeftModel
+
+    adapter = tiny_model_dir / "adapter"
+    ours = fp32_t5(tiny_model_dir)
+    assert merge_plain(ours, adapter)
+    theirs = PeftModel.from_pretrained(fp32_t5(tiny_model_dir), adapter).merge_and_unload()
+    bare = fp32_t5(tiny_model_dir).state_dict()
+    ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+    assert ours_state.keys() == theirs_state.keys()
+    assert all(torch.equal(ours_state[key], theirs_state[key]) for key in ours_state)
+    assert [key for key in ours_state if not torch.equal(ours_state[key], bare[key])]  # merged
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_an_adapter_beyond_plain_lora_is_left_to_peft_to_merge(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    dora = get_peft_model(
+        fp32_t5(tiny_model_dir), LoraConfig(r=4, target_modules=["q", "v"], use_dora=True)
+    )
+    for name, parameter in dora.named_parameters():
+        if "lora_B" in name:  # zeros at first: no change to merge
+            torch.nn.init.normal_(parameter, std=0.5, generator=torch.Generator().manual_seed(1))
+    dora.save_pretrained(str(tmp_path / "dora"))
+    untouched = fp32_t5(tiny_model_dir)
+    assert not merge_plain(untouched, tmp_path / "dora")
+    bare = fp32_t5(tiny_model_dir).state_dict()
+    assert all(torch.equal(tensor, bare[key]) for key, tensor in untouched.state_dict().items())
+    served = load_model(str(tiny_model_dir), adapter=str(tmp_path / "dora"), quantization="none")
+    peft_merged = PeftModel.from_pretrained(fp32_t5(tiny_model_dir), tmp_path / "dora")
+    expected = peft_merged.merge_and_unload().state_dict()
+    queries = [key for key in expected if key.endswith("SelfAttention.q.weight")]
+    served_state = served.model.state_dict()
+    assert queries and all(torch.equal(served_state[key], expected[key]) for key in queries)
+    assert not torch.equal(served_state[queries[0]], bare[queries[0]])
+
+
+def test_a_model_process_merging_a_plain_adapter_never_imports_peft(tiny_model_dir: Path) -> None:
+    load = (
+        "import sys\n"
+        "from engine.loading import load_model\n"
+        f"load_model({str(tiny_model_dir)!r}, adapter={str(tiny_model_dir / 'adapter')!r},"
+        " quantization='torch-int8')\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'peft'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", load],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
