@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.loading import load_model
 from engine.remote import ModelProcess, _python_path
 from engine.testing import tiny_config
 
@@ -50,11 +51,16 @@ def test_settle_heap_freezes_and_a_release_lets_the_dropped_go() -> None:
     assert done.stdout.strip() == "ok"
 
 
-def test_a_model_process_is_ready_with_its_heap_frozen(tiny_model_dir: Path) -> None:
+def test_a_model_process_is_ready_with_its_heap_frozen_and_tells_its_models_bytes(
+    tiny_model_dir: Path,
+) -> None:
     remote = ModelProcess(tiny_config(tiny_model_dir, process=True))
-    remote.start()
+    loaded = remote.start()
     try:
         # torch, transformers, the model's modules: far more than a bare interpreter's.
         assert remote.heap_frozen > 50_000
+        here = load_model(str(tiny_model_dir), quantization="none")  # tiny_config's fp32
+        assert loaded.model_bytes == here.model_bytes > 0
+        assert loaded.cache_token_bytes == here.cache_token_bytes > 0
     finally:
         remote.stop()
