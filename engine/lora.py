@@ -430,13 +430,15 @@ _NOT_PLAIN = (
     "alora_invocation_tokens",
     "trainable_token_indices",
     "target_parameters",
+    "use_qalora",
+    "arrow_config",
 )
 
 
 def merge_plain(network: torch.nn.Module, folder: Path) -> bool:
     """Merge a plain LoRA adapter (peft's folder: LORA on Linears, one rank, no DoRA, no trained
     bias or other weights) into the fp32 network as peft's merge_and_unload does, W + (B @ A)
-    * scale, bitwise the same weights, without importing peft (about 900 modules and 58 MiB
+    * scale, bitwise the same weights, without importing peft (about 900 modules and 38 MiB
     in a model process, docs/engine.md). Each merged weight is a new tensor: the checkpoint's
     file mapping is never written. False, with the network untouched, for anything else (the
     caller merges through peft, which reads every kind it saves, or says why it cannot)."""
