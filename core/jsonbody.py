@@ -6,6 +6,7 @@ RecursionError, not ValueError. Both are refused here as bad input (400 or an er
 """
 
 import json
+import re
 from typing import Any
 
 from django.http import HttpRequest
@@ -16,8 +17,31 @@ from core.errors import InvalidRequest
 MAX_DEPTH = 32  # the deepest request shape (chat content parts) is 5 levels
 
 
+# A JSON string literal (its escapes included), and every byte but the brackets.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether raw's brackets outside its strings nest deeper than MAX_DEPTH, found without
+    recursion. json.loads would otherwise recurse to the interpreter's limit on such a body,
+    and anything the collector finalizes down there (a warning, a __del__) fails for want of
+    stack. Fewer brackets than the limit cannot go deeper: the common case costs two counts."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for byte in _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def loads(raw: str | bytes) -> Any:
     """Parse request JSON; InvalidRequest for invalid JSON, deep nesting or invalid text."""
+    encoded = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _too_deep(encoded):
+        raise InvalidRequest(f"The JSON is nested more than {MAX_DEPTH} levels deep.")
     try:
         value = json.loads(raw)
     except RecursionError:
