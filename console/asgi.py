@@ -67,11 +67,11 @@ application = DeliveryProbe(
     )
 )
 
-from engine.worker import settle_heap  # noqa: E402
+from engine.model import settle_heap  # noqa: E402
 
 # What the imports above made lives as long as the process (about 440,000 objects): set aside
 # from the cyclic collector, whose full collections walked them all, 180-200 ms in which the
-# event loop answered nothing (measured; engine/worker.py's settle_heap).
+# event loop answered nothing (measured; engine/model.py's settle_heap).
 settle_heap()
 
 if settings.INFERENCE_AUTOLOAD:

@@ -85,6 +85,12 @@ class Job:
         self._last_delta_at = now
 
 
+# Between two steps: given the running rows' jobs, the jobs that join now (never blocks).
+# (the rows holding places, urgent) -> the newcomers that start now; urgent asks only for the
+# tenant headroom's rows, whose pass runs whole at once (Scheduler.take_joiners).
+Admit = Callable[[Sequence[Job], bool], list[Job]]
+
+
 def prefill_group_limit(max_prefill_tokens: int, step_tokens: int, layers: int) -> int:
     """The encoder tokens admitted together into one pass (0: no bound): max_prefill_tokens,
     and, when passes are cut at layer boundaries, no more than one layer's worth of the

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from engine import metrics
-from engine.batcher import Job
+from engine.batcher import Admit, Job
 from engine.detokenize import IncrementalDetokenizer, StopStringFilter
 from engine.generation import (
     FINISH_CANCELLED,
@@ -53,11 +53,6 @@ STEP_THREADS_FROM_ROWS = 16
 # OpenAI's floor for a log-probability: a token the model rules out (-inf) stays valid JSON.
 LOGPROB_FLOOR = -9999.0
 FAILED = "failed"  # a row's end when its own work raised (never a client's finish_reason)
-
-# Between two steps: given the running rows' jobs, the jobs that join now (never blocks).
-# (the rows holding places, urgent) -> the newcomers that start now; urgent asks only for the
-# tenant headroom's rows, whose pass runs whole at once (Scheduler.take_joiners).
-Admit = Callable[[Sequence[Job], bool], list[Job]]
 
 
 class Row:
@@ -165,7 +160,7 @@ class Row:
             self.send(piece)
         result = self._result(reason, now)
         if self.job.record:  # before Done: whoever sees the result sees it counted
-            record_result(result)
+            metrics.record_result(result)
         self.job.finished = True
         self.job.send(Done(result))
 
@@ -182,27 +177,6 @@ class Row:
             generation_seconds=now - self.started_at,
             token_ids=list(self.detokenizer.ids),
         )
-
-
-def record_batch(jobs: list[Job]) -> None:
-    """A batch's size and prompt tokens, in the process that serves /metrics."""
-    metrics.BATCH_SIZE.observe(len(jobs))
-    record_join(jobs)
-
-
-def record_join(jobs: Sequence[Job]) -> None:
-    """The prompt tokens of jobs that joined a running batch."""
-    metrics.PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
-
-
-def record_result(result: GenerationResult, *, first_token: bool = False) -> None:
-    """A finished row's figures (and its time to first token, when not observed as it came)."""
-    if first_token and result.first_token_seconds is not None:
-        metrics.TIME_TO_FIRST_TOKEN.observe(result.first_token_seconds)
-    metrics.GENERATION_SECONDS.observe(result.generation_seconds)
-    metrics.TOKENS_GENERATED.inc(result.completion_tokens)
-    outcome = "cancelled" if result.finish_reason == FINISH_CANCELLED else "completed"
-    metrics.REQUESTS.labels(result=outcome).inc()
 
 
 def fail_job(job: Job, exc: Exception) -> None:
@@ -382,7 +356,7 @@ def run_batch(
     newcomers are admitted there too: their passes begin beside it instead of after it."""
     record = jobs[0].record
     if record:
-        record_batch(jobs)
+        metrics.record_batch(jobs)
     host = adapters
     held: list[Row] = []  # rows holding an adapter: released when they end
 
@@ -558,7 +532,7 @@ def _joined(jobs: list[Job], joiners: list[Job], record: bool) -> list[Job]:
     """Newcomers counted in the batch's jobs (a failed batch fails them too)."""
     jobs += joiners
     if joiners and record:
-        record_join(joiners)
+        metrics.record_join(joiners)
     return joiners
 
 

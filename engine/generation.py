@@ -25,6 +25,10 @@ class EngineError(Exception):
     """Base class of everything the engine raises to callers."""
 
 
+class ModelLoadError(EngineError):
+    """The model or adapter cannot be loaded; the message says what is missing."""
+
+
 class QueueFull(EngineError):
     """The bounded queue is full; nothing was done for the request."""
 

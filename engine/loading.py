@@ -9,12 +9,11 @@ import gc
 import logging
 import math
 import os
-import re
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,15 @@ import torch
 from engine import attention, native, qgemm, rowint8, rowops
 from engine.attention import Kernel
 from engine.detokenize import byte_piece_ids, special_ids
-from engine.generation import EngineError
+from engine.generation import ModelLoadError
 from engine.lora import Lora, attach, merge_plain
+from engine.model import ServedModel
 
 logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("auto", "bnb-int8", "torch-int8", "bf16", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MAX_INPUT_TOKENS = 512  # flan-t5 was trained on 512-token inputs
-# Prompts longer than this many characters per allowed token are refused before tokenizing,
-# so a huge body costs no tokenizer time (ordinary text is about 4 characters a token).
-PROMPT_CHARS_PER_TOKEN_CAP = 64
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
 # transformers builds models under process-wide patches (the meta device while loading): two
 # threads loading at once (the model thread and the adapter host's base loader) break each
@@ -42,23 +39,12 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
 LOAD_LOCK = threading.Lock()
 
 
-class ModelLoadError(EngineError):
-    """The model or adapter cannot be loaded; the message says what is missing."""
-
-
-@dataclass
-class LoadedModel:
+@dataclass(kw_only=True)
+class LoadedModel(ServedModel):
     """A model ready for decoding and the facts the scheduler needs about it."""
 
     model: Any  # transformers T5ForConditionalGeneration (possibly quantized)
-    tokenizer: Any
     device: torch.device
-    quantization: str
-    decoder_start_id: int
-    eos_id: int
-    pad_id: int
-    max_input_tokens: int
-    load_seconds: float
     byte_ids: frozenset[int] = frozenset()  # byte-fallback pieces, held back while streaming
     special_ids: frozenset[int] = frozenset()  # skipped when decoding
     # The per-row adapters' side path (engine/lora.py), on a base loaded without any adapter
@@ -67,51 +53,6 @@ class LoadedModel:
     # A decoder step's attention kernel over half-precision caches (engine/attention.py), for
     # an 8-bit model on the CPU; None: torch over the model's own dtype.
     attention: Kernel | None = None
-    # What the model holds (its weights, packed or not, and every other tensor of it) and what
-    # a token held in the caches costs (each row counted as prompt + max_tokens): item 8 of
-    # the continuous-batching issue measures the process against them (docs/engine.md).
-    model_bytes: int = 0
-    cache_token_bytes: int = 0
-
-    @property
-    def max_prompt_chars(self) -> int:
-        return self.max_input_tokens * PROMPT_CHARS_PER_TOKEN_CAP
-
-    def encode(self, text: str) -> list[int]:
-        """The prompt's ids as the model sees them (end-of-sequence token included)."""
-        # encode_batch, not encode: it lets go of the interpreter lock while it works, so a
-        # long prompt encoded on another thread does not stall the event loop (measured:
-        # encode holds it for the whole call).
-        ids: list[int] = self.tokenizer.backend_tokenizer.encode_batch([text])[0].ids
-        return ids
-
-    def min_tokens(self, text: str) -> int:
-        """A lower bound on len(encode(text)), without encoding: its words, plus end-of-sequence."""
-        return sum(1 for _ in _WORD.finditer(text)) + 1
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ids, special tokens skipped, no clean-up (it cannot be done incrementally)."""
-        text: str = self.tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=True)
-        return text
-
-    def piece(self, token_id: int) -> str:
-        """One vocabulary entry as text, out of context (sentencepiece's word marker as a
-        space): how a log-probability's alternatives are named."""
-        piece = self.tokenizer.backend_tokenizer.id_to_token(token_id)
-        return "" if piece is None else piece.replace("\u2581", " ")
-
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's ids (added tokens included): a token-id prompt stays below it."""
-        size: int = self.tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
-        return size
-
-
-# A run of non-space characters holding an ASCII letter or digit: T5's tokenizer splits its
-# input at spaces (Metaspace) and no normalization drops such a character, so each run is at
-# least one token. Counting them is a lower bound on the prompt's tokens, 50x cheaper than
-# encoding it.
-_WORD = re.compile(r"[^ ]*[A-Za-z0-9][^ ]*")
 
 
 def quiet_libraries() -> None:
@@ -260,6 +201,7 @@ def _describe(network: Any, tokenizer: Any, device: torch.device, scheme: str) -
         model=network,
         tokenizer=tokenizer,
         device=device,
+        device_type=device.type,
         quantization=scheme,
         decoder_start_id=int(config.decoder_start_token_id),
         eos_id=int(config.eos_token_id),

@@ -4,7 +4,15 @@ Gauges declare a multiprocess_mode because several daphne processes may share on
 PROMETHEUS_MULTIPROC_DIR.
 """
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from engine.generation import FINISH_CANCELLED, GenerationResult
+
+if TYPE_CHECKING:  # the batcher records through this module
+    from engine.batcher import Job
 
 REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed", "expired")
 
@@ -73,3 +81,24 @@ CUDA_MEMORY_BYTES = Gauge(
 
 for _result in REQUEST_RESULTS:
     REQUESTS.labels(result=_result)
+
+
+def record_batch(jobs: "Sequence[Job]") -> None:
+    """A batch's size and prompt tokens, in the process that serves /metrics."""
+    BATCH_SIZE.observe(len(jobs))
+    record_join(jobs)
+
+
+def record_join(jobs: "Sequence[Job]") -> None:
+    """The prompt tokens of jobs that joined a running batch."""
+    PROMPT_TOKENS.inc(sum(len(job.prompt_ids) for job in jobs))
+
+
+def record_result(result: GenerationResult, *, first_token: bool = False) -> None:
+    """A finished row's figures (and its time to first token, when not observed as it came)."""
+    if first_token and result.first_token_seconds is not None:
+        TIME_TO_FIRST_TOKEN.observe(result.first_token_seconds)
+    GENERATION_SECONDS.observe(result.generation_seconds)
+    TOKENS_GENERATED.inc(result.completion_tokens)
+    outcome = "cancelled" if result.finish_reason == FINISH_CANCELLED else "completed"
+    REQUESTS.labels(result=outcome).inc()

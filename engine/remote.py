@@ -21,13 +21,10 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-import torch
-
 from engine import metrics
-from engine.batcher import Job
+from engine.batcher import Admit, Job
 from engine.config import EngineConfig
-from engine.decoding import Admit, record_batch, record_join, record_result
-from engine.loading import LoadedModel, ModelLoadError
+from engine.generation import ModelLoadError
 from engine.messages import (
     Abort,
     Batch,
@@ -47,6 +44,7 @@ from engine.messages import (
     Stop,
     ToModel,
 )
+from engine.model import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ class ModelProcess:
         # picks who goes next (at most one group waits there while a pass runs).
         self._unstarted: set[int] = set()
         self.encoder_layers = 0  # the model's, once started
-        self.heap_frozen = 0  # objects its collector skips (worker.settle_heap), once started
+        self.heap_frozen = 0  # objects its collector skips (model.settle_heap), once started
         self._ids = itertools.count(1)
         # Poked by the queue on every put (from the event loop): the engine thread, waiting on
         # the connection, then looks for newcomers. Non-blocking: a full socket is a wake-up
@@ -95,7 +93,7 @@ class ModelProcess:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def start(self) -> LoadedModel:
+    def start(self) -> ServedModel:
         """Start the process and wait for its model; ModelLoadError when it cannot load."""
         # A fresh interpreter (python -m engine.worker), not multiprocessing: a fork would
         # copy a process with threads, and a spawn would import the server's main module again.
@@ -146,7 +144,7 @@ class ModelProcess:
         engine thread); ModelProcessExited if the process dies meanwhile. With `admit`,
         newcomers join it (and are appended to `jobs`) until no row runs."""
         if jobs[0].record:
-            record_batch(jobs)
+            metrics.record_batch(jobs)
         with self._send_lock:
             sent = [self._row(job) for job in jobs]
             self._send(Batch(tuple(sent)))
@@ -190,7 +188,7 @@ class ModelProcess:
     def _send_joiners(self, jobs: list[Job], joiners: list[Job], *, urgent: bool) -> None:
         jobs += joiners
         if joiners[0].record:
-            record_join(joiners)
+            metrics.record_join(joiners)
         with self._send_lock:
             rows = tuple(self._row(job) for job in joiners)
             self._unstarted.update(row.job_id for row in rows)
@@ -235,7 +233,7 @@ class ModelProcess:
             case Done(result):
                 job.finished = True
                 if job.record:
-                    record_result(result, first_token=True)
+                    metrics.record_result(result, first_token=True)
             case Failed():
                 job.finished = True
                 if job.record:
@@ -321,16 +319,15 @@ def _child_env() -> dict[str, str]:
     return {**env, "PYTHONPATH": _python_path()}
 
 
-def _loaded_facade(facts: ModelFacts) -> LoadedModel:
+def _loaded_facade(facts: ModelFacts) -> ServedModel:
     """What the serving process keeps of the model: its tokenizer (to encode and count prompt
     tokens before admission) and the facts /readyz and the metrics report; no weights."""
     from tokenizers import Tokenizer
 
     tokenizer = types.SimpleNamespace(backend_tokenizer=Tokenizer.from_str(facts.tokenizer))
-    return LoadedModel(
-        model=None,
+    return ServedModel(
         tokenizer=tokenizer,
-        device=torch.device(facts.device),
+        device_type=facts.device.partition(":")[0],
         quantization=facts.quantization,
         decoder_start_id=facts.decoder_start_id,
         eos_id=facts.eos_id,

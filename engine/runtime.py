@@ -19,12 +19,11 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import metrics
 from engine.batcher import Job, Scheduler, prefill_group_limit
 from engine.config import EngineConfig
-from engine.decoding import run_batch
 from engine.fairness import FairQueue
 from engine.generation import (
     EngineError,
@@ -39,12 +38,15 @@ from engine.generation import (
     RowFailed,
     UnknownAdapter,
 )
-from engine.loading import LoadedModel
-from engine.lora import AdapterHost
 from engine.messages import Delta, Done, Event, Failed, TokenLogprob
-from engine.prefill import beside_threads
+from engine.model import ServedModel
 from engine.remote import ModelProcess, ModelProcessExited
-from engine.worker import adapter_host, cuda_memory, prepare
+
+if TYPE_CHECKING:
+    # Model code (torch, transformers) is imported by the thread that loads in this process
+    # (_main), never by a serving process whose model lives in a model process.
+    from engine.loading import LoadedModel
+    from engine.lora import AdapterHost
 
 __all__ = [
     "Engine",
@@ -208,7 +210,7 @@ class Engine:
         )
         # Between two decoder steps: newcomers for the running batch (continuous batching).
         self._admit = self._scheduler.take_joiners if config.scheduler == "continuous" else None
-        self._model: LoadedModel | None = None
+        self._model: ServedModel | None = None
         self._state, self._detail = STOPPED, "not started"
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -286,7 +288,7 @@ class Engine:
         if self._remote is not None:
             status["model_process"] = self._remote.pid
         if self._model is not None:
-            status["device"] = self._model.device.type
+            status["device"] = self._model.device_type
             status["quantization"] = self._model.quantization
             status["load_seconds"] = round(self._model.load_seconds, 3)
             status["model_bytes"] = self._model.model_bytes
@@ -395,7 +397,7 @@ class Engine:
         return prompt
 
     def _prompt_ids(
-        self, model: LoadedModel, prompt: str, known: tuple[int, ...] | None = None
+        self, model: ServedModel, prompt: str, known: tuple[int, ...] | None = None
     ) -> list[int]:
         """The prompt's ids (encoded now unless `known`); PromptTooLong if they cannot fit."""
         if known is not None:
@@ -412,7 +414,7 @@ class Engine:
             raise PromptTooLong(model.max_input_tokens, tokens=len(ids))
         return ids
 
-    def _loaded(self) -> LoadedModel:
+    def _loaded(self) -> ServedModel:
         if self._state != READY or self._model is None:
             raise ModelNotReady(self._reason())
         return self._model
@@ -439,18 +441,22 @@ class Engine:
         if self.config.process:
             self._main_remote()
             return
+        from engine.worker import prepare
+
         try:
             prepare(self.config)
-            self._model = self._load()
+            model = self._model = self._load()
         except Exception as exc:
             self._load_failed(exc)
             return
         self._now_ready()
-        self._serve(self._model)
+        self._serve(model)
         self._set_state(STOPPED, "stopped")
         self._finished.set()
 
-    def _load(self) -> LoadedModel:
+    def _load(self) -> "LoadedModel":
+        from engine.worker import adapter_host
+
         host = adapter_host(self.config, self._adapters)
         self._host = host
         host.set_registry(self._adapters)  # as it is now (set_adapters may have come meanwhile)
@@ -474,7 +480,11 @@ class Engine:
             self._set_state(READY, f"{self.config.model} ({self._model.quantization})")
         self._ready.set()
 
-    def _serve(self, model: LoadedModel) -> None:
+    def _serve(self, model: "LoadedModel") -> None:
+        from engine.decoding import run_batch
+        from engine.prefill import beside_threads
+        from engine.worker import cuda_memory
+
         # Once the model's depth is known; a plain int the queue reads under its lock.
         config = self.config
         self._scheduler.max_prefill_tokens = prefill_group_limit(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.loading import LoadedModel
 from engine.runtime import Engine, GenerationRequest, GenerationResult
 from engine.runtime import GenerationStream as Stream
 
@@ -36,6 +37,14 @@ def start_ready(config: EngineConfig, timeout: float = 120.0) -> Engine:
         engine.stop(5)
         raise RuntimeError(f"engine did not become ready: {engine.status()}")
     return engine
+
+
+def in_process_model(engine: Engine) -> LoadedModel:
+    """The model a ready in-process engine loaded (its network, device and side paths); a
+    serving process whose model lives in a model process holds only its tokenizer and facts."""
+    model = engine._loaded()
+    assert isinstance(model, LoadedModel), "this engine's model lives in a model process"
+    return model
 
 
 @contextmanager

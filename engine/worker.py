@@ -11,7 +11,6 @@ the lock delays the answers to that flood. `python loadtest/bench_gil.py` measur
 """
 
 import contextlib
-import gc
 import logging
 import os
 import threading
@@ -44,6 +43,7 @@ from engine.messages import (
     Stop,
     ToModel,
 )
+from engine.model import settle_heap
 from engine.prefill import beside_threads
 
 logger = logging.getLogger("engine.worker")
@@ -295,25 +295,6 @@ class Worker:
                     job.finished = True
                     job.send(Failed(failure))
             self.waiting.clear()  # failed with the rest
-
-
-def settle_heap(*, release: bool = False) -> int:
-    """Set what is alive now aside from the cyclic garbage collector (gc.freeze), once the
-    model is loaded and warmed up; the number of objects set aside.
-
-    A model process holds a few hundred thousand long-lived objects (torch, transformers, the
-    model's modules and the tokenizer). Every full collection walked them all: measured at 90%
-    load on flan-t5-base's shape (docs/benchmarks.md), one pause of 190-226 ms about every
-    30-60 s in the decoding thread, a gap of that much in every running stream. Frozen
-    objects are never walked again, so a full collection costs what the requests' own objects
-    cost (no pause above 0.5 ms in the same runs). Frozen objects are never collected either:
-    `release` first gives back the earlier frozen set (a base swap dropped the model it held,
-    and its reference cycles are garbage now)."""
-    if release:
-        gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 def facts(model: LoadedModel, heap_frozen: int = 0) -> ModelFacts:

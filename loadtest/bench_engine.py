@@ -53,6 +53,7 @@ from engine.runtime import (  # noqa: E402
     GenerationRequest,
     GenerationResult,
 )
+from engine.testing import in_process_model  # noqa: E402
 from loadtest.openloop import (  # noqa: E402
     SINGLE,
     Planned,
@@ -233,7 +234,7 @@ def ttft_pair(engine: Engine, prompt: str, runs: int = 5) -> Figures:
     """Median time to first token of one request: engine and bare generate(), alternating."""
     import torch
 
-    loaded = engine._loaded()
+    loaded = in_process_model(engine)
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     request = GenerationRequest(prompt, max_tokens=1, temperature=0.0)
     ours, bare = [], []
@@ -255,7 +256,7 @@ def generate_runner(engine: Engine, prompts: list[str]) -> Callable[[], Figures]
     """transformers' generate() on the engine's own model, the prompts as one batch."""
     import torch
 
-    loaded = engine._loaded()
+    loaded = in_process_model(engine)
     inputs = loaded.tokenizer(prompts, return_tensors="pt", padding=True).to(loaded.device)
     options = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
 

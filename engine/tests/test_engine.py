@@ -14,7 +14,7 @@ from engine.runtime import (
     PromptTooLong,
     QueueFull,
 )
-from engine.testing import collect, deltas, finish, generate
+from engine.testing import collect, deltas, finish, generate, in_process_model
 
 PROMPTS = [
     "Hello café",
@@ -300,7 +300,7 @@ async def test_requests_before_start_are_refused_with_a_reason(tiny_model_dir) -
 async def test_greedy_output_equals_transformers_generate(engine: Engine) -> None:
     import torch
 
-    loaded = engine._loaded()
+    loaded = in_process_model(engine)
     for prompt in PROMPTS:
         ours = await generate(engine, prompt, max_tokens=24)
         inputs = loaded.tokenizer(prompt, return_tensors="pt")

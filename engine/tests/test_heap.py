@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # every later test's cycles.
 SWAP = """
 import gc, weakref
-from engine.worker import settle_heap
+from engine.model import settle_heap
 
 class Model:  # a reference cycle, as modules and configs make
     def __init__(self):

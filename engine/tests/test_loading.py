@@ -13,9 +13,9 @@ import torch
 
 from engine import qgemm
 from engine.config import EngineConfig
+from engine.generation import ModelLoadError
 from engine.loading import (
     FusedRMSNorm,
-    ModelLoadError,
     PassGELU,
     feed_forwards,
     held_bytes,
@@ -26,7 +26,7 @@ from engine.loading import (
 from engine.lora import merge_plain
 from engine.rowint8 import RowInt8Slice
 from engine.runtime import Engine
-from engine.testing import generate, tiny_config
+from engine.testing import generate, in_process_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["Hello café", "The model runs over the river", "quiet garden", "naïve tenant"]
@@ -72,7 +72,9 @@ async def test_the_adapter_changes_what_the_model_writes(
 
 
 def first_query_layer(engine: Engine) -> torch.nn.Module:
-    query: torch.nn.Module = engine._loaded().model.encoder.block[0].layer[0].SelfAttention.q
+    query: torch.nn.Module = (
+        in_process_model(engine).model.encoder.block[0].layer[0].SelfAttention.q
+    )
     return query
 
 
@@ -291,7 +293,7 @@ def test_the_engines_status_reports_what_its_model_holds(
 ) -> None:
     # A model process sends the same two facts (engine/tests/test_heap.py).
     engine = make_engine(quantization="torch-int8")
-    loaded = engine._loaded()
+    loaded = in_process_model(engine)
     status = engine.status()
     assert status["model_bytes"] == held_bytes(loaded.model) > 0
     assert status["cache_token_bytes"] == loaded.cache_token_bytes > 0

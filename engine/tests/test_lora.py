@@ -17,7 +17,7 @@ from engine.generation import AdapterLoadError, GenerationRequest, UnknownAdapte
 from engine.loading import LOAD_LOCK, load_model
 from engine.lora import LoraLinear, load_adapter
 from engine.runtime import Engine
-from engine.testing import deltas, finish, generate, start_ready, tiny_config
+from engine.testing import deltas, finish, generate, in_process_model, start_ready, tiny_config
 
 PROMPTS = ["hello world", "the cat sat on the mat", "one two three four", "a b"]
 
@@ -192,19 +192,19 @@ async def test_an_empty_registry_serves_the_merged_model_without_the_side_path(
     # fp32: merged and per row are one function up to rounding. On an 8-bit base they are two
     # quantizations (of W + BA, and of W beside BA), whose greedy tokens part at a near tie.
     engine = engines(quantization="none", adapter=str(adapters_dir / "adapter"))
-    merged = engine._model
-    assert merged is not None and merged.lora is None
+    merged = in_process_model(engine)
+    assert merged.lora is None
     assert not any(isinstance(m, LoraLinear) for m in merged.model.modules())
     expected = await _alone(engine, [(PROMPTS[1], "")])
     engine.set_adapters(registry(adapters_dir, 1))
     await generate(engine, PROMPTS[0], adapter="t1", max_tokens=2)
-    assert engine._model is not None and engine._model.lora is not None
+    assert in_process_model(engine).lora is not None
     # The default adapter per row gives what it gives merged.
     assert await _alone(engine, [(PROMPTS[1], "")]) == expected
     engine.set_adapters({})
     await _wait_for(lambda: engine._host is not None and engine._host.swap_ready)
     assert await _alone(engine, [(PROMPTS[1], "")]) == expected
-    assert engine._model.lora is None
+    assert in_process_model(engine).lora is None
 
 
 async def _wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from engine import native, qgemm, rowint8, rowops
-from engine.loading import ModelLoadError, encoder_kernel, load_model
+from engine.generation import ModelLoadError
+from engine.loading import encoder_kernel, load_model
 from engine.rowint8 import FusedRowInt8, OnednnPacked, RowInt8Linear
 from engine.testing import alone_and_together, running_engine, tiny_config
 

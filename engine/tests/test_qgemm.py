@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from engine import native, qgemm, rowint8, rowops
-from engine.loading import ModelLoadError, encoder_kernel, load_model
+from engine.generation import ModelLoadError
+from engine.loading import encoder_kernel, load_model
 from engine.t5_decoder import T5DecoderStep, cross_caches
 from engine.testing import alone_and_together, running_engine, tiny_config
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.loading import ModelLoadError
+from engine.generation import ModelLoadError
 from engine.remote import ModelProcess
 from engine.testing import tiny_config
 
