@@ -166,8 +166,8 @@ class ModelFacts:
     load_seconds: float
     encoder_layers: int = 0  # the server bounds newcomers' groups by it (prefill_group_limit)
     heap_frozen: int = 0  # objects the model process set aside from its collector (settle_heap)
-    model_bytes: int = 0  # LoadedModel.model_bytes: what the model holds
-    cache_token_bytes: int = 0  # LoadedModel.cache_token_bytes: a token held in the caches
+    model_bytes: int = 0  # ServedModel.model_bytes: what the model holds
+    cache_token_bytes: int = 0  # ServedModel.cache_token_bytes: a token held in the caches
 
 
 @dataclass(frozen=True, slots=True)
