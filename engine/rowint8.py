@@ -254,10 +254,11 @@ class OnednnPacked:
         if kernel is None:
             raise RuntimeError("oneDNN's int8 path needs the row kernels (engine/rowops.py)")
         quantized, factor = kernel.quantize(hidden)
+        rows = quantized.shape[0]
         out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-            quantized, 1.0, GRID_ZERO, self.packed, self.scales, self.zeros, None,
+            _bucketed(quantized), 1.0, GRID_ZERO, self.packed, self.scales, self.zeros, None,
             1.0, 0, torch.float32, "none", [], "",
-        )  # fmt: skip
+        )[:rows]  # fmt: skip
         kernel.rescale(out, factor)
         return out.view(*hidden.shape[:-1], self.out_features)
 
@@ -266,6 +267,26 @@ class OnednnPacked:
         # input's column of weights times 63 (exact integers), scaled back.
         identity = torch.eye(self.in_features)
         return self(identity).t().contiguous()
+
+
+# oneDNN compiles a primitive for each product shape and keeps up to 1,024 of them: an encoder
+# pass's rows (prompts x tokens) make a new shape almost every pass, which cost about 5 ms a
+# pass to compile and, at 90% load on an AMX Xeon, about 240 MiB of kept primitives
+# (docs/benchmarks.md). Rows padded to a multiple of this many (AMX's tile height) make a few
+# dozen shapes, compiled once; a padding row is the grid's zero and its output is dropped.
+ROW_BUCKET = 16
+
+
+def _bucketed(quantized: torch.Tensor) -> torch.Tensor:
+    """The quantized rows padded with zeros (the grid's GRID_ZERO) to a multiple of ROW_BUCKET."""
+    rows, width = quantized.shape
+    padding = -rows % ROW_BUCKET
+    if not padding:
+        return quantized
+    padded = torch.empty((rows + padding, width), dtype=torch.uint8)
+    padded[:rows] = quantized
+    padded[rows:] = GRID_ZERO
+    return padded
 
 
 class StepPacked:

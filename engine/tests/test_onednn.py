@@ -2,8 +2,12 @@
 has it): a row's output bitwise the same whatever its mates, the batch size and the thread
 count; within the grid's rounding of fbgemm's; the encoder and cross-attention's keys and values
 repacked, the decoder's step left on fbgemm; INFERENCE_ENCODER_KERNEL read and refused as
-documented; through the engine, a request's tokens the same alone and beside others."""
+documented; through the engine, a request's tokens the same alone and beside others; a pass's
+rows padded so that nearby row counts share one compiled product."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +63,42 @@ def test_it_is_fbgemms_product_within_the_grids_rounding() -> None:
     hidden[2, 5] = float("nan")
     out = rowint8._row_int8(hidden, onednn, None)
     assert out[2].isnan().all() and torch.isfinite(out[torch.arange(9) != 2]).all()
+
+
+# A child process: oneDNN reads ONEDNN_VERBOSE once, when it starts.
+_PASSES = """
+import torch
+from engine import rowint8
+weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+packed = rowint8.OnednnPacked(rowint8.pack_weight(weight))
+print("passes", flush=True)
+for rows in range(17, 33):
+    packed(torch.randn(rows, 128))
+"""
+
+
+def test_passes_of_nearby_row_counts_share_one_compiled_product() -> None:
+    # oneDNN compiles (and keeps) a primitive per shape: rows padded to ROW_BUCKET make the
+    # 16 passes of 17 to 32 rows one shape, compiled once (a new one each without padding).
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ONEDNN_VERBOSE": "profile_create", "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PASSES], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.split("passes", 1)[1].splitlines()
+    compiled = [line for line in lines if ",matmul," in line and "cache_miss" in line]
+    assert len(compiled) == 1, compiled
+    assert ",32x128:128x64," in compiled[0]  # 17 to 32 rows: 32 (ROW_BUCKET 16)
+
+
+def test_a_padded_passs_rows_are_the_unpadded_products() -> None:
+    _, onednn, _ = _weights()
+    hidden = torch.randn(2, 21, 256, generator=torch.Generator().manual_seed(3))
+    out = rowint8._row_int8(hidden, onednn, None)
+    assert out.shape == (2, 21, 192)
+    for row in range(0, 42, 5):  # each row alone pads to 16 rows of which 15 are the grid's 0
+        alone = rowint8._row_int8(hidden.view(42, 256)[row : row + 1], onednn, None)
+        assert torch.equal(alone[0], out.view(42, 192)[row])
 
 
 def test_only_the_products_that_read_the_prompt_are_repacked(
