@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from engine.generation import FINISH_CANCELLED, GenerationResult
 
-if TYPE_CHECKING:  # the batcher records through this module
+if TYPE_CHECKING:  # engine.batcher imports this module: Job is read for the types only
     from engine.batcher import Job
 
 REQUEST_RESULTS = ("completed", "cancelled", "rejected", "failed", "expired")
