@@ -45,6 +45,7 @@ class LoadedModel(ServedModel):
 
     model: Any  # transformers T5ForConditionalGeneration (possibly quantized)
     device: torch.device
+    device_type: str = ""  # always device.type (__post_init__): what the status reports
     byte_ids: frozenset[int] = frozenset()  # byte-fallback pieces, held back while streaming
     special_ids: frozenset[int] = frozenset()  # skipped when decoding
     # The per-row adapters' side path (engine/lora.py), on a base loaded without any adapter
@@ -53,6 +54,9 @@ class LoadedModel(ServedModel):
     # A decoder step's attention kernel over half-precision caches (engine/attention.py), for
     # an 8-bit model on the CPU; None: torch over the model's own dtype.
     attention: Kernel | None = None
+
+    def __post_init__(self) -> None:
+        self.device_type = self.device.type
 
 
 def quiet_libraries() -> None:
@@ -201,7 +205,6 @@ def _describe(network: Any, tokenizer: Any, device: torch.device, scheme: str) -
         model=network,
         tokenizer=tokenizer,
         device=device,
-        device_type=device.type,
         quantization=scheme,
         decoder_start_id=int(config.decoder_start_token_id),
         eos_id=int(config.eos_token_id),

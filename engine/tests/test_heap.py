@@ -62,5 +62,6 @@ def test_a_model_process_is_ready_with_its_heap_frozen_and_tells_its_models_byte
         here = load_model(str(tiny_model_dir), quantization="none")  # tiny_config's fp32
         assert loaded.model_bytes == here.model_bytes > 0
         assert loaded.cache_token_bytes == here.cache_token_bytes > 0
+        assert loaded.device_type == here.device_type == "cpu"  # the facade's, from the facts
     finally:
         remote.stop()

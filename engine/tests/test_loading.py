@@ -297,6 +297,7 @@ def test_the_engines_status_reports_what_its_model_holds(
     status = engine.status()
     assert status["model_bytes"] == held_bytes(loaded.model) > 0
     assert status["cache_token_bytes"] == loaded.cache_token_bytes > 0
+    assert status["device"] == loaded.device_type == "cpu"
 
 
 def fp32_t5(folder: Path) -> Any:

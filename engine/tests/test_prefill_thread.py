@@ -239,6 +239,7 @@ def test_a_pass_beside_takes_half_the_model_threads_where_the_mode_allows(
     model: LoadedModel, mode: str, threads_: int, device: str, expected: int
 ) -> None:
     fake = dataclasses.replace(model, device=torch.device(device))
+    assert fake.device_type == device  # what the engine's status reports follows the device
     with threads(threads_):
         assert beside_threads(mode, fake) == expected
 
