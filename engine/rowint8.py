@@ -270,23 +270,20 @@ class OnednnPacked:
 
 
 # oneDNN compiles a primitive for each product shape and keeps up to 1,024 of them: an encoder
-# pass's rows (prompts x tokens) make a new shape almost every pass, which cost about 5 ms a
-# pass to compile and, at 90% load on an AMX Xeon, about 240 MiB of kept primitives
-# (docs/benchmarks.md). Rows padded to a multiple of this many (AMX's tile height) make a few
-# dozen shapes, compiled once; a padding row is the grid's zero and its output is dropped.
+# pass's rows (prompts x tokens) make a new shape almost every pass, four primitives of
+# 0.35-0.45 ms each to compile, and at 90% load on an AMX Xeon about 210 MiB of the model
+# process's peak (docs/benchmarks.md). Rows padded to a multiple of this many (AMX's tile
+# height) make a few dozen shapes, compiled once; a padding row is the grid's zero and its
+# output is dropped.
 ROW_BUCKET = 16
 
 
 def _bucketed(quantized: torch.Tensor) -> torch.Tensor:
     """The quantized rows padded with zeros (the grid's GRID_ZERO) to a multiple of ROW_BUCKET."""
-    rows, width = quantized.shape
-    padding = -rows % ROW_BUCKET
+    padding = -quantized.shape[0] % ROW_BUCKET
     if not padding:
         return quantized
-    padded = torch.empty((rows + padding, width), dtype=torch.uint8)
-    padded[:rows] = quantized
-    padded[rows:] = GRID_ZERO
-    return padded
+    return torch.nn.functional.pad(quantized, (0, 0, 0, padding), value=GRID_ZERO)
 
 
 class StepPacked:
