@@ -186,12 +186,22 @@ int attend_run(const float *q, const uint16_t *k, const uint16_t *v, const float
     return 0;
 }
 
+/* Eight floats clamped to [-top, top] as fminf(fmaxf(x, -top), top) clamps one (a NaN to
+ * -top: max's second operand) and rounded to half precision, to nearest even. */
+static inline __m128i clamp_half8(const float *x, float top) {
+    const __m256 clamped = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(x), _mm256_set1_ps(-top)),
+                                         _mm256_set1_ps(top));
+    return _mm256_cvtps_ph(clamped, _MM_FROUND_TO_NEAREST_INT);
+}
+
 /* A decoder step's new keys and values into the caches: for each row r, head h and coordinate
  * d, K[slot[r]][h][position / KB][d][position % KB] and V[slot[r]][h][position][d] get
  * key[r][h][d] and value[r][h][d] (fp32), clamped to half precision's largest finite value
  * and rounded to nearest even (what torch's `clamp(...).half()` gives). One call per layer
  * where torch's indexed assignment took two (at 16 rows in 32 slots of 100 columns, 390 us
- * against 210 here for the keys alone, on cold caches: the writes are a column apart).
+ * against 210 here for the keys alone, on cold caches: the writes are a column apart), and
+ * eight coordinates a time where one a time cost a step more than its attention's reads (16
+ * rows of flan-t5-base's 12 heads of 64: 26 us a call against 144-179 on an AVX2 AMD EPYC).
  * Returns -1, having written nothing, where a slot is not one of the buffers' or the column is
  * not the caches'. */
 int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
@@ -205,7 +215,16 @@ int attend_store(const float *key, const float *value, uint16_t *k, uint16_t *v,
             const long sh = slot[r] * H + h, rh = ((long)r * H + h) * D;
             uint16_t *kcol = k + sh * D * cap + position / KB * KB * D + position % KB;
             uint16_t *vrow = v + (sh * cap + position) * D;
-            for (int d = 0; d < D; d++) {
+            int d = 0;
+            /* 8 coordinates a time, as the tail below does each; the keys' halves then go to
+             * their runs one by one. */
+            for (; d + 8 <= D; d += 8) {
+                uint16_t halves[8];
+                _mm_storeu_si128((__m128i *)(vrow + d), clamp_half8(value + rh + d, top));
+                _mm_storeu_si128((__m128i *)halves, clamp_half8(key + rh + d, top));
+                for (int i = 0; i < 8; i++) kcol[(d + i) * KB] = halves[i];
+            }
+            for (; d < D; d++) {
                 const float kd = fminf(fmaxf(key[rh + d], -top), top);
                 const float vd = fminf(fmaxf(value[rh + d], -top), top);
                 kcol[d * KB] = _cvtss_sh(kd, _MM_FROUND_TO_NEAREST_INT);
