@@ -446,13 +446,14 @@ def run_batch(
                         holding += [row.job for row in now.rows]
                     if _admitting(passes, beside is not None):
                         start_passes(admit, holding)
-                # Passes join in their order as they end (in pauses: one pass's layers a pause).
-                while passes and _prefilled(
-                    passes[0], beside is not None, prefill_step_tokens, bool(batch.rows)
-                ):
+                # Passes join as they end: on the PrefillThread whichever have (a shorter one
+                # may end first), in pauses the first one's layers a pause, in order.
+                if beside is not None:
+                    for prefill in _ended(beside, passes, wait=not batch.rows):
+                        passes.remove(prefill)
+                        batch.join(prefill)
+                elif passes and _prefilled(passes[0], prefill_step_tokens, bool(batch.rows)):
                     batch.join(passes.pop(0))
-                    if beside is None:
-                        break
                 if not batch.rows:
                     if host is not None and host.parked and not swapping and not abort:
                         host.wait(0.05)  # rows wait for their adapter: nothing else runs
@@ -490,19 +491,23 @@ def _admitting(passes: list[Prefill], beside: bool) -> bool:
     return not passes or (beside and all(prefill.begun.is_set() for prefill in passes))
 
 
-def _prefilled(prefill: Prefill, beside: bool, step_tokens: int, decoding: bool) -> bool:
-    """Whether the newcomers' pass is done, so they join now: run in this pause (the layers
-    step_tokens buy), or ended on the PrefillThread beside the steps (its fault fails the
-    batch here). With no row decoding nobody waits on a step: the pass runs, or is waited
-    for, to its end."""
-    if not beside:
-        return prefill.run(step_tokens if decoding else 0)
-    if decoding and not prefill.ended.is_set():
-        return False
-    prefill.ended.wait()
-    if prefill.error is not None:
-        raise prefill.error
-    return True
+def _prefilled(prefill: Prefill, step_tokens: int, decoding: bool) -> bool:
+    """Whether the newcomers' pass, run in this pause (the layers step_tokens buy), is done,
+    so they join now. With no row decoding nobody waits on a step: the pass runs to its end."""
+    return prefill.run(step_tokens if decoding else 0)
+
+
+def _ended(beside: PrefillThread, passes: list[Prefill], wait: bool) -> list[Prefill]:
+    """The passes that have ended on the PrefillThread beside the steps (a fault in one fails
+    the batch here); with `wait` (no row decoding: nobody waits on a step) at least one, once
+    it has."""
+    if wait and passes:
+        beside.wait_any(passes)
+    ended = [prefill for prefill in passes if prefill.ended.is_set()]
+    for prefill in ended:
+        if prefill.error is not None:
+            raise prefill.error
+    return ended
 
 
 def _settle(

@@ -16,7 +16,15 @@ from engine.batcher import Job
 from engine.decoding import _admitting, _passes, run_batch
 from engine.loading import LoadedModel, load_model
 from engine.messages import Done
-from engine.prefill import PASS_PADDING, SHARED_TOKENS, Prefill, split_passes
+from engine.prefill import (
+    CROSS_LAYERS,
+    PASS_PADDING,
+    SHARED_TOKENS,
+    Prefill,
+    PrefillThread,
+    split_passes,
+)
+from engine.t5_encoder import EncoderPass
 from engine.tests.test_prefill import (
     NEWCOMER,
     RUNNING,
@@ -108,25 +116,38 @@ class Gates:
         monkeypatch.setattr(Prefill, "prepare", gated)
 
 
-def test_a_long_and_a_short_newcomer_admitted_together_are_encoded_apart_and_join_apart(
+def test_a_long_and_a_short_newcomer_admitted_together_are_encoded_apart_and_the_short_joins_first(
     model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = trace(monkeypatch)
     gates = Gates(monkeypatch, 2)
+    gates.gates[1].set()  # the short one's pass runs as soon as the thread takes it up
     running = Recorded(model, RUNNING, 2000)
     long, short = Recorded(model, NEWCOMER, 8), Recorded(model, SHORT, 8)
+    widths = [len(model.encode(NEWCOMER)), len(model.encode(SHORT))]
+    # The long one's pass is held after its first layer until the short one has finished.
+    rest = threading.Event()
+    _GATES.append(rest)
+    traced = EncoderPass.run
+
+    def held(self: EncoderPass, layers: int) -> bool:
+        if self.padded_tokens == widths[0] and self.layers_run == 1:
+            assert rest.wait(60)
+        return traced(self, layers)
+
+    monkeypatch.setattr(EncoderPass, "run", held)
     pauses = 0
-    short_events_when_long_ended = -1
+    long_events_when_short_done = -1
 
     def should_abort() -> bool:  # asked first at every pause, on the model thread
-        nonlocal pauses, short_events_when_long_ended
+        nonlocal pauses, long_events_when_short_done
         pauses += 1
         if pauses == 5:
-            gates.gates[0].set()  # the long one's pass
-        if short_events_when_long_ended < 0 and any(isinstance(e, Done) for e in long.events):
-            short_events_when_long_ended = len(short.events)
-            gates.gates[1].set()  # the short one's pass, only now
-        if any(isinstance(event, Done) for event in short.events):
+            gates.gates[0].set()  # the long one's pass, both waiting on the thread by now
+        if long_events_when_short_done < 0 and any(isinstance(e, Done) for e in short.events):
+            long_events_when_short_done = len(long.events)
+            rest.set()
+        if all(any(isinstance(e, Done) for e in job.events) for job in (long, short)):
             running.cancelled = True
         return False
 
@@ -135,13 +156,84 @@ def test_a_long_and_a_short_newcomer_admitted_together_are_encoded_apart_and_joi
 
     run_batch(model, [running], should_abort, admit=admit, prefill_threads=1)
     # Two passes, each of its own prompt's width: the short one was not padded to the long.
-    widths = {len(model.encode(NEWCOMER)), len(model.encode(SHORT))}
-    passes = {size for kind, size in log if kind == "layer"} - {len(model.encode(RUNNING))}
-    assert passes == widths
-    # The long one joined and finished on its own pass while the short one's was held.
-    assert short_events_when_long_ended == 0
+    passes = [size for kind, size in log if kind == "layer" and size in widths]
+    # The long one began (admitted first); after its first layer the short one, less work
+    # in all than what was left of the long one, ran whole; then the long one's other layers.
+    layers = model.model.config.num_layers
+    assert (layers + CROSS_LAYERS) * widths[1] < (layers - 1 + CROSS_LAYERS) * widths[0]
+    assert passes == [widths[0], *[widths[1]] * layers, *[widths[0]] * (layers - 1)]
+    # The short one joined and finished while the long one's pass was held: it did not wait
+    # for the pass admitted before it.
+    assert long_events_when_short_done == 0
+    assert gates.began == 2
     assert long.result.token_ids == alone_tokens(model, NEWCOMER, 8)
     assert short.result.token_ids == alone_tokens(model, SHORT, 8)
+
+
+class _Pass:
+    """A stand-in for a Prefill on the PrefillThread: `layers` layers of `width` tokens, each
+    logged as (name, layer) as it runs; the first held until `hold` is set."""
+
+    def __init__(self, name: str, width: int, log: list[tuple[str, int]], layers: int = 4) -> None:
+        self.name, self.width, self.layers, self.log = name, width, layers, log
+        self.run_layers = 0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.begun, self.ended = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.between_layers: Any = None
+
+    @property
+    def work(self) -> int:  # as Prefill.work counts it
+        return (self.layers - self.run_layers + CROSS_LAYERS) * self.width
+
+    def prepare(self) -> None:
+        while self.run_layers < self.layers:
+            assert self.hold.wait(60)
+            self.run_layers += 1
+            self.log.append((self.name, self.run_layers))
+            if self.between_layers is not None:
+                self.between_layers(self)
+
+
+def _order(log: list[tuple[str, int]]) -> str:
+    return "".join(name for name, _ in log)
+
+
+def test_on_the_thread_a_shorter_pass_goes_first_and_a_pass_is_set_aside_once_at_most() -> None:
+    log: list[tuple[str, int]] = []
+    thread = PrefillThread(1)
+    # A long pass is under way (held in its first layer) when two shorter ones are sent.
+    long, short, other = _Pass("L", 100, log), _Pass("S", 10, log), _Pass("O", 20, log)
+    long.hold.clear()
+    _GATES.append(long.hold)  # let go after the test, whatever happens
+    thread.submit(long)  # type: ignore[arg-type]
+    assert long.begun.wait(60)
+    thread.submit(short)  # type: ignore[arg-type]
+    thread.submit(other)  # type: ignore[arg-type]
+    long.hold.set()
+    thread.wait_any([other])  # type: ignore[list-item]
+    assert all(p.ended.is_set() and p.error is None for p in (long, short, other))
+    # After the long one's first layer the first shorter one ran whole; the second, shorter
+    # too than what was left of the long one, waited: a pass is set aside once at most, and
+    # the one that went first is never set aside itself.
+    assert _order(log) == "L" + "SSSS" + "LLL" + "OOOO"
+    assert log[:2] == [("L", 1), ("S", 1)]
+
+
+def test_on_the_thread_a_waiting_pass_with_more_work_than_is_left_waits_its_turn() -> None:
+    log: list[tuple[str, int]] = []
+    thread = PrefillThread(1)
+    first, wider = _Pass("F", 10, log), _Pass("W", 12, log)
+    first.hold.clear()
+    _GATES.append(first.hold)
+    thread.submit(first)  # type: ignore[arg-type]
+    assert first.begun.wait(60)
+    thread.submit(wider)  # type: ignore[arg-type]
+    first.hold.set()
+    thread.wait_any([wider])  # type: ignore[list-item]
+    # W's 6 x 12 tokens are more than what is left of F (5 x 10 after its first layer).
+    assert _order(log) == "FFFF" + "WWWW"
 
 
 def test_a_newcomer_admitted_while_a_pass_runs_queues_behind_it_on_the_thread(
