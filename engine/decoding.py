@@ -485,9 +485,10 @@ def _passes(rows: list[Row], beside: bool) -> list[list[Row]]:
 
 def _admitting(passes: list[Prefill], beside: bool) -> bool:
     """Whether the next newcomers are admitted now: when no pass is under way, or on the
-    PrefillThread once every pass under way has begun (theirs then queue behind the one
-    running, which starts the next the moment it ends, not a step later). So at most one
-    admission waits for the thread, and the queue, not the thread, orders the rest."""
+    PrefillThread once every pass under way has begun (theirs then waits on the thread, which
+    starts it the moment the one running ends, not a step later, or between two of its layers
+    when it is less work than what is left of it). So at most one admission waits for the
+    thread, and the queue, not the thread, orders the rest."""
     return not passes or (beside and all(prefill.begun.is_set() for prefill in passes))
 
 

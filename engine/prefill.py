@@ -5,9 +5,10 @@ A pass runs one of two ways:
 - beside the decoder steps, on a thread of its own (`PrefillThread`): on a CPU of n cores
   the steps of a small batch run on one thread (decoding.STEP_THREADS_FROM_ROWS) and the other
   cores would idle; the pass takes half of them and the running streams' steps go on while
-  it runs, so a long prompt neither stalls them nor waits for their steps. The newcomers'
-  cross-attention keys and values are computed there too; their join between two steps
-  only copies them into the caches.
+  it runs, so a long prompt neither stalls them nor waits for their steps; a short prompt
+  does not wait for a long one's whole pass either (shorter work first, once a pass). The
+  newcomers' cross-attention keys and values are computed there too; their join between two
+  steps only copies them into the caches.
 - in pauses between two decoder steps (`Prefill.run(budget)`): the layers `budget` encoder
   tokens buy, then a step, and so on; the newcomers join after the last layer.
 
