@@ -43,32 +43,34 @@ class AdapterRegistry:
         self._engine: Engine | None = None
         self._checked_at = float("-inf")
 
-    async def sync(self, engine: Engine) -> None:
+    async def sync(self, engine: Engine) -> bool:
         """Hand `engine` the registry if it moved since this process last looked (or the engine
-        is not the one it was handed to); at most one look per poll interval."""
+        is not the one it was handed to); at most one look per poll interval. False when the
+        look failed (Redis or Postgres away): the next call looks again."""
         now = time.monotonic()
         fresh = engine is self._engine
         if fresh and now - self._checked_at < settings.API_KEY_VERSION_POLL_SECONDS:
-            return
+            return True
         # Mark first: concurrent requests in this loop skip the poll instead of piling up.
         self._checked_at = now
         try:
             version = await get_redis().get(REGISTRY_VERSION_KEY)
         except Exception as exc:  # Redis down: keep the registry the engine has
             logger.warning("adapters: cannot read the registry version (%s)", type(exc).__name__)
-            return
+            return False
         if fresh and version == self._version:
-            return
+            return True
         try:
             registry = await _load_registry()
         except DatabaseError as exc:  # Postgres away: keep the registry, retry at the next poll
             logger.warning("adapters: cannot read the registry (%s)", type(exc).__name__)
-            return
+            return False
         # Two reloads may overlap (one slower than the poll): the one that read first may land
         # last, but then its version is not Redis's, and the next poll reloads.
         if registry != engine.adapters:  # an unchanged registry is not handed again
             engine.set_adapters(registry)
         self._version, self._engine = version, engine
+        return True
 
 
 # Not thread-sensitive, as the key cache's loader (tenants/keycache.py): a slow Postgres must not

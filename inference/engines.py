@@ -211,12 +211,14 @@ def engine_token_prompt(ids: Sequence[int]) -> list[int]:
         raise api_error(exc) from exc
 
 
-async def engine_sync_adapters() -> None:
+async def engine_sync_adapters() -> bool:
     """Hand the engine the adapter registry if it changed (inference/adapters.py); ready or
-    not (it takes the registry while it loads); nothing without a started engine."""
+    not (it takes the registry while it loads); nothing without a started engine. False when
+    the look failed (the next call looks again)."""
     engine = _engine
     if engine is not None and _started:
-        await adapter_registry.sync(engine)
+        return await adapter_registry.sync(engine)
+    return True
 
 
 def unknown_model(name: str) -> NotFound:

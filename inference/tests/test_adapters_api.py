@@ -5,6 +5,7 @@ revokes and the registry reach every request (open sockets too) within the versi
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +15,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
+from redis import asyncio as aredis
 
 from engine.generation import AdapterLoadError, UnknownAdapter
 from engine.runtime import Engine
+from inference import adapters
+from inference.adapters import AdapterRegistry
 from inference.consumers import CompletionConsumer
 from inference.engines import api_error, engine_config, served_model_id
 from ratelimit import flush
@@ -279,3 +283,31 @@ def test_the_engines_configuration_reads_no_database(django_assert_num_queries) 
     # A database read there once left an end-to-end child process without tables.
     with django_assert_num_queries(0):
         engine_config()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_look_at_the_registry_that_fails_says_so_and_the_next_one_looks_again(
+    monkeypatch: pytest.MonkeyPatch,
+    settings,
+    make_engine: Callable[..., Engine],
+    tiny_model_dir: Path,
+    tiny_adapters: list[Path],
+) -> None:
+    settings.INFERENCE_MODEL = str(tiny_model_dir)  # adapters are checked against the base
+    settings.API_KEY_VERSION_POLL_SECONDS = 600  # the next look would otherwise wait this long
+    await sync_to_async(adapter_add)(name="one", path=str(tiny_adapters[0]), actor="t")
+    engine, registry = make_engine(), AdapterRegistry()
+    with monkeypatch.context() as patched:  # Redis away for the first look
+        unreachable = aredis.Redis(host="127.0.0.1", port=_closed_port(), socket_connect_timeout=1)
+        patched.setattr(adapters, "get_redis", lambda *_: unreachable)
+        assert await registry.sync(engine) is False
+    assert engine.adapters == {}  # the look failed: nothing handed
+    # Redis back: the next look reads at once (not a poll interval later) and hands it over.
+    assert await registry.sync(engine) is True
+    assert engine.adapters == {"one": str(tiny_adapters[0])}
+    assert await registry.sync(engine) is True  # within the interval: current
