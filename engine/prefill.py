@@ -193,7 +193,7 @@ class PrefillThread:
         when it has ended one way or another."""
         self._passes.put(prefill)
 
-    def wait_any(self, passes: "list[Prefill]") -> None:
+    def wait_any(self, passes: list[Prefill]) -> None:
         """Until one of these passes has ended (any: a shorter one may end first)."""
         with self._ended:
             self._ended.wait_for(lambda: any(prefill.ended.is_set() for prefill in passes))

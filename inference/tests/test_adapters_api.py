@@ -5,7 +5,6 @@ revokes and the registry reach every request (open sockets too) within the versi
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from tenants.adapter_selectors import AdapterUsageRow, adapter_usage
 from tenants.adapters import adapter_add, adapter_grant, adapter_remove, adapter_revoke
 from tenants.models import Adapter, AdapterUsageDay, Tenant
 from tenants.services import IssuedKey, api_key_issue, tenant_create
+from tests.e2e.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -285,12 +285,6 @@ def test_the_engines_configuration_reads_no_database(django_assert_num_queries) 
         engine_config()
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_a_look_at_the_registry_that_fails_says_so_and_the_next_one_looks_again(
     monkeypatch: pytest.MonkeyPatch,
     settings,
@@ -303,7 +297,7 @@ async def test_a_look_at_the_registry_that_fails_says_so_and_the_next_one_looks_
     await sync_to_async(adapter_add)(name="one", path=str(tiny_adapters[0]), actor="t")
     engine, registry = make_engine(), AdapterRegistry()
     with monkeypatch.context() as patched:  # Redis away for the first look
-        unreachable = aredis.Redis(host="127.0.0.1", port=_closed_port(), socket_connect_timeout=1)
+        unreachable = aredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
         patched.setattr(adapters, "get_redis", lambda *_: unreachable)
         assert await registry.sync(engine) is False
     assert engine.adapters == {}  # the look failed: nothing handed
